@@ -1,0 +1,358 @@
+"""The ornav message bus: the only module (with ``*_node.py``) that talks to ZeroMQ.
+
+Patterns, and why each:
+- ``Publisher``: a bound PUB socket. Pose streams drop, never queue: a full send queue
+  (SNDHWM) drops the newest for that subscriber rather than blocking the tracker loop.
+- ``LatestSubscriber``: for pose streams. Each ``poll`` drains everything queued and hands
+  back only the newest valid message per topic; the rest are counted as ``superseded``.
+  A plain queue behind a slow consumer serves poses seconds old (measured in
+  ``bench/latency.py``).
+- ``QueueSubscriber``: every message in order, for recorders and anything that must not
+  skip (registration results, alerts).
+- ``CommandServer`` / ``CommandClient``: REQ/REP with a deadline; the client rebuilds its
+  socket after a timeout (the "lazy pirate" pattern of the ZeroMQ guide), so one lost reply
+  never wedges it.
+
+Every socket keeps ``Counters``: sent, received, rejected by kind (see
+``messages.MessageError``), superseded, and lost (gaps in the per-topic sequence numbers).
+Nothing received is trusted before ``messages.decode`` has validated it.
+
+Endpoints: ``ipc:///path`` on one host, ``tcp://host:port`` across hosts. A ``tcp://``
+endpoint is CurveZMQ-encrypted when given ``CurveKeys``; without keys it runs in the clear
+and logs a warning (the security issue makes keys mandatory for tcp).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter as _Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import zmq
+
+from nav.messages import (
+    MAX_PAYLOAD_BYTES,
+    Command,
+    Envelope,
+    Message,
+    MessageError,
+    Reply,
+    decode,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+POSE_RCVHWM = 1000  # bounded backlog behind a slow reader; latest-wins drains it anyway
+QUEUE_RCVHWM = 100_000  # recorder: about 100 s of a 1 kHz stream before ZeroMQ drops
+PUB_SNDHWM = 1000
+
+
+def context() -> zmq.Context[zmq.Socket[bytes]]:
+    """The process-wide ZeroMQ context (one I/O thread is plenty for poses)."""
+    return zmq.Context.instance()
+
+
+@dataclass(frozen=True)
+class CurveKeys:
+    """CurveZMQ key pair (Z85 text, 40 chars each) and, for clients, the server's public key."""
+
+    public: bytes
+    secret: bytes
+    server_public: bytes | None = None
+
+    @staticmethod
+    def generate() -> CurveKeys:
+        public, secret = zmq.curve_keypair()
+        return CurveKeys(public, secret)
+
+
+def _secure(
+    sock: zmq.Socket[bytes], endpoint: str, keys: CurveKeys | None, *, server: bool
+) -> None:
+    if not endpoint.startswith("tcp://"):
+        return  # ipc is protected by file permissions on the run directory
+    if keys is None:
+        log.warning("%s is unencrypted: no CurveZMQ keys given", endpoint)
+        return
+    sock.curve_secretkey = keys.secret
+    sock.curve_publickey = keys.public
+    if server:
+        sock.curve_server = True
+    else:
+        if keys.server_public is None:
+            raise ValueError(f"{endpoint}: client keys need the server's public key")
+        sock.curve_serverkey = keys.server_public
+
+
+class Counters(_Counter[str]):
+    """Named event counts of one socket (a ``collections.Counter``; missing names are 0)."""
+
+    def reject(self, error: MessageError) -> None:
+        self["rejected"] += 1
+        self[f"rejected_{error.kind}"] += 1
+
+
+@dataclass(frozen=True, eq=False)
+class Received:
+    """One validated message as it arrived: topic, envelope, the raw payload, receive time."""
+
+    topic: str
+    envelope: Envelope
+    payload: bytes
+    t_recv_ns: int
+
+    @property
+    def message(self) -> Message:
+        return self.envelope.message
+
+
+class Publisher:
+    """A bound PUB socket that stamps each message with a per-topic seq and ``t_pub_ns``."""
+
+    def __init__(
+        self, endpoint: str, *, keys: CurveKeys | None = None, sndhwm: int = PUB_SNDHWM
+    ) -> None:
+        self._sock = context().socket(zmq.PUB)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.SNDHWM, sndhwm)
+        _secure(self._sock, endpoint, keys, server=True)
+        self._sock.bind(endpoint)
+        # tcp://*:0 binds an OS-chosen port; report the real one.
+        self.endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._seq: dict[str, int] = {}
+        self.counters = Counters()
+
+    def publish(self, topic: str, message: Message, *, t_pub_ns: int | None = None) -> int:
+        """Encode and send; returns the sequence number used for this topic."""
+        seq = self._seq.get(topic, 0)
+        self._seq[topic] = seq + 1
+        stamp = time.monotonic_ns() if t_pub_ns is None else t_pub_ns
+        self.publish_raw(topic, encode(message, seq=seq, t_pub_ns=stamp))
+        return seq
+
+    def publish_raw(self, topic: str, payload: bytes) -> None:
+        """Send an already-encoded payload unchanged (replay republishes recorded bytes)."""
+        try:
+            self._sock.send_multipart([topic.encode(), payload], flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:  # only with no subscribers on some transports; a pose is disposable
+            self.counters["dropped"] += 1
+            return
+        self.counters["sent"] += 1
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+
+
+class _Subscriber:
+    def __init__(
+        self,
+        endpoints: Iterable[str],
+        topics: Iterable[str],
+        *,
+        rcvhwm: int,
+        keys: CurveKeys | None,
+        max_bytes: int,
+    ) -> None:
+        self._sock = context().socket(zmq.SUB)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        # Refuse absurd frames inside libzmq, before they are ever allocated here.
+        self._sock.setsockopt(zmq.MAXMSGSIZE, max_bytes + 4096)
+        self._max_bytes = max_bytes
+        self.endpoints = tuple(endpoints)
+        for endpoint in self.endpoints:
+            _secure(self._sock, endpoint, keys, server=False)
+            self._sock.connect(endpoint)
+        for topic in topics:
+            self._sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
+        self._last_seq: dict[str, int] = {}
+        self.counters = Counters()
+
+    def fileno_socket(self) -> zmq.Socket[bytes]:
+        """The underlying socket, for a node loop that polls several at once."""
+        return self._sock
+
+    def _recv_frames(self) -> tuple[str, bytes] | None:
+        """One raw (topic, payload) without blocking; None when nothing is queued."""
+        while True:
+            try:
+                frames = self._sock.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return None
+            self.counters["received"] += 1
+            if len(frames) != 2:
+                self.counters.reject(MessageError("malformed", f"{len(frames)} frames"))
+                continue
+            try:
+                return frames[0].decode("utf-8"), frames[1]
+            except UnicodeDecodeError:
+                self.counters.reject(MessageError("malformed", "topic is not UTF-8"))
+
+    def _decode(self, topic: str, payload: bytes, t_recv_ns: int) -> Received | None:
+        try:
+            envelope = decode(payload, max_bytes=self._max_bytes)
+        except MessageError as error:
+            self.counters.reject(error)
+            log.debug("dropped a message on %r: %s", topic, error)
+            return None
+        return Received(topic, envelope, payload, t_recv_ns)
+
+    def _count_gap(self, topic: str, seq: int, skipped: int) -> None:
+        # Sequence numbers are per topic and ZeroMQ keeps order per connection, so a jump
+        # beyond what this socket itself skipped was lost on the way (HWM, reconnect).
+        last = self._last_seq.get(topic)
+        if last is not None and seq > last + 1:
+            self.counters["lost"] += max(0, seq - last - 1 - skipped)
+        self._last_seq[topic] = seq
+
+    def _wait(self, timeout_s: float) -> bool:
+        return bool(self._sock.poll(max(0, int(timeout_s * 1000)), zmq.POLLIN))
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+
+
+class LatestSubscriber(_Subscriber):
+    """Latest-wins subscriber for pose streams: ``poll`` returns the newest per topic."""
+
+    def __init__(
+        self,
+        endpoints: Iterable[str],
+        topics: Iterable[str] = ("",),
+        *,
+        keys: CurveKeys | None = None,
+        rcvhwm: int = POSE_RCVHWM,
+        max_bytes: int = MAX_PAYLOAD_BYTES,
+    ) -> None:
+        super().__init__(endpoints, topics, rcvhwm=rcvhwm, keys=keys, max_bytes=max_bytes)
+
+    def poll(self, timeout_s: float) -> list[Received]:
+        """Wait up to ``timeout_s`` for traffic, drain it, return the newest valid per topic."""
+        if not self._wait(timeout_s):
+            return []
+        queued: dict[str, list[bytes]] = {}
+        while (frames := self._recv_frames()) is not None:
+            queued.setdefault(frames[0], []).append(frames[1])
+        t_recv_ns = time.monotonic_ns()
+        newest: list[Received] = []
+        for topic, payloads in queued.items():
+            # Decode newest first; older ones are only worth decoding if the newest is bad.
+            for i in range(len(payloads) - 1, -1, -1):
+                received = self._decode(topic, payloads[i], t_recv_ns)
+                if received is not None:
+                    self.counters["superseded"] += i
+                    self._count_gap(topic, received.envelope.seq, skipped=i)
+                    newest.append(received)
+                    break
+        return newest
+
+
+class QueueSubscriber(_Subscriber):
+    """Every valid message in arrival order (recorders, reliable topics)."""
+
+    def __init__(
+        self,
+        endpoints: Iterable[str],
+        topics: Iterable[str] = ("",),
+        *,
+        keys: CurveKeys | None = None,
+        rcvhwm: int = QUEUE_RCVHWM,
+        max_bytes: int = MAX_PAYLOAD_BYTES,
+    ) -> None:
+        super().__init__(endpoints, topics, rcvhwm=rcvhwm, keys=keys, max_bytes=max_bytes)
+
+    def poll(self, timeout_s: float, *, max_messages: int = 10_000) -> list[Received]:
+        """Wait up to ``timeout_s`` for traffic, then return up to ``max_messages`` in order."""
+        if not self._wait(timeout_s):
+            return []
+        out: list[Received] = []
+        while len(out) < max_messages and (frames := self._recv_frames()) is not None:
+            received = self._decode(frames[0], frames[1], time.monotonic_ns())
+            if received is not None:
+                self._count_gap(received.topic, received.envelope.seq, skipped=0)
+                out.append(received)
+        return out
+
+
+class CommandServer:
+    """A node's control socket (REP): one reply for every request, even a malformed one."""
+
+    def __init__(self, endpoint: str, *, keys: CurveKeys | None = None) -> None:
+        self._sock = context().socket(zmq.REP)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_PAYLOAD_BYTES)
+        _secure(self._sock, endpoint, keys, server=True)
+        self._sock.bind(endpoint)
+        self.endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._seq = 0
+        self.counters = Counters()
+
+    def socket(self) -> zmq.Socket[bytes]:
+        return self._sock
+
+    def receive(self, timeout_s: float = 0.0) -> Command | None:
+        """The next valid command, or None. A bad request is answered here and counted."""
+        while self._sock.poll(max(0, int(timeout_s * 1000)), zmq.POLLIN):
+            timeout_s = 0.0
+            frames = self._sock.recv_multipart()
+            self.counters["received"] += 1
+            try:
+                if len(frames) != 1:
+                    raise MessageError("malformed", f"{len(frames)} frames in a request")
+                envelope = decode(frames[0])
+                if not isinstance(envelope.message, Command):
+                    raise MessageError("invalid", f"{envelope.type_name} is not a Command")
+            except MessageError as error:
+                self.counters.reject(error)
+                self.reply(Reply(ok=False, error=f"rejected: {error}"))
+                continue
+            return envelope.message
+        return None
+
+    def reply(self, reply: Reply) -> None:
+        """Answer the command last returned by ``receive`` (REP needs exactly one reply)."""
+        self._sock.send(encode(reply, seq=self._seq, t_pub_ns=time.monotonic_ns()))
+        self._seq += 1
+        self.counters["sent"] += 1
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+
+
+class CommandClient:
+    """REQ client with a deadline per request; a timeout rebuilds the socket (lazy pirate)."""
+
+    def __init__(self, endpoint: str, *, keys: CurveKeys | None = None) -> None:
+        self.endpoint = endpoint
+        self._keys = keys
+        self._seq = 0
+        self._sock = self._connect()
+
+    def _connect(self) -> zmq.Socket[bytes]:
+        sock = context().socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        _secure(sock, self.endpoint, self._keys, server=False)
+        sock.connect(self.endpoint)
+        return sock
+
+    def request(self, command: Command, *, timeout_s: float = 2.0) -> Reply:
+        """Send and wait for the reply; TimeoutError if none within ``timeout_s``."""
+        self._sock.send(encode(command, seq=self._seq, t_pub_ns=time.monotonic_ns()))
+        self._seq += 1
+        if not self._sock.poll(int(timeout_s * 1000), zmq.POLLIN):
+            self._sock.close(linger=0)
+            self._sock = self._connect()
+            raise TimeoutError(f"{self.endpoint}: no reply to {command.name!r} in {timeout_s} s")
+        envelope = decode(self._sock.recv())
+        if not isinstance(envelope.message, Reply):
+            raise MessageError("invalid", f"{envelope.type_name} is not a Reply")
+        return envelope.message
+
+    def call(self, name: str, *, timeout_s: float = 2.0, **args: object) -> Reply:
+        return self.request(Command(name, dict(args)), timeout_s=timeout_s)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self._sock.close(linger=0)

@@ -1,0 +1,131 @@
+"""``ornav``: the one command-line entry point.
+
+Every subcommand prints progress on long work and, on bad input, one line
+``ornav: <what is wrong>`` on stderr with exit code 2 (no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+
+from nav import status as stack_status
+from nav.launchfile import LaunchError, load
+from nav.supervisor import StartupError, Supervisor
+
+log = logging.getLogger("ornav")
+
+EXIT_BAD_INPUT = 2
+
+
+class UserError(Exception):
+    """Bad input from the user: printed as one line, exit code 2."""
+
+
+def _default_run_dir(stack: str) -> Path:
+    return Path("runs") / f"{stack}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    launch_path = Path(args.launch_file)
+    run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(launch_path.stem)
+    ipc_dir = Path(tempfile.mkdtemp(prefix="ornav-"))  # short: Unix socket paths <= 107 bytes
+    launch = load(launch_path, run_dir=run_dir.resolve(), ipc_dir=ipc_dir)
+    if args.duration is not None and args.duration <= 0:
+        raise UserError(f"--duration must be > 0, got {args.duration}")
+
+    console = Console(stderr=not sys.stdout.isatty())
+    show_live = sys.stdout.isatty() and not args.no_table
+    supervisor = Supervisor(launch)
+    supervisor.on_event = lambda line: log.info("%s", line)
+
+    stop_requested: list[str] = []
+
+    def request_stop(signum: int, _frame: object) -> None:
+        stop_requested.append(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+    log.info("starting %s (%d nodes), run dir %s", launch.path, len(launch.nodes), run_dir)
+    supervisor.start()
+    deadline = time.monotonic() + args.duration if args.duration is not None else None
+    live = Live(console=console, refresh_per_second=4, transient=False) if show_live else None
+    try:
+        if live is not None:
+            live.start()
+        while not stop_requested and (deadline is None or time.monotonic() < deadline):
+            supervisor.tick()
+            if live is not None:
+                live.update(
+                    stack_status.render(stack_status.snapshot(supervisor, time.monotonic_ns()))
+                )
+    finally:
+        final = stack_status.snapshot(supervisor, time.monotonic_ns())
+        healthy = supervisor.all_running()
+        if live is not None:
+            live.update(stack_status.render(final))
+            live.stop()
+        if stop_requested:
+            log.info("%s received: stopping", stop_requested[0])
+        supervisor.stop()
+    if live is None and not args.no_table:
+        console.print(stack_status.render(final))
+    if args.summary:
+        report = stack_status.summary(final)
+        for name, node in supervisor.nodes.items():
+            report["nodes"][name]["final_state"] = node.state
+            report["nodes"][name]["exit_code"] = node.exit_code
+        report["healthy"] = healthy
+        Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.summary).write_text(json.dumps(report, indent=2) + "\n")
+        log.info("summary written to %s", args.summary)
+    return 0 if healthy else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ornav", description=__doc__)
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    launch = commands.add_parser("launch", help="run a stack from a launch file")
+    launch.add_argument("launch_file", help="e.g. launch/sim.toml")
+    launch.add_argument("--duration", type=float, help="run this many seconds, then stop")
+    launch.add_argument("--summary", help="write the final status as JSON here")
+    launch.add_argument("--run-dir", help="logs and recordings (default runs/<stack>-<time>)")
+    launch.add_argument("--no-table", action="store_true", help="no status table")
+    launch.set_defaults(func=cmd_launch)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=str(args.log_level).upper(),
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args.func(args))
+    except (UserError, LaunchError, StartupError) as error:
+        print(f"ornav: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,348 @@
+"""Launch files: which nodes a stack runs, in which order, wired how.
+
+A launch file is TOML (read with the standard library). Example, annotated::
+
+    [stack]
+    name = "sim"
+    ready_timeout_s = 15.0          # default per node; a node may override it
+    stop_grace_s = 2.0              # per escalation step: SIGINT -> SIGTERM -> SIGKILL
+
+    [nodes.tracker]                 # nodes start in file order, stop in reverse
+    module = "tracking.sim_node"    # run as `python -m tracking.sim_node`
+    pub = "ipc://{ipc_dir}/tracker.pub"
+    control = "ipc://{ipc_dir}/tracker.ctl"
+    rate_hz = 400
+    subscribe = []                  # names of nodes whose pub socket this node reads
+    restart = "on-failure"          # or "never"
+    restart_limit = 3
+    restart_delay_s = 1.0
+    [nodes.tracker.params]          # checked against the module's Config dataclass
+    seed = 1
+
+``{run_dir}`` is replaced by the stack's run directory (logs, recordings), ``{ipc_dir}`` by a
+short directory for ipc sockets (a Unix socket path is limited to 107 bytes, so it lives
+under /tmp, not next to a deep working copy).
+Every error is one ``LaunchError`` line naming the file, the node and the key.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nav.config import ConfigError, from_table
+
+NODE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_TCP = re.compile(r"tcp://(\*|[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\]):(\d{1,5})")
+IPC_PATH_MAX = 107  # sun_path is 108 bytes on Linux, including the NUL
+RESTART_POLICIES = ("never", "on-failure")
+
+_STACK_KEYS = frozenset({"name", "ready_timeout_s", "stop_grace_s"})
+_NODE_KEYS = frozenset(
+    {
+        "module",
+        "pub",
+        "control",
+        "rate_hz",
+        "subscribe",
+        "restart",
+        "restart_limit",
+        "restart_delay_s",
+        "ready_timeout_s",
+        "params",
+    }
+)
+
+
+class LaunchError(ValueError):
+    """A launch file that must not start; the message is the one line shown to the user."""
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    policy: str = "never"
+    limit: int = 3
+    delay_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node, fully resolved: endpoints have ``{run_dir}`` substituted."""
+
+    name: str
+    module: str
+    pub: str | None = None
+    control: str | None = None
+    rate_hz: float | None = None
+    subscribe: tuple[str, ...] = ()
+    subscribe_endpoints: tuple[str, ...] = ()
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+    ready_timeout_s: float = 15.0
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "name": self.name,
+                "module": self.module,
+                "pub": self.pub,
+                "control": self.control,
+                "rate_hz": self.rate_hz,
+                "subscribe": list(self.subscribe),
+                "subscribe_endpoints": list(self.subscribe_endpoints),
+                "restart": vars(self.restart),
+                "ready_timeout_s": self.ready_timeout_s,
+                "params": dict(self.params),
+            }
+        )
+
+    @staticmethod
+    def from_json(text: str) -> NodeSpec:
+        raw = json.loads(text)
+        return NodeSpec(
+            name=raw["name"],
+            module=raw["module"],
+            pub=raw["pub"],
+            control=raw["control"],
+            rate_hz=raw["rate_hz"],
+            subscribe=tuple(raw["subscribe"]),
+            subscribe_endpoints=tuple(raw["subscribe_endpoints"]),
+            restart=RestartPolicy(**raw["restart"]),
+            ready_timeout_s=raw["ready_timeout_s"],
+            params=raw["params"],
+        )
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    path: Path
+    name: str
+    stop_grace_s: float
+    nodes: tuple[NodeSpec, ...]
+    run_dir: Path
+    ipc_dir: Path
+
+    def node(self, name: str) -> NodeSpec:
+        for spec in self.nodes:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+
+def check_endpoint(endpoint: str) -> str | None:
+    """None if ``endpoint`` is a usable ipc/tcp endpoint, else what is wrong with it."""
+    if endpoint.startswith("ipc://"):
+        path = endpoint[len("ipc://") :]
+        if not path.startswith("/"):
+            return "an ipc path must be absolute"
+        if len(path.encode()) > IPC_PATH_MAX:
+            return f"ipc path longer than {IPC_PATH_MAX} bytes (a Unix socket limit)"
+        return None
+    match = _TCP.fullmatch(endpoint)
+    if match is None:
+        return "expected ipc:///absolute/path or tcp://host:port"
+    if not 1 <= int(match.group(2)) <= 65535:
+        return "tcp port must be 1..65535"
+    return None
+
+
+def _number(value: Any, where: str, *, positive: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise LaunchError(f"{where}: expected a number, got {value!r}")
+    if positive and not value > 0:
+        raise LaunchError(f"{where}: must be > 0, got {value!r}")
+    if not positive and value < 0:
+        raise LaunchError(f"{where}: must be >= 0, got {value!r}")
+    return float(value)
+
+
+def node_config_type(module: str) -> Any:
+    """Import a node module (imports do nothing by house rule) and return its Config."""
+    node_module = importlib.import_module(module)
+    config_type = getattr(node_module, "Config", None)
+    if config_type is None or not callable(getattr(node_module, "main", None)):
+        raise AttributeError(f"module {module!r} is not a node (needs Config and main)")
+    return config_type
+
+
+def node_config(spec: NodeSpec) -> Any:
+    """The node's Config built from its params (and ``rate_hz`` if Config has that field)."""
+    config_type = node_config_type(spec.module)
+    table = dict(spec.params)
+    if spec.rate_hz is not None and "rate_hz" in getattr(config_type, "__dataclass_fields__", {}):
+        table.setdefault("rate_hz", spec.rate_hz)
+    return from_table(config_type, table)
+
+
+def load(
+    path: str | Path,
+    *,
+    run_dir: str | Path,
+    ipc_dir: str | Path | None = None,
+    check_modules: bool = True,
+) -> LaunchSpec:
+    """Read and validate a launch file; LaunchError (one line) on the first problem.
+
+    ``ipc_dir`` defaults to ``run_dir``. With ``check_modules`` every node module is imported
+    and its params checked against its Config, so nothing starts with a bad file.
+    """
+    path = Path(path)
+    run_dir = Path(run_dir)
+    ipc_dir = Path(ipc_dir) if ipc_dir is not None else run_dir
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LaunchError(f"{path}: no such launch file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise LaunchError(f"{path}: cannot read: {error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise LaunchError(f"{path}: not valid TOML: {error}") from None
+
+    unknown = sorted(set(raw) - {"stack", "nodes"})
+    if unknown:
+        raise LaunchError(f"{path}: unknown top-level key {unknown[0]!r}")
+    stack = raw.get("stack", {})
+    if not isinstance(stack, dict):
+        raise LaunchError(f"{path}: [stack] must be a table")
+    unknown = sorted(set(stack) - _STACK_KEYS)
+    if unknown:
+        raise LaunchError(f"{path}: [stack]: unknown key {unknown[0]!r}")
+    name = stack.get("name", path.stem)
+    if not isinstance(name, str) or not name:
+        raise LaunchError(f"{path}: [stack]: key 'name' must be a non-empty string")
+    ready_default = _number(
+        stack.get("ready_timeout_s", 15.0), f"{path}: [stack]: key 'ready_timeout_s'", positive=True
+    )
+    stop_grace_s = _number(
+        stack.get("stop_grace_s", 2.0), f"{path}: [stack]: key 'stop_grace_s'", positive=True
+    )
+
+    nodes_raw = raw.get("nodes")
+    if not isinstance(nodes_raw, dict) or not nodes_raw:
+        raise LaunchError(f"{path}: no [nodes.<name>] tables")
+    for node_name in nodes_raw:
+        if not NODE_NAME.fullmatch(node_name):
+            raise LaunchError(
+                f"{path}: node {node_name!r}: a name is lowercase letters, digits and _"
+            )
+
+    def substitute(value: str) -> str:
+        return value.replace("{run_dir}", str(run_dir)).replace("{ipc_dir}", str(ipc_dir))
+
+    endpoints_seen: dict[str, str] = {}
+    partial: list[NodeSpec] = []
+    for node_name, table in nodes_raw.items():
+        where = f"{path}: node {node_name!r}"
+        if not isinstance(table, dict):
+            raise LaunchError(f"{where}: must be a table")
+        unknown = sorted(set(table) - _NODE_KEYS)
+        if unknown:
+            raise LaunchError(f"{where}: unknown key {unknown[0]!r}")
+        module = table.get("module")
+        if not isinstance(module, str) or not MODULE_NAME.fullmatch(module):
+            raise LaunchError(f"{where}: key 'module': expected a Python module name")
+        if check_modules and importlib.util.find_spec(module.split(".")[0]) is None:
+            raise LaunchError(f"{where}: key 'module': no module named {module!r}")
+
+        sockets: dict[str, str | None] = {}
+        for key in ("pub", "control"):
+            value = table.get(key)
+            if value is None:
+                sockets[key] = None
+                continue
+            if not isinstance(value, str):
+                raise LaunchError(f"{where}: key {key!r}: expected an endpoint string")
+            endpoint = substitute(value)
+            problem = check_endpoint(endpoint)
+            if problem:
+                raise LaunchError(f"{where}: key {key!r}: malformed endpoint {value!r}: {problem}")
+            if endpoint in endpoints_seen:
+                raise LaunchError(
+                    f"{where}: key {key!r}: duplicate endpoint {value!r} "
+                    f"(already {endpoints_seen[endpoint]})"
+                )
+            endpoints_seen[endpoint] = f"{node_name}.{key}"
+            sockets[key] = endpoint
+
+        rate_hz = table.get("rate_hz")
+        if rate_hz is not None:
+            rate_hz = _number(rate_hz, f"{where}: key 'rate_hz'", positive=True)
+        subscribe = table.get("subscribe", [])
+        if not isinstance(subscribe, list) or not all(isinstance(s, str) for s in subscribe):
+            raise LaunchError(f"{where}: key 'subscribe': expected a list of node names")
+        restart = table.get("restart", "never")
+        if restart not in RESTART_POLICIES:
+            raise LaunchError(
+                f"{where}: key 'restart': {restart!r} is not one of {', '.join(RESTART_POLICIES)}"
+            )
+        limit = table.get("restart_limit", 3)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise LaunchError(f"{where}: key 'restart_limit': expected an integer >= 0")
+        delay_s = _number(
+            table.get("restart_delay_s", 1.0), f"{where}: key 'restart_delay_s'", positive=False
+        )
+        ready_s = _number(
+            table.get("ready_timeout_s", ready_default),
+            f"{where}: key 'ready_timeout_s'",
+            positive=True,
+        )
+        params = table.get("params", {})
+        if not isinstance(params, dict):
+            raise LaunchError(f"{where}: key 'params': must be a table")
+        params = _substitute_params(params, substitute)
+        partial.append(
+            NodeSpec(
+                name=node_name,
+                module=module,
+                pub=sockets["pub"],
+                control=sockets["control"],
+                rate_hz=rate_hz,
+                subscribe=tuple(subscribe),
+                restart=RestartPolicy(restart, limit, delay_s),
+                ready_timeout_s=ready_s,
+                params=params,
+            )
+        )
+
+    by_name = {spec.name: spec for spec in partial}
+    nodes: list[NodeSpec] = []
+    for spec in partial:
+        where = f"{path}: node {spec.name!r}: key 'subscribe'"
+        endpoints = []
+        for other in spec.subscribe:
+            if other not in by_name:
+                raise LaunchError(f"{where}: no node named {other!r}")
+            other_pub = by_name[other].pub
+            if other_pub is None:
+                raise LaunchError(f"{where}: node {other!r} has no pub endpoint")
+            endpoints.append(other_pub)
+        resolved = NodeSpec(**{**vars(spec), "subscribe_endpoints": tuple(endpoints)})
+        if check_modules:
+            _check_node_module(resolved, f"{path}: node {spec.name!r}")
+        nodes.append(resolved)
+    return LaunchSpec(path, name, stop_grace_s, tuple(nodes), run_dir, ipc_dir)
+
+
+def _substitute_params(params: dict[str, Any], substitute: Any) -> dict[str, Any]:
+    return {
+        key: substitute(value) if isinstance(value, str) else value for key, value in params.items()
+    }
+
+
+def _check_node_module(spec: NodeSpec, where: str) -> None:
+    try:
+        node_config(spec)
+    except ModuleNotFoundError:
+        raise LaunchError(f"{where}: key 'module': no module named {spec.module!r}") from None
+    except AttributeError as error:
+        raise LaunchError(f"{where}: key 'module': {error}") from None
+    except ConfigError as error:
+        raise LaunchError(f"{where}: params: {error}") from None

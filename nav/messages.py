@@ -1,0 +1,520 @@
+"""Every message type that crosses the ornav bus, with its wire format and validation.
+
+Wire format: one ZeroMQ multipart message per publish.
+
+    frame 0  topic    UTF-8, e.g. ``pose/sim``, ``heartbeat/tracker``
+    frame 1  payload  msgpack map:
+        "v"        int   SCHEMA_VERSION; any other version is refused
+        "type"     str   one of the type names below, e.g. "TrackerFrame"
+        "seq"      int   the publisher's sequence number for this topic (gaps = loss)
+        "t_pub_ns" int   publisher's monotonic clock at publish, ns
+        "body"     map   the type's fields
+
+An array inside a body travels as ``{"dtype": "<f8", "shape": [N, 4, 4], "data": <bytes>}``:
+little-endian, C order, raw bytes (no per-element msgpack cost). Only the dtypes in
+``_ARRAY_DTYPES`` are accepted.
+
+Decoding is strict: unknown type, wrong version, missing or extra field, wrong type,
+wrong array shape, non-finite value, or a pose that claims status OK but is not a rigid
+transform raises ``MessageError``. The bus counts and drops it; nothing malformed ever
+becomes a pose. No pickle anywhere.
+
+Frames and units: lengths in mm, times in integer ns of the host monotonic clock
+(``t_sensor_ns``: acquisition time; ``t_pub_ns``: publish time).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeAlias
+
+import msgpack
+import numpy as np
+import numpy.typing as npt
+
+from nav.frames import TOOL_NAME_PATTERN
+from nav.transforms import is_rigid, rigidity_errors
+
+SCHEMA_VERSION = 1
+MAX_PAYLOAD_BYTES = 1 << 20  # 1 MiB: far above any pose or command; assets use their own limit
+MAX_TOOLS_PER_FRAME = 64
+MAX_NAME_LEN = 64
+# PLUS and device SDKs round matrices to ~6 significant digits, so a decoded pose is
+# called rigid within 1e-4 (0.1 mm on a 1 m lever arm is far below tracker noise).
+RIGID_TOLERANCE = 1e-4
+
+_ARRAY_DTYPES = frozenset({"<f8", "<f4", "<i8", "<i4", "|u1"})
+_NODE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+JsonScalar: TypeAlias = None | bool | int | float | str
+JsonValue: TypeAlias = JsonScalar | list["JsonValue"] | dict[str, "JsonValue"]
+FloatArray: TypeAlias = npt.NDArray[np.float64]
+
+
+class MessageError(ValueError):
+    """A payload that must be dropped; ``kind`` labels the counter it goes to."""
+
+    KINDS: ClassVar[frozenset[str]] = frozenset(
+        {"oversized", "malformed", "version", "unknown_type", "invalid"}
+    )
+
+    def __init__(self, kind: str, detail: str) -> None:
+        assert kind in self.KINDS, kind
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+class ToolStatus(enum.Enum):
+    """Tool validity, in the PLUS vocabulary (``TransformStatus``)."""
+
+    OK = "OK"
+    MISSING = "MISSING"
+    OUT_OF_VIEW = "OUT_OF_VIEW"
+    OUT_OF_VOLUME = "OUT_OF_VOLUME"
+    INVALID = "INVALID"
+
+
+# --- field helpers -------------------------------------------------------------------
+
+
+def _get(body: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    if key not in body:
+        raise MessageError("invalid", f"missing field {key!r}")
+    value = body[key]
+    # bool is an int subclass; a bool where a number is expected is a bug upstream.
+    if isinstance(value, bool) and kind is not bool:
+        raise MessageError("invalid", f"field {key!r} is a bool")
+    if not isinstance(value, kind):
+        raise MessageError("invalid", f"field {key!r} has type {type(value).__name__}")
+    return value
+
+
+def _finite_float(body: Mapping[str, Any], key: str) -> float:
+    value = float(_get(body, key, (int, float)))
+    if not math.isfinite(value):
+        raise MessageError("invalid", f"field {key!r} is not finite")
+    return value
+
+
+def _time_ns(body: Mapping[str, Any], key: str) -> int:
+    value: int = _get(body, key, int)
+    if not 0 <= value < 1 << 63:
+        raise MessageError("invalid", f"field {key!r} = {value} is out of range")
+    return value
+
+
+def _name(body: Mapping[str, Any], key: str, pattern: re.Pattern[str] | str) -> str:
+    value: str = _get(body, key, str)
+    if len(value) > MAX_NAME_LEN or not re.fullmatch(pattern, value):
+        raise MessageError("invalid", f"field {key!r} is not a valid name: {value[:80]!r}")
+    return value
+
+
+def _check_fields(body: Mapping[str, Any], expected: frozenset[str], type_name: str) -> None:
+    extra = set(body) - expected
+    if extra:
+        raise MessageError("invalid", f"{type_name} has unknown fields {sorted(extra)}")
+
+
+def encode_array(array: npt.NDArray[Any]) -> dict[str, Any]:
+    """Array -> wire map (little-endian, C order)."""
+    little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    dtype = little.dtype.str
+    if dtype not in _ARRAY_DTYPES:
+        raise ValueError(f"dtype {dtype} cannot travel on the bus")
+    return {"dtype": dtype, "shape": list(little.shape), "data": little.tobytes()}
+
+
+def decode_array(
+    body: Mapping[str, Any],
+    key: str,
+    *,
+    dtype: str,
+    shape: tuple[int | None, ...],
+    allow_nan: bool = False,
+) -> npt.NDArray[Any]:
+    """Wire map -> read-only array, checked against ``dtype`` and ``shape`` (None = any).
+
+    Infinities are always refused; NaN only with ``allow_nan`` (a field that means "none").
+    """
+    wire = _get(body, key, dict)
+    _check_fields(wire, frozenset({"dtype", "shape", "data"}), f"array {key!r}")
+    wire_dtype = _get(wire, "dtype", str)
+    wire_shape = _get(wire, "shape", list)
+    data = _get(wire, "data", bytes)
+    if wire_dtype != dtype:
+        raise MessageError("invalid", f"array {key!r} has dtype {wire_dtype}, expected {dtype}")
+    if len(wire_shape) != len(shape) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 and (want is None or n == want)
+        for n, want in zip(wire_shape, shape, strict=False)
+    ):
+        raise MessageError("invalid", f"array {key!r} has shape {wire_shape}, expected {shape}")
+    itemsize = np.dtype(dtype).itemsize
+    if len(data) != itemsize * math.prod(wire_shape):
+        raise MessageError("invalid", f"array {key!r}: {len(data)} bytes for shape {wire_shape}")
+    array = np.frombuffer(data, dtype=dtype).reshape(wire_shape)
+    if array.dtype.kind == "f":
+        bad = np.isinf(array) if allow_nan else ~np.isfinite(array)
+        if bad.any():
+            raise MessageError("invalid", f"array {key!r} holds a non-finite value")
+    return array
+
+
+def _check_pose(T: FloatArray, status: ToolStatus, what: str) -> None:
+    # A pose marked OK must be usable as-is; a non-OK pose is carried for the record only.
+    if status is ToolStatus.OK and not is_rigid(T, tol=RIGID_TOLERANCE):
+        raise MessageError("invalid", f"{what} has status OK but is not a rigid transform")
+
+
+def _fit_error(value: float, status: ToolStatus, what: str) -> float:
+    # NaN means "not measured" and is only allowed when the tool was not seen.
+    if math.isnan(value):
+        if status is ToolStatus.OK:
+            raise MessageError("invalid", f"{what}: fit error is NaN for an OK pose")
+        return value
+    if not math.isfinite(value) or value < 0:
+        raise MessageError("invalid", f"{what}: fit error {value} is not a finite value >= 0")
+    return value
+
+
+def _status(value: Any, what: str) -> ToolStatus:
+    try:
+        return ToolStatus(value)
+    except ValueError:
+        raise MessageError("invalid", f"{what}: unknown status {str(value)[:40]!r}") from None
+
+
+def _check_json(value: Any, depth: int = 0) -> None:
+    if depth > 8:
+        raise MessageError("invalid", "arguments nested too deeply")
+    if value is None or isinstance(value, bool | int | str):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise MessageError("invalid", "argument is not finite")
+        return
+    if isinstance(value, list):
+        for item in value:
+            _check_json(item, depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise MessageError("invalid", "argument keys must be strings")
+            _check_json(item, depth + 1)
+        return
+    raise MessageError("invalid", f"argument of type {type(value).__name__} not allowed")
+
+
+# --- message types -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class ToolPose:
+    """One tool in one tracker sample.
+
+    ``T_tracker_from_tool`` (4, 4) maps tool-marker coordinates into the tracker frame, mm.
+    It is meaningful only when ``status`` is OK; otherwise it is whatever the source last
+    had (often identity) and must not be drawn. ``fit_error_mm`` is the marker fit RMS, NaN
+    when the tool was not seen.
+    """
+
+    TYPE: ClassVar[str] = "ToolPose"
+    tool: str
+    T_tracker_from_tool: FloatArray
+    t_sensor_ns: int
+    status: ToolStatus
+    fit_error_mm: float
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "tool": self.tool,
+            "T_tracker_from_tool": encode_array(np.asarray(self.T_tracker_from_tool, np.float64)),
+            "t_sensor_ns": int(self.t_sensor_ns),
+            "status": self.status.value,
+            "fit_error_mm": float(self.fit_error_mm),
+        }
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> ToolPose:
+        _check_fields(body, _FIELDS[cls.TYPE], cls.TYPE)
+        tool = _name(body, "tool", TOOL_NAME_PATTERN)
+        status = _status(_get(body, "status", str), tool)
+        T = decode_array(body, "T_tracker_from_tool", dtype="<f8", shape=(4, 4))
+        _check_pose(T, status, tool)
+        fit = _fit_error(float(_get(body, "fit_error_mm", (int, float))), status, tool)
+        return cls(tool, T, _time_ns(body, "t_sensor_ns"), status, fit)
+
+
+@dataclass(frozen=True, eq=False)
+class TrackerFrame:
+    """Every tool of one tracker sample, in one message (one decode per sample, not per tool).
+
+    ``T_tracker_from_tools`` (N, 4, 4), ``statuses`` and ``fit_errors_mm`` (N,) are aligned
+    with ``tools`` (N names, unique). ``frame_number`` counts the tracker's samples.
+    """
+
+    TYPE: ClassVar[str] = "TrackerFrame"
+    tracker: str
+    t_sensor_ns: int
+    frame_number: int
+    tools: tuple[str, ...]
+    T_tracker_from_tools: FloatArray
+    statuses: tuple[ToolStatus, ...]
+    fit_errors_mm: FloatArray = field(repr=False)
+
+    def pose(self, tool: str) -> ToolPose:
+        """The named tool as a ``ToolPose``; KeyError if this frame does not carry it."""
+        if tool not in self.tools:
+            raise KeyError(tool)
+        i = self.tools.index(tool)
+        return ToolPose(
+            tool,
+            self.T_tracker_from_tools[i],
+            self.t_sensor_ns,
+            self.statuses[i],
+            float(self.fit_errors_mm[i]),
+        )
+
+    def poses(self) -> list[ToolPose]:
+        return [self.pose(tool) for tool in self.tools]
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "tracker": self.tracker,
+            "t_sensor_ns": int(self.t_sensor_ns),
+            "frame_number": int(self.frame_number),
+            "tools": list(self.tools),
+            "T_tracker_from_tools": encode_array(np.asarray(self.T_tracker_from_tools, np.float64)),
+            "statuses": [s.value for s in self.statuses],
+            "fit_errors_mm": encode_array(np.asarray(self.fit_errors_mm, np.float64)),
+        }
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> TrackerFrame:
+        _check_fields(body, _FIELDS[cls.TYPE], cls.TYPE)
+        tracker = _name(body, "tracker", TOOL_NAME_PATTERN)
+        tools_raw = _get(body, "tools", list)
+        n = len(tools_raw)
+        if n > MAX_TOOLS_PER_FRAME:
+            raise MessageError("invalid", f"{n} tools in one frame (max {MAX_TOOLS_PER_FRAME})")
+        tools = tuple(_name({"tool": t}, "tool", TOOL_NAME_PATTERN) for t in tools_raw)
+        if len(set(tools)) != n:
+            raise MessageError("invalid", "duplicate tool names in one frame")
+        statuses_raw = _get(body, "statuses", list)
+        if len(statuses_raw) != n:
+            raise MessageError("invalid", f"{len(statuses_raw)} statuses for {n} tools")
+        statuses = tuple(_status(s, t) for s, t in zip(statuses_raw, tools, strict=True))
+        Ts = decode_array(body, "T_tracker_from_tools", dtype="<f8", shape=(n, 4, 4))
+        # NaN marks "not seen"; _fit_error checks it against each tool's status.
+        fit = decode_array(body, "fit_errors_mm", dtype="<f8", shape=(n,), allow_nan=True)
+        ok = np.array([s is ToolStatus.OK for s in statuses], dtype=bool)
+        not_rigid = ok & (rigidity_errors(Ts) > RIGID_TOLERANCE) if n else ok
+        if not_rigid.any():
+            bad = tools[int(np.argmax(not_rigid))]
+            raise MessageError("invalid", f"{bad} has status OK but is not a rigid transform")
+        for i, tool in enumerate(tools):
+            _fit_error(float(fit[i]), statuses[i], tool)
+        return cls(
+            tracker,
+            _time_ns(body, "t_sensor_ns"),
+            _time_ns(body, "frame_number"),
+            tools,
+            Ts,
+            statuses,
+            fit,
+        )
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """A node's vital signs, published about once a second on ``heartbeat/<node>``.
+
+    ``counters`` are totals since start (``published``, ``rejected``, ``rejected_<kind>``,
+    ...); ``rates_hz`` are recent rates (``published``, per input topic ...).
+    ``latency_ms`` holds recent percentiles of a node's own measured latency, if any.
+    """
+
+    TYPE: ClassVar[str] = "Heartbeat"
+    node: str
+    pid: int
+    state: str
+    uptime_s: float
+    counters: dict[str, int]
+    rates_hz: dict[str, float]
+    latency_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "pid": self.pid,
+            "state": self.state,
+            "uptime_s": float(self.uptime_s),
+            "counters": dict(self.counters),
+            "rates_hz": {k: float(v) for k, v in self.rates_hz.items()},
+            "latency_ms": {k: float(v) for k, v in self.latency_ms.items()},
+        }
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Heartbeat:
+        _check_fields(body, _FIELDS[cls.TYPE], cls.TYPE)
+        return cls(
+            node=_name(body, "node", _NODE_NAME),
+            pid=_get(body, "pid", int),
+            state=_name(body, "state", _NODE_NAME),
+            uptime_s=_finite_float(body, "uptime_s"),
+            counters=_str_map(body, "counters", int),
+            rates_hz=_str_map(body, "rates_hz", float),
+            latency_ms=_str_map(body, "latency_ms", float),
+        )
+
+
+def _str_map(body: Mapping[str, Any], key: str, kind: type) -> dict[str, Any]:
+    raw = _get(body, key, dict)
+    if len(raw) > 256:
+        raise MessageError("invalid", f"{key!r} has {len(raw)} entries")
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        if not isinstance(k, str) or len(k) > MAX_NAME_LEN:
+            raise MessageError("invalid", f"{key!r} has a bad key")
+        out[k] = _finite_float({k: v}, k) if kind is float else _get({k: v}, k, int)
+    return out
+
+
+@dataclass(frozen=True)
+class Command:
+    """A request on a node's control socket: ``name`` (e.g. ``ping``) with JSON-like args."""
+
+    TYPE: ClassVar[str] = "Command"
+    name: str
+    args: dict[str, JsonValue] = field(default_factory=dict)
+
+    def to_body(self) -> dict[str, Any]:
+        return {"name": self.name, "args": self.args}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Command:
+        _check_fields(body, _FIELDS[cls.TYPE], cls.TYPE)
+        name = _name(body, "name", r"[a-z][a-z0-9_.]*")
+        args = _get(body, "args", dict)
+        _check_json(args)
+        return cls(name, args)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The answer to one ``Command``: ``ok`` with a result, or not ok with a one-line error."""
+
+    TYPE: ClassVar[str] = "Reply"
+    ok: bool
+    result: dict[str, JsonValue] = field(default_factory=dict)
+    error: str = ""
+
+    def to_body(self) -> dict[str, Any]:
+        return {"ok": self.ok, "result": self.result, "error": self.error}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Reply:
+        _check_fields(body, _FIELDS[cls.TYPE], cls.TYPE)
+        result = _get(body, "result", dict)
+        _check_json(result)
+        return cls(_get(body, "ok", bool), result, _get(body, "error", str))
+
+
+Message: TypeAlias = ToolPose | TrackerFrame | Heartbeat | Command | Reply
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls for cls in (ToolPose, TrackerFrame, Heartbeat, Command, Reply)
+}
+_FIELDS: dict[str, frozenset[str]] = {
+    "ToolPose": frozenset({"tool", "T_tracker_from_tool", "t_sensor_ns", "status", "fit_error_mm"}),
+    "TrackerFrame": frozenset(
+        {
+            "tracker",
+            "t_sensor_ns",
+            "frame_number",
+            "tools",
+            "T_tracker_from_tools",
+            "statuses",
+            "fit_errors_mm",
+        }
+    ),
+    "Heartbeat": frozenset(
+        {"node", "pid", "state", "uptime_s", "counters", "rates_hz", "latency_ms"}
+    ),
+    "Command": frozenset({"name", "args"}),
+    "Reply": frozenset({"ok", "result", "error"}),
+}
+
+
+@dataclass(frozen=True, eq=False)
+class Envelope:
+    """A decoded payload: the publisher's sequence number and publish time, and the message."""
+
+    seq: int
+    t_pub_ns: int
+    message: Message
+
+    @property
+    def type_name(self) -> str:
+        return self.message.TYPE
+
+
+def encode(message: Message, *, seq: int, t_pub_ns: int) -> bytes:
+    """Message -> payload bytes (frame 1 of the multipart message)."""
+    return msgpack.packb(
+        {
+            "v": SCHEMA_VERSION,
+            "type": message.TYPE,
+            "seq": int(seq),
+            "t_pub_ns": int(t_pub_ns),
+            "body": message.to_body(),
+        },
+        use_bin_type=True,
+    )
+
+
+def decode(payload: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> Envelope:
+    """Payload bytes -> validated ``Envelope``; raises ``MessageError`` on anything wrong."""
+    if len(payload) > max_bytes:
+        raise MessageError("oversized", f"{len(payload)} bytes > {max_bytes}")
+    try:
+        raw = msgpack.unpackb(
+            payload,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+        )  # unpackb bounds every container by len(payload), already checked above
+    except Exception as exc:  # msgpack raises many types for hostile input
+        raise MessageError("malformed", f"not msgpack: {type(exc).__name__}") from None
+    if not isinstance(raw, dict):
+        raise MessageError("malformed", "payload is not a map")
+    version = raw.get("v")
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        raise MessageError(
+            "version", f"schema version {str(version)[:20]}, expected {SCHEMA_VERSION}"
+        )
+    _check_fields(raw, frozenset({"v", "type", "seq", "t_pub_ns", "body"}), "envelope")
+    type_name = _get(raw, "type", str)
+    cls = MESSAGE_TYPES.get(type_name)
+    if cls is None:
+        raise MessageError("unknown_type", f"type {type_name[:40]!r}")
+    seq = _get(raw, "seq", int)
+    t_pub_ns = _get(raw, "t_pub_ns", int)
+    if seq < 0 or t_pub_ns < 0:
+        raise MessageError("invalid", "negative seq or t_pub_ns")
+    return Envelope(seq, t_pub_ns, cls.from_body(_get(raw, "body", dict)))
+
+
+def peek_type(payload: bytes) -> str:
+    """The type name of a payload without validating its body (for recorders); '' if unknown."""
+    try:
+        raw = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    except Exception:
+        return ""
+    name = raw.get("type") if isinstance(raw, dict) else None
+    return name if isinstance(name, str) and name in MESSAGE_TYPES else ""

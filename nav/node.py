@@ -1,0 +1,208 @@
+"""What every node process shares: start-up, the READY line, control, heartbeats, shutdown.
+
+A node module (``*_node.py``) provides a frozen ``Config``, ``run(cfg, spec, stop) -> int``
+and ``main(argv) -> int`` that calls ``node_main``. The supervisor starts it as
+
+    python -m <module> --spec-json '<NodeSpec as JSON>'
+
+and for a hand run ``--launch FILE --node NAME [--run-dir DIR]`` does the same from a file.
+
+Contract with the supervisor:
+- After binding its sockets the node prints exactly one line to stdout,
+  ``READY <name> pid=<pid> pub=<endpoint|-> control=<endpoint|->``, and nothing else there.
+  Logs go to stderr.
+- SIGINT or SIGTERM sets ``stop``; the loop notices within one poll timeout and the node
+  exits 0. An unexpected exception is logged once and the node exits 1.
+- Heartbeats on ``heartbeat/<name>`` every ``HEARTBEAT_PERIOD_S``; built-in control
+  commands ``ping`` and ``status``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from nav import bus
+from nav.config import ConfigError
+from nav.launchfile import LaunchError, NodeSpec, load, node_config
+from nav.messages import Command, Heartbeat, Reply
+from nav.stats import LatencyWindow, RateMeter
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_PERIOD_S = 0.5
+POLL_TIMEOUT_S = 0.05  # a stop request is honoured within this
+HEARTBEAT_TOPIC_PREFIX = "heartbeat/"
+
+CommandHandler = Callable[[Command], Reply]
+
+
+class NodeRuntime:
+    """The sockets and bookkeeping of one node; use as a context manager inside ``run``."""
+
+    def __init__(self, spec: NodeSpec, stop: threading.Event) -> None:
+        self.spec = spec
+        self.stop = stop
+        self.pub: bus.Publisher | None = None
+        self.control: bus.CommandServer | None = None
+        self.counters = bus.Counters()  # node-specific counts, added to the heartbeat
+        self.latency = LatencyWindow()  # t_sensor -> this node's receive, for poses
+        self._watched: list[bus.Counters] = []
+        self._rates: dict[str, RateMeter] = {}
+        self._handlers: dict[str, CommandHandler] = {
+            "ping": lambda _cmd: Reply(ok=True, result={"node": spec.name, "pid": os.getpid()}),
+            "status": lambda _cmd: Reply(ok=True, result=dict(self.totals())),
+        }
+        self._t_start_ns = time.monotonic_ns()
+        self._next_heartbeat_ns = 0
+
+    def __enter__(self) -> NodeRuntime:
+        if self.spec.pub:
+            self.pub = bus.Publisher(self.spec.pub)
+        if self.spec.control:
+            self.control = bus.CommandServer(self.spec.control)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for sock in (self.pub, self.control):
+            if sock is not None:
+                sock.close()
+
+    def ready(self) -> None:
+        """Print the READY line the supervisor waits for (call once, after all binds)."""
+        pub = self.pub.endpoint if self.pub else "-"
+        control = self.control.endpoint if self.control else "-"
+        print(f"READY {self.spec.name} pid={os.getpid()} pub={pub} control={control}", flush=True)
+        log.info("%s ready (pub=%s control=%s)", self.spec.name, pub, control)
+
+    def watch(self, counters: bus.Counters) -> None:
+        """Add a subscriber's counters to this node's heartbeat totals."""
+        self._watched.append(counters)
+
+    def on(self, name: str, handler: CommandHandler) -> None:
+        """Serve control command ``name`` with ``handler``."""
+        self._handlers[name] = handler
+
+    def totals(self) -> dict[str, int]:
+        total = bus.Counters(self.counters)
+        if self.pub is not None:
+            total["published"] += self.pub.counters["sent"]
+            total["dropped"] += self.pub.counters["dropped"]
+        if self.control is not None:
+            total.update({k: v for k, v in self.control.counters.items() if k.startswith("rej")})
+        for counters in self._watched:
+            for key in ("received", "rejected", "superseded", "lost"):
+                total[key] += counters[key]
+            total.update({k: v for k, v in counters.items() if k.startswith("rejected_")})
+        total.setdefault("rejected", 0)
+        total.setdefault("published", 0)
+        return dict(total)
+
+    def service(self, extra_rates: Mapping[str, int] | None = None) -> None:
+        """Answer pending control requests and publish a heartbeat when one is due.
+
+        ``extra_rates`` maps a rate name to a running total (e.g. OK samples per tool);
+        the heartbeat carries its rate in Hz.
+        """
+        if self.control is not None:
+            while (command := self.control.receive(0.0)) is not None:
+                self.control.reply(self._handle(command))
+        now_ns = time.monotonic_ns()
+        if self.pub is not None and now_ns >= self._next_heartbeat_ns:
+            self._next_heartbeat_ns = now_ns + int(HEARTBEAT_PERIOD_S * 1e9)
+            self.pub.publish(
+                HEARTBEAT_TOPIC_PREFIX + self.spec.name, self.heartbeat(now_ns, extra_rates)
+            )
+
+    def heartbeat(self, now_ns: int, extra_rates: Mapping[str, int] | None = None) -> Heartbeat:
+        totals = self.totals()
+        running = {"published": totals["published"], **(extra_rates or {})}
+        rates = {
+            name: self._rates.setdefault(name, RateMeter()).update(count, now_ns)
+            for name, count in running.items()
+        }
+        return Heartbeat(
+            node=self.spec.name,
+            pid=os.getpid(),
+            state="stopping" if self.stop.is_set() else "running",
+            uptime_s=(now_ns - self._t_start_ns) / 1e9,
+            counters=totals,
+            rates_hz=rates,
+            latency_ms=self.latency.percentiles_ms(),
+        )
+
+    def _handle(self, command: Command) -> Reply:
+        handler = self._handlers.get(command.name)
+        if handler is None:
+            return Reply(ok=False, error=f"unknown command {command.name!r}")
+        try:
+            return handler(command)
+        except (ValueError, KeyError, TypeError) as error:
+            # A bad argument is the caller's problem, not a reason to die.
+            return Reply(ok=False, error=f"{command.name}: {error}")
+
+
+def _parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--spec-json", help="the node's resolved NodeSpec (from the supervisor)")
+    parser.add_argument("--launch", help="a launch file, with --node")
+    parser.add_argument("--node", help="which node of the launch file to run")
+    parser.add_argument("--run-dir", help="directory for {run_dir} (default: a new temp dir)")
+    parser.add_argument("--log-level", default=os.environ.get("ORNAV_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    if not args.spec_json and not (args.launch and args.node):
+        parser.error("give --spec-json, or --launch FILE --node NAME")
+    return args
+
+
+def node_main(
+    argv: Sequence[str] | None,
+    *,
+    run: Callable[[Any, NodeSpec, threading.Event], int],
+    description: str,
+) -> int:
+    """Parse arguments, build the config, install signal handlers, run, map errors to codes."""
+    args = _parse_args(argv, description)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.spec_json:
+            spec = NodeSpec.from_json(args.spec_json)
+        else:
+            run_dir = args.run_dir or tempfile.mkdtemp(prefix="ornav-")
+            spec = load(args.launch, run_dir=run_dir, check_modules=False).node(args.node)
+        cfg = node_config(spec)
+    except (LaunchError, ConfigError, KeyError, ValueError) as error:
+        print(f"ornav: {error}", file=sys.stderr)
+        return 2
+
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        log.info("%s: %s received, stopping", spec.name, signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        return run(cfg, spec, stop)
+    except Exception:
+        log.exception("node %s failed", spec.name)
+        return 1

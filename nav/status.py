@@ -1,0 +1,201 @@
+"""The stack's status: one snapshot, shown as a rich table and written as the JSON summary.
+
+The table and ``--summary`` come from the same ``StackStatus`` so a script reads exactly
+what the OR engineer saw. Pure: the caller passes the time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from rich.table import Table
+
+from nav.supervisor import NodeState, Supervisor, ToolState
+
+HEARTBEAT_LATE_S = 2.0  # a running node silent this long is shown as late
+POSE_STALE_MS = 100.0  # the overlay's stale threshold (ARCHITECTURE: flagged at 100 ms)
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    name: str
+    state: str
+    pid: int | None
+    uptime_s: float | None
+    publish_hz: float | None
+    rejected: int
+    restarts: int
+    exit_code: int | None
+    heartbeat_age_s: float | None
+    latency_ms: dict[str, float]
+    counters: dict[str, int]
+
+
+@dataclass(frozen=True)
+class ToolRow:
+    tool: str
+    source: str
+    status: str
+    rate_hz: float | None
+    pose_age_ms: float
+
+
+@dataclass(frozen=True)
+class StackStatus:
+    stack: str
+    launch_file: str
+    run_dir: str
+    elapsed_s: float
+    nodes: tuple[NodeRow, ...]
+    tools: tuple[ToolRow, ...]
+
+    @property
+    def end_to_end_latency_ms(self) -> dict[str, float]:
+        """The latency reported by the most downstream node that measures one."""
+        for row in reversed(self.nodes):
+            if row.latency_ms:
+                return {**row.latency_ms, "measured_at": row.name}  # type: ignore[dict-item]
+        return {}
+
+
+def _node_row(node: NodeState, now_ns: int) -> NodeRow:
+    hb = node.heartbeat
+    age = (now_ns - node.t_heartbeat_ns) / 1e9 if node.t_heartbeat_ns is not None else None
+    uptime = (now_ns - node.t_started_ns) / 1e9 if node.t_started_ns is not None else None
+    alive = node.state == "running"
+    return NodeRow(
+        name=node.spec.name,
+        state=node.state,
+        pid=node.pid,
+        uptime_s=uptime if alive else None,
+        publish_hz=hb.rates_hz.get("published") if hb and alive else None,
+        rejected=hb.counters.get("rejected", 0) if hb else 0,
+        restarts=node.restarts,
+        exit_code=node.exit_code,
+        heartbeat_age_s=age,
+        latency_ms=dict(hb.latency_ms) if hb else {},
+        counters=dict(hb.counters) if hb else {},
+    )
+
+
+def _tool_row(tool: ToolState, nodes: dict[str, NodeState], now_ns: int) -> ToolRow:
+    rate = None
+    for node in nodes.values():
+        hb = node.heartbeat
+        if hb is not None and f"tool/{tool.tool}" in hb.rates_hz:
+            rate = hb.rates_hz[f"tool/{tool.tool}"]
+    return ToolRow(
+        tool=tool.tool,
+        source=tool.source,
+        status=tool.status.value,
+        rate_hz=rate,
+        pose_age_ms=(now_ns - tool.t_sensor_ns) / 1e6,
+    )
+
+
+def snapshot(supervisor: Supervisor, now_ns: int) -> StackStatus:
+    launch = supervisor.launch
+    return StackStatus(
+        stack=launch.name,
+        launch_file=str(launch.path),
+        run_dir=str(launch.run_dir),
+        elapsed_s=(now_ns - supervisor.t_start_ns) / 1e9,
+        nodes=tuple(_node_row(node, now_ns) for node in supervisor.nodes.values()),
+        tools=tuple(
+            _tool_row(tool, supervisor.nodes, now_ns)
+            for tool in sorted(supervisor.tools.values(), key=lambda t: t.tool)
+        ),
+    )
+
+
+def _fmt(value: float | None, spec: str, missing: str = "-") -> str:
+    return missing if value is None else format(value, spec)
+
+
+_STATE_STYLE = {
+    "running": "green",
+    "starting": "yellow",
+    "restarting": "yellow",
+    "dead": "bold red",
+    "exited": "dim",
+    "stopped": "dim",
+}
+
+
+def render(status: StackStatus) -> Table:
+    """The live table: nodes, then tools."""
+    table = Table(
+        title=f"ornav {status.stack}  {status.elapsed_s:6.1f} s  ({status.launch_file})",
+        title_justify="left",
+        expand=False,
+    )
+    for column in (
+        "node",
+        "state",
+        "pid",
+        "uptime s",
+        "pub Hz",
+        "rejected",
+        "restarts",
+        "hb age s",
+    ):
+        table.add_column(column, justify="left" if column in ("node", "state") else "right")
+    for row in status.nodes:
+        state = row.state if row.exit_code is None else f"{row.state} ({row.exit_code})"
+        late = row.state == "running" and (
+            row.heartbeat_age_s is None or row.heartbeat_age_s > HEARTBEAT_LATE_S
+        )
+        table.add_row(
+            row.name,
+            f"[{_STATE_STYLE.get(row.state, '')}]{state}[/]",
+            _fmt(row.pid, "d"),
+            _fmt(row.uptime_s, ".1f"),
+            _fmt(row.publish_hz, ".0f"),
+            f"[red]{row.rejected}[/]" if row.rejected else "0",
+            f"[yellow]{row.restarts}[/]" if row.restarts else "0",
+            f"[red]{_fmt(row.heartbeat_age_s, '.1f', 'none')}[/]"
+            if late
+            else _fmt(row.heartbeat_age_s, ".1f"),
+        )
+    if status.tools:
+        table.add_section()
+        table.add_row("[bold]tool", "[bold]status", "", "", "[bold]Hz", "", "", "[bold]age ms")
+        for tool in status.tools:
+            ok = tool.status == "OK" and tool.pose_age_ms <= POSE_STALE_MS
+            table.add_row(
+                f"  {tool.tool}",
+                f"[{'green' if ok else 'red'}]{tool.status}[/]",
+                "",
+                "",
+                _fmt(tool.rate_hz, ".0f"),
+                "",
+                "",
+                _fmt(tool.pose_age_ms, ".1f"),
+            )
+    e2e = status.end_to_end_latency_ms
+    if e2e:
+        table.caption = (
+            f"latency sensor -> {e2e['measured_at']}: p50 {e2e['p50']:.2f} ms, "
+            f"p99 {e2e['p99']:.2f} ms, p99.9 {e2e['p999']:.2f} ms"
+        )
+    return table
+
+
+def summary(status: StackStatus) -> dict[str, Any]:
+    """The JSON summary (``--summary``): what the table showed at the end, and totals."""
+    return {
+        "stack": status.stack,
+        "launch_file": status.launch_file,
+        "run_dir": status.run_dir,
+        "duration_s": round(status.elapsed_s, 3),
+        "nodes": {
+            row.name: {k: v for k, v in asdict(row).items() if k != "name"} for row in status.nodes
+        },
+        "tools": {
+            row.tool: {k: v for k, v in asdict(row).items() if k != "tool"} for row in status.tools
+        },
+        "restarts": sum(row.restarts for row in status.nodes),
+        "rejected": sum(row.rejected for row in status.nodes),
+        "latency_ms": status.end_to_end_latency_ms,
+    }
