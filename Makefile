@@ -1,0 +1,49 @@
+# Everything a fresh Debian/Ubuntu machine needs, then the job. `make demo`, `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DURATION ?= 20
+# Open3D needs libusb; its offscreen renderer needs Vulkan (Mesa's software driver without a GPU).
+SYSTEM_PACKAGES := libusb-1.0-0 libvulkan1 mesa-vulkan-drivers libgl1 libegl1
+
+.PHONY: demo test bench lint setup system-deps clean
+
+demo: $(STAMP)
+	$(BIN)/ornav launch launch/sim.toml --duration $(DURATION) --run-dir runs/demo --summary runs/demo/summary.json
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/latency.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+setup: $(STAMP)
+
+system-deps:
+	@missing=""; \
+	for pkg in $(SYSTEM_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi; \
+	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+# torch is installed first, pinned, so pip takes the CPU build from local disk instead of
+# resolving an unpinned CUDA build of several GB.
+$(STAMP): pyproject.toml | system-deps
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

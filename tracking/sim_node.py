@@ -1,0 +1,154 @@
+"""Simulated tracker node: publishes every tool of each simulated sample at ``rate_hz``.
+
+Publishes:
+- ``pose/<tracker>``: ``TrackerFrame`` with every tool (pointer, reference, headset and
+  ``extra_tools`` dummies), at ``rate_hz``;
+- ``pose/<tracker>/<tool>``: one ``ToolPose`` per tool, only with ``publish_tool_poses``;
+- ``heartbeat/<name>``: with ``tool/<tool>`` rates counting OK samples only.
+Subscribes: nothing.
+Control: ``pointer.touch`` {points: [[x, y, z], ...] (mm, reference frame), dwell_s,
+travel_s}, ``pointer.trace`` {polyline: [[x, y, z], ...], speed_mm_s, travel_s},
+``pointer.rest`` {}; each replies with the script's start and duration in sim seconds.
+
+Samples are scheduled on the monotonic clock at ``t0 + k / rate_hz``; ``t_sensor_ns`` is
+the clock read when the sample is taken, not the schedule, so latency figures are honest.
+If the loop falls more than ``MAX_LAG_PERIODS`` behind it skips ahead and counts an
+overrun rather than bursting stale samples.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from nav.launchfile import NodeSpec
+from nav.messages import Command, Reply, ToolStatus
+from nav.node import NodeRuntime, node_main
+from tracking.sim_model import PointerScript, SimConfig, SimulatedTracker
+
+MIN_RATE_HZ = 30.0
+MAX_RATE_HZ = 1000.0
+MAX_LAG_PERIODS = 5
+
+
+@dataclass(frozen=True)
+class Config:
+    """The node's launch-file params; see ``tracking.sim_model.SimConfig`` for meanings."""
+
+    rate_hz: float
+    tracker_name: str = "sim"
+    seed: int = 0
+    noise_mm_rms: float = 0.25
+    noise_deg_rms: float = 0.05
+    breathing_peak_to_peak_mm: float = 4.0
+    breathing_hz: float = 0.25
+    dropout_rate_hz: float = 0.05
+    dropout_duration_s: float = 0.4
+    extra_tools: int = 0
+    publish_tool_poses: bool = False
+
+    def __post_init__(self) -> None:
+        if not MIN_RATE_HZ <= self.rate_hz <= MAX_RATE_HZ:
+            raise ValueError(
+                f"key 'rate_hz': {self.rate_hz} Hz is outside {MIN_RATE_HZ:g}..{MAX_RATE_HZ:g}"
+            )
+        self.sim_config()  # SimConfig validates the rest, now rather than at first sample
+
+    def sim_config(self) -> SimConfig:
+        return SimConfig(
+            tracker_name=self.tracker_name,
+            seed=self.seed,
+            noise_mm_rms=self.noise_mm_rms,
+            noise_deg_rms=self.noise_deg_rms,
+            breathing_peak_to_peak_mm=self.breathing_peak_to_peak_mm,
+            breathing_hz=self.breathing_hz,
+            dropout_rate_hz=self.dropout_rate_hz,
+            dropout_duration_s=self.dropout_duration_s,
+            extra_tools=self.extra_tools,
+        )
+
+
+class _PointerControl:
+    """Swaps the tracker's pointer script on command (the model itself is immutable)."""
+
+    def __init__(self, sim_cfg: SimConfig) -> None:
+        self.sim_cfg = sim_cfg
+        self.tracker = SimulatedTracker(sim_cfg)
+        self.now_s = 0.0  # sim time of the latest sample; a new script starts here
+
+    def _start(self, script: PointerScript) -> Reply:
+        self.tracker = SimulatedTracker(self.sim_cfg, script, script_start_s=self.now_s)
+        return Reply(ok=True, result={"start_s": self.now_s, "duration_s": script.duration_s})
+
+    def touch(self, command: Command) -> Reply:
+        args = command.args
+        script = PointerScript().touch(
+            args["points"],
+            dwell_s=float(args.get("dwell_s", 1.0)),  # type: ignore[arg-type]
+            travel_s=float(args.get("travel_s", 1.5)),  # type: ignore[arg-type]
+        )
+        return self._start(script)
+
+    def trace(self, command: Command) -> Reply:
+        args = command.args
+        script = PointerScript().trace(
+            args["polyline"],
+            speed_mm_s=float(args.get("speed_mm_s", 20.0)),  # type: ignore[arg-type]
+            travel_s=float(args.get("travel_s", 1.5)),  # type: ignore[arg-type]
+        )
+        return self._start(script)
+
+    def rest(self, _command: Command) -> Reply:
+        self.tracker = SimulatedTracker(self.sim_cfg)
+        return Reply(ok=True, result={"start_s": self.now_s, "duration_s": 0.0})
+
+
+def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
+    pointer = _PointerControl(cfg.sim_config())
+    topic = f"pose/{cfg.tracker_name}"
+    period_ns = int(round(1e9 / cfg.rate_hz))
+    ok_counts = {f"tool/{tool}": 0 for tool in pointer.tracker.tools}
+    with NodeRuntime(spec, stop) as runtime:
+        if runtime.pub is None:
+            raise ValueError(f"node {spec.name!r}: the tracker needs a pub endpoint")
+        runtime.on("pointer.touch", pointer.touch)
+        runtime.on("pointer.trace", pointer.trace)
+        runtime.on("pointer.rest", pointer.rest)
+        runtime.ready()
+        t0_ns = time.monotonic_ns()
+        frame_number = 0
+        next_ns = t0_ns
+        while not stop.is_set():
+            wait_ns = next_ns - time.monotonic_ns()
+            if wait_ns > 0 and stop.wait(wait_ns / 1e9):
+                break
+            t_sensor_ns = time.monotonic_ns()
+            pointer.now_s = (t_sensor_ns - t0_ns) / 1e9
+            frame = pointer.tracker.sample(
+                pointer.now_s, frame_number=frame_number, t_sensor_ns=t_sensor_ns
+            )
+            runtime.pub.publish(topic, frame)
+            if cfg.publish_tool_poses:
+                for pose in frame.poses():
+                    runtime.pub.publish(f"{topic}/{pose.tool}", pose)
+            for tool, status in zip(frame.tools, frame.statuses, strict=True):
+                if status is ToolStatus.OK:
+                    ok_counts[f"tool/{tool}"] += 1
+            frame_number += 1
+            next_ns += period_ns
+            lag_ns = time.monotonic_ns() - next_ns
+            if lag_ns > MAX_LAG_PERIODS * period_ns:
+                runtime.counters["overruns"] += 1
+                next_ns += (lag_ns // period_ns) * period_ns
+            runtime.service(ok_counts)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return node_main(argv, run=run, description=__doc__ or "")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
