@@ -81,11 +81,11 @@ _CONFIG_RIGID_TOL = 1e-6
 # Head sway: per-axis frequencies (Hz) and phases (rad), chosen incommensurate so the
 # motion never repeats exactly; amplitudes come from the config. The headset's z sway
 # is half the lateral one: a standing surgeon moves the head sideways more than back.
-_HEAD_T_HZ = np.array([0.11, 0.07, 0.17])
-_HEAD_T_PHASE = np.array([0.3, 1.1, 2.0])
-_HEAD_T_SCALE = np.array([1.0, 1.0, 0.5])
-_HEAD_R_HZ = np.array([0.09, 0.13, 0.05])
-_HEAD_R_PHASE = np.array([0.0, 0.7, 1.9])
+_HEAD_T_HZ = (0.11, 0.07, 0.17)
+_HEAD_T_PHASE = (0.3, 1.1, 2.0)
+_HEAD_T_SCALE = (1.0, 1.0, 0.5)
+_HEAD_R_HZ = (0.09, 0.13, 0.05)
+_HEAD_R_PHASE = (0.0, 0.7, 1.9)
 
 # Pointer attitude while scripted: the shaft points down at the surface, tilted from
 # the reference's -z by 15 +- 5 degrees, the tilt's azimuth wandering 30 +- 25 degrees.
@@ -145,7 +145,7 @@ def _mat4(name: str, value: Mat4Rows | npt.ArrayLike) -> Mat4Rows:
     return _rows(a)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SimConfig:
     """Parameters of the simulated tracker; lengths in mm, times in s, angles in degrees.
 
@@ -182,9 +182,7 @@ class SimConfig:
     """Number of static dummy markers ``tool1`` .. ``tool<n>`` appended to every frame."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.tracker_name, str) or not TOOL_NAME_PATTERN.match(
-            self.tracker_name
-        ):
+        if not isinstance(self.tracker_name, str) or not TOOL_NAME_PATTERN.match(self.tracker_name):
             raise ValueError(
                 f"SimConfig.tracker_name must match {TOOL_NAME_PATTERN.pattern}, "
                 f"got {self.tracker_name!r}"
@@ -271,7 +269,7 @@ def _positive(name: str, value: float) -> float:
     return float(value)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, kw_only=True)
 class Touch:
     """Touch each point in turn: travel ``travel_s`` (lifting off), then hold ``dwell_s``.
 
@@ -282,8 +280,14 @@ class Touch:
     dwell_s: float
     travel_s: float
 
+    def __post_init__(self) -> None:
+        points = _points("points_in_reference", self.points_in_reference, min_rows=1)
+        object.__setattr__(self, "points_in_reference", points)
+        object.__setattr__(self, "dwell_s", _positive("dwell_s", self.dwell_s))
+        object.__setattr__(self, "travel_s", _positive("travel_s", self.travel_s))
 
-@dataclass(frozen=True, eq=False)
+
+@dataclass(frozen=True, eq=False, kw_only=True)
 class Trace:
     """Travel ``travel_s`` to the path's start, then slide along it at ``speed_mm_s``.
 
@@ -294,12 +298,20 @@ class Trace:
     speed_mm_s: float
     travel_s: float
 
+    def __post_init__(self) -> None:
+        poly = _points("polyline_in_reference", self.polyline_in_reference, min_rows=2)
+        if not np.any(np.diff(poly, axis=0)):
+            raise ValueError("polyline_in_reference has zero length")
+        object.__setattr__(self, "polyline_in_reference", poly)
+        object.__setattr__(self, "speed_mm_s", _positive("speed_mm_s", self.speed_mm_s))
+        object.__setattr__(self, "travel_s", _positive("travel_s", self.travel_s))
+
 
 Segment: TypeAlias = Touch | Trace
 PhaseKind: TypeAlias = Literal["touch", "trace", "idle"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ScriptPhase:
     """What the scripted pointer is doing at one instant.
 
@@ -318,10 +330,10 @@ class ScriptPhase:
     contact: bool
 
 
-IDLE = ScriptPhase("idle", -1, -1, dwelling=False, contact=False)
+IDLE = ScriptPhase(kind="idle", segment=-1, index=-1, dwelling=False, contact=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Dwell:
     """One held touch: the tip rests on ``p_reference`` (3,) mm for t in [t_start_s, t_end_s)."""
 
@@ -332,7 +344,7 @@ class Dwell:
     p_reference: Vec3
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, kw_only=True)
 class _Piece:
     """One stretch of the script with a single formula: move (lifted), hold or slide."""
 
@@ -350,7 +362,7 @@ def _min_jerk(tau: float) -> float:
     return tau * tau * tau * (10.0 + tau * (-15.0 + 6.0 * tau))
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, kw_only=True)
 class PointerScript:
     """A pointer tip path in the ``reference`` frame, built from touch and trace segments.
 
@@ -385,7 +397,7 @@ class PointerScript:
             p_prev = p_first + self.hover_mm * _UP_IN_REFERENCE
             t = 0.0
             for k, seg in enumerate(self.segments):
-                t, p_prev = _append_segment(pieces, k, seg, t, p_prev)
+                t, p_prev = _append_segment(pieces, seg, segment=k, t=t, p_prev=p_prev)
         object.__setattr__(self, "_pieces", tuple(pieces))
         object.__setattr__(self, "_starts", tuple(p.t0 for p in pieces))
 
@@ -394,9 +406,9 @@ class PointerScript:
     ) -> PointerScript:
         """Return this script followed by touching each of ``points_in_reference`` (N, 3) mm."""
         seg = Touch(
-            _points("points_in_reference", points_in_reference, min_rows=1),
-            _positive("dwell_s", dwell_s),
-            _positive("travel_s", travel_s),
+            points_in_reference=_points("points_in_reference", points_in_reference, min_rows=1),
+            dwell_s=dwell_s,
+            travel_s=travel_s,
         )
         return dataclasses.replace(self, segments=(*self.segments, seg))
 
@@ -411,10 +423,13 @@ class PointerScript:
 
         Raises ValueError if the polyline has zero length.
         """
-        poly = _points("polyline_in_reference", polyline_in_reference, min_rows=2)
-        if not np.any(np.diff(poly, axis=0)):
-            raise ValueError("polyline_in_reference has zero length")
-        seg = Trace(poly, _positive("speed_mm_s", speed_mm_s), _positive("travel_s", travel_s))
+        seg = Trace(
+            polyline_in_reference=_points(
+                "polyline_in_reference", polyline_in_reference, min_rows=2
+            ),
+            speed_mm_s=speed_mm_s,
+            travel_s=travel_s,
+        )
         return dataclasses.replace(self, segments=(*self.segments, seg))
 
     @property
@@ -461,11 +476,11 @@ class PointerScript:
         """Every held touch, in script order (times in script time)."""
         return tuple(
             Dwell(
-                p.phase.segment,
-                p.phase.index,
-                p.t0,
-                p.t1,
-                (float(p.p1[0]), float(p.p1[1]), float(p.p1[2])),
+                segment=p.phase.segment,
+                index=p.phase.index,
+                t_start_s=p.t0,
+                t_end_s=p.t1,
+                p_reference=(float(p.p1[0]), float(p.p1[1]), float(p.p1[2])),
             )
             for p in self._pieces
             if p.motion == "hold"
@@ -474,33 +489,47 @@ class PointerScript:
 
 def _append_segment(
     pieces: list[_Piece],
-    k: int,
     seg: Segment,
+    *,
+    segment: int,
     t: float,
     p_prev: npt.NDArray[np.float64],
 ) -> tuple[float, npt.NDArray[np.float64]]:
-    """Append the pieces of segment ``k`` starting at time ``t`` from ``p_prev``."""
+    """Append the pieces of ``seg`` (index ``segment``) starting at ``t`` from ``p_prev``.
+
+    Returns the time and tip position at which the segment ends.
+    """
+
+    def add(
+        t0: float,
+        t1: float,
+        motion: Literal["move", "hold", "slide"],
+        phase: ScriptPhase,
+        p0: npt.NDArray[np.float64],
+        p1: npt.NDArray[np.float64],
+    ) -> float:
+        pieces.append(_Piece(t0=t0, t1=t1, motion=motion, phase=phase, p0=p0, p1=p1))
+        return t1
+
     if isinstance(seg, Touch):
         for i, p in enumerate(seg.points_in_reference):
-            approach = ScriptPhase("touch", k, i, dwelling=False, contact=False)
-            pieces.append(_Piece(t, t + seg.travel_s, "move", approach, p_prev, p))
-            t += seg.travel_s
-            held = ScriptPhase("touch", k, i, dwelling=True, contact=True)
-            pieces.append(_Piece(t, t + seg.dwell_s, "hold", held, p, p))
-            t += seg.dwell_s
+            approach = ScriptPhase(
+                kind="touch", segment=segment, index=i, dwelling=False, contact=False
+            )
+            t = add(t, t + seg.travel_s, "move", approach, p_prev, p)
+            held = ScriptPhase(kind="touch", segment=segment, index=i, dwelling=True, contact=True)
+            t = add(t, t + seg.dwell_s, "hold", held, p, p)
             p_prev = p
         return t, p_prev
     poly = seg.polyline_in_reference
-    approach = ScriptPhase("trace", k, 0, dwelling=False, contact=False)
-    pieces.append(_Piece(t, t + seg.travel_s, "move", approach, p_prev, poly[0]))
-    t += seg.travel_s
+    approach = ScriptPhase(kind="trace", segment=segment, index=0, dwelling=False, contact=False)
+    t = add(t, t + seg.travel_s, "move", approach, p_prev, poly[0])
     for i in range(len(poly) - 1):
         length = float(np.linalg.norm(poly[i + 1] - poly[i]))
         if length == 0.0:
             continue  # a repeated vertex takes no time
-        sliding = ScriptPhase("trace", k, i, dwelling=False, contact=True)
-        pieces.append(_Piece(t, t + length / seg.speed_mm_s, "slide", sliding, poly[i], poly[i + 1]))
-        t += length / seg.speed_mm_s
+        sliding = ScriptPhase(kind="trace", segment=segment, index=i, dwelling=False, contact=True)
+        t = add(t, t + length / seg.speed_mm_s, "slide", sliding, poly[i], poly[i + 1])
     return t, poly[-1]
 
 
@@ -519,7 +548,7 @@ def _window_events(seed: int, tool_index: int, window: int, rate_hz: float) -> t
 
 
 def _event_starts(
-    cfg: SimConfig, tool_index: int, t_start_s: float, t_end_s: float
+    cfg: SimConfig, tool_index: int, *, t_start_s: float, t_end_s: float
 ) -> list[float]:
     """Starts of every event of one tool that overlaps [t_start_s, t_end_s]."""
     if cfg.dropout_rate_hz == 0.0:
@@ -537,29 +566,63 @@ def _event_starts(
 def _occluded(cfg: SimConfig, tool_index: int, t_s: float) -> bool:
     # An event covers [start, start + duration).
     return any(
-        s <= t_s < s + cfg.dropout_duration_s for s in _event_starts(cfg, tool_index, t_s, t_s)
+        s <= t_s < s + cfg.dropout_duration_s
+        for s in _event_starts(cfg, tool_index, t_start_s=t_s, t_end_s=t_s)
     )
 
 
 # --- the tracker ----------------------------------------------------------------------
 
 
+# The skew-symmetric matrix [r]x as a linear map of r: [r]x.ravel() == r @ _SKEW_BASIS.
+_SKEW_BASIS = np.array(
+    [
+        [0.0, 0.0, 0.0, 0.0, 0.0, -1.0, 0.0, 1.0, 0.0],
+        [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0],
+        [0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+    ]
+)
+_EYE_9 = np.eye(3).reshape(1, 9)
+
+
 def _rotvecs_to_matrices(rotvecs: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """Rodrigues' formula for a stack of rotation vectors (N, 3) rad -> (N, 3, 3).
 
-    Written with sinc so that a zero vector gives the identity with no branch:
-    R = I + sin(a)/a [r]x + (1 - cos a)/a^2 [r]x^2, a = |r|.
+    R = cos(a) I + sin(a)/a [r]x + (1 - cos a)/a^2 r r^T with a = |r|, the coefficients
+    written through h = a/2 (sin a / a = cos h sin h / h, (1 - cos a)/a^2 = (sin h / h)^2 / 2)
+    so that small angles lose no digits, and a is floored at 1e-300 so that a zero vector
+    gives the identity with no branch. All numpy on the stack: one sample's noise for
+    every tool costs a dozen array operations, not a dozen per tool.
     """
-    a = np.sqrt(np.einsum("ij,ij->i", rotvecs, rotvecs))
-    c1 = np.sinc(a / np.pi)
-    c2 = 0.5 * np.sinc(a / (2.0 * np.pi)) ** 2
-    x, y, z = rotvecs[:, 0], rotvecs[:, 1], rotvecs[:, 2]
-    zero = np.zeros_like(x)
-    K = np.stack([zero, -z, y, z, zero, -x, -y, x, zero], axis=1).reshape(-1, 3, 3)
-    R: npt.NDArray[np.float64] = (
-        np.eye(3) + c1[:, None, None] * K + c2[:, None, None] * np.matmul(K, K)
+    h = 0.5 * np.maximum(np.sqrt(np.einsum("ij,ij->i", rotvecs, rotvecs)), 1e-300)
+    sin_h, cos_h = np.sin(h), np.cos(h)
+    sinc_h = sin_h / h
+    outer = (rotvecs[:, :, None] * rotvecs[:, None, :]).reshape(-1, 9)
+    R = (
+        (1.0 - 2.0 * sin_h * sin_h)[:, None] * _EYE_9
+        + (sinc_h * cos_h)[:, None] * (rotvecs @ _SKEW_BASIS)
+        + (0.5 * sinc_h * sinc_h)[:, None] * outer
     )
-    return R
+    return R.reshape(-1, 3, 3)
+
+
+def _rotvec_to_matrix(x: float, y: float, z: float) -> Mat3:
+    """Rodrigues' formula for one rotation vector (rad), in scalar math (cheaper than numpy)."""
+    a = math.sqrt(x * x + y * y + z * z)
+    if a == 0.0:
+        return np.eye(3)
+    h = 0.5 * a
+    sinc_h = math.sin(h) / h
+    c1 = sinc_h * math.cos(h)
+    c2 = 0.5 * sinc_h * sinc_h
+    c0 = math.cos(a)
+    return np.array(
+        [
+            [c0 + c2 * x * x, c2 * x * y - c1 * z, c2 * x * z + c1 * y],
+            [c2 * x * y + c1 * z, c0 + c2 * y * y, c2 * y * z - c1 * x],
+            [c2 * x * z - c1 * y, c2 * y * z + c1 * x, c0 + c2 * z * z],
+        ]
+    )
 
 
 def _rotation_from_to(u: npt.NDArray[np.float64], v: npt.NDArray[np.float64]) -> Mat3:
@@ -640,12 +703,16 @@ class SimulatedTracker:
         return T
 
     def _headset(self, t_s: float) -> Mat4:
-        two_pi_t = 2.0 * math.pi * t_s
-        d = self.cfg.head_sway_mm * _HEAD_T_SCALE * np.sin(_HEAD_T_HZ * two_pi_t + _HEAD_T_PHASE)
-        r = math.radians(self.cfg.head_sway_deg) * np.sin(_HEAD_R_HZ * two_pi_t + _HEAD_R_PHASE)
+        w = 2.0 * math.pi * t_s
+        d_mm, r_rad = self.cfg.head_sway_mm, math.radians(self.cfg.head_sway_deg)
         T_base_from_now = np.eye(4)
-        T_base_from_now[:3, :3] = _rotvecs_to_matrices(r[None, :])[0]
-        T_base_from_now[:3, 3] = d
+        T_base_from_now[:3, :3] = _rotvec_to_matrix(
+            *(r_rad * math.sin(f * w + ph) for f, ph in zip(_HEAD_R_HZ, _HEAD_R_PHASE, strict=True))
+        )
+        T_base_from_now[:3, 3] = [
+            d_mm * k * math.sin(f * w + ph)
+            for f, ph, k in zip(_HEAD_T_HZ, _HEAD_T_PHASE, _HEAD_T_SCALE, strict=True)
+        ]
         T: Mat4 = self._T_headset_base @ T_base_from_now
         return T
 
@@ -674,7 +741,10 @@ class SimulatedTracker:
         return Ts
 
     def true_pose(self, tool: str, t_s: float) -> Mat4:
-        """Noise-free ``T_tracker_from_<tool>`` (4, 4) mm at sim time ``t_s``; KeyError if unknown."""
+        """Noise-free ``T_tracker_from_<tool>`` (4, 4) mm at sim time ``t_s``.
+
+        Raises KeyError for a tool this tracker does not carry.
+        """
         i = self._index[tool]
         T: Mat4 = self.true_poses(t_s)[i]
         return T
@@ -717,7 +787,7 @@ class SimulatedTracker:
         return self._statuses(t_s, self.true_poses(t_s))[i]
 
     def occlusion_intervals(
-        self, tool: str, t_start_s: float, t_end_s: float
+        self, tool: str, *, t_start_s: float, t_end_s: float
     ) -> tuple[tuple[float, float], ...]:
         """The times (s) ``tool`` is occluded within [t_start_s, t_end_s], merged and clipped.
 
@@ -725,7 +795,7 @@ class SimulatedTracker:
         """
         i = self._index[tool]
         merged: list[list[float]] = []
-        for s in sorted(_event_starts(self.cfg, i, t_start_s, t_end_s)):
+        for s in sorted(_event_starts(self.cfg, i, t_start_s=t_start_s, t_end_s=t_end_s)):
             lo, hi = max(s, t_start_s), min(s + self.cfg.dropout_duration_s, t_end_s)
             if merged and lo <= merged[-1][1]:
                 merged[-1][1] = max(merged[-1][1], hi)
