@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -19,9 +20,11 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.live import Live
+from rich.table import Table
 
 from nav import status as stack_status
 from nav.launchfile import LaunchError, load
+from nav.recording import RecordingError, inspect_recording
 from nav.supervisor import StartupError, Supervisor
 
 log = logging.getLogger("ornav")
@@ -45,7 +48,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if args.duration is not None and args.duration <= 0:
         raise UserError(f"--duration must be > 0, got {args.duration}")
 
-    console = Console(stderr=not sys.stdout.isatty())
+    # Off a terminal (CI, logs) the final table goes to stderr at a width that fits it.
+    console = Console(stderr=not sys.stdout.isatty(), width=None if sys.stdout.isatty() else 110)
     show_live = sys.stdout.isatty() and not args.no_table
     supervisor = Supervisor(launch)
     supervisor.on_event = lambda line: log.info("%s", line)
@@ -94,6 +98,72 @@ def cmd_launch(args: argparse.Namespace) -> int:
     return 0 if healthy else 1
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    summary = inspect_recording(args.file)
+    table = Table(title=f"{summary.path}", title_justify="left")
+    for column in ("topic", "schema", "messages", "rate Hz"):
+        table.add_column(column, justify="left" if column in ("topic", "schema") else "right")
+    for topic in summary.topics:
+        table.add_row(
+            topic.topic, topic.schema_name, str(topic.message_count), f"{topic.rate_hz:.1f}"
+        )
+    start = summary.start_wall.isoformat(timespec="seconds") if summary.start_wall else "-"
+    table.caption = f"{summary.message_count} messages, {summary.duration_s:.2f} s from {start}" + (
+        f"; TRUNCATED: {summary.problem}" if summary.truncated else ""
+    )
+    Console(width=120).print(table)
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    # Imported here: only this command needs the replay node.
+    from nav import replay_node
+    from nav.bus import CommandClient
+    from nav.launchfile import NodeSpec, check_endpoint
+
+    if not args.speed > 0:
+        raise UserError(f"--speed must be > 0, got {args.speed}")
+    problem = check_endpoint(args.pub)
+    if problem:
+        raise UserError(f"--pub {args.pub}: {problem}")
+    total = inspect_recording(args.file).message_count  # also refuses a non-MCAP file
+    ipc_dir = Path(tempfile.mkdtemp(prefix="ornav-"))
+    spec = NodeSpec(
+        name="replay",
+        module="nav.replay_node",
+        pub=args.pub,
+        control=f"ipc://{ipc_dir}/replay.ctl",
+    )
+    cfg = replay_node.Config(
+        path=str(args.file), speed=args.speed, loop=args.loop, start_delay_s=args.start_delay
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    result: list[int] = []
+    worker = threading.Thread(
+        target=lambda: result.append(replay_node.run(cfg, spec, stop)), daemon=True
+    )
+    worker.start()
+    client = CommandClient(spec.control or "")
+    log.info("replaying %s (%d messages) on %s at %gx", args.file, total, args.pub, args.speed)
+    try:
+        while worker.is_alive():
+            worker.join(1.0)
+            if not worker.is_alive():
+                break
+            try:
+                state = client.call("replay", timeout_s=1.0).result
+            except TimeoutError:
+                continue
+            log.info("%s: %s messages, pass %s", state["state"], state["replayed"], state["passes"])
+    finally:
+        stop.set()
+        worker.join(5.0)
+        client.close()
+    return result[0] if result else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ornav", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
@@ -106,6 +176,20 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--run-dir", help="logs and recordings (default runs/<stack>-<time>)")
     launch.add_argument("--no-table", action="store_true", help="no status table")
     launch.set_defaults(func=cmd_launch)
+
+    inspect = commands.add_parser("inspect", help="topics, counts, rates of a recording")
+    inspect.add_argument("file", help="an MCAP recording")
+    inspect.set_defaults(func=cmd_inspect)
+
+    replay = commands.add_parser("replay", help="republish a recording with its timing")
+    replay.add_argument("file", help="an MCAP recording")
+    replay.add_argument("--pub", default="ipc:///tmp/ornav-replay.pub", help="endpoint to bind")
+    replay.add_argument("--speed", type=float, default=1.0, help="2.0 plays twice as fast")
+    replay.add_argument("--loop", action="store_true", help="start again at the end")
+    replay.add_argument(
+        "--start-delay", type=float, default=0.5, help="seconds for subscribers to join"
+    )
+    replay.set_defaults(func=cmd_replay)
     return parser
 
 
@@ -120,9 +204,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
-    except (UserError, LaunchError, StartupError) as error:
+    except (UserError, LaunchError, RecordingError) as error:
         print(f"ornav: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except StartupError as error:
+        print(f"ornav: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
