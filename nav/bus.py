@@ -142,8 +142,9 @@ class Publisher:
             return
         self.counters["sent"] += 1
 
-    def close(self) -> None:
-        self._sock.close(linger=0)
+    def close(self, *, linger_s: float = 0.0) -> None:
+        """Close; ``linger_s`` > 0 gives queued messages that long to leave (end of a replay)."""
+        self._sock.close(linger=int(linger_s * 1000))
 
 
 class _Subscriber:

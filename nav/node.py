@@ -177,11 +177,6 @@ def node_main(
 ) -> int:
     """Parse arguments, build the config, install signal handlers, run, map errors to codes."""
     args = _parse_args(argv, description)
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     try:
         if args.spec_json:
             spec = NodeSpec.from_json(args.spec_json)
@@ -192,6 +187,12 @@ def node_main(
     except (LaunchError, ConfigError, KeyError, ValueError) as error:
         print(f"ornav: {error}", file=sys.stderr)
         return 2
+    # Under `python -m` a node module's logger is "__main__": name the node instead.
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=args.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s {spec.name}[%(process)d] %(name)s: %(message)s",
+    )
 
     stop = threading.Event()
 

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from nav.launchfile import NodeSpec
-from nav.messages import Command, Reply, ToolStatus
+from nav.messages import Command, JsonValue, Reply, ToolStatus
 from nav.node import NodeRuntime, node_main
 from tracking.sim_model import PointerScript, SimConfig, SimulatedTracker
 
@@ -70,6 +73,20 @@ class Config:
         )
 
 
+def _points_arg(args: Mapping[str, JsonValue], key: str) -> npt.NDArray[np.float64]:
+    value = args.get(key)
+    if not isinstance(value, list):
+        raise ValueError(f"{key!r} must be a list of [x, y, z] points in mm")
+    return np.asarray(value, dtype=np.float64)  # PointerScript checks the shape
+
+
+def _float_arg(args: Mapping[str, JsonValue], key: str, default: float) -> float:
+    value = args.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{key!r} must be a number")
+    return float(value)
+
+
 class _PointerControl:
     """Swaps the tracker's pointer script on command (the model itself is immutable)."""
 
@@ -85,18 +102,18 @@ class _PointerControl:
     def touch(self, command: Command) -> Reply:
         args = command.args
         script = PointerScript().touch(
-            args["points"],
-            dwell_s=float(args.get("dwell_s", 1.0)),  # type: ignore[arg-type]
-            travel_s=float(args.get("travel_s", 1.5)),  # type: ignore[arg-type]
+            _points_arg(args, "points"),
+            dwell_s=_float_arg(args, "dwell_s", 1.0),
+            travel_s=_float_arg(args, "travel_s", 1.5),
         )
         return self._start(script)
 
     def trace(self, command: Command) -> Reply:
         args = command.args
         script = PointerScript().trace(
-            args["polyline"],
-            speed_mm_s=float(args.get("speed_mm_s", 20.0)),  # type: ignore[arg-type]
-            travel_s=float(args.get("travel_s", 1.5)),  # type: ignore[arg-type]
+            _points_arg(args, "polyline"),
+            speed_mm_s=_float_arg(args, "speed_mm_s", 20.0),
+            travel_s=_float_arg(args, "travel_s", 1.5),
         )
         return self._start(script)
 
