@@ -160,8 +160,10 @@ class _Subscriber:
         self._sock = context().socket(zmq.SUB)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.RCVHWM, rcvhwm)
-        # Refuse absurd frames inside libzmq, before they are ever allocated here.
-        self._sock.setsockopt(zmq.MAXMSGSIZE, max_bytes + 4096)
+        # No MAXMSGSIZE here: libzmq answers an over-limit frame by dropping the connection
+        # for good, so one big message would leave this subscriber deaf to that publisher.
+        # decode() refuses and counts it as "oversized" instead. Peers are our own nodes
+        # (tcp needs CurveZMQ keys), so memory is bounded by what they may send.
         self._max_bytes = max_bytes
         self.endpoints = tuple(endpoints)
         for endpoint in self.endpoints:

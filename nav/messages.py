@@ -36,7 +36,7 @@ import msgpack
 import numpy as np
 import numpy.typing as npt
 
-from nav.frames import TOOL_NAME_PATTERN
+from nav.frames import TIP_SUFFIX, TOOL_NAME_PATTERN
 from nav.transforms import is_rigid, rigidity_errors
 
 SCHEMA_VERSION = 1
@@ -115,10 +115,18 @@ def _name(body: Mapping[str, Any], key: str, pattern: re.Pattern[str] | str) -> 
     return value
 
 
+def _tool_name(body: Mapping[str, Any], key: str) -> str:
+    name = _name(body, key, TOOL_NAME_PATTERN)
+    if name.endswith(TIP_SUFFIX):  # reserved: `pointer_tip` is the tip frame of `pointer`
+        raise MessageError("invalid", f"field {key!r}: tool names may not end in {TIP_SUFFIX}")
+    return name
+
+
 def _check_fields(body: Mapping[str, Any], expected: frozenset[str], type_name: str) -> None:
     extra = set(body) - expected
     if extra:
-        raise MessageError("invalid", f"{type_name} has unknown fields {sorted(extra)}")
+        # key=repr: msgpack map keys may mix str and bytes, which do not compare.
+        raise MessageError("invalid", f"{type_name} has unknown fields {sorted(extra, key=repr)}")
 
 
 def encode_array(array: npt.NDArray[Any]) -> dict[str, Any]:
@@ -165,9 +173,15 @@ def decode_array(
     return array
 
 
+def _is_rigid_quietly(T: FloatArray) -> bool:
+    # Huge finite entries from a hostile peer overflow inside the check: refused, not warned.
+    with np.errstate(over="ignore", invalid="ignore"):
+        return is_rigid(T, tol=RIGID_TOLERANCE)
+
+
 def _check_pose(T: FloatArray, status: ToolStatus, what: str) -> None:
     # A pose marked OK must be usable as-is; a non-OK pose is carried for the record only.
-    if status is ToolStatus.OK and not is_rigid(T, tol=RIGID_TOLERANCE):
+    if status is ToolStatus.OK and not _is_rigid_quietly(T):
         raise MessageError("invalid", f"{what} has status OK but is not a rigid transform")
 
 
@@ -243,7 +257,7 @@ class ToolPose:
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> ToolPose:
         _check_fields(body, _FIELDS[cls.TYPE], cls.TYPE)
-        tool = _name(body, "tool", TOOL_NAME_PATTERN)
+        tool = _tool_name(body, "tool")
         status = _status(_get(body, "status", str), tool)
         T = decode_array(body, "T_tracker_from_tool", dtype="<f8", shape=(4, 4))
         _check_pose(T, status, tool)
@@ -303,7 +317,7 @@ class TrackerFrame:
         n = len(tools_raw)
         if n > MAX_TOOLS_PER_FRAME:
             raise MessageError("invalid", f"{n} tools in one frame (max {MAX_TOOLS_PER_FRAME})")
-        tools = tuple(_name({"tool": t}, "tool", TOOL_NAME_PATTERN) for t in tools_raw)
+        tools = tuple(_tool_name({"tool": t}, "tool") for t in tools_raw)
         if len(set(tools)) != n:
             raise MessageError("invalid", "duplicate tool names in one frame")
         statuses_raw = _get(body, "statuses", list)
@@ -314,7 +328,10 @@ class TrackerFrame:
         # NaN marks "not seen"; _fit_error checks it against each tool's status.
         fit = decode_array(body, "fit_errors_mm", dtype="<f8", shape=(n,), allow_nan=True)
         ok = np.array([s is ToolStatus.OK for s in statuses], dtype=bool)
-        not_rigid = ok & (rigidity_errors(Ts) > RIGID_TOLERANCE) if n else ok
+        # Huge finite entries overflow to NaN in the error; NaN must count as not rigid.
+        with np.errstate(over="ignore", invalid="ignore"):
+            rigid = rigidity_errors(Ts) <= RIGID_TOLERANCE if n else ok
+        not_rigid = ok & ~rigid
         if not_rigid.any():
             bad = tools[int(np.argmax(not_rigid))]
             raise MessageError("invalid", f"{bad} has status OK but is not a rigid transform")
@@ -494,7 +511,7 @@ def decode(payload: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> Envelope:
     if not isinstance(raw, dict):
         raise MessageError("malformed", "payload is not a map")
     version = raw.get("v")
-    if version != SCHEMA_VERSION or isinstance(version, bool):
+    if type(version) is not int or version != SCHEMA_VERSION:  # not 1.0, not True
         raise MessageError(
             "version", f"schema version {str(version)[:20]}, expected {SCHEMA_VERSION}"
         )
