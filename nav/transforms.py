@@ -215,11 +215,14 @@ def rigidity_error(T: npt.ArrayLike) -> float:
     if not np.all(np.isfinite(a)):
         return math.inf
     R = a[:3, :3]
-    return max(
-        float(np.max(np.abs(a[3] - (0.0, 0.0, 0.0, 1.0)))),
-        float(np.max(np.abs(R.T @ R - np.eye(3)))),
-        abs(float(np.linalg.det(R)) - 1.0),
-    )
+    with np.errstate(over="ignore", invalid="ignore"):  # huge entries overflow: not rigid
+        errors = (
+            float(np.max(np.abs(a[3] - (0.0, 0.0, 0.0, 1.0)))),
+            float(np.max(np.abs(R.T @ R - np.eye(3)))),
+            abs(float(np.linalg.det(R)) - 1.0),
+        )
+    # max() would pass over a NaN; an overflowed check is a failed check.
+    return math.inf if any(math.isnan(e) for e in errors) else max(errors)
 
 
 def rigidity_errors(Ts: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
