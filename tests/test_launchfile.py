@@ -62,7 +62,7 @@ def test_shipped_launch_files_are_valid(tmp_path: Path) -> None:
 # Each case: an edit of GOOD, and the words its one-line error must contain.
 BAD_CASES = {
     "unknown node key": (
-        ('rate_hz = 100', 'rate_hz = 100\nrat_hz = 5'),
+        ("rate_hz = 100", "rate_hz = 100\nrat_hz = 5"),
         ["node 'tracker'", "unknown key 'rat_hz'"],
     ),
     "unknown stack key": (('name = "t"', 'name = "t"\ncolour = 1'), ["[stack]", "'colour'"]),
@@ -124,9 +124,7 @@ BAD_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_CASES))
-def test_bad_launch_file_gives_one_line_naming_file_node_and_key(
-    tmp_path: Path, case: str
-) -> None:
+def test_bad_launch_file_gives_one_line_naming_file_node_and_key(tmp_path: Path, case: str) -> None:
     (old, new), words = BAD_CASES[case]
     assert old in GOOD, case
     path = _write(tmp_path, GOOD.replace(old, new, 1))
