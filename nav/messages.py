@@ -115,10 +115,20 @@ def _name(body: Mapping[str, Any], key: str, pattern: re.Pattern[str] | str) -> 
     return value
 
 
-def _tool_name(body: Mapping[str, Any], key: str) -> str:
-    name = _name(body, key, TOOL_NAME_PATTERN)
+# The same few tool names arrive thousands of times a second: remember the valid ones
+# (bounded, so a peer cycling through names cannot grow it) instead of re-matching.
+_KNOWN_TOOL_NAMES: set[str] = set()
+_KNOWN_TOOL_NAMES_MAX = 1024
+
+
+def _tool_name(value: Any) -> str:
+    if value in _KNOWN_TOOL_NAMES and type(value) is str:
+        return value  # type: ignore[no-any-return]
+    name = _name({"tool": value}, "tool", TOOL_NAME_PATTERN)
     if name.endswith(TIP_SUFFIX):  # reserved: `pointer_tip` is the tip frame of `pointer`
-        raise MessageError("invalid", f"field {key!r}: tool names may not end in {TIP_SUFFIX}")
+        raise MessageError("invalid", f"field 'tool': tool names may not end in {TIP_SUFFIX}")
+    if len(_KNOWN_TOOL_NAMES) < _KNOWN_TOOL_NAMES_MAX:
+        _KNOWN_TOOL_NAMES.add(name)
     return name
 
 
@@ -196,11 +206,14 @@ def _fit_error(value: float, status: ToolStatus, what: str) -> float:
     return value
 
 
+_STATUS_BY_NAME = {status.value: status for status in ToolStatus}
+
+
 def _status(value: Any, what: str) -> ToolStatus:
-    try:
-        return ToolStatus(value)
-    except ValueError:
-        raise MessageError("invalid", f"{what}: unknown status {str(value)[:40]!r}") from None
+    status = _STATUS_BY_NAME.get(value) if type(value) is str else None
+    if status is None:
+        raise MessageError("invalid", f"{what}: unknown status {str(value)[:40]!r}")
+    return status
 
 
 def _check_json(value: Any, depth: int = 0) -> None:
@@ -257,7 +270,7 @@ class ToolPose:
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> ToolPose:
         _check_fields(body, _FIELDS[cls.TYPE], cls.TYPE)
-        tool = _tool_name(body, "tool")
+        tool = _tool_name(_get(body, "tool", str))
         status = _status(_get(body, "status", str), tool)
         T = decode_array(body, "T_tracker_from_tool", dtype="<f8", shape=(4, 4))
         _check_pose(T, status, tool)
@@ -317,7 +330,7 @@ class TrackerFrame:
         n = len(tools_raw)
         if n > MAX_TOOLS_PER_FRAME:
             raise MessageError("invalid", f"{n} tools in one frame (max {MAX_TOOLS_PER_FRAME})")
-        tools = tuple(_tool_name({"tool": t}, "tool") for t in tools_raw)
+        tools = tuple(_tool_name(t) for t in tools_raw)
         if len(set(tools)) != n:
             raise MessageError("invalid", "duplicate tool names in one frame")
         statuses_raw = _get(body, "statuses", list)
@@ -327,16 +340,21 @@ class TrackerFrame:
         Ts = decode_array(body, "T_tracker_from_tools", dtype="<f8", shape=(n, 4, 4))
         # NaN marks "not seen"; _fit_error checks it against each tool's status.
         fit = decode_array(body, "fit_errors_mm", dtype="<f8", shape=(n,), allow_nan=True)
-        ok = np.array([s is ToolStatus.OK for s in statuses], dtype=bool)
-        # Huge finite entries overflow to NaN in the error; NaN must count as not rigid.
-        with np.errstate(over="ignore", invalid="ignore"):
-            rigid = rigidity_errors(Ts) <= RIGID_TOLERANCE if n else ok
-        not_rigid = ok & ~rigid
-        if not_rigid.any():
-            bad = tools[int(np.argmax(not_rigid))]
-            raise MessageError("invalid", f"{bad} has status OK but is not a rigid transform")
-        for i, tool in enumerate(tools):
-            _fit_error(float(fit[i]), statuses[i], tool)
+        ok = np.fromiter((s is ToolStatus.OK for s in statuses), dtype=bool, count=n)
+        if ok.any():
+            # Huge finite entries overflow to NaN in the error; NaN must count as not rigid.
+            with np.errstate(over="ignore", invalid="ignore"):
+                not_rigid = ok.copy()
+                not_rigid[ok] = ~(rigidity_errors(Ts[ok]) <= RIGID_TOLERANCE)
+            if not_rigid.any():
+                bad = tools[int(np.argmax(not_rigid))]
+                raise MessageError("invalid", f"{bad} has status OK but is not a rigid transform")
+        # NaN means "not measured": allowed only for a tool that was not seen.
+        nan = np.isnan(fit)
+        bad_fit = (nan & ok) | (~nan & (fit < 0))
+        if bad_fit.any():
+            i = int(np.argmax(bad_fit))
+            _fit_error(float(fit[i]), statuses[i], tools[i])  # raises with the reason
         return cls(
             tracker,
             _time_ns(body, "t_sensor_ns"),

@@ -225,6 +225,10 @@ def rigidity_error(T: npt.ArrayLike) -> float:
     return math.inf if any(math.isnan(e) for e in errors) else max(errors)
 
 
+_LAST_ROW = np.array([0.0, 0.0, 0.0, 1.0])
+_I3 = np.eye(3)
+
+
 def rigidity_errors(Ts: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """``rigidity_error`` of each matrix of a finite float (N, 4, 4) stack, vectorised.
 
@@ -233,8 +237,8 @@ def rigidity_errors(Ts: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """
     Ts = np.asarray(Ts, dtype=np.float64)
     R = Ts[:, :3, :3]
-    last_row = np.abs(Ts[:, 3, :] - (0.0, 0.0, 0.0, 1.0)).max(axis=1)
-    orthogonality = np.abs(np.einsum("nji,njk->nik", R, R) - np.eye(3)).max(axis=(1, 2))
+    last_row = np.abs(Ts[:, 3, :] - _LAST_ROW).max(axis=1)
+    orthogonality = np.abs(np.matmul(R.transpose(0, 2, 1), R) - _I3).reshape(-1, 9).max(axis=1)
     # det by cofactors, written out: np.linalg.det and np.cross cost more on a small stack.
     r = R.reshape(-1, 9).T
     det = (
