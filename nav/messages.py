@@ -123,7 +123,7 @@ _KNOWN_TOOL_NAMES_MAX = 1024
 
 def _tool_name(value: Any) -> str:
     if value in _KNOWN_TOOL_NAMES and type(value) is str:
-        return value  # type: ignore[no-any-return]
+        return value
     name = _name({"tool": value}, "tool", TOOL_NAME_PATTERN)
     if name.endswith(TIP_SUFFIX):  # reserved: `pointer_tip` is the tip frame of `pointer`
         raise MessageError("invalid", f"field 'tool': tool names may not end in {TIP_SUFFIX}")
