@@ -122,7 +122,7 @@ _KNOWN_TOOL_NAMES_MAX = 1024
 
 
 def _tool_name(value: Any) -> str:
-    if value in _KNOWN_TOOL_NAMES and type(value) is str:
+    if type(value) is str and value in _KNOWN_TOOL_NAMES:  # type check first: lists are unhashable
         return value
     name = _name({"tool": value}, "tool", TOOL_NAME_PATTERN)
     if name.endswith(TIP_SUFFIX):  # reserved: `pointer_tip` is the tip frame of `pointer`
