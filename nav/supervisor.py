@@ -39,7 +39,7 @@ TICK_S = 0.1
 # Nodes multiply small matrices: BLAS worker threads only contend for the cores with the
 # other nodes (measured: a pivot solve 10x slower with them on a busy 2-core machine).
 # A user's own setting wins.
-_NODE_ENV_DEFAULTS = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+_NODE_ENV_DEFAULTS = {"OPENBLAS_NUM_THREADS": "1"}  # not OMP: torch solvers may want cores
 
 
 class StartupError(RuntimeError):
