@@ -17,6 +17,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/latency.py
+	$(BIN)/python bench/calibration.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

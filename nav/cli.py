@@ -190,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--start-delay", type=float, default=0.5, help="seconds for subscribers to join"
     )
     replay.set_defaults(func=cmd_replay)
+
+    # Imported here: calibration.cli imports UserError from this module.
+    from calibration.cli import add_calibrate_parser
+
+    add_calibrate_parser(commands)
     return parser
 
 
@@ -215,4 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run the importable nav.cli, not this __main__ copy of it: subcommand modules raise
+    # nav.cli.UserError, and that must be the class main() catches.
+    from nav.cli import main as _main
+
+    raise SystemExit(_main())
