@@ -195,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     from calibration.cli import add_calibrate_parser
 
     add_calibrate_parser(commands)
+
+    from nav.case_cli import add_case_parser  # here for the same reason
+
+    add_case_parser(commands)
     return parser
 
 
