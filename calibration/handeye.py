@@ -43,7 +43,8 @@ import numpy.typing as npt
 from scipy.spatial.transform import Rotation
 
 from calibration.errors import CalibrationError
-from nav.transforms import make_rigid, rigidity_errors
+from calibration.poses import check_pose_stack
+from nav.transforms import make_rigid
 
 FloatArray: TypeAlias = npt.NDArray[np.float64]
 
@@ -51,12 +52,6 @@ HandEyeMethod: TypeAlias = Literal["tsai", "park", "horaud", "andreff", "daniili
 HAND_EYE_METHODS: Final[tuple[HandEyeMethod, ...]] = get_args(HandEyeMethod)
 """The method names, in OpenCV's ``CALIB_HAND_EYE_*`` order."""
 
-RIGIDITY_TOLERANCE: Final = 1e-4
-"""Largest accepted ``rigidity_error`` of an input pose (dimensionless).
-
-Poses from a tracker's quaternions or from ``cv2.Rodrigues`` are rigid to about
-1e-6 even through float32; a matrix off by 1e-4 is not a rigid pose.
-"""
 
 MIN_POSES: Final = 3
 """Two poses give one motion, which leaves a rotation about its axis unobservable."""
@@ -89,31 +84,6 @@ class HandEyeResult:
 
 
 # ---------------------------------------------------------------------------- input and gates
-
-
-def _check_poses(Ts_in: npt.ArrayLike, name: str) -> FloatArray:
-    """Return ``Ts_in`` as float64 (N, 4, 4), or raise CalibrationError("bad_input")."""
-    try:
-        Ts = np.asarray(Ts_in, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise CalibrationError("bad_input", f"{name} is not a numeric array: {exc}") from None
-    if Ts.ndim != 3 or Ts.shape[1:] != (4, 4):
-        raise CalibrationError("bad_input", f"{name} must have shape (N, 4, 4), got {Ts.shape}")
-    finite = np.isfinite(Ts).all(axis=(1, 2))
-    if not finite.all():
-        raise CalibrationError(
-            "bad_input", f"{name}[{int(np.flatnonzero(~finite)[0])}] has a non-finite entry"
-        )
-    if len(Ts):
-        errors = rigidity_errors(Ts)
-        worst = int(np.argmax(errors))
-        if errors[worst] > RIGIDITY_TOLERANCE:
-            raise CalibrationError(
-                "bad_input",
-                f"{name}[{worst}] is not a rigid transform "
-                f"(rigidity error {errors[worst]:.2g} > {RIGIDITY_TOLERANCE:g})",
-            )
-    return Ts
 
 
 def _invert_stack(Ts: FloatArray) -> FloatArray:
@@ -189,8 +159,8 @@ def _check_inputs(
     min_axis_spread_deg: float,
 ) -> tuple[FloatArray, FloatArray, int]:
     """Validate and gate the poses; return the motions ``A``, ``B`` (K, 4, 4) and N."""
-    M = _check_poses(T_tracker_from_marker, "T_tracker_from_marker")
-    C = _check_poses(T_camera_from_target, "T_camera_from_target")
+    M = check_pose_stack(T_tracker_from_marker, name="T_tracker_from_marker")
+    C = check_pose_stack(T_camera_from_target, name="T_camera_from_target")
     if len(M) != len(C):
         raise CalibrationError(
             "bad_input",

@@ -40,17 +40,11 @@ import numpy as np
 import numpy.typing as npt
 
 from calibration.errors import CalibrationError
-from nav.transforms import rigidity_errors
+from calibration.poses import check_pose_stack
 
 FloatArray: TypeAlias = npt.NDArray[np.float64]
 BoolArray: TypeAlias = npt.NDArray[np.bool_]
 
-RIGIDITY_TOLERANCE = 1e-4
-"""Largest accepted ``rigidity_error`` of an input pose (dimensionless).
-
-Tracker matrices written as text or from float32 quaternions are rigid to about
-1e-6; a matrix off by 1e-4 was not produced by a rigid-body tracker.
-"""
 
 _SAMPLE_CHUNK = 64  # RANSAC hypotheses scored at once: bounds memory at 64 x N x 3 floats
 
@@ -135,30 +129,6 @@ class SpinResult:
 
 
 # ---------------------------------------------------------------------------- input and gates
-
-
-def _check_poses(T_tracker_from_pointer: npt.ArrayLike) -> FloatArray:
-    """Return the poses as a float64 (N, 4, 4) array, or raise CalibrationError("bad_input")."""
-    try:
-        Ts = np.asarray(T_tracker_from_pointer, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise CalibrationError("bad_input", f"poses are not a numeric array: {exc}") from None
-    if Ts.ndim != 3 or Ts.shape[1:] != (4, 4):
-        raise CalibrationError("bad_input", f"poses must have shape (N, 4, 4), got {Ts.shape}")
-    finite = np.isfinite(Ts).all(axis=(1, 2))
-    if not finite.all():
-        i = int(np.flatnonzero(~finite)[0])
-        raise CalibrationError("bad_input", f"pose {i} has a non-finite entry")
-    if len(Ts):
-        errors = rigidity_errors(Ts)
-        worst = int(np.argmax(errors))
-        if errors[worst] > RIGIDITY_TOLERANCE:
-            raise CalibrationError(
-                "bad_input",
-                f"pose {worst} is not a rigid transform "
-                f"(rigidity error {errors[worst]:.2g} > {RIGIDITY_TOLERANCE:g})",
-            )
-    return Ts
 
 
 def _check_parameter(name: str, value: float, *, minimum: float = 0.0) -> None:
@@ -303,7 +273,7 @@ def pivot_calibration(
     rotation gates are set to 0),
     ``error_above_threshold`` (``rms_error_mm > max_rms_mm``).
     """
-    Ts = _check_poses(T_tracker_from_pointer)
+    Ts = check_pose_stack(T_tracker_from_pointer)
     _check_parameter("min_poses", min_poses, minimum=1)
     _check_parameter("min_rotation_deg", min_rotation_deg)
     _check_parameter("min_weakest_rotation_deg", min_weakest_rotation_deg)
@@ -430,7 +400,7 @@ def pivot_calibration_ransac(
     ``min_poses`` inliers remain), and ``error_above_threshold`` when fewer
     than ``min_inlier_fraction`` of the poses are inliers.
     """
-    Ts = _check_poses(T_tracker_from_pointer)
+    Ts = check_pose_stack(T_tracker_from_pointer)
     _check_parameter("inlier_threshold_mm", inlier_threshold_mm)
     _check_parameter("iterations", iterations, minimum=1)
     _check_parameter("sample_size", sample_size, minimum=3)
@@ -535,7 +505,7 @@ def spin_calibration(
     ``degenerate`` (the poses do not turn, so no axis is singled out;
     reachable with ``min_spin_deg=0``).
     """
-    Ts = _check_poses(T_tracker_from_pointer)
+    Ts = check_pose_stack(T_tracker_from_pointer)
     _check_parameter("min_poses", min_poses, minimum=1)
     _check_parameter("min_spin_deg", min_spin_deg)
     if max_axis_spread_deg is not None:
