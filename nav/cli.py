@@ -20,6 +20,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.live import Live
+from rich.logging import RichHandler
 from rich.table import Table
 
 from nav import status as stack_status
@@ -51,8 +52,12 @@ def cmd_launch(args: argparse.Namespace) -> int:
     # Off a terminal (CI, logs) the final table goes to stderr at a width that fits it.
     console = Console(stderr=not sys.stdout.isatty(), width=None if sys.stdout.isatty() else 110)
     show_live = sys.stdout.isatty() and not args.no_table
+    if show_live:
+        # Log lines must go through the live display's console, or they tear the table.
+        logging.getLogger().handlers[:] = [
+            RichHandler(console=console, show_path=False, log_time_format="%H:%M:%S")
+        ]
     supervisor = Supervisor(launch)
-    supervisor.on_event = lambda line: log.info("%s", line)
 
     stop_requested: list[str] = []
 

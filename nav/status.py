@@ -162,10 +162,13 @@ def render(status: StackStatus) -> Table:
         table.add_section()
         table.add_row("[bold]tool", "[bold]status", "", "", "[bold]Hz", "", "", "[bold]age ms")
         for tool in status.tools:
-            ok = tool.status == "OK" and tool.pose_age_ms <= POSE_STALE_MS
+            # An old sample is never shown as current, whatever status it had.
+            stale = tool.pose_age_ms > POSE_STALE_MS
+            ok = tool.status == "OK" and not stale
+            shown = f"STALE ({tool.status})" if stale else tool.status
             table.add_row(
                 f"  {tool.tool}",
-                f"[{'green' if ok else 'red'}]{tool.status}[/]",
+                f"[{'green' if ok else 'red'}]{shown}[/]",
                 "",
                 "",
                 _fmt(tool.rate_hz, ".0f"),

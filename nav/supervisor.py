@@ -96,7 +96,13 @@ class Supervisor:
         self.log_dir = launch.run_dir / "logs"
         self._monitor: bus.LatestSubscriber | None = None
         self.t_start_ns = time.monotonic_ns()
-        self.on_event: Callable[[str], None] = lambda line: log.info("%s", line)
+        # Called with every state-change line after it is logged (tests collect them).
+        self.on_event: Callable[[str], None] = lambda line: None
+
+    def _event(self, line: str, *, level: int = logging.INFO) -> None:
+        """Log a state change (a death or failed restart at WARNING) and pass it on."""
+        log.log(level, "%s", line)
+        self.on_event(line)
 
     # --- start --------------------------------------------------------------------------
 
@@ -141,7 +147,7 @@ class Supervisor:
         self._wait_ready(node)
         node.state = "running"
         node.t_started_ns = time.monotonic_ns()
-        self.on_event(f"{spec.name} ready (pid {node.pid})")
+        self._event(f"{spec.name} ready (pid {node.pid})")
 
     def _wait_ready(self, node: NodeState) -> None:
         spec = node.spec
@@ -210,11 +216,11 @@ class Supervisor:
             if now_ns >= node.restart_at_ns:
                 node.restarts += 1
                 node.restart_at_ns = None
-                self.on_event(f"{node.spec.name} restart {node.restarts}/{node.spec.restart.limit}")
+                self._event(f"{node.spec.name} restart {node.restarts}/{node.spec.restart.limit}")
                 try:
                     self._start_node(node)
                 except StartupError as error:
-                    self.on_event(f"{node.spec.name} restart failed: {error}")
+                    self._event(f"{node.spec.name} restart failed: {error}", level=logging.WARNING)
                     self._after_exit(node, node.exit_code if node.exit_code is not None else 1)
             return
         if node.state != "running" or node.process is None:
@@ -229,10 +235,11 @@ class Supervisor:
         node.exit_code = code
         if code == 0:
             node.state = "exited"
-            self.on_event(f"{spec.name} exited with code 0")
+            self._event(f"{spec.name} exited with code 0")
             return
         node.state = "dead"
-        self.on_event(f"{spec.name} died with exit code {code}: {self.last_log_line(node)}")
+        why = f"killed by {signal.Signals(-code).name}" if code < 0 else self.last_log_line(node)
+        self._event(f"{spec.name} died with exit code {code}: {why}", level=logging.WARNING)
         policy = spec.restart
         if policy.policy == "on-failure" and node.restarts < policy.limit:
             node.state = "restarting"
@@ -263,7 +270,7 @@ class Supervisor:
                         log.warning("%s ignored %s; escalating", node.spec.name, sig.name)
             node.exit_code = code if code is not None else process.wait()
             node.state = "stopped"
-            self.on_event(f"{node.spec.name} stopped (exit code {node.exit_code})")
+            self._event(f"{node.spec.name} stopped (exit code {node.exit_code})")
         if self._monitor is not None:
             self._monitor.close()
             self._monitor = None

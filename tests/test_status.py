@@ -1,0 +1,52 @@
+"""The status table: what it shows for a stale tool, a dead node and the summary it writes."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from nav.status import NodeRow, StackStatus, ToolRow, render, summary
+
+
+def _status(
+    *, pose_age_ms: float, state: str = "running", exit_code: int | None = None
+) -> StackStatus:
+    node = NodeRow(
+        name="tracker",
+        state=state,
+        pid=42,
+        uptime_s=3.0,
+        publish_hz=60.0,
+        rejected=2,
+        restarts=1,
+        exit_code=exit_code,
+        heartbeat_age_s=0.2,
+        latency_ms={"p50": 0.8, "p99": 2.0, "p999": 3.0, "max": 4.0},
+        counters={"published": 180, "rejected": 2},
+    )
+    tool = ToolRow(tool="pointer", source="sim", status="OK", rate_hz=60.0, pose_age_ms=pose_age_ms)
+    return StackStatus("sim", "launch/sim.toml", "runs/x", 3.0, (node,), (tool,))
+
+
+def _text(status: StackStatus) -> str:
+    console = Console(record=True, width=120)
+    console.print(render(status))
+    return console.export_text()
+
+
+def test_a_tool_older_than_100_ms_is_shown_stale_not_ok() -> None:
+    fresh = _text(_status(pose_age_ms=5.0))
+    stale = _text(_status(pose_age_ms=250.0))
+    assert "STALE" not in fresh and " OK " in fresh
+    assert "STALE (OK)" in stale
+
+
+def test_a_dead_node_shows_its_exit_code() -> None:
+    assert "dead (-9)" in _text(_status(pose_age_ms=5.0, state="dead", exit_code=-9))
+
+
+def test_summary_carries_the_table_figures_and_totals() -> None:
+    report = summary(_status(pose_age_ms=5.0))
+    assert report["nodes"]["tracker"]["publish_hz"] == 60.0
+    assert report["tools"]["pointer"]["pose_age_ms"] == 5.0
+    assert report["restarts"] == 1 and report["rejected"] == 2
+    assert report["latency_ms"]["measured_at"] == "tracker"
