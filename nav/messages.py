@@ -461,9 +461,187 @@ class Reply:
         return cls(_get(body, "ok", bool), result, _get(body, "error", str))
 
 
-Message: TypeAlias = ToolPose | TrackerFrame | Heartbeat | Command | Reply
+class NavStatus(enum.Enum):
+    """Whether the overlay can be vouched for (worst first when several apply).
+
+    UNREGISTERED: no accepted registration. REFERENCE_LOST: the patient reference is not
+    OK in the newest tracker sample. STALE: the newest tracker sample is older than the
+    node's limit. OK: registered, reference seen, sample fresh.
+    """
+
+    OK = "OK"
+    UNREGISTERED = "UNREGISTERED"
+    REFERENCE_LOST = "REFERENCE_LOST"
+    STALE = "STALE"
+
+
+def _names(body: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    raw = _get(body, key, list)
+    if len(raw) > MAX_TOOLS_PER_FRAME:
+        raise MessageError("invalid", f"{key!r} has {len(raw)} entries")
+    return tuple(_name({key: n}, key, r"[A-Za-z0-9_. -]{1,64}") for n in raw)
+
+
+@dataclass(frozen=True, eq=False)
+class NavState:
+    """Navigation state for one tracker sample, published on ``nav/state``.
+
+    ``T_tracker_from_image`` (4, 4): the case model in the tracker frame, pinned to the
+    patient reference (``T_tracker_from_reference @ T_reference_from_image``); identity
+    and not to be drawn unless ``status`` is OK. ``p_tip_image`` (3,) mm: the pointer tip in
+    image (LPS) coordinates, NaN when unknown. ``target_distances_mm`` and
+    ``critical_distances_mm`` align with their name tuples (tip to target point; tip to the
+    nearest surface of each critical structure), NaN when unknown. ``predicted_tre_mm``:
+    the largest predicted TRE over the case targets (NaN when unregistered).
+    ``needs_verification``: the registration was restored from disk and not yet confirmed.
+    """
+
+    TYPE: ClassVar[str] = "NavState"
+    t_sensor_ns: int
+    frame_number: int
+    status: NavStatus
+    needs_verification: bool
+    registration_id: int
+    T_tracker_from_image: FloatArray
+    pointer_status: ToolStatus
+    p_tip_image: FloatArray
+    target_names: tuple[str, ...]
+    target_distances_mm: FloatArray
+    critical_names: tuple[str, ...]
+    critical_distances_mm: FloatArray
+    predicted_tre_mm: float
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "t_sensor_ns": int(self.t_sensor_ns),
+            "frame_number": int(self.frame_number),
+            "status": self.status.value,
+            "needs_verification": bool(self.needs_verification),
+            "registration_id": int(self.registration_id),
+            "T_tracker_from_image": encode_array(np.asarray(self.T_tracker_from_image, np.float64)),
+            "pointer_status": self.pointer_status.value,
+            "p_tip_image": encode_array(np.asarray(self.p_tip_image, np.float64)),
+            "target_names": list(self.target_names),
+            "target_distances_mm": encode_array(np.asarray(self.target_distances_mm, np.float64)),
+            "critical_names": list(self.critical_names),
+            "critical_distances_mm": encode_array(
+                np.asarray(self.critical_distances_mm, np.float64)
+            ),
+            "predicted_tre_mm": float(self.predicted_tre_mm),
+        }
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> NavState:
+        _check_fields(body, _FIELDS[cls.TYPE], cls.TYPE)
+        raw_status = _get(body, "status", str)
+        try:
+            status = NavStatus(raw_status)
+        except ValueError:
+            raise MessageError("invalid", f"unknown nav status {raw_status[:40]!r}") from None
+        T = decode_array(body, "T_tracker_from_image", dtype="<f8", shape=(4, 4))
+        if status is NavStatus.OK and not _is_rigid_quietly(T):
+            raise MessageError("invalid", "NavState is OK but T_tracker_from_image is not rigid")
+        targets = _names(body, "target_names")
+        criticals = _names(body, "critical_names")
+        tre = float(_get(body, "predicted_tre_mm", (int, float)))
+        if math.isinf(tre) or tre < 0:
+            raise MessageError("invalid", f"predicted_tre_mm {tre} is not NaN or >= 0")
+        return cls(
+            t_sensor_ns=_time_ns(body, "t_sensor_ns"),
+            frame_number=_time_ns(body, "frame_number"),
+            status=status,
+            needs_verification=_get(body, "needs_verification", bool),
+            registration_id=_time_ns(body, "registration_id"),
+            T_tracker_from_image=T,
+            pointer_status=_status(_get(body, "pointer_status", str), "pointer"),
+            p_tip_image=decode_array(body, "p_tip_image", dtype="<f8", shape=(3,), allow_nan=True),
+            target_names=targets,
+            target_distances_mm=decode_array(
+                body, "target_distances_mm", dtype="<f8", shape=(len(targets),), allow_nan=True
+            ),
+            critical_names=criticals,
+            critical_distances_mm=decode_array(
+                body, "critical_distances_mm", dtype="<f8", shape=(len(criticals),), allow_nan=True
+            ),
+            predicted_tre_mm=tre,
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class RegistrationResult:
+    """A registration event, published reliably on ``nav/registration``.
+
+    ``state``: "proposed" (computed, awaiting accept), "accepted", "rejected", or "restored"
+    (reloaded from disk at start; ``needs_verification`` until confirmed).
+    ``T_reference_from_image`` (4, 4) maps the case model into the patient reference frame.
+    ``fiducial_errors_mm`` (N,) per fiducial; ``fre_mm`` their RMS. ``predicted_tre_mm``
+    (T,) at the case targets (FW&M 1998 eq. 46): the accuracy figure to show.
+    ``true_tre_mm`` (T,) against a known ground truth (simulation), NaN when none.
+    """
+
+    TYPE: ClassVar[str] = "RegistrationResult"
+    registration_id: int
+    state: str
+    method: str
+    needs_verification: bool
+    T_reference_from_image: FloatArray
+    fre_mm: float
+    fiducial_errors_mm: FloatArray
+    target_names: tuple[str, ...]
+    predicted_tre_mm: FloatArray
+    true_tre_mm: FloatArray
+
+    STATES: ClassVar[frozenset[str]] = frozenset({"proposed", "accepted", "rejected", "restored"})
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "registration_id": int(self.registration_id),
+            "state": self.state,
+            "method": self.method,
+            "needs_verification": bool(self.needs_verification),
+            "T_reference_from_image": encode_array(
+                np.asarray(self.T_reference_from_image, np.float64)
+            ),
+            "fre_mm": float(self.fre_mm),
+            "fiducial_errors_mm": encode_array(np.asarray(self.fiducial_errors_mm, np.float64)),
+            "target_names": list(self.target_names),
+            "predicted_tre_mm": encode_array(np.asarray(self.predicted_tre_mm, np.float64)),
+            "true_tre_mm": encode_array(np.asarray(self.true_tre_mm, np.float64)),
+        }
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> RegistrationResult:
+        _check_fields(body, _FIELDS[cls.TYPE], cls.TYPE)
+        state = _get(body, "state", str)
+        if state not in cls.STATES:
+            raise MessageError("invalid", f"unknown registration state {state[:40]!r}")
+        T = decode_array(body, "T_reference_from_image", dtype="<f8", shape=(4, 4))
+        if not _is_rigid_quietly(T):
+            raise MessageError("invalid", "T_reference_from_image is not rigid")
+        targets = _names(body, "target_names")
+        n_targets = (len(targets),)
+        return cls(
+            registration_id=_time_ns(body, "registration_id"),
+            state=state,
+            method=_name(body, "method", r"[a-z][a-z0-9_]{0,31}"),
+            needs_verification=_get(body, "needs_verification", bool),
+            T_reference_from_image=T,
+            fre_mm=_finite_float(body, "fre_mm"),
+            fiducial_errors_mm=decode_array(body, "fiducial_errors_mm", dtype="<f8", shape=(None,)),
+            target_names=targets,
+            predicted_tre_mm=decode_array(body, "predicted_tre_mm", dtype="<f8", shape=n_targets),
+            true_tre_mm=decode_array(
+                body, "true_tre_mm", dtype="<f8", shape=n_targets, allow_nan=True
+            ),
+        )
+
+
+Message: TypeAlias = (
+    ToolPose | TrackerFrame | Heartbeat | Command | Reply | NavState | RegistrationResult
+)
 MESSAGE_TYPES: dict[str, type[Message]] = {
-    cls.TYPE: cls for cls in (ToolPose, TrackerFrame, Heartbeat, Command, Reply)
+    cls.TYPE: cls
+    for cls in (ToolPose, TrackerFrame, Heartbeat, Command, Reply, NavState, RegistrationResult)
 }
 _FIELDS: dict[str, frozenset[str]] = {
     "ToolPose": frozenset({"tool", "T_tracker_from_tool", "t_sensor_ns", "status", "fit_error_mm"}),
@@ -483,6 +661,37 @@ _FIELDS: dict[str, frozenset[str]] = {
     ),
     "Command": frozenset({"name", "args"}),
     "Reply": frozenset({"ok", "result", "error"}),
+    "NavState": frozenset(
+        {
+            "t_sensor_ns",
+            "frame_number",
+            "status",
+            "needs_verification",
+            "registration_id",
+            "T_tracker_from_image",
+            "pointer_status",
+            "p_tip_image",
+            "target_names",
+            "target_distances_mm",
+            "critical_names",
+            "critical_distances_mm",
+            "predicted_tre_mm",
+        }
+    ),
+    "RegistrationResult": frozenset(
+        {
+            "registration_id",
+            "state",
+            "method",
+            "needs_verification",
+            "T_reference_from_image",
+            "fre_mm",
+            "fiducial_errors_mm",
+            "target_names",
+            "predicted_tre_mm",
+            "true_tre_mm",
+        }
+    ),
 }
 
 

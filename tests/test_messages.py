@@ -29,6 +29,9 @@ from nav.messages import (
     Heartbeat,
     Message,
     MessageError,
+    NavState,
+    NavStatus,
+    RegistrationResult,
     Reply,
     ToolPose,
     ToolStatus,
@@ -845,3 +848,66 @@ def test_infinite_or_negative_fit_error_is_refused(
     build: Builder, fit: float, status: ToolStatus
 ) -> None:
     assert refusal(build(rigid(), status, fit)) == "invalid"
+
+
+# --- navigation messages -------------------------------------------------------------
+
+
+def _nav_state(status: NavStatus = NavStatus.OK, T: np.ndarray | None = None) -> NavState:
+    return NavState(
+        t_sensor_ns=10,
+        frame_number=3,
+        status=status,
+        needs_verification=True,
+        registration_id=2,
+        T_tracker_from_image=np.eye(4) if T is None else T,
+        pointer_status=ToolStatus.OUT_OF_VIEW,
+        p_tip_image=np.full(3, np.nan),
+        target_names=("tumor_centre", "margin"),
+        target_distances_mm=np.array([12.5, np.nan]),
+        critical_names=("portal_vein",),
+        critical_distances_mm=np.array([4.0]),
+        predicted_tre_mm=float("nan"),
+    )
+
+
+def test_nav_state_round_trips_with_nan_for_unknown_distances() -> None:
+    out = decode(encode(_nav_state(), seq=1, t_pub_ns=2)).message
+    assert isinstance(out, NavState)
+    assert out.status is NavStatus.OK and out.needs_verification
+    assert out.target_names == ("tumor_centre", "margin")
+    assert out.target_distances_mm[0] == 12.5 and np.isnan(out.target_distances_mm[1])
+    assert np.isnan(out.p_tip_image).all() and np.isnan(out.predicted_tre_mm)
+
+
+def test_nav_state_ok_with_a_non_rigid_model_pose_is_refused() -> None:
+    scaled = np.diag([2.0, 1.0, 1.0, 1.0])
+    with pytest.raises(MessageError) as caught:
+        decode(encode(_nav_state(T=scaled), seq=0, t_pub_ns=0))
+    assert caught.value.kind == "invalid"
+    # carried, not drawn, when the state says it cannot be vouched for
+    out = decode(encode(_nav_state(NavStatus.REFERENCE_LOST, T=scaled), seq=0, t_pub_ns=0))
+    assert isinstance(out.message, NavState)
+
+
+def test_registration_result_round_trips_and_refuses_an_unknown_state() -> None:
+    result = RegistrationResult(
+        registration_id=1,
+        state="accepted",
+        method="points",
+        needs_verification=False,
+        T_reference_from_image=np.eye(4),
+        fre_mm=0.31,
+        fiducial_errors_mm=np.array([0.2, 0.3, 0.4]),
+        target_names=("tumor_centre",),
+        predicted_tre_mm=np.array([0.5]),
+        true_tre_mm=np.array([np.nan]),
+    )
+    out = decode(encode(result, seq=0, t_pub_ns=0)).message
+    assert isinstance(out, RegistrationResult)
+    assert out.state == "accepted" and out.fre_mm == 0.31
+    assert np.isnan(out.true_tre_mm[0])
+    raw = msgpack.unpackb(encode(result, seq=0, t_pub_ns=0), raw=False)
+    raw["body"]["state"] = "maybe"
+    with pytest.raises(MessageError):
+        decode(msgpack.packb(raw, use_bin_type=True))
