@@ -27,6 +27,7 @@ from nav import status as stack_status
 from nav.launchfile import LaunchError, load
 from nav.recording import RecordingError, inspect_recording
 from nav.supervisor import StartupError, Supervisor
+from tracking.plus_sequence import is_plus_path
 
 log = logging.getLogger("ornav")
 
@@ -104,6 +105,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    if is_plus_path(args.file):
+        from nav.convert import cmd_inspect_plus
+
+        return cmd_inspect_plus(args)
     summary = inspect_recording(args.file)
     table = Table(title=f"{summary.path}", title_justify="left")
     for column in ("topic", "schema", "messages", "rate Hz"):
@@ -121,6 +126,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    if is_plus_path(args.file):
+        from nav.convert import cmd_replay_plus
+
+        return cmd_replay_plus(args)
     # Imported here: only this command needs the replay node.
     from nav import replay_node
     from nav.bus import CommandClient
@@ -183,11 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     launch.set_defaults(func=cmd_launch)
 
     inspect = commands.add_parser("inspect", help="topics, counts, rates of a recording")
-    inspect.add_argument("file", help="an MCAP recording")
+    inspect.add_argument("file", help="an MCAP recording or a PLUS sequence (.mha, .nrrd)")
     inspect.set_defaults(func=cmd_inspect)
 
     replay = commands.add_parser("replay", help="republish a recording with its timing")
-    replay.add_argument("file", help="an MCAP recording")
+    replay.add_argument("file", help="an MCAP recording or a PLUS sequence (.mha, .nrrd)")
     replay.add_argument("--pub", default="ipc:///tmp/ornav-replay.pub", help="endpoint to bind")
     replay.add_argument("--speed", type=float, default=1.0, help="2.0 plays twice as fast")
     replay.add_argument("--loop", action="store_true", help="start again at the end")
@@ -204,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     from nav.case_cli import add_case_parser  # here for the same reason
 
     add_case_parser(commands)
+
+    from nav.convert import add_convert_parser  # here for the same reason
+
+    add_convert_parser(commands)
     return parser
 
 
