@@ -195,11 +195,10 @@ def _check_pose(T: FloatArray, status: ToolStatus, what: str) -> None:
         raise MessageError("invalid", f"{what} has status OK but is not a rigid transform")
 
 
-def _fit_error(value: float, status: ToolStatus, what: str) -> float:
-    # NaN means "not measured" and is only allowed when the tool was not seen.
+def _fit_error(value: float, what: str) -> float:
+    # NaN means "not measured": a tool not seen, or a source that reports no fit (PLUS files,
+    # OpenIGTLink). A made-up 0.0 would read as a perfect fit.
     if math.isnan(value):
-        if status is ToolStatus.OK:
-            raise MessageError("invalid", f"{what}: fit error is NaN for an OK pose")
         return value
     if not math.isfinite(value) or value < 0:
         raise MessageError("invalid", f"{what}: fit error {value} is not a finite value >= 0")
@@ -248,7 +247,7 @@ class ToolPose:
     ``T_tracker_from_tool`` (4, 4) maps tool-marker coordinates into the tracker frame, mm.
     It is meaningful only when ``status`` is OK; otherwise it is whatever the source last
     had (often identity) and must not be drawn. ``fit_error_mm`` is the marker fit RMS, NaN
-    when the tool was not seen.
+    when not measured (tool not seen, or a source that reports none).
     """
 
     TYPE: ClassVar[str] = "ToolPose"
@@ -274,7 +273,7 @@ class ToolPose:
         status = _status(_get(body, "status", str), tool)
         T = decode_array(body, "T_tracker_from_tool", dtype="<f8", shape=(4, 4))
         _check_pose(T, status, tool)
-        fit = _fit_error(float(_get(body, "fit_error_mm", (int, float))), status, tool)
+        fit = _fit_error(float(_get(body, "fit_error_mm", (int, float))), tool)
         return cls(tool, T, _time_ns(body, "t_sensor_ns"), status, fit)
 
 
@@ -338,7 +337,7 @@ class TrackerFrame:
             raise MessageError("invalid", f"{len(statuses_raw)} statuses for {n} tools")
         statuses = tuple(_status(s, t) for s, t in zip(statuses_raw, tools, strict=True))
         Ts = decode_array(body, "T_tracker_from_tools", dtype="<f8", shape=(n, 4, 4))
-        # NaN marks "not seen"; _fit_error checks it against each tool's status.
+        # NaN marks "not measured" (see _fit_error).
         fit = decode_array(body, "fit_errors_mm", dtype="<f8", shape=(n,), allow_nan=True)
         ok = np.fromiter((s is ToolStatus.OK for s in statuses), dtype=bool, count=n)
         if ok.any():
@@ -349,12 +348,10 @@ class TrackerFrame:
             if not_rigid.any():
                 bad = tools[int(np.argmax(not_rigid))]
                 raise MessageError("invalid", f"{bad} has status OK but is not a rigid transform")
-        # NaN means "not measured": allowed only for a tool that was not seen.
-        nan = np.isnan(fit)
-        bad_fit = (nan & ok) | (~nan & (fit < 0))
+        bad_fit = fit < 0  # NaN compares False: "not measured" is allowed
         if bad_fit.any():
             i = int(np.argmax(bad_fit))
-            _fit_error(float(fit[i]), statuses[i], tools[i])  # raises with the reason
+            _fit_error(float(fit[i]), tools[i])  # raises with the reason
         return cls(
             tracker,
             _time_ns(body, "t_sensor_ns"),

@@ -54,7 +54,7 @@ the prefix is accepted); every other PLUS status (``REQ_TIMEOUT``, ``SWITCH1_IS_
 within ``nav.messages.RIGID_TOLERANCE`` (an ``ImageToProbe`` carries the pixel spacing) is
 published as ``INVALID`` and counted as ``downgraded``; a non-finite matrix of a non-OK tool
 travels as identity (the bus refuses non-finite numbers). PLUS files carry no marker fit
-error: OK tools get ``fit_error_mm`` 0.0, others NaN. Invalid tools are always carried.
+error: every tool gets ``fit_error_mm`` NaN ("not measured"). Invalid tools are always carried.
 
 Bad input: a file that is not a sequence header, a header cut off before its end (a
 truncated file), binary or overlong lines, or frames out of order raise
@@ -921,9 +921,7 @@ def to_tracker_frames(
                 tools=tuple(tool for _plus, tool, _m, _s in tools),
                 T_tracker_from_tools=Ts,
                 statuses=tuple(statuses),
-                fit_errors_mm=np.array(
-                    [0.0 if s is ToolStatus.OK else math.nan for s in statuses], dtype=np.float64
-                ),
+                fit_errors_mm=np.full(len(statuses), math.nan),  # PLUS records no fit error
             )
         )
     return BusFrames(tuple(out), tuple(downgraded))
