@@ -15,8 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from nav.launchfile import NodeSpec
+
+# A shared 2-core machine makes any example slow now and then: never fail on wall time.
+settings.register_profile(
+    "ornav", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile("ornav")
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
