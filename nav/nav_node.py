@@ -1,0 +1,557 @@
+"""Navigation node: registers the case to the patient and publishes the navigation state.
+
+Subscribes: ``TrackerFrame`` on ``tracker_topic`` (default ``pose/``, latest-wins) from the
+nodes in its ``subscribe`` list.
+Publishes:
+- ``nav/state`` (``NavState``): one per new tracker frame, and, when frames stop
+  arriving, again every ``state_period_ms`` and at the instant the newest frame turns
+  stale, so a consumer sees STALE (or REFERENCE_LOST / UNREGISTERED, whichever applies
+  first, see ``nav/navigation.py``) within ``stale_after_ms`` + ~1 ms of the last frame;
+- ``nav/registration`` (``RegistrationResult``): on every registration event (proposed,
+  accepted, rejected, restored, verified), and the bus being PUB/SUB, "reliable" here
+  means re-published: every ``REGISTRATION_REPUBLISH_S`` the node publishes the active
+  registration again, then the pending proposal if any, so a late joiner has both within
+  a second. Consumers key on ``registration_id`` and ``state``;
+- ``heartbeat/<name>``: counters ``status_<STATUS>`` (states published by status),
+  ``fiducials_collected``, ``registrations_proposed``, ``registrations_accepted``,
+  ``registration_file_refused``; latency = tracker ``t_sensor_ns`` -> receive here.
+
+Control (each reply is ``ok`` with a result, or a one-line error):
+- ``registration.start`` {method: "points", dwell: true}: start collecting the case's
+  fiducials in case order; with ``dwell`` a held tip records the next one (see
+  ``navigation.DwellParams``), without it only ``registration.collect`` does. A running
+  collection starts over; a pending proposal is discarded. Replies with the progress.
+- ``registration.collect`` {}: record the current tip as the next fiducial now (a foot
+  pedal); the tip must be still. Replies with the progress and the point's label.
+- ``registration.compute`` {}: paired-point registration from the fiducials collected so
+  far (3 at least) -> state "proposed". Replies with FRE, per-fiducial errors, predicted
+  TRE per target and, when ``truth_T_reference_from_image`` is set, true TRE per target.
+- ``registration.accept`` {}: the proposal becomes the active registration ("accepted"),
+  is written to ``registration_file`` and navigation shows it; collection ends.
+- ``registration.reject`` {}: drop the proposal ("rejected"); the active one stays.
+- ``registration.verify`` {}: the user confirmed a restored registration (touched a
+  landmark and saw the tip where it belongs): clears ``needs_verification``.
+- ``registration.status`` {}: collection progress, active registration, proposal.
+- ``case.load`` {path}: load another case (blocks the loop while its meshes are read);
+  drops every registration, then restores ``registration_file`` if it is for that case.
+
+Start-up: when ``registration_file`` exists and holds a registration of this case, it is
+restored as "restored" with ``needs_verification`` (the patient or the reference may
+have moved while the node was down) until ``registration.verify``. A corrupt or foreign
+file is logged and ignored: the node starts unregistered.
+
+Per-frame cost: ``navigation.nav_state`` ~50 us on the phantom (see its module), plus a
+decode and an encode (~10 us each): ~70 us of the 1000 us between samples at 1 kHz.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+
+from calibration.files import CalibrationFileError, read_tip_offset
+from nav import bus
+from nav.case import Case, CaseError, load_case
+from nav.frames import REFERENCE, is_valid_tool_name
+from nav.launchfile import NodeSpec
+from nav.messages import (
+    Command,
+    JsonValue,
+    Message,
+    NavState,
+    NavStatus,
+    Reply,
+    TrackerFrame,
+)
+from nav.navigation import (
+    POINTER,
+    CaseGeometry,
+    CollectionProgress,
+    DwellParams,
+    FiducialCollector,
+    Registration,
+    nav_state,
+    register_fiducials,
+    tip_in_reference,
+    true_tre_mm,
+)
+from nav.node import POLL_TIMEOUT_S, NodeRuntime, node_main
+from nav.phantom import SHIPPED_PHANTOM_DIR
+from nav.registration_store import RegistrationFileError, load_registration, save_registration
+from nav.transforms import Mat4, is_rigid
+
+log = logging.getLogger(__name__)
+
+STATE_TOPIC: Final = "nav/state"
+REGISTRATION_TOPIC: Final = "nav/registration"
+REGISTRATION_REPUBLISH_S: Final = 1.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """The nav node's launch-file params.
+
+    - ``case``: the case folder; empty = the shipped phantom (``nav/cases/phantom``).
+    - ``tracker_topic``: a topic prefix selecting one tracker's ``TrackerFrame``s (the
+      default takes every tracker subscribed to; with several, name one: ``pose/sim``).
+    - ``p_tip_in_pointer`` (mm, pointer marker frame): the simulator's default unless
+      ``tip_calibration`` names a pivot calibration file, which then wins.
+    - ``stale_after_ms``: a frame older than this is STALE; ``state_period_ms``: how often
+      ``nav/state`` is re-published while no frames arrive.
+    - ``registration_file``: where an accepted registration is written and restored from
+      (a launch file gives ``{run_dir}/registration.json``); empty = not persisted.
+    - ``fle_mm``: RMS fiducial localisation error (3D) for the predicted TRE: the error
+      of one touched fiducial, both spaces together. 0.25 mm is a Polaris-class tracker's
+      per-sample figure; the dwell average of ~40 samples is below it (~0.06 mm in the
+      simulator), but a real pointer in a real divot and a fiducial picked on a CT are
+      not, so it is a floor; raise it for skin markers or coarse images.
+    - ``dwell_s``, ``dwell_radius_mm``: the dwell that records a fiducial
+      (``navigation.DwellParams.window_s`` and ``radius_mm``).
+    - ``truth_T_reference_from_image``: 16 numbers, row-major, the true registration in a
+      simulation, so true TRE is reported; empty = unknown (the real world).
+    """
+
+    case: str = ""
+    tracker_topic: str = "pose/"
+    pointer_tool: str = POINTER
+    reference_tool: str = REFERENCE
+    p_tip_in_pointer: tuple[float, float, float] = (0.0, 0.0, -160.0)
+    tip_calibration: str = ""
+    stale_after_ms: float = 100.0
+    state_period_ms: float = 50.0
+    registration_file: str = ""
+    fle_mm: float = 0.25
+    dwell_s: float = 0.4
+    dwell_radius_mm: float = 0.5
+    truth_T_reference_from_image: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        for key in ("pointer_tool", "reference_tool"):
+            if not is_valid_tool_name(getattr(self, key)):
+                raise ValueError(f"key {key!r}: {getattr(self, key)!r} is not a tool name")
+        if not self.tracker_topic:
+            raise ValueError("key 'tracker_topic': must not be empty")
+        tip = self.p_tip_in_pointer
+        if len(tip) != 3 or not all(math.isfinite(v) for v in tip) or not any(tip):
+            raise ValueError(f"key 'p_tip_in_pointer': expected 3 finite numbers, got {tip}")
+        for key in ("stale_after_ms", "state_period_ms", "fle_mm"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"key {key!r}: must be finite and > 0, got {value}")
+        try:
+            self.dwell_params()
+        except ValueError as error:
+            raise ValueError(f"key 'dwell_s' or 'dwell_radius_mm': {error}") from None
+        truth = self.truth_T_reference_from_image
+        if truth and (len(truth) != 16 or not is_rigid(np.reshape(truth, (4, 4)), tol=1e-6)):
+            raise ValueError(
+                "key 'truth_T_reference_from_image': expected 16 numbers (row-major) of a "
+                "rigid transform, or none"
+            )
+
+    def dwell_params(self) -> DwellParams:
+        return DwellParams(window_s=self.dwell_s, radius_mm=self.dwell_radius_mm)
+
+    def truth(self) -> Mat4 | None:
+        if not self.truth_T_reference_from_image:
+            return None
+        return np.reshape(np.array(self.truth_T_reference_from_image, dtype=np.float64), (4, 4))
+
+
+def _floats_by_name(names: tuple[str, ...], values: np.ndarray) -> dict[str, JsonValue]:
+    # JSON has no NaN: an unknown value is null.
+    return {n: (float(v) if math.isfinite(v) else None) for n, v in zip(names, values, strict=True)}
+
+
+def _summary(registration: Registration | None) -> JsonValue:
+    if registration is None:
+        return None
+    return {
+        "registration_id": registration.registration_id,
+        "state": registration.state,
+        "method": registration.method,
+        "needs_verification": registration.needs_verification,
+        "fre_mm": registration.fre_mm,
+        "fle_mm": registration.fle_mm,
+        "fiducial_errors_mm": [float(e) for e in registration.fiducial_errors_mm],
+        "predicted_tre_mm": _floats_by_name(
+            registration.target_names, registration.predicted_tre_mm
+        ),
+        "true_tre_mm": _floats_by_name(registration.target_names, registration.true_tre_mm),
+    }
+
+
+def _progress(progress: CollectionProgress) -> dict[str, JsonValue]:
+    return {
+        "collected": progress.collected,
+        "total": progress.total,
+        "labels": list(progress.labels),
+        "next_label": progress.next_label,
+    }
+
+
+class _Navigator:
+    """The node's state between frames: case, registrations, fiducial collection."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        case: Case,
+        p_tip_in_pointer: np.ndarray,
+        publish: Callable[[str, Message], object],
+        counters: bus.Counters,
+    ) -> None:
+        self.cfg = cfg
+        self.p_tip_in_pointer = p_tip_in_pointer
+        self.publish = publish
+        self.counters = counters
+        self.truth = cfg.truth()
+        self.stale_after_ns = int(cfg.stale_after_ms * 1e6)
+        self.last_frame: TrackerFrame | None = None
+        self._last_id = 0
+        self._set_case(case)
+
+    def _set_case(self, case: Case) -> None:
+        self.case = case
+        self.geometry = CaseGeometry.from_case(case)
+        self.active: Registration | None = None
+        self.proposal: Registration | None = None
+        self.collector: FiducialCollector | None = None
+
+    # --- per frame ---------------------------------------------------------------
+
+    def on_frame(self, frame: TrackerFrame) -> None:
+        self.last_frame = frame
+        if self.collector is None:
+            return
+        p_ref = tip_in_reference(
+            frame,
+            pointer_tool=self.cfg.pointer_tool,
+            reference_tool=self.cfg.reference_tool,
+            p_tip_in_pointer=self.p_tip_in_pointer,
+        )
+        recorded = self.collector.feed(frame.t_sensor_ns, p_ref)
+        if recorded is not None:
+            self._collected(recorded, "dwell")
+
+    def state(self, now_ns: int) -> NavState:
+        return nav_state(
+            self.last_frame,
+            now_ns=now_ns,
+            registration=self.active,
+            geometry=self.geometry,
+            pointer_tool=self.cfg.pointer_tool,
+            reference_tool=self.cfg.reference_tool,
+            p_tip_in_pointer=self.p_tip_in_pointer,
+            stale_after_ns=self.stale_after_ns,
+        )
+
+    def republish_registrations(self) -> None:
+        for registration in (self.active, self.proposal):
+            if registration is not None:
+                self.publish(REGISTRATION_TOPIC, registration.to_message())
+
+    # --- registration ------------------------------------------------------------
+
+    def _collected(self, index: int, how: str) -> None:
+        assert self.collector is not None
+        self.counters["fiducials_collected"] += 1
+        p = self.collector.points_reference[index]
+        log.info(
+            "fiducial %s (%d of %d) collected by %s at (%.2f, %.2f, %.2f) mm in reference",
+            self.collector.labels[index],
+            index + 1,
+            len(self.collector.labels),
+            how,
+            *p,
+        )
+
+    def _new_id(self) -> int:
+        # Wall-clock ns: unique across restarts of the node, so a consumer never confuses
+        # a registration with an older one.
+        self._last_id = max(time.time_ns(), self._last_id + 1)
+        return self._last_id
+
+    def _emit(self, registration: Registration) -> None:
+        self.publish(REGISTRATION_TOPIC, registration.to_message())
+
+    def start(self, command: Command) -> Reply:
+        method = command.args.get("method", "points")
+        if method != "points":
+            raise ValueError(f"unknown method {method!r}: only 'points' (fiducials)")
+        dwell = command.args.get("dwell", True)
+        if not isinstance(dwell, bool):
+            raise ValueError("'dwell' must be true or false")
+        if len(self.case.fiducials) < 3:
+            raise ValueError(f"case {self.case.name!r} has {len(self.case.fiducials)} fiducials")
+        self.collector = FiducialCollector(
+            self.case.fiducials.labels, params=self.cfg.dwell_params(), auto=dwell
+        )
+        self.proposal = None  # a new collection makes any pending proposal moot
+        log.info(
+            "registration: collecting %d fiducials (%s)",
+            len(self.case.fiducials),
+            "dwell or pedal" if dwell else "pedal",
+        )
+        return Reply(ok=True, result=_progress(self.collector.progress))
+
+    def collect(self, _command: Command) -> Reply:
+        if self.collector is None:
+            raise ValueError("no collection running: send registration.start first")
+        index = self.collector.collect_now(time.monotonic_ns())
+        self._collected(index, "pedal")
+        result = _progress(self.collector.progress)
+        result["label"] = self.collector.labels[index]
+        return Reply(ok=True, result=result)
+
+    def compute(self, _command: Command) -> Reply:
+        if self.collector is None:
+            raise ValueError("no collection running: send registration.start first")
+        p_reference = self.collector.points_reference
+        k = len(p_reference)
+        proposal = register_fiducials(
+            p_image_fiducials=self.case.fiducials.points_lps[:k],
+            p_reference_fiducials=p_reference,
+            geometry=self.geometry,
+            fle_mm=self.cfg.fle_mm,
+            registration_id=self._new_id(),
+            truth_T_reference_from_image=self.truth,
+        )  # RegistrationError (a ValueError) for too few or collinear points: a reply error
+        self.proposal = proposal
+        self.counters["registrations_proposed"] += 1
+        self._emit(proposal)
+        log.info(
+            "registration %d proposed from %d fiducials: FRE %.3f mm, predicted TRE max %.3f mm",
+            proposal.registration_id,
+            k,
+            proposal.fre_mm,
+            proposal.max_predicted_tre_mm,
+        )
+        summary = _summary(proposal)
+        assert isinstance(summary, dict)
+        summary["n_fiducials"] = k
+        return Reply(ok=True, result=summary)
+
+    def accept(self, _command: Command) -> Reply:
+        if self.proposal is None:
+            raise ValueError("no proposed registration: send registration.compute first")
+        accepted = self.proposal.replace(state="accepted", needs_verification=False)
+        self.active, self.proposal, self.collector = accepted, None, None
+        self.counters["registrations_accepted"] += 1
+        saved: JsonValue = None
+        if self.cfg.registration_file:
+            try:
+                save_registration(
+                    self.cfg.registration_file,
+                    accepted,
+                    case_name=self.case.name,
+                    created_unix_s=time.time(),
+                )
+                saved = self.cfg.registration_file
+            except OSError as error:
+                # Navigation goes on with it; only a restart would lose it. Say so loudly.
+                log.warning("registration %d not saved: %s", accepted.registration_id, error)
+        self._emit(accepted)
+        log.info(
+            "registration %d accepted: FRE %.3f mm, predicted TRE max %.3f mm%s",
+            accepted.registration_id,
+            accepted.fre_mm,
+            accepted.max_predicted_tre_mm,
+            f", saved to {saved}" if saved else "",
+        )
+        return Reply(
+            ok=True, result={"registration_id": accepted.registration_id, "saved_to": saved}
+        )
+
+    def reject(self, _command: Command) -> Reply:
+        if self.proposal is None:
+            raise ValueError("no proposed registration to reject")
+        rejected = self.proposal.replace(state="rejected")
+        self.proposal = None
+        self._emit(rejected)
+        log.info("registration %d rejected", rejected.registration_id)
+        return Reply(ok=True, result={"registration_id": rejected.registration_id})
+
+    def verify(self, _command: Command) -> Reply:
+        if self.active is None:
+            raise ValueError("no registration to verify")
+        if self.active.needs_verification:
+            self.active = self.active.replace(state=self.active.state, needs_verification=False)
+            self._emit(self.active)
+            log.info("registration %d verified by the user", self.active.registration_id)
+        return Reply(ok=True, result={"registration_id": self.active.registration_id})
+
+    def status(self, _command: Command) -> Reply:
+        return Reply(
+            ok=True,
+            result={
+                "case": self.case.name,
+                "collecting": self.collector is not None,
+                "dwell": self.collector.auto if self.collector is not None else False,
+                "progress": (
+                    _progress(self.collector.progress) if self.collector is not None else None
+                ),
+                "active": _summary(self.active),
+                "proposal": _summary(self.proposal),
+            },
+        )
+
+    def load(self, command: Command) -> Reply:
+        path = command.args.get("path")
+        if not isinstance(path, str) or not path:
+            raise ValueError("'path' must name a case folder")
+        case = load_case(path)  # CaseError (a ValueError): a reply error, nothing changes
+        self._set_case(case)
+        log.info("case %r loaded from %s; registration cleared", case.name, path)
+        self.restore()
+        return Reply(
+            ok=True,
+            result={
+                "case": case.name,
+                "fiducials": list(case.fiducials.labels),
+                "targets": list(case.targets.labels),
+                "critical": list(self.geometry.critical_names),
+                "restored": self.active is not None,
+            },
+        )
+
+    def restore(self) -> None:
+        """Restore ``registration_file`` if it holds a registration of this case."""
+        if not self.cfg.registration_file:
+            return
+        path = Path(self.cfg.registration_file)
+        if not path.exists():
+            log.info("no registration at %s: starting unregistered", path)
+            return
+        try:
+            stored = load_registration(path)
+            if stored.case_name != self.case.name:
+                raise RegistrationFileError(
+                    path, f"it registers case {stored.case_name!r}, not {self.case.name!r}"
+                )
+            if stored.registration.target_names != self.geometry.target_names:
+                raise RegistrationFileError(path, "its targets are not this case's targets")
+        except RegistrationFileError as error:
+            self.counters["registration_file_refused"] += 1
+            log.warning("registration file ignored, starting unregistered: %s", error)
+            return
+        restored = stored.registration
+        truth = true_tre_mm(
+            restored.T_reference_from_image, self.truth, self.geometry.p_image_targets
+        )
+        self.active = replace(restored, true_tre_mm=truth)
+        self._last_id = max(self._last_id, restored.registration_id)
+        self._emit(self.active)
+        log.info(
+            "registration %d restored from %s (FRE %.3f mm): needs verification",
+            restored.registration_id,
+            path,
+            restored.fre_mm,
+        )
+
+
+def _tip(cfg: Config) -> np.ndarray:
+    if cfg.tip_calibration:
+        return np.asarray(read_tip_offset(cfg.tip_calibration), dtype=np.float64)
+    return np.array(cfg.p_tip_in_pointer, dtype=np.float64)
+
+
+def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
+    try:
+        case = load_case(cfg.case or SHIPPED_PHANTOM_DIR)
+        p_tip = _tip(cfg)
+    except (CaseError, CalibrationFileError) as error:
+        log.error("%s: %s", spec.name, error)
+        return 2
+    state_period_ns = int(cfg.state_period_ms * 1e6)
+    republish_ns = int(REGISTRATION_REPUBLISH_S * 1e9)
+    with NodeRuntime(spec, stop) as runtime:
+        pub = runtime.pub
+        if pub is None:
+            raise ValueError(f"node {spec.name!r}: the nav node needs a pub endpoint")
+        navigator = _Navigator(cfg, case, p_tip, pub.publish, runtime.counters)
+        for name, handler in (
+            ("registration.start", navigator.start),
+            ("registration.collect", navigator.collect),
+            ("registration.compute", navigator.compute),
+            ("registration.accept", navigator.accept),
+            ("registration.reject", navigator.reject),
+            ("registration.verify", navigator.verify),
+            ("registration.status", navigator.status),
+            ("case.load", navigator.load),
+        ):
+            runtime.on(name, handler)
+        navigator.restore()
+        sub = bus.LatestSubscriber(spec.subscribe_endpoints, (cfg.tracker_topic,))
+        runtime.watch(sub.counters)
+        runtime.ready()
+        last_status: NavStatus | None = None
+        last_state_ns = 0
+        next_registration_ns = 0
+
+        def publish_state(now_ns: int) -> None:
+            nonlocal last_status, last_state_ns
+            state = navigator.state(now_ns)
+            pub.publish(STATE_TOPIC, state)
+            runtime.counters[f"status_{state.status.value}"] += 1
+            last_state_ns = now_ns
+            if state.status is not last_status:
+                level = logging.WARNING if state.status is NavStatus.STALE else logging.INFO
+                log.log(
+                    level,
+                    "navigation %s -> %s",
+                    last_status and last_status.value,
+                    state.status.value,
+                )
+                last_status = state.status
+
+        try:
+            while not stop.is_set():
+                # Wake for the next timed state: the period, or the instant an OK frame
+                # goes stale, whichever is first.
+                due_ns = last_state_ns + state_period_ns
+                if last_status is NavStatus.OK and navigator.last_frame is not None:
+                    due_ns = min(
+                        due_ns, navigator.last_frame.t_sensor_ns + navigator.stale_after_ns + 1
+                    )
+                wait_s = min(POLL_TIMEOUT_S, max(0.0, (due_ns - time.monotonic_ns()) / 1e9))
+                frames = sorted(
+                    (r for r in sub.poll(wait_s) if isinstance(r.message, TrackerFrame)),
+                    key=lambda r: r.message.t_sensor_ns,  # type: ignore[union-attr]
+                )
+                for received in frames:
+                    frame = received.message
+                    assert isinstance(frame, TrackerFrame)
+                    last = navigator.last_frame
+                    if last is not None and frame.t_sensor_ns <= last.t_sensor_ns:
+                        runtime.counters["frames_out_of_order"] += 1
+                        continue
+                    runtime.latency.add(received.t_recv_ns - frame.t_sensor_ns)
+                    navigator.on_frame(frame)
+                    publish_state(time.monotonic_ns())
+                now_ns = time.monotonic_ns()
+                if not frames and now_ns >= due_ns:
+                    publish_state(now_ns)
+                if now_ns >= next_registration_ns:
+                    next_registration_ns = now_ns + republish_ns
+                    navigator.republish_registrations()
+                runtime.service()
+        finally:
+            sub.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return node_main(argv, run=run, description=__doc__ or "")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

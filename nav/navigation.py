@@ -1,0 +1,626 @@
+"""Navigation state from a tracker sample: the model pinned to the patient, the tip, distances.
+
+Pure: no sockets, no files, no clock reads (``now_ns`` is an argument), no logging set-up.
+``nav/nav_node.py`` runs it once per tracker sample, up to 1 kHz, so the per-sample work is
+a few small matrix products and one Open3D distance query per critical structure (~10 us
+each, mostly the Python binding). Measured on the phantom (3 critical structures, 3
+targets), best of 7 x 2000 calls on a shared 2-core machine: :func:`nav_state` ~50 us
+registered with both tools OK, ~3 us unregistered.
+
+Frames (``nav.frames``) and the chain, read right to left::
+
+    T_tracker_from_image = T_tracker_from_reference @ T_reference_from_image
+    p_tip_image = T_image_from_reference @ T_reference_from_tracker
+                  @ T_tracker_from_pointer @ p_tip_in_pointer
+
+``T_reference_from_image`` is the registration. Because it is stored relative to the
+patient reference marker, the model follows the patient (breathing, the table moving)
+with no re-registration: only ``T_tracker_from_reference`` changes from sample to sample.
+
+Status, worst first (the first that applies wins; ``NavStatus``):
+
+1. ``UNREGISTERED``: no registration in state "accepted" or "restored" (a "proposed" one
+   is not shown until accepted);
+2. ``STALE`` if there has been no tracker sample at all (``frame`` is None);
+3. ``REFERENCE_LOST``: the reference tool is not OK (or absent) in the newest sample;
+4. ``STALE``: ``now_ns - frame.t_sensor_ns > stale_after_ns``;
+5. ``OK``.
+
+Unless the status is OK, ``T_tracker_from_image`` is the identity and the tip and every
+distance are NaN: nothing that cannot be vouched for is handed on as if it were current.
+With status OK the tip (and its distances) is NaN only while the pointer is not OK.
+
+Dwell detection (:class:`FiducialCollector`) is documented on :class:`DwellParams`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Final, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+import open3d as o3d
+
+from nav.case import Case
+from nav.frames import REFERENCE
+from nav.messages import NavState, NavStatus, RegistrationResult, ToolStatus, TrackerFrame
+from nav.registration.paired_point import register_paired_points
+from nav.transforms import Mat4, Points, apply, invert_rigid, is_rigid
+
+FloatArray: TypeAlias = npt.NDArray[np.float64]
+
+POINTER: Final = "pointer"
+
+REGISTRATION_STATES: Final = RegistrationResult.STATES
+ACTIVE_STATES: Final = frozenset({"accepted", "restored"})
+"""Registration states that navigation shows; "proposed" waits for accept."""
+
+_RIGID_TOLERANCE = 1e-6
+_IDENTITY = np.eye(4)
+_IDENTITY.setflags(write=False)
+_NAN3 = np.full(3, np.nan)
+_NAN3.setflags(write=False)
+
+
+def _frozen(a: npt.ArrayLike, shape: tuple[int | None, ...], name: str) -> FloatArray:
+    """``a`` as a read-only float64 copy of ``shape`` (None = any); ValueError otherwise."""
+    out = np.array(a, dtype=np.float64)
+    if out.ndim != len(shape) or any(
+        want is not None and n != want for n, want in zip(out.shape, shape, strict=True)
+    ):
+        raise ValueError(f"{name} must have shape {shape}, got {out.shape}")
+    out.setflags(write=False)
+    return out
+
+
+# --- the case's geometry, prepared once -------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class CaseGeometry:
+    """What navigation measures against, in the ``image`` frame (LPS, mm), built once per case.
+
+    ``p_image_targets`` (T, 3) aligns with ``target_names``; ``critical_names`` (C) are the
+    case's critical structures, each with an Open3D ``RaycastingScene`` (a BVH over its
+    triangles) for the tip-to-surface distance. Open3D works in float32: coordinates of a
+    few hundred mm keep ~0.1 um, far below any tracker's noise. One query buffer is reused
+    for every call (it saves a tensor per structure per sample), so an instance serves one
+    thread.
+    """
+
+    case_name: str
+    target_names: tuple[str, ...]
+    p_image_targets: Points
+    critical_names: tuple[str, ...]
+    _scenes: tuple[o3d.t.geometry.RaycastingScene, ...] = field(repr=False)
+    _query_buffer: npt.NDArray[np.float32] = field(
+        default_factory=lambda: np.zeros((1, 3), dtype=np.float32), repr=False
+    )
+    _query: o3d.core.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # from_numpy shares the buffer's memory: writing the buffer moves the query point.
+        object.__setattr__(self, "_query", o3d.core.Tensor.from_numpy(self._query_buffer))
+
+    @classmethod
+    def from_case(cls, case: Case) -> CaseGeometry:
+        scenes = []
+        for structure in case.critical_structures:
+            scene = o3d.t.geometry.RaycastingScene()
+            scene.add_triangles(
+                o3d.core.Tensor.from_numpy(
+                    np.ascontiguousarray(structure.mesh.vertices, dtype=np.float32)
+                ),
+                o3d.core.Tensor.from_numpy(
+                    np.ascontiguousarray(structure.mesh.faces, dtype=np.uint32)
+                ),
+            )
+            scenes.append(scene)
+        return cls(
+            case_name=case.name,
+            target_names=case.targets.labels,
+            p_image_targets=_frozen(case.targets.points_lps, (None, 3), "targets"),
+            critical_names=tuple(s.name for s in case.critical_structures),
+            _scenes=tuple(scenes),
+        )
+
+    @functools.cached_property
+    def nan_target_distances(self) -> FloatArray:
+        """(T,) NaN, read-only: the target distances when the tip is unknown."""
+        return _frozen(np.full(len(self.target_names), np.nan), (None,), "nan")
+
+    @functools.cached_property
+    def nan_critical_distances(self) -> FloatArray:
+        """(C,) NaN, read-only: the critical distances when the tip is unknown."""
+        return _frozen(np.full(len(self.critical_names), np.nan), (None,), "nan")
+
+    def target_distances_mm(self, p_image: npt.ArrayLike) -> FloatArray:
+        """Distances (T,) mm from ``p_image`` (3,) to each target."""
+        d: FloatArray = np.linalg.norm(self.p_image_targets - np.asarray(p_image), axis=1)
+        return d
+
+    def critical_distances_mm(self, p_image: npt.ArrayLike) -> FloatArray:
+        """Distances (C,) mm from ``p_image`` (3,) to the nearest surface of each critical one.
+
+        Unsigned: a tip inside a vessel reports its distance to the wall.
+        """
+        self._query_buffer[0] = p_image
+        # nthreads=1: one query point; a thread pool's start-up costs more than the query.
+        return np.array(
+            [
+                float(scene.compute_distance(self._query, nthreads=1).numpy()[0])
+                for scene in self._scenes
+            ],
+            dtype=np.float64,
+        )
+
+
+# --- the registration navigation uses ---------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Registration:
+    """One registration of the case to the patient reference, with its quality.
+
+    ``T_reference_from_image`` (4, 4): maps the case model into the reference marker's
+    frame, mm. ``state``: one of ``REGISTRATION_STATES``; navigation shows only the
+    ``ACTIVE_STATES``. ``fiducial_errors_mm`` (N,) and their RMS ``fre_mm``; ``fle_mm`` the
+    fiducial localisation error the TRE was predicted with. ``predicted_tre_mm`` (T,) and
+    ``true_tre_mm`` (T,, NaN when no ground truth) align with ``target_names``.
+    ``needs_verification``: restored from disk and not yet confirmed by the user.
+    ``registration_id``: unique per registration (the node uses wall-clock ns).
+    """
+
+    registration_id: int
+    state: str
+    method: str
+    T_reference_from_image: Mat4
+    fre_mm: float
+    fiducial_errors_mm: FloatArray
+    fle_mm: float
+    target_names: tuple[str, ...]
+    predicted_tre_mm: FloatArray
+    true_tre_mm: FloatArray
+    needs_verification: bool = False
+
+    def __post_init__(self) -> None:
+        if self.state not in REGISTRATION_STATES:
+            raise ValueError(f"unknown registration state {self.state!r}")
+        if not 0 <= self.registration_id < 1 << 63:
+            raise ValueError(f"registration_id {self.registration_id} out of range")
+        T = _frozen(self.T_reference_from_image, (4, 4), "T_reference_from_image")
+        if not is_rigid(T, tol=_RIGID_TOLERANCE):
+            raise ValueError("T_reference_from_image is not a rigid transform")
+        n_targets = len(self.target_names)
+        object.__setattr__(self, "T_reference_from_image", T)
+        object.__setattr__(self, "target_names", tuple(self.target_names))
+        for name, shape in (
+            ("fiducial_errors_mm", (None,)),
+            ("predicted_tre_mm", (n_targets,)),
+            ("true_tre_mm", (n_targets,)),
+        ):
+            object.__setattr__(self, name, _frozen(getattr(self, name), shape, name))
+        for name in ("fre_mm", "fle_mm"):
+            value = float(getattr(self, name))
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be finite and >= 0, got {value}")
+            object.__setattr__(self, name, value)
+        if not np.all(np.isfinite(self.fiducial_errors_mm)) or not np.all(
+            np.isfinite(self.predicted_tre_mm)
+        ):
+            raise ValueError("fiducial errors and predicted TRE must be finite")
+
+    @property
+    def active(self) -> bool:
+        """Shown by navigation: accepted, or restored from disk."""
+        return self.state in ACTIVE_STATES
+
+    @functools.cached_property
+    def T_image_from_reference(self) -> Mat4:
+        T = invert_rigid(self.T_reference_from_image)
+        T.setflags(write=False)
+        return T
+
+    @functools.cached_property
+    def max_predicted_tre_mm(self) -> float:
+        """The largest predicted TRE over the targets; NaN for a case without targets."""
+        return float(self.predicted_tre_mm.max()) if self.predicted_tre_mm.size else math.nan
+
+    def replace(self, *, state: str, needs_verification: bool | None = None) -> Registration:
+        """A copy in another state (``needs_verification`` kept unless given)."""
+        keep = self.needs_verification if needs_verification is None else needs_verification
+        return dataclasses.replace(self, state=state, needs_verification=keep)
+
+    def to_message(self) -> RegistrationResult:
+        return RegistrationResult(
+            registration_id=self.registration_id,
+            state=self.state,
+            method=self.method,
+            needs_verification=self.needs_verification,
+            T_reference_from_image=self.T_reference_from_image,
+            fre_mm=self.fre_mm,
+            fiducial_errors_mm=self.fiducial_errors_mm,
+            target_names=self.target_names,
+            predicted_tre_mm=self.predicted_tre_mm,
+            true_tre_mm=self.true_tre_mm,
+        )
+
+
+def true_tre_mm(
+    T_reference_from_image: Mat4,
+    truth_T_reference_from_image: Mat4 | None,
+    p_image_targets: Points,
+) -> FloatArray:
+    """Distances (T,) mm between the estimated and the true target positions; NaN: no truth."""
+    p = np.asarray(p_image_targets, dtype=np.float64).reshape(-1, 3)
+    if truth_T_reference_from_image is None:
+        return np.full(len(p), np.nan)
+    d: FloatArray = np.linalg.norm(
+        apply(T_reference_from_image, p) - apply(truth_T_reference_from_image, p), axis=1
+    )
+    return d
+
+
+def register_fiducials(
+    *,
+    p_image_fiducials: npt.ArrayLike,
+    p_reference_fiducials: npt.ArrayLike,
+    geometry: CaseGeometry,
+    fle_mm: float,
+    registration_id: int,
+    truth_T_reference_from_image: Mat4 | None = None,
+) -> Registration:
+    """Paired-point registration of the case fiducials to their measured positions: "proposed".
+
+    ``p_image_fiducials`` (N, 3) from the case, ``p_reference_fiducials`` (N, 3) the same
+    fiducials touched with the pointer, in the reference frame (mm). Predicted TRE at the
+    case targets with ``fle_mm`` (FW&M 1998 eq. 46); true TRE when a ground truth is given.
+    Raises ``RegistrationError`` (a ValueError) for too few, collinear or mismatched points.
+    """
+    result = register_paired_points(p_image_fiducials, p_reference_fiducials, fle_mm=fle_mm)
+    targets = geometry.p_image_targets
+    predicted = result.predicted_tre_mm(targets) if len(targets) else np.zeros(0, dtype=np.float64)
+    return Registration(
+        registration_id=registration_id,
+        state="proposed",
+        method="points",
+        T_reference_from_image=result.T_patient_from_model,
+        fre_mm=result.fre_mm,
+        fiducial_errors_mm=result.fiducial_errors_mm,
+        fle_mm=result.fle_mm,
+        target_names=geometry.target_names,
+        predicted_tre_mm=np.asarray(predicted, dtype=np.float64),
+        true_tre_mm=true_tre_mm(result.T_patient_from_model, truth_T_reference_from_image, targets),
+    )
+
+
+# --- per tracker sample -----------------------------------------------------------------
+
+
+def _tool(frame: TrackerFrame, tool: str) -> tuple[ToolStatus, Mat4 | None]:
+    """(status, T_tracker_from_tool) of ``tool``; MISSING and None when the frame lacks it."""
+    try:
+        i = frame.tools.index(tool)
+    except ValueError:
+        return ToolStatus.MISSING, None
+    status = frame.statuses[i]
+    return status, (frame.T_tracker_from_tools[i] if status is ToolStatus.OK else None)
+
+
+def _tip_in_reference(T_ref: Mat4, T_ptr: Mat4, p_tip_in_pointer: FloatArray) -> FloatArray:
+    # R_ref^T (R_ptr p + t_ptr - t_ref): the rigid inverse without building it.
+    p_tracker = T_ptr[:3, :3] @ p_tip_in_pointer + T_ptr[:3, 3]
+    p: FloatArray = T_ref[:3, :3].T @ (p_tracker - T_ref[:3, 3])
+    return p
+
+
+def tip_in_reference(
+    frame: TrackerFrame,
+    *,
+    pointer_tool: str = POINTER,
+    reference_tool: str = REFERENCE,
+    p_tip_in_pointer: npt.ArrayLike,
+) -> FloatArray | None:
+    """The pointer tip (3,) mm in the reference frame, or None unless both tools are OK.
+
+    ``T_reference_from_tracker @ T_tracker_from_pointer @ p_tip_in_pointer``: what the
+    fiducial collector is fed (it rides on the breathing patient, so a held tip is still).
+    """
+    _, T_ref = _tool(frame, reference_tool)
+    _, T_ptr = _tool(frame, pointer_tool)
+    if T_ref is None or T_ptr is None:
+        return None
+    return _tip_in_reference(T_ref, T_ptr, np.asarray(p_tip_in_pointer, dtype=np.float64))
+
+
+def nav_state(
+    frame: TrackerFrame | None,
+    *,
+    now_ns: int,
+    registration: Registration | None,
+    geometry: CaseGeometry,
+    pointer_tool: str = POINTER,
+    reference_tool: str = REFERENCE,
+    p_tip_in_pointer: npt.ArrayLike,
+    stale_after_ns: int,
+) -> NavState:
+    """The navigation state for the newest tracker sample ``frame`` as seen at ``now_ns``.
+
+    ``frame`` None: no sample yet. ``now_ns`` and ``frame.t_sensor_ns`` are on the same
+    monotonic clock. ``p_tip_in_pointer`` (3,) mm. Status precedence and what a non-OK
+    state carries: see the module docstring.
+    """
+    active = registration is not None and registration.active
+    if frame is None:
+        t_sensor_ns, frame_number = 0, 0
+        pointer_status, T_ref, T_ptr = ToolStatus.MISSING, None, None
+        status = NavStatus.UNREGISTERED if not active else NavStatus.STALE
+    else:
+        t_sensor_ns, frame_number = frame.t_sensor_ns, frame.frame_number
+        _, T_ref = _tool(frame, reference_tool)
+        pointer_status, T_ptr = _tool(frame, pointer_tool)
+        if not active:
+            status = NavStatus.UNREGISTERED
+        elif T_ref is None:
+            status = NavStatus.REFERENCE_LOST
+        elif now_ns - t_sensor_ns > stale_after_ns:
+            status = NavStatus.STALE
+        else:
+            status = NavStatus.OK
+
+    T_tracker_from_image: Mat4 = _IDENTITY
+    p_tip_image: FloatArray = _NAN3
+    target_d = geometry.nan_target_distances
+    critical_d = geometry.nan_critical_distances
+    if status is NavStatus.OK:
+        assert registration is not None and T_ref is not None  # OK implies both
+        T_tracker_from_image = T_ref @ registration.T_reference_from_image
+        if T_ptr is not None:
+            p_ref = _tip_in_reference(T_ref, T_ptr, np.asarray(p_tip_in_pointer, np.float64))
+            T_img = registration.T_image_from_reference
+            p_tip_image = T_img[:3, :3] @ p_ref + T_img[:3, 3]
+            target_d = geometry.target_distances_mm(p_tip_image)
+            critical_d = geometry.critical_distances_mm(p_tip_image)
+
+    return NavState(
+        t_sensor_ns=t_sensor_ns,
+        frame_number=frame_number,
+        status=status,
+        needs_verification=bool(active and registration and registration.needs_verification),
+        registration_id=registration.registration_id if active and registration else 0,
+        T_tracker_from_image=T_tracker_from_image,
+        pointer_status=pointer_status,
+        p_tip_image=p_tip_image,
+        target_names=geometry.target_names,
+        target_distances_mm=target_d,
+        critical_names=geometry.critical_names,
+        critical_distances_mm=critical_d,
+        predicted_tre_mm=(
+            registration.max_predicted_tre_mm if active and registration else math.nan
+        ),
+    )
+
+
+# --- collecting fiducials with the pointer ----------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class DwellParams:
+    """When a held pointer tip counts as a touched fiducial.
+
+    The collector keeps the OK tip samples (reference frame) of the last ``window_s``.
+    The tip *dwells* when all of these hold:
+
+    - OK samples have arrived for at least ``window_s`` with no gap over ``max_gap_s``
+      and no non-OK sample (an occlusion restarts the window), ``min_samples`` at least;
+    - the centroids of the window's older and newer halves are within ``radius_mm`` of
+      each other: the tip's mean position did not move (a steady slide of more than
+      ``2 * radius_mm / window_s`` mm/s fails this, 2.5 mm/s by default);
+    - the RMS distance of the samples from the window's centroid is at most
+      ``scatter_mm``: no jump or shake inside the window. Tracker noise alone gives
+      about 0.4 mm here (a Polaris-class 0.25 mm on each of two markers, plus rotation
+      noise on the lever arms), so the default leaves room for it;
+    - the collector is armed: the tip has moved more than ``rearm_mm`` from the last
+      recorded fiducial (or, for the first, from where it was when collection started).
+      So one touch records one fiducial, and a pointer lying still on the tray when
+      collection starts is not taken for a fiducial.
+
+    The recorded fiducial is the centroid of the window's newer half (noise averaged over
+    ``window_s / 2`` of samples: ~0.09 mm for 20 samples of 0.4 mm), not of the whole
+    window: a hand slows down gradually, and the older half may still hold the slow tail of
+    the approach (a bias along the approach direction; the newer half has settled).
+    """
+
+    window_s: float = 0.4
+    radius_mm: float = 0.5
+    scatter_mm: float = 1.0
+    rearm_mm: float = 5.0
+    max_gap_s: float = 0.1
+    min_samples: int = 5
+
+    def __post_init__(self) -> None:
+        for name in ("window_s", "radius_mm", "scatter_mm", "rearm_mm", "max_gap_s"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"DwellParams.{name} must be finite and > 0, got {value!r}")
+        if self.min_samples < 2:
+            raise ValueError(f"DwellParams.min_samples must be >= 2, got {self.min_samples}")
+
+
+@dataclass(frozen=True)
+class CollectionProgress:
+    """k of N fiducials collected, in case order; ``next_label`` is None when done."""
+
+    collected: int
+    total: int
+    labels: tuple[str, ...]
+
+    @property
+    def done(self) -> bool:
+        return self.collected >= self.total
+
+    @property
+    def next_label(self) -> str | None:
+        return None if self.done else self.labels[self.collected]
+
+
+class _Half:
+    """Running sums over a deque of (t_ns, x, y, z): count, sum of p, sum of |p|^2."""
+
+    def __init__(self) -> None:
+        self.samples: deque[tuple[int, float, float, float]] = deque()
+        self.sx = self.sy = self.sz = self.ss = 0.0
+
+    def push(self, s: tuple[int, float, float, float]) -> None:
+        self.samples.append(s)
+        self._add(s, 1.0)
+
+    def pop(self) -> tuple[int, float, float, float]:
+        s = self.samples.popleft()
+        self._add(s, -1.0)
+        return s
+
+    def _add(self, s: tuple[int, float, float, float], sign: float) -> None:
+        _, x, y, z = s
+        self.sx += sign * x
+        self.sy += sign * y
+        self.sz += sign * z
+        self.ss += sign * (x * x + y * y + z * z)
+
+    def centroid(self) -> tuple[float, float, float]:
+        n = len(self.samples)
+        return (self.sx / n, self.sy / n, self.sz / n)
+
+
+class FiducialCollector:
+    """Collects the case's fiducials, in order, from pointer-tip samples in the reference frame.
+
+    Pure: fed ``(t_ns, p_tip_reference or None)`` per tracker sample (None: pointer or
+    reference not OK). ``auto``: record a fiducial when the tip dwells (:class:`DwellParams`);
+    otherwise only :meth:`collect_now` (a foot pedal) records. Points are in the
+    ``reference`` frame, mm, so they are immune to the patient's breathing.
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[str],
+        *,
+        params: DwellParams | None = None,
+        auto: bool = True,
+    ) -> None:
+        self.labels = tuple(labels)
+        self.params = params or DwellParams()
+        self.auto = auto
+        self._points: list[tuple[float, float, float]] = []
+        self._window_ns = int(self.params.window_s * 1e9)
+        self._max_gap_ns = int(self.params.max_gap_s * 1e9)
+        self._anchor: tuple[float, float, float] | None = None  # arming reference point
+        self._armed = False
+        self._reset_window()
+
+    def _reset_window(self) -> None:
+        self._old = _Half()
+        self._new = _Half()
+        self._origin: tuple[float, float, float] | None = None  # subtracted: small sums
+        self._chain_start_ns = 0
+        self._last_ns: int | None = None
+
+    @property
+    def progress(self) -> CollectionProgress:
+        return CollectionProgress(len(self._points), len(self.labels), self.labels)
+
+    @property
+    def points_reference(self) -> Points:
+        """The fiducials (k, 3) collected so far, reference frame, mm, in case order."""
+        return np.array(self._points, dtype=np.float64).reshape(-1, 3)
+
+    def feed(self, t_ns: int, p_tip_reference: npt.ArrayLike | None) -> int | None:
+        """Add one sample; returns the index of the fiducial recorded by it, else None."""
+        if p_tip_reference is None:
+            self._reset_window()
+            return None
+        p = np.asarray(p_tip_reference, dtype=np.float64)
+        x, y, z = float(p[0]), float(p[1]), float(p[2])
+        if not (math.isfinite(x) and math.isfinite(y) and math.isfinite(z)):
+            self._reset_window()
+            return None
+        if self._last_ns is not None and not 0 <= t_ns - self._last_ns <= self._max_gap_ns:
+            self._reset_window()  # a gap, or time going backwards: start over
+        if self._origin is None:
+            self._origin = (x, y, z)
+            self._chain_start_ns = t_ns
+        self._last_ns = t_ns
+        if self._anchor is None:
+            self._anchor = (x, y, z)
+        if not self._armed and math.dist((x, y, z), self._anchor) > self.params.rearm_mm:
+            self._armed = True
+        ox, oy, oz = self._origin
+        self._new.push((t_ns, x - ox, y - oy, z - oz))
+        half_ns = self._window_ns // 2
+        while self._new.samples and self._new.samples[0][0] < t_ns - half_ns:
+            self._old.push(self._new.pop())
+        while self._old.samples and self._old.samples[0][0] < t_ns - self._window_ns:
+            self._old.pop()
+
+        if not (self.auto and self._armed and not self.progress.done):
+            return None
+        if t_ns - self._chain_start_ns < self._window_ns:
+            return None
+        point = self._still_centroid(full=True)
+        if point is None:
+            return None
+        return self._record(point)
+
+    def _still_centroid(self, *, full: bool) -> tuple[float, float, float] | None:
+        """Where the tip rests (reference frame) if it was still over the window, else None.
+
+        ``full``: both halves of the window must hold samples (the drift test needs them);
+        otherwise a window shorter than half of ``window_s`` is judged on its scatter alone.
+        The point is the newer half's centroid: a hand slows down gradually, and the older
+        half may still hold the slow tail of the approach.
+        """
+        old, new = self._old, self._new
+        n = len(old.samples) + len(new.samples)
+        if n < self.params.min_samples or (full and not old.samples):
+            return None
+        if old.samples and math.dist(old.centroid(), new.centroid()) > self.params.radius_mm:
+            return None
+        cx, cy, cz = (old.sx + new.sx) / n, (old.sy + new.sy) / n, (old.sz + new.sz) / n
+        scatter_sq = (old.ss + new.ss) / n - (cx * cx + cy * cy + cz * cz)
+        if scatter_sq > self.params.scatter_mm**2:
+            return None
+        assert self._origin is not None
+        ox, oy, oz = self._origin
+        nx, ny, nz = new.centroid()
+        return (nx + ox, ny + oy, nz + oz)
+
+    def _record(self, point: tuple[float, float, float]) -> int:
+        self._points.append(point)
+        self._anchor = point
+        self._armed = False
+        return len(self._points) - 1
+
+    def collect_now(self, t_ns: int) -> int:
+        """Record the next fiducial from the recent samples now (a foot pedal); its index.
+
+        Takes the centroid of the OK samples of the last ``window_s / 2``; the tip must have
+        been still over the last ``window_s`` (the dwell test's radius and scatter, on however
+        many samples there are, ``min_samples`` at least) but need not have been held the
+        whole window nor re-armed (a press is deliberate).
+        Raises ValueError when all fiducials are collected, there is no OK sample within
+        ``max_gap_s`` of ``t_ns``, or the tip was moving.
+        """
+        if self.progress.done:
+            raise ValueError(f"all {len(self.labels)} fiducials are collected")
+        if self._last_ns is None or t_ns - self._last_ns > self._max_gap_ns:
+            raise ValueError("the pointer tip is not seen (pointer or reference not OK)")
+        point = self._still_centroid(full=False)
+        if point is None:
+            raise ValueError("the pointer tip is moving: hold it still on the fiducial")
+        return self._record(point)

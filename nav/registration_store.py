@@ -1,0 +1,229 @@
+"""The accepted registration on disk, so a restarted nav node can restore it.
+
+One JSON file (the launch file puts it at ``{run_dir}/registration.json``)::
+
+    {
+      "format": "ornav-registration",
+      "version": 1,
+      "case": "phantom",                      # the case it registers; another case refuses it
+      "created_unix_s": 1764080000.123,       # wall clock at accept (for people)
+      "registration_id": 1764080000123456789,
+      "method": "points",
+      "T_reference_from_image": [[r00, r01, r02, tx], ..., [0, 0, 0, 1]],   # mm
+      "fre_mm": 0.07,
+      "fiducial_errors_mm": [0.05, ...],
+      "fle_mm": 0.25,
+      "target_names": ["tumor_centre", ...],
+      "predicted_tre_mm": [0.12, ...]
+    }
+
+Floats are written with Python's ``repr`` (the json module's default), so they read back
+bit for bit. The file is written to a temporary name in the same folder, flushed to disk,
+then renamed over the old one: a crash leaves the old file or the new one, never half.
+
+Reading is strict: a missing or unknown key, a wrong type, a non-finite number, a matrix
+that is not rigid, or mismatched lengths raise :class:`RegistrationFileError` (one line
+naming the file). The node logs it and starts unregistered; it never crashes on a bad file.
+A restored registration comes back in state "restored" with ``needs_verification``: the
+patient or the reference may have moved while the node was down.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+
+from nav.navigation import Registration
+
+FORMAT: Final = "ornav-registration"
+VERSION: Final = 1
+MAX_FILE_BYTES: Final = 1 << 20
+
+_KEYS: Final = frozenset(
+    {
+        "format",
+        "version",
+        "case",
+        "created_unix_s",
+        "registration_id",
+        "method",
+        "T_reference_from_image",
+        "fre_mm",
+        "fiducial_errors_mm",
+        "fle_mm",
+        "target_names",
+        "predicted_tre_mm",
+    }
+)
+
+
+class RegistrationFileError(ValueError):
+    """A registration file that cannot be used: ``<file>: <problem>``, one line."""
+
+    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
+        self.path = Path(path)
+        self.problem = " ".join(problem.split())
+        super().__init__(f"{self.path}: {self.problem}")
+
+
+@dataclass(frozen=True, eq=False)
+class StoredRegistration:
+    """What a registration file holds: the case it belongs to, when, and the registration."""
+
+    case_name: str
+    created_unix_s: float
+    registration: Registration
+
+
+def to_json(registration: Registration, *, case_name: str, created_unix_s: float) -> str:
+    """The file's text for ``registration`` (of case ``case_name``, accepted at that time)."""
+    document = {
+        "format": FORMAT,
+        "version": VERSION,
+        "case": case_name,
+        "created_unix_s": float(created_unix_s),
+        "registration_id": int(registration.registration_id),
+        "method": registration.method,
+        "T_reference_from_image": registration.T_reference_from_image.tolist(),
+        "fre_mm": registration.fre_mm,
+        "fiducial_errors_mm": registration.fiducial_errors_mm.tolist(),
+        "fle_mm": registration.fle_mm,
+        "target_names": list(registration.target_names),
+        "predicted_tre_mm": registration.predicted_tre_mm.tolist(),
+    }
+    return json.dumps(document, indent=2, allow_nan=False) + "\n"
+
+
+def save_registration(
+    path: str | os.PathLike[str],
+    registration: Registration,
+    *,
+    case_name: str,
+    created_unix_s: float,
+) -> None:
+    """Write ``registration`` to ``path`` atomically (temporary file, fsync, rename).
+
+    Raises OSError if the folder is missing or not writable, ValueError for a non-finite
+    value (which a valid ``Registration`` does not hold).
+    """
+    path = Path(path)
+    text = to_json(registration, case_name=case_name, created_unix_s=created_unix_s)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _number(path: Path, document: Mapping[str, Any], key: str) -> float:
+    value = document[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise RegistrationFileError(path, f"key {key!r}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _numbers(path: Path, document: Mapping[str, Any], key: str) -> list[float]:
+    value = document[key]
+    if not isinstance(value, list):
+        raise RegistrationFileError(path, f"key {key!r}: expected a list of numbers")
+    return [_number(path, {key: v}, key) for v in value]
+
+
+def _string(path: Path, document: Mapping[str, Any], key: str) -> str:
+    value = document[key]
+    if not isinstance(value, str) or not value:
+        raise RegistrationFileError(path, f"key {key!r}: expected a non-empty string")
+    return value
+
+
+def from_json(text: str, *, path: str | os.PathLike[str] = "<registration>") -> StoredRegistration:
+    """Parse and check a registration file's text; RegistrationFileError on any problem."""
+    where = Path(path)
+    try:
+        # parse_constant refuses NaN and Infinity, which json would otherwise accept.
+        document = json.loads(text, parse_constant=_refuse_constant)
+    except (json.JSONDecodeError, ValueError) as error:
+        raise RegistrationFileError(where, f"not valid JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise RegistrationFileError(where, "expected a JSON object")
+    unknown = sorted(set(document) - _KEYS)
+    if unknown:
+        raise RegistrationFileError(where, f"unknown key {unknown[0]!r}")
+    missing = sorted(_KEYS - set(document))
+    if missing:
+        raise RegistrationFileError(where, f"missing key {missing[0]!r}")
+    if document["format"] != FORMAT:
+        raise RegistrationFileError(where, f"format is {document['format']!r}, not {FORMAT!r}")
+    version = document["version"]
+    if type(version) is not int or version != VERSION:
+        raise RegistrationFileError(where, f"version {version!r}: this reader knows {VERSION}")
+    registration_id = document["registration_id"]
+    if type(registration_id) is not int:
+        raise RegistrationFileError(where, "key 'registration_id': expected an integer")
+    names = document["target_names"]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise RegistrationFileError(where, "key 'target_names': expected a list of strings")
+    key = "T_reference_from_image"
+    rows = document[key]
+    if not (
+        isinstance(rows, list)
+        and len(rows) == 4
+        and all(isinstance(row, list) and len(row) == 4 for row in rows)
+    ):
+        raise RegistrationFileError(where, f"key {key!r}: expected 4 rows of 4 numbers")
+    T = np.array([_numbers(where, {key: row}, key) for row in rows])
+    predicted = _numbers(where, document, "predicted_tre_mm")
+    if len(predicted) != len(names):
+        raise RegistrationFileError(
+            where, f"{len(predicted)} predicted TRE values for {len(names)} target names"
+        )
+    try:
+        registration = Registration(
+            registration_id=registration_id,
+            state="restored",
+            method=_string(where, document, "method"),
+            T_reference_from_image=T,
+            fre_mm=_number(where, document, "fre_mm"),
+            fiducial_errors_mm=np.array(_numbers(where, document, "fiducial_errors_mm")),
+            fle_mm=_number(where, document, "fle_mm"),
+            target_names=tuple(names),
+            predicted_tre_mm=np.array(predicted),
+            true_tre_mm=np.full(len(names), np.nan),
+            needs_verification=True,
+        )
+    except ValueError as error:  # not rigid, a negative error, an id out of range
+        raise RegistrationFileError(where, str(error)) from None
+    return StoredRegistration(
+        case_name=_string(where, document, "case"),
+        created_unix_s=_number(where, document, "created_unix_s"),
+        registration=registration,
+    )
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a finite number")
+
+
+def load_registration(path: str | os.PathLike[str]) -> StoredRegistration:
+    """Read ``path``; RegistrationFileError if it is missing, unreadable, too big or invalid."""
+    where = Path(path)
+    try:
+        if where.stat().st_size > MAX_FILE_BYTES:
+            raise RegistrationFileError(where, f"larger than {MAX_FILE_BYTES} bytes")
+        text = where.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise RegistrationFileError(where, f"cannot read: {error}") from None
+    return from_json(text, path=where)
