@@ -18,6 +18,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/calibration.py
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python bench/aruco.py
+	$(BIN)/python bench/igtl.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

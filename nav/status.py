@@ -15,6 +15,7 @@ from nav.supervisor import NodeState, Supervisor, ToolState
 
 HEARTBEAT_LATE_S = 2.0  # a running node silent this long is shown as late
 POSE_STALE_MS = 100.0  # the overlay's stale threshold (ARCHITECTURE: flagged at 100 ms)
+NAV_SILENT_MS = 500.0  # the nav node publishes at least every 50 ms, even without frames
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class StackStatus:
     elapsed_s: float
     nodes: tuple[NodeRow, ...]
     tools: tuple[ToolRow, ...]
+    navigation: str = ""  # e.g. "OK", "STALE", "UNREGISTERED"; "" without a nav node
 
     @property
     def end_to_end_latency_ms(self) -> dict[str, float]:
@@ -106,7 +108,21 @@ def snapshot(supervisor: Supervisor, now_ns: int) -> StackStatus:
             _tool_row(tool, supervisor.nodes, now_ns)
             for tool in sorted(supervisor.tools.values(), key=lambda t: t.tool)
         ),
+        navigation=_navigation(supervisor, now_ns),
     )
+
+
+def _navigation(supervisor: Supervisor, now_ns: int) -> str:
+    state = supervisor.nav_state
+    if state is None:
+        return ""
+    # The nav node reports STALE itself while it runs; a silent nav node is stale too.
+    if (now_ns - supervisor.t_nav_state_ns) / 1e6 > NAV_SILENT_MS:
+        return "STALE (nav node silent)"
+    text = state.status.value
+    if state.needs_verification:
+        text += ", registration needs verification"
+    return text
 
 
 def _fmt(value: float | None, spec: str, missing: str = "-") -> str:
@@ -176,12 +192,18 @@ def render(status: StackStatus) -> Table:
                 "",
                 _fmt(tool.pose_age_ms, ".1f"),
             )
+    caption = []
+    if status.navigation:
+        colour = "green" if status.navigation == "OK" else "red"
+        caption.append(f"navigation: [{colour}]{status.navigation}[/]")
     e2e = status.end_to_end_latency_ms
     if e2e:
-        table.caption = (
+        caption.append(
             f"latency sensor -> {e2e['measured_at']}: p50 {e2e['p50']:.2f} ms, "
             f"p99 {e2e['p99']:.2f} ms, p99.9 {e2e['p999']:.2f} ms"
         )
+    if caption:
+        table.caption = "\n".join(caption)
     return table
 
 
@@ -201,4 +223,5 @@ def summary(status: StackStatus) -> dict[str, Any]:
         "restarts": sum(row.restarts for row in status.nodes),
         "rejected": sum(row.rejected for row in status.nodes),
         "latency_ms": status.end_to_end_latency_ms,
+        "navigation": status.navigation,
     }

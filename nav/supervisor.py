@@ -30,7 +30,7 @@ from typing import IO
 
 from nav import bus
 from nav.launchfile import LaunchSpec, NodeSpec
-from nav.messages import Heartbeat, ToolStatus, TrackerFrame
+from nav.messages import Heartbeat, NavState, ToolStatus, TrackerFrame
 from nav.node import HEARTBEAT_TOPIC_PREFIX
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,8 @@ class Supervisor:
         self.python = python
         self.nodes = {spec.name: NodeState(spec) for spec in launch.nodes}
         self.tools: dict[str, ToolState] = {}
+        self.nav_state: NavState | None = None  # the newest, if a nav node runs
+        self.t_nav_state_ns = 0  # when it arrived (monotonic)
         self.log_dir = launch.run_dir / "logs"
         self._monitor: bus.LatestSubscriber | None = None
         self.t_start_ns = time.monotonic_ns()
@@ -111,7 +113,7 @@ class Supervisor:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.launch.ipc_dir.mkdir(parents=True, exist_ok=True)
         pubs = [spec.pub for spec in self.launch.nodes if spec.pub]
-        self._monitor = bus.LatestSubscriber(pubs, (HEARTBEAT_TOPIC_PREFIX, "pose/"))
+        self._monitor = bus.LatestSubscriber(pubs, (HEARTBEAT_TOPIC_PREFIX, "pose/", "nav/state"))
         try:
             for node in self.nodes.values():
                 self._start_node(node)
@@ -205,6 +207,9 @@ class Supervisor:
             if node.pid == message.pid:  # ignore a late heartbeat from a previous process
                 node.heartbeat = message
                 node.t_heartbeat_ns = received.t_recv_ns
+        elif isinstance(message, NavState):
+            self.nav_state = message
+            self.t_nav_state_ns = received.t_recv_ns
         elif isinstance(message, TrackerFrame):
             for pose in message.poses():
                 self.tools[pose.tool] = ToolState(

@@ -50,3 +50,11 @@ def test_summary_carries_the_table_figures_and_totals() -> None:
     assert report["tools"]["pointer"]["pose_age_ms"] == 5.0
     assert report["restarts"] == 1 and report["rejected"] == 2
     assert report["latency_ms"]["measured_at"] == "tracker"
+
+
+def test_navigation_status_is_shown_and_summarised() -> None:
+    status = _status(pose_age_ms=5.0)
+    lost = StackStatus(**{**status.__dict__, "navigation": "REFERENCE_LOST"})
+    assert "navigation: REFERENCE_LOST" in _text(lost)
+    assert summary(lost)["navigation"] == "REFERENCE_LOST"
+    assert "navigation" not in _text(status)  # no nav node, no line
