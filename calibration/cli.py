@@ -66,6 +66,7 @@ from calibration.temporal import temporal_calibration
 from nav.cli import UserError
 from nav.frames import is_valid_tool_name
 from nav.launchfile import check_endpoint
+from tracking.plus_sequence import PlusSequenceError, is_plus_path, open_plus_sequence
 
 log = logging.getLogger("ornav.calibrate")
 
@@ -174,6 +175,26 @@ def _write(args: argparse.Namespace, **content: Any) -> CalibrationFile:
 # --- pose input: files or live --------------------------------------------------------
 
 
+def _plus_poses(path: str, transform: str | None) -> FloatArray:
+    """The OK samples of one transform of a PLUS sequence file, (N, 4, 4)."""
+    names: set[str] = set()
+    Ts = []
+    try:
+        for frame in open_plus_sequence(path):
+            names.update(frame.transforms)
+            T = frame.transforms.get(transform) if transform is not None else None
+            if T is not None and frame.statuses.get(transform or "") == "OK":
+                Ts.append(T)
+    except PlusSequenceError as error:
+        raise UserError(str(error)) from None
+    if transform is None or transform not in names:
+        given = "give" if transform is None else f"no transform {transform!r}: give"
+        raise UserError(f"{path}: {given} --transform, one of {', '.join(sorted(names))}")
+    if not Ts:
+        raise UserError(f"{path}: {transform} is never OK in this file")
+    return np.stack(Ts)
+
+
 def _poses(
     args: argparse.Namespace,
     estimator: Callable[[FloatArray], Any],
@@ -183,9 +204,14 @@ def _poses(
     if args.input is not None:
         if args.connect is not None:
             raise UserError("--connect goes with --live, not --input")
-        Ts = read_matrix_dir(args.input)
+        if is_plus_path(args.input):
+            Ts = _plus_poses(args.input, args.transform)
+            source = {"source": "plus", "transform": args.transform}
+        else:
+            Ts = read_matrix_dir(args.input)
+            source = {"source": "files"}
         log.info("read %d poses from %s", len(Ts), args.input)
-        return Ts, {"source": "files", "path": str(Path(args.input).resolve()), "n_poses": len(Ts)}
+        return Ts, {**source, "path": str(Path(args.input).resolve()), "n_poses": len(Ts)}
     tool, endpoint = args.live, args.connect
     if endpoint is None:
         raise UserError("--live needs --connect ENDPOINT (the tracker's pub socket)")
@@ -718,7 +744,13 @@ def _add_pose_source(parser: argparse.ArgumentParser, what: str) -> None:
     source.add_argument(
         "--input",
         metavar="DIR",
-        help=f"a directory of 4x4 pose text files (scikit-surgery's layout) recorded while {what}",
+        help=f"a directory of 4x4 pose text files (scikit-surgery's layout), or a PLUS "
+        f"sequence file (.mha, .nrrd) with --transform, recorded while {what}",
+    )
+    parser.add_argument(
+        "--transform",
+        metavar="NAME",
+        help="with a PLUS file: which transform to use, e.g. StylusToReference",
     )
     source.add_argument("--live", metavar="TOOL", help="collect TOOL's poses from a running stack")
     parser.add_argument(

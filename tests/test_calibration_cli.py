@@ -399,3 +399,44 @@ def test_live_pivot_on_the_sim_pointer_touching_one_point_is_refused_for_too_lit
     assert "collecting pointer" in result.stdout
     assert not out.exists()
     assert node.terminate() == 0
+
+
+# --- from a PLUS sequence file ----------------------------------------------------------
+
+
+def test_pivot_from_a_plus_sequence_uses_only_the_ok_samples_of_the_named_transform(
+    tmp_path: Path,
+) -> None:
+    from tests.test_calibration_pivot import pivot_poses
+    from tracking.plus_sequence import PlusFrame, write_plus_sequence
+
+    rng = np.random.default_rng(7)
+    p_tip, p_pivot = np.array([1.0, 2.0, -150.0]), np.array([10.0, -40.0, -1200.0])
+    Ts = pivot_poses(rng, n=120, p_tip=p_tip, p_pivot=p_pivot, max_angle_deg=35.0)
+    junk = np.eye(4)
+    junk[:3, 3] = 500.0  # an INVALID sample far off: used, it would wreck the fit
+    frames = [
+        PlusFrame(
+            index=i,
+            timestamp_ns=i * 20_000_000,
+            transforms={"StylusToReference": junk if i % 10 == 0 else T},
+            statuses={"StylusToReference": "INVALID" if i % 10 == 0 else "OK"},
+        )
+        for i, T in enumerate(Ts)
+    ]
+    sequence = tmp_path / "pivot.igs.mha"
+    write_plus_sequence(sequence, frames)
+
+    out = tmp_path / "pivot.toml"
+    result = _ornav(
+        "calibrate", "pivot", "--input", str(sequence), "--transform", "StylusToReference",
+        "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    pivot = read_calibration(out)
+    assert pivot.input["n_poses"] == 108  # every 10th sample was INVALID
+    np.testing.assert_allclose(pivot.result["p_tip_in_pointer"], p_tip, atol=1e-6)
+    np.testing.assert_allclose(pivot.result["p_pivot_in_tracker"], p_pivot, atol=1e-6)
+
+    missing = _ornav("calibrate", "pivot", "--input", str(sequence), "--out", str(out))
+    assert "give --transform, one of StylusToReference" in _one_error_line(missing)
