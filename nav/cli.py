@@ -14,9 +14,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.live import Live
@@ -125,57 +126,81 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_replay(args: argparse.Namespace) -> int:
-    if is_plus_path(args.file):
-        from nav.convert import cmd_replay_plus
-
-        return cmd_replay_plus(args)
-    # Imported here: only this command needs the replay node.
-    from nav import replay_node
-    from nav.bus import CommandClient
-    from nav.launchfile import NodeSpec, check_endpoint
+def check_playback_args(args: argparse.Namespace) -> None:
+    """``--speed`` and ``--pub`` of ``ornav replay``; UserError names the bad one."""
+    from nav.launchfile import check_endpoint
 
     if not args.speed > 0:
         raise UserError(f"--speed must be > 0, got {args.speed}")
     problem = check_endpoint(args.pub)
     if problem:
         raise UserError(f"--pub {args.pub}: {problem}")
-    total = inspect_recording(args.file).message_count  # also refuses a non-MCAP file
+
+
+def run_playback(
+    run: Callable[[Any, Any, threading.Event], int],
+    cfg: Any,
+    *,
+    module: str,
+    pub: str,
+    status_command: str,
+    describe: Callable[[dict[str, Any]], str],
+) -> int:
+    """Run a playback node (replay, PLUS file) in this process until it ends or Ctrl-C.
+
+    The node runs in a thread with its own control socket; this thread asks it
+    ``status_command`` once a second and logs ``describe(result)`` as progress.
+    """
+    from nav.bus import CommandClient
+    from nav.launchfile import NodeSpec
+
     ipc_dir = Path(tempfile.mkdtemp(prefix="ornav-"))
-    spec = NodeSpec(
-        name="replay",
-        module="nav.replay_node",
-        pub=args.pub,
-        control=f"ipc://{ipc_dir}/replay.ctl",
-    )
-    cfg = replay_node.Config(
-        path=str(args.file), speed=args.speed, loop=args.loop, start_delay_s=args.start_delay
-    )
+    spec = NodeSpec(name="replay", module=module, pub=pub, control=f"ipc://{ipc_dir}/replay.ctl")
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     result: list[int] = []
-    worker = threading.Thread(
-        target=lambda: result.append(replay_node.run(cfg, spec, stop)), daemon=True
-    )
+    worker = threading.Thread(target=lambda: result.append(run(cfg, spec, stop)), daemon=True)
     worker.start()
     client = CommandClient(spec.control or "")
-    log.info("replaying %s (%d messages) on %s at %gx", args.file, total, args.pub, args.speed)
     try:
         while worker.is_alive():
             worker.join(1.0)
             if not worker.is_alive():
                 break
             try:
-                state = client.call("replay", timeout_s=1.0).result
+                state = client.call(status_command, timeout_s=1.0).result
             except TimeoutError:
                 continue
-            log.info("%s: %s messages, pass %s", state["state"], state["replayed"], state["passes"])
+            log.info("%s", describe(state))
     finally:
         stop.set()
         worker.join(5.0)
         client.close()
     return result[0] if result else 1
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    if is_plus_path(args.file):
+        from nav.convert import cmd_replay_plus
+
+        return cmd_replay_plus(args)
+    from nav import replay_node  # only this command needs the replay node
+
+    check_playback_args(args)
+    total = inspect_recording(args.file).message_count  # also refuses a non-MCAP file
+    log.info("replaying %s (%d messages) on %s at %gx", args.file, total, args.pub, args.speed)
+    cfg = replay_node.Config(
+        path=str(args.file), speed=args.speed, loop=args.loop, start_delay_s=args.start_delay
+    )
+    return run_playback(
+        replay_node.run,
+        cfg,
+        module="nav.replay_node",
+        pub=args.pub,
+        status_command="replay",
+        describe=lambda s: f"{s['state']}: {s['replayed']} messages, pass {s['passes']}",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

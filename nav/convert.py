@@ -526,39 +526,11 @@ def cmd_inspect_plus(args: argparse.Namespace) -> int:
 
 def cmd_replay_plus(args: argparse.Namespace) -> int:
     """``ornav replay FILE.mha|.nrrd``: republish as TrackerFrames with the file's timing."""
-    import signal
-    import tempfile
-    import threading
-
-    from nav.bus import CommandClient
-    from nav.launchfile import NodeSpec, check_endpoint
+    from nav.cli import check_playback_args, run_playback
     from tracking import plus_file_node
 
-    if not args.speed > 0:
-        raise _user_error(ValueError(f"--speed must be > 0, got {args.speed}"))
-    problem = check_endpoint(args.pub)
-    if problem:
-        raise _user_error(ValueError(f"--pub {args.pub}: {problem}"))
+    check_playback_args(args)
     summary = _summary(args.file)
-    ipc_dir = Path(tempfile.mkdtemp(prefix="ornav-"))
-    spec = NodeSpec(
-        name="replay",
-        module="tracking.plus_file_node",
-        pub=args.pub,
-        control=f"ipc://{ipc_dir}/replay.ctl",
-    )
-    cfg = plus_file_node.Config(
-        path=str(args.file), speed=args.speed, loop=args.loop, start_delay_s=args.start_delay
-    )
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    result: list[int] = []
-    worker = threading.Thread(
-        target=lambda: result.append(plus_file_node.run(cfg, spec, stop)), daemon=True
-    )
-    worker.start()
-    client = CommandClient(spec.control or "")
     log.info(
         "replaying %s (%d PLUS frames) on %s at %gx",
         args.file,
@@ -566,21 +538,17 @@ def cmd_replay_plus(args: argparse.Namespace) -> int:
         args.pub,
         args.speed,
     )
-    try:
-        while worker.is_alive():
-            worker.join(1.0)
-            if not worker.is_alive():
-                break
-            try:
-                state = client.call("plus", timeout_s=1.0).result
-            except TimeoutError:
-                continue
-            log.info("%s: %s frames, pass %s", state["state"], state["frames"], state["passes"])
-    finally:
-        stop.set()
-        worker.join(5.0)
-        client.close()
-    return result[0] if result else 1
+    cfg = plus_file_node.Config(
+        path=str(args.file), speed=args.speed, loop=args.loop, start_delay_s=args.start_delay
+    )
+    return run_playback(
+        plus_file_node.run,
+        cfg,
+        module="tracking.plus_file_node",
+        pub=args.pub,
+        status_command="plus",
+        describe=lambda s: f"{s['state']}: {s['frames']} frames, pass {s['passes']}",
+    )
 
 
 def add_convert_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
