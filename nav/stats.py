@@ -56,3 +56,19 @@ class LatencyWindow:
             "p999": float(p999),
             "max": float(values.max()),
         }
+
+
+def advance_schedule(
+    next_ns: int, *, period_ns: int, now_ns: int, max_lag_periods: int = 5
+) -> tuple[int, bool]:
+    """The next sample time of a fixed-rate loop, and whether it skipped ahead.
+
+    The schedule is absolute (``next + period``), so a loop does not drift. A loop more than
+    ``max_lag_periods`` behind skips the missed slots rather than bursting stale samples;
+    the bool says it did (an overrun, worth a counter).
+    """
+    next_ns += period_ns
+    lag_ns = now_ns - next_ns
+    if lag_ns > max_lag_periods * period_ns:
+        return next_ns + (lag_ns // period_ns) * period_ns, True
+    return next_ns, False

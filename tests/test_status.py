@@ -58,3 +58,12 @@ def test_navigation_status_is_shown_and_summarised() -> None:
     assert "navigation: REFERENCE_LOST" in _text(lost)
     assert summary(lost)["navigation"] == "REFERENCE_LOST"
     assert "navigation" not in _text(status)  # no nav node, no line
+
+
+def test_fixed_rate_schedule_keeps_its_grid_and_skips_ahead_only_when_far_behind() -> None:
+    from nav.stats import advance_schedule
+
+    period = 1_000_000  # 1 kHz
+    assert advance_schedule(0, period_ns=period, now_ns=3 * period) == (period, False)
+    next_ns, overrun = advance_schedule(0, period_ns=period, now_ns=20 * period + 400)
+    assert overrun and next_ns % period == 0 and 15 * period <= next_ns <= 20 * period

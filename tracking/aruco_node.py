@@ -67,7 +67,7 @@ from nav.frames import is_valid_tool_name
 from nav.launchfile import NodeSpec
 from nav.messages import Heartbeat, ToolStatus, TrackerFrame
 from nav.node import NodeRuntime, node_main
-from nav.stats import LatencyWindow
+from nav.stats import LatencyWindow, advance_schedule
 from tracking.aruco import (
     DEFAULT_DICTIONARY,
     DEFAULT_MAX_REPROJECTION_RMS_PX,
@@ -354,11 +354,13 @@ def _loop(
             frame_number += 1
             frames_in_pass += 1
             if not live:
-                next_ns += period_ns
-                lag_ns = time.monotonic_ns() - next_ns
-                if lag_ns > MAX_LAG_PERIODS * period_ns:
-                    runtime.counters["overruns"] += 1
-                    next_ns += (lag_ns // period_ns) * period_ns
+                next_ns, overrun = advance_schedule(
+                    next_ns,
+                    period_ns=period_ns,
+                    now_ns=time.monotonic_ns(),
+                    max_lag_periods=MAX_LAG_PERIODS,
+                )
+                runtime.counters["overruns"] += overrun
             runtime.service(ok_counts)
     return 0
 

@@ -29,6 +29,7 @@ import numpy.typing as npt
 from nav.launchfile import NodeSpec
 from nav.messages import Command, JsonValue, Reply, ToolStatus
 from nav.node import NodeRuntime, node_main
+from nav.stats import advance_schedule
 from tracking.sim_model import PointerScript, SimConfig, SimulatedTracker
 
 MIN_RATE_HZ = 30.0
@@ -154,11 +155,13 @@ def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
                 if status is ToolStatus.OK:
                     ok_counts[f"tool/{tool}"] += 1
             frame_number += 1
-            next_ns += period_ns
-            lag_ns = time.monotonic_ns() - next_ns
-            if lag_ns > MAX_LAG_PERIODS * period_ns:
-                runtime.counters["overruns"] += 1
-                next_ns += (lag_ns // period_ns) * period_ns
+            next_ns, overrun = advance_schedule(
+                next_ns,
+                period_ns=period_ns,
+                now_ns=time.monotonic_ns(),
+                max_lag_periods=MAX_LAG_PERIODS,
+            )
+            runtime.counters["overruns"] += overrun
             runtime.service(ok_counts)
     return 0
 
