@@ -156,6 +156,19 @@ class NodeRuntime:
             return Reply(ok=False, error=f"{command.name}: {error}")
 
 
+def stop_on_signal(stop: threading.Event, name: str) -> Callable[[int, object], None]:
+    """A signal handler that sets ``stop`` without ever blocking the main thread."""
+
+    def request_stop(signum: int, _frame: object) -> None:
+        log.info("%s: %s received, stopping", name, signal.Signals(signum).name)
+        # Not stop.set() here: the handler runs in the main thread between two bytecodes,
+        # possibly while that thread holds the Event's own lock (leaving stop.wait), and
+        # set() would then wait for it forever (seen: a node "ignored" SIGTERM in CI).
+        threading.Thread(target=stop.set, name="stop", daemon=True).start()
+
+    return request_stop
+
+
 def _parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--spec-json", help="the node's resolved NodeSpec (from the supervisor)")
@@ -196,12 +209,8 @@ def node_main(
 
     stop = threading.Event()
 
-    def request_stop(signum: int, _frame: object) -> None:
-        log.info("%s: %s received, stopping", spec.name, signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, stop_on_signal(stop, spec.name))
+    signal.signal(signal.SIGTERM, stop_on_signal(stop, spec.name))
     try:
         return run(cfg, spec, stop)
     except Exception:

@@ -319,3 +319,23 @@ def test_sigterm_stops_the_stack_and_exits_0(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "s.json").read_text())
     pids = [n["pid"] for n in summary["nodes"].values()]
     assert all(not _alive(pid) for pid in pids)
+
+
+def test_stop_signal_handler_never_blocks_on_the_stop_events_lock() -> None:
+    """Regression: a node hung after SIGTERM when the handler ran while its main thread
+    held the Event's lock (on the way out of stop.wait) and called stop.set() itself."""
+    import threading
+
+    from nav.node import stop_on_signal
+
+    stop = threading.Event()
+    handler = stop_on_signal(stop, "test")
+    returned = threading.Event()
+    with stop._cond:  # type: ignore[attr-defined]  # the lock stop.wait re-takes
+        caller = threading.Thread(target=lambda: (handler(signal.SIGTERM, None), returned.set()))
+        caller.start()
+        # The old handler (stop.set() inline) blocks here until the lock is released.
+        assert returned.wait(2.0), "the handler blocked on the Event's lock"
+        assert not stop.is_set()  # set() is still waiting for the lock, in its own thread
+    assert stop.wait(2.0)
+    caller.join()
