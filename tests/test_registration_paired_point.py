@@ -450,6 +450,9 @@ def test_registration_error_keeps_its_kind_through_pickle_and_rejects_unknown_ki
         "mismatched",
         "non_finite",
         "bad_weights",
+        "bad_mesh",
+        "insufficient_overlap",
+        "not_converged",
     }
     with pytest.raises(ValueError, match="unknown"):
         RegistrationError("wobbly", "x")  # type: ignore[arg-type]

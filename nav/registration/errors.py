@@ -23,6 +23,9 @@ RegistrationErrorKind: TypeAlias = Literal[
     "mismatched",
     "non_finite",
     "bad_weights",
+    "bad_mesh",
+    "insufficient_overlap",
+    "not_converged",
 ]
 """Why a registration was refused.
 
@@ -33,6 +36,11 @@ RegistrationErrorKind: TypeAlias = Literal[
   array does not have the documented shape.
 - ``non_finite``: a NaN or infinity in the points or the weights.
 - ``bad_weights``: a negative weight, or every weight zero.
+- ``bad_mesh``: the model mesh is empty, has out-of-range faces or no usable normals.
+- ``insufficient_overlap``: too few intraoperative points lie near the model surface
+  for the result to mean anything (fitness below the method's floor).
+- ``not_converged``: the iterative solver stopped at its iteration limit, or its answer
+  moved too far between the last iterations to be trusted.
 """
 
 REGISTRATION_ERROR_KINDS: Final[frozenset[str]] = frozenset(get_args(RegistrationErrorKind))
