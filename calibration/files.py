@@ -6,7 +6,7 @@ by hand because the structure is small and fixed). Example, a pivot calibration:
     format = "ornav-calibration"
     version = 1
     created = 2026-05-09T07:35:25Z        # UTC
-    kind = "pivot"                        # pivot | spin | camera | handeye | temporal
+    kind = "pivot"                        # pivot | spin | camera | handeye | temporal | display
     method = "algebraic"                  # the algorithm that produced it
 
     [input]                               # provenance, for people: any key, plain values
@@ -67,7 +67,7 @@ from nav.transforms import Mat4, rigidity_error, rigidity_errors
 
 FORMAT: Final = "ornav-calibration"
 FORMAT_VERSION: Final = 1
-KINDS: Final = ("pivot", "spin", "camera", "handeye", "temporal")
+KINDS: Final = ("pivot", "spin", "camera", "handeye", "temporal", "display")
 
 # PLUS and tracker SDKs round matrices to ~6 significant digits: 1e-4 is far below any
 # tracker's noise on a 1 m lever arm, and far above the rounding (as nav.messages does).
@@ -231,6 +231,27 @@ SCHEMAS: Final[Mapping[str, KindSchema]] = {
         errors={
             "peak_width_s": KeySpec("width of the correlation peak: smaller is sharper"),
             "residual_rms": KeySpec("RMS difference of the standardised aligned signals (no unit)"),
+        },
+    ),
+    "display": KindSchema(
+        result={
+            "T_display_from_headset": KeySpec(
+                "mm, the tracked headset marker in the headset's display (view) frame:"
+                " x right, y down, z forward",
+                (4, 4),
+                check=_rigid,
+            ),
+            "camera_matrix": KeySpec(
+                "px, the display's pinhole K: [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]",
+                (3, 3),
+                check=_camera_matrix,
+            ),
+            "image_size": KeySpec("px, [width, height]", (2,), integer=True, check=_positive),
+        },
+        errors={
+            "alignment_rms_mm": KeySpec(
+                "RMS of the overlay against tracked points seen through the display"
+            ),
         },
     ),
 }

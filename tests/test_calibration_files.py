@@ -82,6 +82,16 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "result": {"dt_a_from_b_s": 0.037, "confidence": 0.98},
         "errors": {"peak_width_s": 0.01, "residual_rms": 0.2},
     },
+    "display": {
+        "method": "simulation",
+        "input": {"source": "sim"},
+        "result": {
+            "T_display_from_headset": T_MARKER_FROM_CAMERA,
+            "camera_matrix": np.array([[600.0, 0, 320], [0, 600, 240], [0, 0, 1]]),
+            "image_size": [640, 480],
+        },
+        "errors": {"alignment_rms_mm": 0.0},
+    },
 }
 
 
