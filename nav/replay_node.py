@@ -22,12 +22,22 @@ End: at the end of the file (without ``loop``) the node keeps its socket open fo
 reads that as "finished", not as a crash. With ``exit_at_end = false`` it stays up,
 heartbeating, until stopped.
 
+Clock: by default the payloads keep their recorded times, so a replayed sample is as old
+as the recording and every live consumer (nav, render, headset) calls it STALE. With
+``live_clock`` each message that carries a ``t_sensor_ns`` (TrackerFrame, ToolPose,
+NavState, SceneUpdate) is decoded and re-encoded with ``t_pub_ns`` = now and ``t_sensor_ns``
+= now minus its recorded sample-to-publish delay, keeping its ``seq``: downstream nodes
+see a session happening now, with its original latency. Messages that fail to decode are
+counted (``live_clock_refused``) and skipped: an unreadable pose is never republished as
+current. The recording itself is never touched.
+
 Excluded by default: ``heartbeat/`` topics. A heartbeat says a process is alive now;
 replaying the recorded ones would show dead processes as running.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -37,7 +47,17 @@ from pathlib import Path
 
 from nav import bus
 from nav.launchfile import NodeSpec
-from nav.messages import Command, Reply
+from nav.messages import (
+    Command,
+    MessageError,
+    NavState,
+    Reply,
+    SceneUpdate,
+    ToolPose,
+    TrackerFrame,
+    decode,
+    encode,
+)
 from nav.node import POLL_TIMEOUT_S, NodeRuntime, node_main
 from nav.recording import RecordingError, RecordingReader, iter_recording
 
@@ -57,6 +77,7 @@ class Config:
     start_delay_s: float = 0.5
     exit_at_end: bool = True
     end_linger_s: float = 0.5
+    live_clock: bool = False
 
     def __post_init__(self) -> None:
         if not self.path:
@@ -69,6 +90,27 @@ class Config:
             raise ValueError("key 'start_delay_s': must be >= 0")
         if self.end_linger_s < 0:
             raise ValueError("key 'end_linger_s': must be >= 0")
+
+
+_TIMED_TYPES = (TrackerFrame, ToolPose, NavState, SceneUpdate)
+
+
+def restamp(payload: bytes, now_ns: int) -> bytes | None:
+    """``payload`` moved onto the clock ``now_ns`` (see "Clock" above); unchanged if it has
+    no sample time; None if it does not decode.
+
+    ``t_sensor_ns`` becomes ``now_ns - (t_pub_ns - t_sensor_ns)`` as recorded, clamped at 0.
+    """
+    try:
+        envelope = decode(payload)
+    except MessageError:
+        return None
+    message = envelope.message
+    if not isinstance(message, _TIMED_TYPES):
+        return payload
+    delay_ns = max(0, envelope.t_pub_ns - message.t_sensor_ns)
+    moved = dataclasses.replace(message, t_sensor_ns=max(0, now_ns - delay_ns))
+    return encode(moved, seq=envelope.seq, t_pub_ns=now_ns)
 
 
 class _Player:
@@ -142,7 +184,13 @@ class _Player:
                     return published
             if self.stop.is_set():
                 return published
-            self.pub.publish_raw(message.topic, message.payload)
+            payload: bytes | None = message.payload
+            if self.cfg.live_clock:
+                payload = restamp(message.payload, time.monotonic_ns())
+                if payload is None:
+                    self.runtime.counters["live_clock_refused"] += 1
+                    continue
+            self.pub.publish_raw(message.topic, payload)
             published += 1
             self.replayed += 1
             self.service()

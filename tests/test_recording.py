@@ -34,6 +34,7 @@ from nav.recording import (
     inspect_recording,
     iter_recording,
 )
+from nav.replay_node import restamp
 
 REPO = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 20.0
@@ -594,6 +595,65 @@ def test_replay_at_double_speed_plays_a_one_second_recording_in_about_half_a_sec
     assert [(r.topic, r.payload) for r in got] == poses
     span_s = (got[-1].t_recv_ns - got[0].t_recv_ns) / 1e9
     assert 0.3 < span_s < 1.5, span_s
+
+
+def test_restamp_moves_sample_time_onto_now_keeping_the_recorded_delay_and_seq() -> None:
+    payload = encode(tracker_frame(3, t_sensor_ns=1_000), seq=41, t_pub_ns=1_700)
+    moved = restamp(payload, now_ns=5_000_000)
+    assert moved is not None
+    envelope = decode(moved)
+    assert isinstance(envelope.message, TrackerFrame)
+    assert (envelope.seq, envelope.t_pub_ns) == (41, 5_000_000)
+    assert envelope.message.t_sensor_ns == 5_000_000 - 700
+    original = decode(payload).message
+    assert isinstance(original, TrackerFrame)
+    np.testing.assert_array_equal(
+        envelope.message.T_tracker_from_tools, original.T_tracker_from_tools
+    )
+    # No sample time: unchanged bytes. Undecodable: refused, never republished.
+    beat = encode(heartbeat(1), seq=0, t_pub_ns=5)
+    assert restamp(beat, now_ns=9) == beat
+    assert restamp(b"\xc1 garbage", now_ns=9) is None
+
+
+def test_replay_with_live_clock_delivers_samples_that_are_fresh_now(
+    tmp_path: Path,
+    sock_dir: str,
+    start_node: Callable[[NodeSpec], NodeProcess],
+    closing: Callable[[Any], Any],
+) -> None:
+    path = tmp_path / "s.mcap"
+    # 100 Hz frames, each published 1.5 ms after its sample, as a tracker node would.
+    session: list[tuple[str, Message, int]] = [
+        (
+            "pose/sim",
+            tracker_frame(i, t_sensor_ns=T0_MONO_NS + i * 10_000_000 - 1_500_000),
+            i * 10_000_000,
+        )
+        for i in range(101)
+    ]
+    poses = write_synthetic(path, session)
+    rspec = replay_spec(sock_dir, path=str(path), wait_for_play=True, speed=4.0, live_clock=True)
+    replay = start_node(rspec)
+    replay.wait_ready()
+    assert rspec.pub is not None and rspec.control is not None
+    sub = closing(bus.QueueSubscriber([rspec.pub]))
+    play_when_joined(sub, rspec.control, closing)
+    got, code = replayed_until_exit(replay, sub, len(poses))
+    assert code == 0, replay.stderr()
+    assert len(got) == len(poses)
+    for received, (_, recorded) in zip(got, poses, strict=True):
+        now = decode(received.payload)
+        before = decode(recorded)
+        assert isinstance(now.message, TrackerFrame) and isinstance(before.message, TrackerFrame)
+        assert now.seq == before.seq
+        assert now.message.frame_number == before.message.frame_number
+        # Fresh on arrival (a few ms of transport), where the recorded stamp is hours old.
+        age_ms = (received.t_recv_ns - now.message.t_sensor_ns) / 1e6
+        assert 0 <= age_ms < 250, age_ms
+        assert (
+            now.t_pub_ns - now.message.t_sensor_ns == before.t_pub_ns - before.message.t_sensor_ns
+        )
 
 
 def test_replay_of_a_file_that_is_not_a_recording_exits_2_with_one_line(
