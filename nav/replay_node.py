@@ -184,12 +184,13 @@ class _Player:
                     return published
             if self.stop.is_set():
                 return published
-            payload: bytes | None = message.payload
+            payload = message.payload
             if self.cfg.live_clock:
-                payload = restamp(message.payload, time.monotonic_ns())
-                if payload is None:
+                moved = restamp(message.payload, time.monotonic_ns())
+                if moved is None:
                     self.runtime.counters["live_clock_refused"] += 1
                     continue
+                payload = moved
             self.pub.publish_raw(message.topic, payload)
             published += 1
             self.replayed += 1
