@@ -1,0 +1,644 @@
+"""Render node: streams the registered case to headsets (docs/headset-protocol.md).
+
+Renders nothing itself: the headset gets each structure's mesh once (GLB, by hash) and
+then small per-sample scene updates, and draws them in its own frame.
+
+Subscribes (latest-wins, from the nodes in its ``subscribe`` list):
+- ``nav/state`` (``NavState``) from the nav node;
+- ``TrackerFrame`` on ``tracker_topic`` (default ``pose/``) from the tracker, for the
+  headset marker ``headset_tool``;
+- ``nav/registration`` (``RegistrationResult``), in order (a queue, not latest-wins).
+
+Publishes (its bus PUB, ``spec.pub``):
+- ``scene/update`` (``SceneUpdate``): on every new ``nav/state``, and when inputs stop,
+  every 1 / ``min_update_hz`` and at the instants the newest pose turns STALE and then
+  HIDDEN (``render/scene.py`` has the rule), so a headset sees the overlay degrade on
+  time when the tracker or the nav node dies;
+- ``scene/alert`` (``Alert``): every alert raised (for the recorder; headsets get them on
+  their session socket, reliably);
+- ``headset/telemetry`` (``HeadsetTelemetry``): what clients report, republished as is;
+- ``heartbeat/<name>``: counters ``updates_<CURRENT|STALE|HIDDEN>``, ``sessions`` (open
+  now), ``sessions_opened``, ``sessions_expired``, ``assets_served``,
+  ``asset_bytes_served``, ``snapshots_served``, ``alerts_raised``, ``alerts_sent``,
+  ``alerts_resent``, ``alerts_acked``, ``telemetry_received``, ``headset_received``,
+  ``headset_rejected`` (also in ``rejected`` / ``rejected_<kind>``: ``malformed``,
+  ``oversized``, ``version``, ``unknown_type``, ``invalid``, ``protocol``, ``no_session``,
+  ``unexpected``, ``unknown_asset``, ``no_scene``, ``sessions_full``),
+  ``headset_send_dropped``; latency = tracker
+  ``t_sensor_ns`` -> ``scene/update`` publish, for updates carrying a new sample.
+
+Headset sessions: a ROUTER socket at ``headset_endpoint``. Hello -> Welcome (or a
+``Reply`` error on a protocol mismatch), ClockPing -> ClockPong, AssetRequest ->
+AssetData, SnapshotRequest -> the newest ``SceneUpdate``, AlertAck, HeadsetTelemetry.
+The session id (32 hex) is random per process start, so a client sees a restart. A
+session is dropped after ``client_timeout_s`` of silence (clients ping about once a
+second). Anything malformed, oversized, unknown or out of order from a client is
+counted and dropped (or answered with a one-line ``Reply`` error); it never stops the
+node. A client that stops reading cannot block the node: sends never block (ROUTER with
+``ROUTER_MANDATORY``, ``SNDHWM`` = ``session_sndhwm``), a full pipe drops the message
+and counts ``headset_send_dropped``; unacknowledged alerts are resent.
+
+Per-sample cost on the phantom (5 structures): ~32 us for the headset pose, the scene
+update and its encoding (``render/scene.py``), of the 1000 us between samples at 1 kHz.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib.resources
+import logging
+import math
+import secrets
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+import zmq
+
+from calibration.files import CalibrationFileError, read_calibration
+from nav import bus
+from nav.case import CaseError, load_case
+from nav.frames import HEADSET, is_valid_tool_name
+from nav.launchfile import NodeSpec
+from nav.messages import (
+    HEADSET_PROTOCOL_VERSION,
+    MAX_PAYLOAD_BYTES,
+    Alert,
+    AlertAck,
+    AssetData,
+    AssetRequest,
+    ClockPing,
+    ClockPong,
+    HeadsetTelemetry,
+    Hello,
+    Message,
+    MessageError,
+    NavState,
+    OverlayState,
+    RegistrationResult,
+    Reply,
+    SceneUpdate,
+    SnapshotRequest,
+    TrackerFrame,
+    Welcome,
+    decode,
+    encode,
+)
+from nav.node import POLL_TIMEOUT_S, NodeRuntime, node_main
+from nav.phantom import SHIPPED_PHANTOM_DIR
+from nav.transforms import Mat4
+from render.assets import DEFAULT_TRIANGLE_BUDGET, AssetSet, build_assets, scene_version
+from render.scene import AlertEvent, AlertMachine, OverlayLimits, SceneState, headset_sample
+
+log = logging.getLogger(__name__)
+
+SCENE_TOPIC: Final = "scene/update"
+ALERT_TOPIC: Final = "scene/alert"
+TELEMETRY_TOPIC: Final = "headset/telemetry"
+NAV_STATE_TOPIC: Final = "nav/state"
+REGISTRATION_TOPIC: Final = "nav/registration"
+SIM_DISPLAY_CALIBRATION: Final = "sim_headset_display.toml"
+
+# A client request is small; libzmq drops a peer that sends a frame over MAXMSGSIZE without
+# telling us, so that limit sits well above MAX_PAYLOAD_BYTES and decode() refuses (and
+# counts) anything between the two. It only bounds the memory one hostile frame can take.
+_ROUTER_MAXMSGSIZE: Final = 4 * MAX_PAYLOAD_BYTES
+_MAX_CLIENT_MESSAGES_PER_POLL: Final = 256  # bounded work per loop: updates stay on time
+_MAX_PENDING_ALERTS: Final = 64  # per session; a client that never acks cannot grow it
+_EXPIRE_CHECK_NS: Final = 100_000_000
+_REQUESTS: Final = (
+    Hello,
+    ClockPing,
+    AssetRequest,
+    SnapshotRequest,
+    AlertAck,
+    HeadsetTelemetry,
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The render node's launch-file params.
+
+    - ``headset_endpoint``: where headsets open sessions (a ROUTER socket), e.g.
+      ``ipc://{ipc_dir}/render.headset`` or ``tcp://*:5600``.
+    - ``scene_endpoint``: the scene stream address told to clients in ``Welcome``; empty
+      = this node's ``pub`` endpoint as bound (set it when binding ``tcp://*``).
+    - ``case``: the case folder; empty = the shipped phantom (as for the nav node).
+    - ``display_calibration``: a calibration file of kind "display"
+      (``T_display_from_headset``); empty = the simulated headset's
+      (``calibration/data/sim_headset_display.toml``, shipped with the package).
+    - ``tracker_topic``: topic prefix of the ``TrackerFrame``s carrying ``headset_tool``.
+    - ``stale_after_ms`` / ``hide_after_ms``: pose age past which the overlay is drawn
+      STALE / not drawn (docs/headset-protocol.md).
+    - ``min_update_hz``: scene updates per second at least, when inputs stop.
+    - ``triangle_budget``: most triangles per structure asset (decimated above it).
+    - ``alert_resend_s``: an unacknowledged alert is resent this often.
+    - ``client_timeout_s``: a session silent this long is dropped.
+    - ``max_sessions``: more Hellos than this are refused with a Reply error.
+    - ``session_sndhwm``: messages queued per client before sends to it are dropped.
+    """
+
+    headset_endpoint: str
+    scene_endpoint: str = ""
+    case: str = ""
+    display_calibration: str = ""
+    tracker_topic: str = "pose/"
+    headset_tool: str = HEADSET
+    stale_after_ms: float = 100.0
+    hide_after_ms: float = 300.0
+    min_update_hz: float = 30.0
+    triangle_budget: int = DEFAULT_TRIANGLE_BUDGET
+    alert_resend_s: float = 0.5
+    client_timeout_s: float = 5.0
+    max_sessions: int = 16
+    session_sndhwm: int = 100
+
+    def __post_init__(self) -> None:
+        if not self.headset_endpoint:
+            raise ValueError("key 'headset_endpoint': must name an endpoint")
+        if not is_valid_tool_name(self.headset_tool):
+            raise ValueError(f"key 'headset_tool': {self.headset_tool!r} is not a tool name")
+        if not self.tracker_topic:
+            raise ValueError("key 'tracker_topic': must not be empty")
+        for key in (
+            "stale_after_ms",
+            "hide_after_ms",
+            "min_update_hz",
+            "alert_resend_s",
+            "client_timeout_s",
+        ):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"key {key!r}: must be finite and > 0, got {value}")
+        if self.hide_after_ms < self.stale_after_ms:
+            raise ValueError("key 'hide_after_ms': must be >= stale_after_ms")
+        for key in ("triangle_budget", "max_sessions", "session_sndhwm"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"key {key!r}: must be >= 1, got {getattr(self, key)}")
+
+    def limits(self) -> OverlayLimits:
+        return OverlayLimits(
+            stale_after_ns=int(self.stale_after_ms * 1e6),
+            hide_after_ns=int(self.hide_after_ms * 1e6),
+        )
+
+
+def load_display_calibration(path: str) -> Mat4:
+    """``T_display_from_headset`` (4, 4) mm from ``path`` ("" = the simulated headset's).
+
+    Raises CalibrationFileError (one line) for a bad file or one of another kind.
+    """
+    if path:
+        calibration = read_calibration(path)
+    else:
+        resource = importlib.resources.files("calibration") / "data" / SIM_DISPLAY_CALIBRATION
+        with importlib.resources.as_file(resource) as shipped:
+            calibration = read_calibration(shipped)
+    if calibration.kind != "display":
+        where = path or SIM_DISPLAY_CALIBRATION
+        raise CalibrationFileError(
+            f"{where}: key 'kind': expected a display calibration, got {calibration.kind!r}"
+        )
+    return calibration.array("T_display_from_headset")
+
+
+# --- headset sessions ------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Session:
+    identity: bytes
+    client: str
+    last_seen_ns: int
+    seq: int = 0
+    pending: dict[int, tuple[Alert, int]] = field(default_factory=dict)
+    """alert_id -> (alert, when to resend, ns)."""
+
+
+class _RequestError(Exception):
+    """A client request refused with a one-line Reply error and a counter."""
+
+    def __init__(self, kind: str, error: str) -> None:
+        super().__init__(error)
+        self.kind = kind
+        self.error = error
+
+
+class HeadsetServer:
+    """The ROUTER socket and the sessions behind it; counts into ``counters``."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        session: str,
+        scene_endpoint: str,
+        scene_version: int,
+        assets: AssetSet,
+        counters: bus.Counters,
+        publish: bus.Publisher,
+    ) -> None:
+        self.cfg = cfg
+        self.session = session
+        self.scene_endpoint = scene_endpoint
+        self.scene_version = scene_version
+        self.assets = assets
+        self.counters = counters
+        self.publisher = publish
+        self.sessions: dict[bytes, _Session] = {}
+        self.latest_update: SceneUpdate | None = None
+        self.standing: list[Alert] = []
+        self._resend_ns = int(cfg.alert_resend_s * 1e9)
+        self._timeout_ns = int(cfg.client_timeout_s * 1e9)
+        self._next_expire_ns = 0
+        self._warned: set[str] = set()
+        sock = bus.context().socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, cfg.session_sndhwm)
+        sock.setsockopt(zmq.RCVHWM, 1000)
+        sock.setsockopt(zmq.MAXMSGSIZE, _ROUTER_MAXMSGSIZE)
+        # Mandatory routing: a send to a full or vanished peer raises instead of vanishing
+        # silently, so it is counted; NOBLOCK below keeps a full peer from blocking us.
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        if cfg.headset_endpoint.startswith("tcp://"):
+            # CurveZMQ for headset sessions comes with key management (a later issue).
+            log.warning(
+                "%s is unencrypted: headset sessions have no CurveZMQ keys yet",
+                cfg.headset_endpoint,
+            )
+        sock.bind(cfg.headset_endpoint)
+        self.endpoint: str = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.sock = sock
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+    # --- sending ---------------------------------------------------------------------
+
+    def _send(self, identity: bytes, message: Message, now_ns: int) -> bool:
+        session = self.sessions.get(identity)
+        seq = 0
+        if session is not None:
+            seq = session.seq
+            session.seq += 1
+        payload = encode(message, seq=seq, t_pub_ns=now_ns)
+        try:
+            self.sock.send_multipart([identity, payload], flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.counters["headset_send_dropped"] += 1  # that client is not reading
+            return False
+        except zmq.ZMQError as error:
+            if error.errno != errno.EHOSTUNREACH:
+                raise
+            self.counters["headset_send_dropped"] += 1  # gone: disconnected
+            if self.sessions.pop(identity, None) is not None:
+                self.counters["sessions_closed"] += 1
+                self.counters["sessions"] = len(self.sessions)
+            return False
+        return True
+
+    # --- receiving -------------------------------------------------------------------
+
+    def _reject(self, kind: str, detail: str) -> None:
+        self.counters["headset_rejected"] += 1
+        self.counters["rejected"] += 1
+        self.counters[f"rejected_{kind}"] += 1
+        if kind not in self._warned:  # once per kind: a hostile client cannot flood the log
+            self._warned.add(kind)
+            log.warning("headset request dropped (%s): %s; counting further ones", kind, detail)
+        else:
+            log.debug("headset request dropped (%s): %s", kind, detail)
+
+    def serve(self) -> int:
+        """Handle the queued client messages (at most a bounded batch); returns how many."""
+        handled = 0
+        while handled < _MAX_CLIENT_MESSAGES_PER_POLL:
+            try:
+                frames = self.sock.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            handled += 1
+            self.counters["headset_received"] += 1
+            now_ns = time.monotonic_ns()
+            if len(frames) != 2:
+                self._reject("malformed", f"{len(frames)} frames (expected identity + payload)")
+                continue
+            identity, payload = frames
+            try:
+                envelope = decode(payload, max_bytes=MAX_PAYLOAD_BYTES)
+            except MessageError as error:
+                self._reject(error.kind, str(error))
+                continue
+            try:
+                self._handle(identity, envelope.message, now_ns)
+            except _RequestError as rejected:
+                self._reject(rejected.kind, rejected.error)
+                self._send(identity, Reply(ok=False, error=rejected.error), now_ns)
+        return handled
+
+    def _handle(self, identity: bytes, message: Message, now_ns: int) -> None:
+        if not isinstance(message, _REQUESTS):
+            # Valid on the bus but not from a headset: dropped without an answer, like
+            # garbage, so a confused peer cannot make us talk.
+            self._reject("unexpected", f"{message.TYPE} is not a headset request")
+            return
+        if isinstance(message, Hello):
+            self._hello(identity, message, now_ns)
+            return
+        session = self.sessions.get(identity)
+        if session is None:
+            raise _RequestError("no_session", f"no session: send Hello first (got {message.TYPE})")
+        session.last_seen_ns = now_ns
+        if isinstance(message, ClockPing):
+            self._send(identity, ClockPong(message.t_client_ns, time.monotonic_ns()), now_ns)
+        elif isinstance(message, AssetRequest):
+            data = self.assets.data_by_sha256.get(message.sha256)
+            if data is None:
+                raise _RequestError("unknown_asset", f"unknown asset {message.sha256}")
+            name = next(i.name for i in self.assets.infos if i.sha256 == message.sha256)
+            if self._send(identity, AssetData(message.sha256, name, data), now_ns):
+                self.counters["assets_served"] += 1
+                self.counters["asset_bytes_served"] += len(data)
+        elif isinstance(message, SnapshotRequest):
+            if self.latest_update is None:
+                raise _RequestError("no_scene", "no scene update published yet: try again")
+            if self._send(identity, self.latest_update, now_ns):
+                self.counters["snapshots_served"] += 1
+        elif isinstance(message, AlertAck):
+            if message.session != self.session:
+                self.counters["alerts_ack_foreign"] += 1  # for an earlier run of this node
+            elif session.pending.pop(message.alert_id, None) is not None:
+                self.counters["alerts_acked"] += 1
+            else:
+                self.counters["alerts_ack_unknown"] += 1  # acked twice, or never sent
+        elif isinstance(message, HeadsetTelemetry):
+            self.counters["telemetry_received"] += 1
+            self.publisher.publish(TELEMETRY_TOPIC, message)
+
+    def _hello(self, identity: bytes, hello: Hello, now_ns: int) -> None:
+        if hello.protocol != HEADSET_PROTOCOL_VERSION:
+            raise _RequestError(
+                "protocol",
+                f"protocol {hello.protocol} not supported: this render node speaks "
+                f"protocol {HEADSET_PROTOCOL_VERSION}",
+            )
+        session = self.sessions.get(identity)
+        if session is None:
+            if len(self.sessions) >= self.cfg.max_sessions:
+                raise _RequestError(
+                    "sessions_full", f"{len(self.sessions)} sessions open: try later"
+                )
+            session = _Session(identity, hello.client, now_ns)
+            self.sessions[identity] = session
+            self.counters["sessions_opened"] += 1
+            self.counters["sessions"] = len(self.sessions)
+            log.info("headset session opened: %s (%d open)", hello.client, len(self.sessions))
+        session.client, session.last_seen_ns = hello.client, now_ns
+        welcome = Welcome(
+            protocol=HEADSET_PROTOCOL_VERSION,
+            session=self.session,
+            scene_endpoint=self.scene_endpoint,
+            scene_version=self.scene_version,
+            t_server_ns=time.monotonic_ns(),
+            assets=self.assets.infos,
+        )
+        self._send(identity, welcome, now_ns)
+        # A late joiner still learns what is wrong now (reference lost, verify first...).
+        for alert in self.standing:
+            self._queue_alert(session, alert, now_ns)
+
+    # --- alerts and housekeeping -----------------------------------------------------
+
+    def _queue_alert(self, session: _Session, alert: Alert, now_ns: int) -> None:
+        if len(session.pending) >= _MAX_PENDING_ALERTS:
+            session.pending.pop(next(iter(session.pending)))  # the oldest
+            self.counters["alerts_dropped"] += 1
+        session.pending[alert.alert_id] = (alert, now_ns + self._resend_ns)
+        if self._send(session.identity, alert, now_ns):
+            self.counters["alerts_sent"] += 1
+
+    def broadcast(self, alert: Alert, now_ns: int) -> None:
+        for session in list(self.sessions.values()):
+            self._queue_alert(session, alert, now_ns)
+
+    def tick(self, now_ns: int) -> None:
+        """Resend due alerts; drop silent sessions."""
+        for session in list(self.sessions.values()):
+            for alert_id, (alert, due_ns) in list(session.pending.items()):
+                if now_ns >= due_ns:
+                    session.pending[alert_id] = (alert, now_ns + self._resend_ns)
+                    if self._send(session.identity, alert, now_ns):
+                        self.counters["alerts_resent"] += 1
+        if now_ns >= self._next_expire_ns:
+            self._next_expire_ns = now_ns + _EXPIRE_CHECK_NS
+            for identity, session in list(self.sessions.items()):
+                if now_ns - session.last_seen_ns > self._timeout_ns:
+                    del self.sessions[identity]
+                    self.counters["sessions_expired"] += 1
+                    log.info("headset session of %s expired (silent)", session.client)
+            self.counters["sessions"] = len(self.sessions)
+
+    def next_due_ns(self) -> int | None:
+        """The next instant an alert resend is due, if any."""
+        dues = [due for s in self.sessions.values() for _, due in s.pending.values()]
+        return min(dues) if dues else None
+
+
+# --- the node ----------------------------------------------------------------------------
+
+
+class _Alerts:
+    """Turns alert events into numbered ``Alert``s: published and sent to every session."""
+
+    def __init__(
+        self, session: str, publisher: bus.Publisher, server: HeadsetServer, counters: bus.Counters
+    ) -> None:
+        self.session = session
+        self.publisher = publisher
+        self.server = server
+        self.counters = counters
+        self.machine = AlertMachine()
+        self.last_by_code: dict[str, Alert] = {}
+        self._next_id = 1
+
+    def raise_events(self, events: list[AlertEvent], now_ns: int) -> None:
+        for event in events:
+            alert = Alert(
+                session=self.session,
+                alert_id=self._next_id,
+                severity=event.severity,
+                code=event.code,
+                text=event.text,
+                t_ns=now_ns,
+            )
+            self._next_id += 1
+            self.counters["alerts_raised"] += 1
+            self.last_by_code[event.code] = alert
+            log.log(
+                logging.INFO if event.severity.value == "INFO" else logging.WARNING,
+                "alert %d %s: %s",
+                alert.alert_id,
+                event.code,
+                event.text,
+            )
+            self.publisher.publish(ALERT_TOPIC, alert, t_pub_ns=now_ns)
+            self.server.broadcast(alert, now_ns)
+
+    def refresh_standing(self) -> None:
+        self.server.standing = [
+            self.last_by_code[code]
+            for code in self.machine.standing_codes()
+            if code in self.last_by_code
+        ]
+
+
+def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
+    try:
+        case = load_case(cfg.case or SHIPPED_PHANTOM_DIR)
+        T_display_from_headset = load_display_calibration(cfg.display_calibration)
+        t0 = time.perf_counter()
+        assets = build_assets(case, triangle_budget=cfg.triangle_budget)
+    except (CaseError, CalibrationFileError, ValueError) as error:
+        log.error("%s: %s", spec.name, error)
+        return 2
+    log.info(
+        "case %r: %d assets, %d bytes, built in %.0f ms",
+        case.name,
+        len(assets.infos),
+        assets.total_bytes,
+        (time.perf_counter() - t0) * 1e3,
+    )
+    session_id = secrets.token_hex(16)
+    version = scene_version(assets)
+    period_ns = int(1e9 / cfg.min_update_hz)
+    with NodeRuntime(spec, stop) as runtime:
+        pub = runtime.pub
+        if pub is None:
+            raise ValueError(f"node {spec.name!r}: the render node needs a pub endpoint")
+        counters = runtime.counters
+        server = HeadsetServer(
+            cfg,
+            session=session_id,
+            scene_endpoint=cfg.scene_endpoint or pub.endpoint,
+            scene_version=version,
+            assets=assets,
+            counters=counters,
+            publish=pub,
+        )
+        scene = SceneState(
+            session=session_id,
+            scene_version=version,
+            structure_names=assets.names,
+            T_display_from_headset=T_display_from_headset,
+            limits=cfg.limits(),
+        )
+        alerts = _Alerts(session_id, pub, server, counters)
+        latest = bus.LatestSubscriber(
+            spec.subscribe_endpoints, (cfg.tracker_topic, NAV_STATE_TOPIC)
+        )
+        registrations = bus.QueueSubscriber(spec.subscribe_endpoints, (REGISTRATION_TOPIC,))
+        runtime.watch(latest.counters)
+        runtime.watch(registrations.counters)
+        poller = zmq.Poller()
+        for sock in (latest.fileno_socket(), registrations.fileno_socket(), server.sock):
+            poller.register(sock, zmq.POLLIN)
+        counters["sessions"] = 0
+        runtime.ready()
+        log.info("headset sessions at %s, session %s", server.endpoint, session_id)
+
+        last_pub_ns = 0
+        last_overlay: OverlayState | None = None
+        last_latency_t_ns = 0
+        nav_seen = False
+
+        def publish_scene(now_ns: int) -> SceneUpdate:
+            nonlocal last_pub_ns, last_overlay
+            update = scene.update(now_ns)
+            pub.publish(SCENE_TOPIC, update, t_pub_ns=now_ns)
+            counters[f"updates_{update.overlay.value}"] += 1
+            server.latest_update = update
+            last_pub_ns = now_ns
+            if update.overlay is not last_overlay:
+                level = logging.INFO if update.overlay is OverlayState.CURRENT else logging.WARNING
+                log.log(
+                    level,
+                    "overlay %s -> %s (status %s, headset %s, age %.0f ms)",
+                    last_overlay and last_overlay.value,
+                    update.overlay.value,
+                    update.status.value,
+                    "OK" if update.headset_ok else "lost",
+                    update.age_ms,
+                )
+                last_overlay = update.overlay
+            if nav_seen:  # no alerts about a nav node that has not spoken yet
+                alerts.raise_events(alerts.machine.on_scene(update, now_ns), now_ns)
+                alerts.refresh_standing()
+            return update
+
+        try:
+            while not stop.is_set():
+                now_ns = time.monotonic_ns()
+                due_ns = last_pub_ns + period_ns
+                for t in scene.transition_times_ns():
+                    if t + 1 > last_pub_ns:
+                        due_ns = min(due_ns, t + 1)
+                resend_ns = server.next_due_ns()
+                if resend_ns is not None:
+                    due_ns = min(due_ns, resend_ns)
+                wait_s = min(POLL_TIMEOUT_S, max(0.0, (due_ns - now_ns) / 1e9))
+                ready = dict(poller.poll(math.ceil(wait_s * 1000)))
+
+                if registrations.fileno_socket() in ready:
+                    for received in registrations.poll(0):
+                        if isinstance(received.message, RegistrationResult):
+                            events = alerts.machine.on_registration(received.message)
+                            alerts.raise_events(events, time.monotonic_ns())
+
+                published = False
+                if latest.fileno_socket() in ready:
+                    navs: list[NavState] = []
+                    for received in latest.poll(0):
+                        message = received.message
+                        if isinstance(message, TrackerFrame):
+                            sample = headset_sample(message, cfg.headset_tool)
+                            old = scene.headset
+                            if sample is not None and (
+                                old is None or sample.t_sensor_ns > old.t_sensor_ns
+                            ):
+                                scene.on_headset(sample)
+                        elif isinstance(message, NavState):
+                            navs.append(message)
+                    for nav in navs:  # one per poll (latest-wins), after the headset pose
+                        nav_seen = True
+                        scene.on_nav(nav)
+                        t_pub = time.monotonic_ns()
+                        update = publish_scene(t_pub)
+                        published = True
+                        if nav.t_sensor_ns > last_latency_t_ns and update.t_sensor_ns > 0:
+                            last_latency_t_ns = nav.t_sensor_ns
+                            runtime.latency.add(t_pub - update.t_sensor_ns)
+
+                if server.sock in ready:
+                    server.serve()
+
+                now_ns = time.monotonic_ns()
+                if not published and now_ns >= due_ns:
+                    publish_scene(now_ns)
+                server.tick(now_ns)
+                runtime.service()
+        finally:
+            latest.close()
+            registrations.close()
+            server.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return node_main(argv, run=run, description=__doc__ or "")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

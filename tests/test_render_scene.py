@@ -1,0 +1,402 @@
+"""The headset scene: poses in the display frame, the overlay rule, debounced alerts."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nav.messages import (
+    AlertSeverity,
+    NavState,
+    NavStatus,
+    OverlayState,
+    RegistrationResult,
+    SceneUpdate,
+    ToolStatus,
+    TrackerFrame,
+    decode,
+    encode,
+)
+from nav.transforms import axis_angle_to_matrix, invert_rigid, make_rigid
+from render.render_node import load_display_calibration
+from render.scene import (
+    AlertMachine,
+    HeadsetSample,
+    OverlayLimits,
+    SceneState,
+    headset_sample,
+    overlay_state,
+)
+
+SESSION = "0123456789abcdef0123456789abcdef"
+MS = 1_000_000
+T0 = 10_000 * MS  # a sensor time well after the clock's origin
+STRUCTURES = ("liver", "tumor", "portal_vein")
+SIM_DISPLAY = load_display_calibration("")  # the shipped simulated headset's calibration
+
+
+def rigid(axis: tuple[float, float, float], angle_deg: float, t: tuple[float, ...]) -> np.ndarray:
+    return make_rigid(axis_angle_to_matrix(list(axis), math.radians(angle_deg)), list(t))
+
+
+def nav(
+    status: NavStatus = NavStatus.OK,
+    *,
+    t_sensor_ns: int = T0,
+    T_tracker_from_image: np.ndarray | None = None,
+    p_tip_image: tuple[float, float, float] = (10.0, 20.0, 30.0),
+    registration_id: int = 7,
+    needs_verification: bool = False,
+) -> NavState:
+    ok = status is NavStatus.OK
+    return NavState(
+        t_sensor_ns=t_sensor_ns,
+        frame_number=t_sensor_ns // MS,
+        status=status,
+        needs_verification=needs_verification,
+        registration_id=registration_id if status is not NavStatus.UNREGISTERED else 0,
+        T_tracker_from_image=(
+            T_tracker_from_image
+            if ok and T_tracker_from_image is not None
+            else (rigid((0, 0, 1), 20, (100, -50, 1200)) if ok else np.eye(4))
+        ),
+        pointer_status=ToolStatus.OK,
+        p_tip_image=np.array(p_tip_image if ok else (np.nan,) * 3),
+        target_names=("t1", "t2"),
+        target_distances_mm=np.array([5.0, 9.0]) if ok else np.full(2, np.nan),
+        critical_names=("portal_vein",),
+        critical_distances_mm=np.array([3.0]) if ok else np.full(1, np.nan),
+        predicted_tre_mm=0.4,
+    )
+
+
+def headset(
+    t_sensor_ns: int = T0, status: ToolStatus = ToolStatus.OK, T: np.ndarray | None = None
+) -> HeadsetSample:
+    T_default = rigid((1, 0, 0), -30, (0, 300, 400))
+    return HeadsetSample(T_default if T is None else T, status, t_sensor_ns)
+
+
+def state(T_display_from_headset: np.ndarray | None = None) -> SceneState:
+    return SceneState(
+        session=SESSION,
+        scene_version=5,
+        structure_names=STRUCTURES,
+        T_display_from_headset=(
+            load_display_calibration("")
+            if T_display_from_headset is None
+            else T_display_from_headset
+        ),
+    )
+
+
+def roundtrip(update: SceneUpdate) -> SceneUpdate:
+    message = decode(encode(update, seq=0, t_pub_ns=1)).message
+    assert isinstance(message, SceneUpdate)
+    return message
+
+
+# --- the chain ---------------------------------------------------------------------------
+
+
+def test_structure_pose_is_the_composed_chain_in_closed_form() -> None:
+    # Headset marker 1 m in front of the tracker, turned 180 deg about y; display = marker
+    # shifted 50 mm; model 100 mm right of the tracker origin: the model ends up 900 mm
+    # ahead of the display, mirrored in x, shifted by the display offset.
+    T_tracker_from_headset = rigid((0, 1, 0), 180, (0, 0, 1000))
+    T_display_from_headset = rigid((0, 0, 1), 0, (0, 50, 0))
+    T_tracker_from_image = rigid((0, 0, 1), 0, (100, 0, 0))
+    s = state(T_display_from_headset)
+    s.on_headset(headset(T=T_tracker_from_headset))
+    s.on_nav(nav(T_tracker_from_image=T_tracker_from_image, p_tip_image=(0.0, 0.0, 0.0)))
+    update = roundtrip(s.update(T0 + 5 * MS))
+    expected = np.eye(4)
+    expected[:3, :3] = np.diag([-1.0, 1.0, -1.0])
+    expected[:3, 3] = [-100.0, 50.0, 1000.0]
+    assert update.overlay is OverlayState.CURRENT and update.status is NavStatus.OK
+    assert update.structure_names == STRUCTURES
+    for T in update.T_display_from_structures:
+        np.testing.assert_allclose(T, expected, atol=1e-9)
+    np.testing.assert_allclose(update.p_tip_display, [-100.0, 50.0, 1000.0], atol=1e-9)
+    assert update.age_ms == pytest.approx(5.0)
+    assert update.t_sensor_ns == T0 and update.frame_number == T0 // MS
+    np.testing.assert_array_equal(update.target_distances_mm, [5.0, 9.0])
+    assert update.session == SESSION and update.scene_version == 5
+
+
+def _rigid_strategy() -> st.SearchStrategy[np.ndarray]:
+    unit = st.floats(-1.0, 1.0, allow_nan=False)
+    return st.builds(
+        lambda ax, ay, az, angle, tx, ty, tz: make_rigid(
+            axis_angle_to_matrix(
+                [ax, ay, az] if abs(ax) + abs(ay) + abs(az) > 1e-3 else [0, 0, 1], angle
+            ),
+            [tx, ty, tz],
+        ),
+        unit,
+        unit,
+        unit,
+        st.floats(-math.pi, math.pi),
+        *(st.floats(-2000.0, 2000.0),) * 3,
+    )
+
+
+@given(
+    T_display_from_headset=_rigid_strategy(),
+    T_tracker_from_headset=_rigid_strategy(),
+    T_tracker_from_image=_rigid_strategy(),
+    p_image=st.tuples(*(st.floats(-300.0, 300.0),) * 3),
+)
+def test_a_point_of_the_model_lands_where_the_chain_puts_it(
+    T_display_from_headset: np.ndarray,
+    T_tracker_from_headset: np.ndarray,
+    T_tracker_from_image: np.ndarray,
+    p_image: tuple[float, float, float],
+) -> None:
+    s = state(T_display_from_headset)
+    s.on_headset(headset(T=T_tracker_from_headset))
+    s.on_nav(nav(T_tracker_from_image=T_tracker_from_image, p_tip_image=p_image))
+    update = roundtrip(s.update(T0))
+    # Differential: a general inverse rather than the rigid one the module uses.
+    T = T_display_from_headset @ np.linalg.inv(T_tracker_from_headset) @ T_tracker_from_image
+    p = np.append(p_image, 1.0)
+    for T_structure in update.T_display_from_structures:
+        np.testing.assert_allclose(T_structure @ p, T @ p, atol=1e-6)
+    np.testing.assert_allclose(update.p_tip_display, (T @ p)[:3], atol=1e-6)
+    # And back: display -> headset -> tracker recovers the model's tracker position.
+    p_display = np.append(update.p_tip_display, 1.0)
+    back = T_tracker_from_headset @ invert_rigid(T_display_from_headset) @ p_display
+    np.testing.assert_allclose(back, T_tracker_from_image @ p, atol=1e-6)
+
+
+def test_headset_sample_is_taken_from_the_tracker_frame() -> None:
+    T = rigid((0, 0, 1), 10, (1, 2, 3))
+    frame = TrackerFrame(
+        tracker="sim",
+        t_sensor_ns=T0,
+        frame_number=3,
+        tools=("pointer", "headset"),
+        T_tracker_from_tools=np.stack([np.eye(4), T]),
+        statuses=(ToolStatus.OK, ToolStatus.OUT_OF_VIEW),
+        fit_errors_mm=np.array([0.1, np.nan]),
+    )
+    sample = headset_sample(frame, "headset")
+    assert sample is not None and sample.status is ToolStatus.OUT_OF_VIEW
+    np.testing.assert_array_equal(sample.T_tracker_from_headset, T)
+    assert sample.t_sensor_ns == T0
+    assert headset_sample(frame, "other") is None
+
+
+# --- the overlay rule --------------------------------------------------------------------
+
+LIMITS = OverlayLimits()
+
+
+@pytest.mark.parametrize(
+    ("status", "headset_ok", "has_pose", "age_ms", "expected"),
+    [
+        (NavStatus.OK, True, True, 0.0, OverlayState.CURRENT),
+        (NavStatus.OK, True, True, 100.0, OverlayState.CURRENT),  # at the limit: still current
+        (NavStatus.OK, True, True, 100.000001, OverlayState.STALE),
+        (NavStatus.OK, True, True, 300.0, OverlayState.STALE),
+        (NavStatus.OK, True, True, 300.000001, OverlayState.HIDDEN),
+        (NavStatus.STALE, True, True, 50.0, OverlayState.STALE),  # nav says stale: never current
+        (NavStatus.STALE, True, True, 300.000001, OverlayState.HIDDEN),
+        (NavStatus.STALE, True, False, 50.0, OverlayState.HIDDEN),  # nothing OK to draw
+        (NavStatus.REFERENCE_LOST, True, True, 0.0, OverlayState.HIDDEN),
+        (NavStatus.UNREGISTERED, True, True, 0.0, OverlayState.HIDDEN),
+        (NavStatus.OK, False, True, 0.0, OverlayState.HIDDEN),  # headset lost
+        (NavStatus.STALE, False, True, 150.0, OverlayState.HIDDEN),
+    ],
+)
+def test_overlay_rule_table(
+    status: NavStatus, headset_ok: bool, has_pose: bool, age_ms: float, expected: OverlayState
+) -> None:
+    age_ns = round(age_ms * MS)
+    got = overlay_state(
+        status, headset_ok=headset_ok, has_pose=has_pose, age_ns=age_ns, limits=LIMITS
+    )
+    assert got is expected
+
+
+def test_limits_must_be_ordered() -> None:
+    with pytest.raises(ValueError, match="stale_after"):
+        OverlayLimits(stale_after_ns=300 * MS, hide_after_ns=100 * MS)
+
+
+def test_a_silent_nav_node_turns_the_overlay_stale_then_hidden_by_age_alone() -> None:
+    s = state()
+    s.on_headset(headset())
+    s.on_nav(nav())
+    assert s.update(T0 + 100 * MS).overlay is OverlayState.CURRENT
+    stale = roundtrip(s.update(T0 + 100 * MS + 1))
+    assert stale.overlay is OverlayState.STALE
+    assert stale.status is NavStatus.STALE  # OK from nav, but too old: stale as seen here
+    assert np.isfinite(stale.T_display_from_structures).all()
+    hidden = roundtrip(s.update(T0 + 300 * MS + 1))
+    assert hidden.overlay is OverlayState.HIDDEN
+    np.testing.assert_array_equal(hidden.T_display_from_structures, np.stack([np.eye(4)] * 3))
+    assert np.isnan(hidden.p_tip_display).all() and np.isnan(hidden.target_distances_mm).all()
+    assert s.transition_times_ns() == (T0 + 100 * MS, T0 + 300 * MS)
+
+
+def test_nav_stale_draws_the_last_ok_pose_of_the_same_registration_only() -> None:
+    s = state()
+    s.on_headset(headset())
+    s.on_nav(nav(t_sensor_ns=T0))
+    current = s.update(T0)
+    s.on_nav(nav(NavStatus.STALE, t_sensor_ns=T0))  # nav's stale state carries identity
+    stale = roundtrip(s.update(T0 + 120 * MS))
+    assert stale.overlay is OverlayState.STALE
+    np.testing.assert_array_equal(
+        stale.T_display_from_structures, current.T_display_from_structures
+    )
+    # A different registration's STALE must not bring back the old pose.
+    s.on_nav(nav(NavStatus.STALE, t_sensor_ns=T0, registration_id=8))
+    assert s.update(T0 + 120 * MS).overlay is OverlayState.HIDDEN
+
+
+def test_reference_lost_forgets_the_last_pose_so_it_never_comes_back_as_stale() -> None:
+    s = state()
+    s.on_headset(headset())
+    s.on_nav(nav(t_sensor_ns=T0))
+    s.on_nav(nav(NavStatus.REFERENCE_LOST, t_sensor_ns=T0 + 10 * MS))
+    lost = roundtrip(s.update(T0 + 10 * MS))
+    assert (lost.overlay, lost.status) == (OverlayState.HIDDEN, NavStatus.REFERENCE_LOST)
+    s.on_nav(nav(NavStatus.STALE, t_sensor_ns=T0 + 10 * MS))
+    assert s.update(T0 + 20 * MS).overlay is OverlayState.HIDDEN
+
+
+def test_age_counts_from_the_older_of_the_nav_and_headset_samples() -> None:
+    s = state()
+    s.on_headset(headset(t_sensor_ns=T0 - 150 * MS))  # headset from a stalled source
+    s.on_nav(nav(t_sensor_ns=T0))
+    update = s.update(T0)
+    assert update.overlay is OverlayState.STALE and update.age_ms == pytest.approx(150.0)
+    assert update.t_sensor_ns == T0 - 150 * MS
+
+
+def test_headset_lost_hides_and_nothing_at_all_is_hidden_and_still_encodes() -> None:
+    s = state()
+    empty = roundtrip(s.update(T0))
+    assert empty.overlay is OverlayState.HIDDEN and empty.headset_ok is False
+    s.on_nav(nav())
+    s.on_headset(headset(status=ToolStatus.OUT_OF_VIEW))
+    lost = roundtrip(s.update(T0))
+    assert (lost.overlay, lost.headset_ok, lost.status) == (
+        OverlayState.HIDDEN,
+        False,
+        NavStatus.OK,
+    )
+
+
+# --- alerts ------------------------------------------------------------------------------
+
+
+def _update(
+    overlay: OverlayState,
+    status: NavStatus = NavStatus.OK,
+    *,
+    headset_ok: bool = True,
+    needs_verification: bool = False,
+    registration_id: int = 7,
+) -> SceneUpdate:
+    s = state()
+    s.on_headset(headset(status=ToolStatus.OK if headset_ok else ToolStatus.MISSING))
+    n = nav(status, registration_id=registration_id, needs_verification=needs_verification)
+    s.on_nav(n)
+    age = {OverlayState.CURRENT: 0, OverlayState.STALE: 200 * MS, OverlayState.HIDDEN: 400 * MS}
+    update = s.update(T0 + (age[overlay] if status is NavStatus.OK and headset_ok else 0))
+    if status is NavStatus.OK and headset_ok:
+        assert update.overlay is overlay
+    return update
+
+
+def test_a_flapping_reference_raises_one_alert_not_hundreds() -> None:
+    machine = AlertMachine()
+    ok = _update(OverlayState.CURRENT)
+    lost = _update(OverlayState.HIDDEN, NavStatus.REFERENCE_LOST)
+    codes: list[str] = []
+    t = T0
+    for i in range(400):  # 20 s of a marker flapping at 10 Hz, one update per 25 ms
+        t += 25 * MS
+        codes += [e.code for e in machine.on_scene(lost if (i // 2) % 2 else ok, t)]
+    # One alert, then one reminder per repeat_after (10 s): never RECOVERED mid-flap.
+    assert codes[0] == "REFERENCE_LOST"
+    assert codes.count("REFERENCE_LOST") <= 2 and "RECOVERED" not in codes
+    for _ in range(40):  # steady for a second: the episode closes, once
+        t += 25 * MS
+        codes += [e.code for e in machine.on_scene(ok, t)]
+    assert codes[-1] == "RECOVERED" and codes.count("RECOVERED") == 1
+
+
+def test_stale_then_hidden_then_recovered_each_raise_once_with_severity() -> None:
+    machine = AlertMachine()
+    t = T0
+    events = []
+    for overlay, n in (
+        (OverlayState.CURRENT, 5),
+        (OverlayState.STALE, 5),
+        (OverlayState.HIDDEN, 5),
+    ):
+        for _ in range(n):
+            t += 30 * MS
+            events += machine.on_scene(_update(overlay), t)
+    assert [(e.code, e.severity) for e in events] == [
+        ("STALE", AlertSeverity.WARNING),
+        ("HIDDEN", AlertSeverity.CRITICAL),
+    ]
+    assert machine.standing_codes() == ("HIDDEN",)
+    recovered = []
+    for _ in range(30):
+        t += 30 * MS
+        recovered += machine.on_scene(_update(OverlayState.CURRENT), t)
+    assert [e.code for e in recovered] == ["RECOVERED"]
+    assert machine.standing_codes() == ()
+
+
+def test_headset_lost_and_unregistered_are_their_own_codes() -> None:
+    machine = AlertMachine()
+    first = machine.on_scene(_update(OverlayState.HIDDEN, NavStatus.UNREGISTERED), T0)
+    second = machine.on_scene(_update(OverlayState.CURRENT, headset_ok=False), T0 + MS)
+    assert [e.code for e in first + second] == ["UNREGISTERED", "HEADSET_LOST"]
+
+
+def _registration(state_: str, registration_id: int, needs: bool = False) -> RegistrationResult:
+    return RegistrationResult(
+        registration_id=registration_id,
+        state=state_,
+        method="points",
+        needs_verification=needs,
+        T_reference_from_image=np.eye(4),
+        fre_mm=0.123,
+        fiducial_errors_mm=np.array([0.1]),
+        target_names=(),
+        predicted_tre_mm=np.zeros(0),
+        true_tre_mm=np.zeros(0),
+    )
+
+
+def test_registration_events_alert_once_though_the_nav_node_republishes_them() -> None:
+    machine = AlertMachine()
+    events = []
+    for _ in range(3):  # nav republishes the active registration every second
+        events += machine.on_registration(_registration("proposed", 1))
+        events += machine.on_registration(_registration("accepted", 1))
+    assert [(e.code, e.text) for e in events] == [
+        ("REGISTRATION_ACCEPTED", "Registration accepted: FRE 0.12 mm")
+    ]
+    restored = machine.on_registration(_registration("restored", 2, needs=True))
+    restored += machine.on_registration(_registration("restored", 2, needs=True))
+    # The same fact seen on nav/state does not raise it again.
+    restored += machine.on_scene(
+        _update(OverlayState.CURRENT, needs_verification=True, registration_id=2), T0
+    )
+    assert [e.code for e in restored] == ["NEEDS_VERIFICATION"]
+    assert "NEEDS_VERIFICATION" in machine.standing_codes()
+    machine.on_scene(_update(OverlayState.CURRENT, registration_id=2), T0 + MS)
+    assert "NEEDS_VERIFICATION" not in machine.standing_codes()
