@@ -20,6 +20,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/calibration.py
 	OPENBLAS_NUM_THREADS=1 $(BIN)/python bench/aruco.py
 	$(BIN)/python bench/igtl.py
+	$(BIN)/python bench/headset.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -242,6 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     from nav.convert import add_convert_parser  # here for the same reason
 
     add_convert_parser(commands)
+
+    from render.headset_cli import add_headset_parser  # here for the same reason
+
+    add_headset_parser(commands)
     return parser
 
 

@@ -525,3 +525,45 @@ def test_invalid_sample_arguments_raise_value_error() -> None:
         PointerScript().tip_in_reference(0.0)
     with pytest.raises(ValueError):
         PointerScript(lift_mm=-1.0)
+
+
+# --- forced occlusions (the node's tool.occlude command) -----------------------------
+
+
+def test_a_forced_occlusion_hides_only_that_tool_for_exactly_its_interval() -> None:
+    base = SimulatedTracker(SimConfig(dropout_rate_hz=0.0), _script())
+    tracker = base.with_occlusion("reference", start_s=2.0, duration_s=0.5)
+    assert base.forced_occlusions == ()  # immutable: the original is unchanged
+    for t_s, hidden in ((1.999, False), (2.0, True), (2.3, True), (2.4999, True), (2.5, False)):
+        frame = tracker.sample(t_s, frame_number=1, t_sensor_ns=0)
+        statuses = dict(zip(frame.tools, frame.statuses, strict=True))
+        assert (statuses["reference"] is ToolStatus.OUT_OF_VIEW) == hidden, t_s
+        assert statuses["pointer"] is ToolStatus.OK and statuses["headset"] is ToolStatus.OK
+        if hidden:
+            assert np.array_equal(frame.pose("reference").T_tracker_from_tool, np.eye(4))
+    assert tracker.occlusion_intervals("reference", t_start_s=0.0, t_end_s=10.0) == ((2.0, 2.5),)
+    assert tracker.occlusion_intervals("pointer", t_start_s=0.0, t_end_s=10.0) == ()
+    # The script and the rest of the model are the same; only the status differs.
+    a = base.sample(3.0, frame_number=7, t_sensor_ns=0)
+    b = tracker.sample(3.0, frame_number=7, t_sensor_ns=0)
+    assert _same_frames(a, b)
+
+
+def test_forced_occlusions_merge_with_the_random_schedule() -> None:
+    tracker = SimulatedTracker(SimConfig(dropout_rate_hz=0.5, dropout_duration_s=0.4))
+    random_only = tracker.occlusion_intervals("headset", t_start_s=0.0, t_end_s=60.0)
+    start, _ = random_only[0]
+    forced = tracker.with_occlusion("headset", start_s=start + 0.2, duration_s=1.0)
+    merged = forced.occlusion_intervals("headset", t_start_s=0.0, t_end_s=60.0)
+    assert merged[0] == pytest.approx((start, start + 1.2)) or merged[0][1] > start + 1.2
+    assert len(merged) <= len(random_only)
+
+
+def test_a_forced_occlusion_of_an_unknown_tool_or_a_bad_interval_is_refused() -> None:
+    tracker = SimulatedTracker(SimConfig())
+    with pytest.raises(ValueError, match="unknown tool"):
+        tracker.with_occlusion("nope", start_s=0.0, duration_s=1.0)
+    with pytest.raises(ValueError, match="duration_s"):
+        tracker.with_occlusion("reference", start_s=0.0, duration_s=-1.0)
+    with pytest.raises(ValueError, match="interval"):
+        SimulatedTracker(SimConfig(), forced_occlusions=[("reference", 2.0, 1.0)])

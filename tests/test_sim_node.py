@@ -113,3 +113,32 @@ def test_heartbeat_counts_ok_samples_per_tool(
     for tool in ("pointer", "reference", "headset"):
         assert 150 < last.rates_hz[f"tool/{tool}"] <= 260
     assert node.terminate() == 0
+
+
+def test_tool_occlude_command_puts_the_reference_out_of_view_for_its_duration(
+    ipc_dir: Path, node_processes: list[NodeProcess]
+) -> None:
+    node = start_node(_spec(ipc_dir, dropout_rate_hz=0.0))
+    node_processes.append(node)
+    client = bus.CommandClient(node.spec.control or "")
+    sub = bus.QueueSubscriber([node.spec.pub or ""], ["pose/sim"])
+    try:
+        _frames(sub, 5)  # subscribed and flowing
+        bad = client.call("tool.occlude", tool="nope", duration_s=1.0)
+        assert not bad.ok and "tool" in bad.error
+        reply = client.call("tool.occlude", tool="reference", duration_s=0.3)
+        assert reply.ok, reply.error
+        frames = [r.message for r in _frames(sub, 250)]  # 1 s at 250 Hz
+    finally:
+        client.close()
+        sub.close()
+    reference = [f.pose("reference").status for f in frames]  # type: ignore[union-attr]
+    pointer = [f.pose("pointer").status for f in frames]  # type: ignore[union-attr]
+    out = [s is ToolStatus.OUT_OF_VIEW for s in reference]
+    # One contiguous run of about 0.3 s (75 samples), then the reference is back.
+    first, last = out.index(True), len(out) - 1 - out[::-1].index(True)
+    assert all(out[first : last + 1])
+    assert 60 <= last - first + 1 <= 90
+    assert not out[-1]
+    assert all(s is ToolStatus.OK for s in pointer)
+    assert node.terminate() == 0

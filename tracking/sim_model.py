@@ -40,6 +40,9 @@ Occlusions: each tool has its own Poisson process of events (mean rate
 ``dropout_rate_hz``), each lasting ``dropout_duration_s``. The events in each 10 s window
 of time are drawn from a generator seeded with ``(seed, tool index, window)``, so the
 schedule is a pure function of seed and time: it does not depend on the sample rate.
+On top of them, ``forced_occlusions`` (tool, start_s, end_s) intervals, given to the
+tracker (the node's ``tool.occlude`` command), make a tool OUT_OF_VIEW on demand: tests
+and demos occlude the reference exactly when they need to.
 """
 
 from __future__ import annotations
@@ -655,7 +658,11 @@ class SimulatedTracker:
     """Samples ``TrackerFrame``s of the simulated tracker; see the module docstring.
 
     ``script`` drives the pointer from sim time ``script_start_s`` until the script
-    ends; before and after, the pointer lies at its rest pose. Immutable once built.
+    ends; before and after, the pointer lies at its rest pose. ``forced_occlusions``:
+    ``(tool, start_s, end_s)`` intervals [start, end) of sim time in which the tool is
+    OUT_OF_VIEW whatever the random schedule says (OUT_OF_VOLUME still wins). Immutable
+    once built; ``with_occlusion`` returns a new tracker with one more interval.
+    Raises ValueError for an unknown tool or an interval that is not finite and ordered.
     """
 
     def __init__(
@@ -664,6 +671,7 @@ class SimulatedTracker:
         script: PointerScript | None = None,
         *,
         script_start_s: float = 0.0,
+        forced_occlusions: Sequence[tuple[str, float, float]] = (),
     ) -> None:
         if not math.isfinite(script_start_s):
             raise ValueError(f"script_start_s must be finite, got {script_start_s!r}")
@@ -674,6 +682,18 @@ class SimulatedTracker:
             f"tool{i}" for i in range(1, cfg.extra_tools + 1)
         )
         self._index = {tool: i for i, tool in enumerate(self.tools)}
+        forced: list[tuple[str, float, float]] = []
+        for tool, start_s, end_s in forced_occlusions:
+            if tool not in self._index:
+                raise ValueError(f"unknown tool {tool!r}; this tracker has {list(self.tools)}")
+            if not (math.isfinite(start_s) and math.isfinite(end_s) and start_s <= end_s):
+                raise ValueError(f"occlusion of {tool!r}: [{start_s}, {end_s}) is not an interval")
+            forced.append((tool, float(start_s), float(end_s)))
+        self.forced_occlusions: tuple[tuple[str, float, float], ...] = tuple(forced)
+        self._forced_by_index: dict[int, tuple[tuple[float, float], ...]] = {
+            self._index[tool]: tuple((s, e) for t, s, e in forced if t == tool)
+            for tool in {t for t, _, _ in forced}
+        }
         self._T_reference_base = np.array(cfg.T_tracker_from_reference_base)
         self._T_headset_base = np.array(cfg.T_tracker_from_headset_base)
         self._T_pointer_rest = np.array(cfg.T_tracker_from_pointer_rest)
@@ -693,6 +713,20 @@ class SimulatedTracker:
             self._T_extras[i] = make_rigid(np.eye(3), p)
         self._sigma_t_mm = cfg.noise_mm_rms / math.sqrt(3.0)
         self._sigma_r_rad = math.radians(cfg.noise_deg_rms) / math.sqrt(3.0)
+
+    def with_occlusion(self, tool: str, *, start_s: float, duration_s: float) -> SimulatedTracker:
+        """This tracker with ``tool`` forced OUT_OF_VIEW for [start_s, start_s + duration_s)."""
+        if not (math.isfinite(duration_s) and duration_s >= 0.0):
+            raise ValueError(f"duration_s must be finite and >= 0, got {duration_s!r}")
+        return SimulatedTracker(
+            self.cfg,
+            self.script,
+            script_start_s=self.script_start_s,
+            forced_occlusions=(*self.forced_occlusions, (tool, start_s, start_s + duration_s)),
+        )
+
+    def _forced(self, tool_index: int, t_s: float) -> bool:
+        return any(s <= t_s < e for s, e in self._forced_by_index.get(tool_index, ()))
 
     # --- ground truth ---------------------------------------------------------------
 
@@ -776,7 +810,7 @@ class SimulatedTracker:
             ToolStatus.OUT_OF_VOLUME
             if not inside[i]
             else ToolStatus.OUT_OF_VIEW
-            if _occluded(cfg, i, t_s)
+            if self._forced(i, t_s) or _occluded(cfg, i, t_s)
             else ToolStatus.OK
             for i in range(len(self.tools))
         ]
@@ -794,9 +828,14 @@ class SimulatedTracker:
         Sorted, disjoint ``(start, end)`` pairs; OUT_OF_VOLUME is not counted here.
         """
         i = self._index[tool]
+        events = [
+            (s, s + self.cfg.dropout_duration_s)
+            for s in _event_starts(self.cfg, i, t_start_s=t_start_s, t_end_s=t_end_s)
+        ]
+        events += [(s, e) for s, e in self._forced_by_index.get(i, ()) if e > t_start_s]
         merged: list[list[float]] = []
-        for s in sorted(_event_starts(self.cfg, i, t_start_s=t_start_s, t_end_s=t_end_s)):
-            lo, hi = max(s, t_start_s), min(s + self.cfg.dropout_duration_s, t_end_s)
+        for s, e in sorted(events):
+            lo, hi = max(s, t_start_s), min(e, t_end_s)
             if merged and lo <= merged[-1][1]:
                 merged[-1][1] = max(merged[-1][1], hi)
             else:

@@ -9,6 +9,8 @@ Subscribes: nothing.
 Control: ``pointer.touch`` {points: [[x, y, z], ...] (mm, reference frame), dwell_s,
 travel_s}, ``pointer.trace`` {polyline: [[x, y, z], ...], speed_mm_s, travel_s},
 ``pointer.rest`` {}; each replies with the script's start and duration in sim seconds.
+``tool.occlude`` {tool, duration_s}: that tool is OUT_OF_VIEW from the next sample for
+``duration_s`` (tests and demos lose the reference on cue); replies with the interval.
 
 Samples are scheduled on the monotonic clock at ``t0 + k / rate_hz``; ``t_sensor_ns`` is
 the clock read when the sample is taken, not the schedule, so latency figures are honest.
@@ -35,6 +37,7 @@ from tracking.sim_model import PointerScript, SimConfig, SimulatedTracker
 MIN_RATE_HZ = 30.0
 MAX_RATE_HZ = 1000.0
 MAX_LAG_PERIODS = 5
+MAX_OCCLUDE_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -89,15 +92,25 @@ def _float_arg(args: Mapping[str, JsonValue], key: str, default: float) -> float
 
 
 class _PointerControl:
-    """Swaps the tracker's pointer script on command (the model itself is immutable)."""
+    """Swaps the tracker's pointer script and forced occlusions on command (the model
+    itself is immutable: each command builds a new one)."""
 
     def __init__(self, sim_cfg: SimConfig) -> None:
         self.sim_cfg = sim_cfg
         self.tracker = SimulatedTracker(sim_cfg)
         self.now_s = 0.0  # sim time of the latest sample; a new script starts here
 
+    def _live_occlusions(self) -> tuple[tuple[str, float, float], ...]:
+        # Intervals that are over can never matter again; dropping them keeps this bounded.
+        return tuple(o for o in self.tracker.forced_occlusions if o[2] > self.now_s)
+
     def _start(self, script: PointerScript) -> Reply:
-        self.tracker = SimulatedTracker(self.sim_cfg, script, script_start_s=self.now_s)
+        self.tracker = SimulatedTracker(
+            self.sim_cfg,
+            script,
+            script_start_s=self.now_s,
+            forced_occlusions=self._live_occlusions(),
+        )
         return Reply(ok=True, result={"start_s": self.now_s, "duration_s": script.duration_s})
 
     def touch(self, command: Command) -> Reply:
@@ -119,8 +132,28 @@ class _PointerControl:
         return self._start(script)
 
     def rest(self, _command: Command) -> Reply:
-        self.tracker = SimulatedTracker(self.sim_cfg)
+        self.tracker = SimulatedTracker(self.sim_cfg, forced_occlusions=self._live_occlusions())
         return Reply(ok=True, result={"start_s": self.now_s, "duration_s": 0.0})
+
+    def occlude(self, command: Command) -> Reply:
+        tool = command.args.get("tool")
+        if not isinstance(tool, str) or tool not in self.tracker.tools:
+            raise ValueError(f"'tool' must be one of {list(self.tracker.tools)}, got {tool!r}")
+        duration_s = _float_arg(command.args, "duration_s", 1.0)
+        if not 0.0 < duration_s <= MAX_OCCLUDE_S:
+            raise ValueError(f"'duration_s' must be in (0, {MAX_OCCLUDE_S:g}], got {duration_s}")
+        # From the next sample on: now_s is the sim time of the one already published.
+        start_s = self.now_s + 1e-9
+        current = self.tracker
+        self.tracker = SimulatedTracker(
+            self.sim_cfg,
+            current.script,
+            script_start_s=current.script_start_s,
+            forced_occlusions=self._live_occlusions(),
+        ).with_occlusion(tool, start_s=start_s, duration_s=duration_s)
+        return Reply(
+            ok=True, result={"tool": tool, "start_s": start_s, "end_s": start_s + duration_s}
+        )
 
 
 def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
@@ -134,6 +167,7 @@ def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
         runtime.on("pointer.touch", pointer.touch)
         runtime.on("pointer.trace", pointer.trace)
         runtime.on("pointer.rest", pointer.rest)
+        runtime.on("tool.occlude", pointer.occlude)
         runtime.ready()
         t0_ns = time.monotonic_ns()
         frame_number = 0
