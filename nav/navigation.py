@@ -31,6 +31,8 @@ distance are NaN: nothing that cannot be vouched for is handed on as if it were 
 With status OK the tip (and its distances) is NaN only while the pointer is not OK.
 
 Dwell detection (:class:`FiducialCollector`) is documented on :class:`DwellParams`.
+Surface registration (:func:`register_organ_surface`) registers pointer-traced points
+(``nav.surface_collector``) to the case's organ surface (:func:`surface_structure`).
 """
 
 from __future__ import annotations
@@ -47,10 +49,12 @@ import numpy as np
 import numpy.typing as npt
 import open3d as o3d
 
-from nav.case import Case
+from nav.case import Case, Structure
 from nav.frames import REFERENCE
 from nav.messages import NavState, NavStatus, RegistrationResult, ToolStatus, TrackerFrame
+from nav.registration.errors import RegistrationError
 from nav.registration.paired_point import register_paired_points
+from nav.registration.surface import SurfaceConfig, SurfaceResult, register_surface
 from nav.transforms import Mat4, Points, apply, invert_rigid, is_rigid
 
 FloatArray: TypeAlias = npt.NDArray[np.float64]
@@ -175,6 +179,8 @@ class Registration:
     ``true_tre_mm`` (T,, NaN when no ground truth) align with ``target_names``.
     ``needs_verification``: restored from disk and not yet confirmed by the user.
     ``registration_id``: unique per registration (the node uses wall-clock ns).
+    ``method``: "points" (fiducials) or "surface"; for "surface" the "fiducial" fields are
+    the traced points' residuals and their RMS (see :func:`register_organ_surface`).
     """
 
     registration_id: int
@@ -298,6 +304,112 @@ def register_fiducials(
         predicted_tre_mm=np.asarray(predicted, dtype=np.float64),
         true_tre_mm=true_tre_mm(result.T_patient_from_model, truth_T_reference_from_image, targets),
     )
+
+
+MIN_SURFACE_POINTS: Final = 20
+"""Fewest traced points :func:`register_organ_surface` accepts: 4 cm of trace at 2 mm.
+
+Three points fix a rigid transform in principle; a handful on a smooth organ do not (they
+slide along it). The real floor is coverage and curvature, which the predicted error at
+the targets reports; this only refuses a compute pressed before any tracing was done."""
+
+
+def require_surface_points(n_points: int) -> None:
+    """Raise RegistrationError ``too_few_points`` unless ``n_points >= MIN_SURFACE_POINTS``."""
+    if n_points < MIN_SURFACE_POINTS:
+        raise RegistrationError(
+            "too_few_points",
+            f"only {n_points} surface points traced, need at least {MIN_SURFACE_POINTS}: "
+            "trace more of the organ",
+        )
+
+
+def surface_structure(case: Case) -> Structure:
+    """The structure surface registration fits: the case's first with role "organ".
+
+    The organ is the surface the surgeon can reach and trace (the phantom's liver);
+    tumours, vessels and ducts lie inside it. Case order decides between several organs,
+    so a case names its main organ first. ValueError when the case has none.
+    """
+    for structure in case.structures:
+        if structure.role == "organ":
+            return structure
+    raise ValueError(
+        f"case {case.name!r} has no structure with role 'organ' to register a surface to"
+    )
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class SurfaceRegistration:
+    """A proposed surface :class:`Registration` and the fit it came from (``surface``)."""
+
+    registration: Registration
+    surface: SurfaceResult
+
+
+def register_organ_surface(
+    *,
+    model_vertices: npt.ArrayLike,
+    model_triangles: npt.ArrayLike,
+    p_reference_surface: npt.ArrayLike,
+    geometry: CaseGeometry,
+    registration_id: int,
+    T_init: Mat4 | None = None,
+    global_init: bool = False,
+    truth_T_reference_from_image: Mat4 | None = None,
+    config: SurfaceConfig | None = None,
+) -> SurfaceRegistration:
+    """Rigid surface registration of traced points to the organ surface: "proposed".
+
+    ``model_vertices`` (V, 3) image frame mm and ``model_triangles`` (F, 3): the organ
+    (:func:`surface_structure`); ``p_reference_surface`` (N, 3): the traced points,
+    reference frame mm, N >= ``MIN_SURFACE_POINTS``. ``T_init``: a ``T_reference_from_image``
+    to start from (the active registration, usually by fiducials); ``global_init``: search
+    globally too (``nav.registration.surface.register_surface``).
+
+    The registration's fields mean, for method "surface": ``fiducial_errors_mm`` (N,)
+    every point's distance to the registered surface, outliers included, in collection
+    order; ``fre_mm`` the RMS of the inliers' (within the correspondence gate), i.e. the
+    RMS point-to-surface residual; ``fle_mm`` the same figure, the point noise the
+    predicted error is scaled by; ``predicted_tre_mm`` ``SurfaceResult.predicted_error_mm``
+    at the targets (the scatter of the points about the surface, through the patch's
+    geometry); ``true_tre_mm`` against a known truth, NaN without.
+
+    Raises RegistrationError (a ValueError) with its one line: fewer than
+    ``MIN_SURFACE_POINTS`` (``too_few_points``), too little overlap, no convergence, a bad
+    mesh (see ``register_surface``); ValueError when the traced patch leaves the targets
+    unconstrained (a flat or cylindrical patch lets the model slide: predicted error inf).
+    """
+    points = np.asarray(p_reference_surface, dtype=np.float64).reshape(-1, 3)
+    require_surface_points(len(points))
+    result = register_surface(
+        model_vertices,
+        model_triangles,
+        points,
+        T_init=T_init,
+        global_init=global_init,
+        config=config,
+    )
+    targets = geometry.p_image_targets
+    predicted = result.predicted_error_mm(targets) if len(targets) else np.zeros(0)
+    if not np.all(np.isfinite(predicted)):
+        raise ValueError(
+            "the traced surface leaves the registration unconstrained (the model can slide "
+            "along it): trace more of the organ, over its curved parts"
+        )
+    registration = Registration(
+        registration_id=registration_id,
+        state="proposed",
+        method="surface",
+        T_reference_from_image=result.T_patient_from_model,
+        fre_mm=result.rms_residual_mm,
+        fiducial_errors_mm=result.residuals_mm,
+        fle_mm=result.rms_residual_mm,
+        target_names=geometry.target_names,
+        predicted_tre_mm=np.asarray(predicted, dtype=np.float64),
+        true_tre_mm=true_tre_mm(result.T_patient_from_model, truth_T_reference_from_image, targets),
+    )
+    return SurfaceRegistration(registration=registration, surface=result)
 
 
 # --- per tracker sample -----------------------------------------------------------------

@@ -380,7 +380,7 @@ def test_pedal_collection_compute_reject_and_the_errors_an_operator_can_meet(
         ):
             reply = nav_client.call(name)
             assert not reply.ok and error in reply.error, (name, reply.error)
-        assert not nav_client.call("registration.start", method="surface").ok
+        assert not nav_client.call("registration.start", method="deformable").ok
         bad_case = nav_client.call("case.load", path=str(tmp_path / "nowhere"))
         assert not bad_case.ok and "case.toml" in bad_case.error
 
