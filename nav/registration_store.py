@@ -8,7 +8,8 @@ One JSON file (the launch file puts it at ``{run_dir}/registration.json``)::
       "case": "phantom",                      # the case it registers; another case refuses it
       "created_unix_s": 1764080000.123,       # wall clock at accept (for people)
       "registration_id": 1764080000123456789,
-      "method": "points",
+      "method": "points",                     # or "surface": then the "fiducial" errors
+                                              # are the traced points' residuals (thousands)
       "T_reference_from_image": [[r00, r01, r02, tx], ..., [0, 0, 0, 1]],   # mm
       "fre_mm": 0.07,
       "fiducial_errors_mm": [0.05, ...],
