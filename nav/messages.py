@@ -572,7 +572,9 @@ class RegistrationResult:
     ``state``: "proposed" (computed, awaiting accept), "accepted", "rejected", or "restored"
     (reloaded from disk at start; ``needs_verification`` until confirmed).
     ``T_reference_from_image`` (4, 4) maps the case model into the patient reference frame.
-    ``fiducial_errors_mm`` (N,) per fiducial; ``fre_mm`` their RMS. ``predicted_tre_mm``
+    ``fiducial_errors_mm`` (N,) per fiducial; ``fre_mm`` their RMS. For ``method``
+    "surface" they are each traced point's distance to the organ surface and their RMS
+    over the inliers (not an FRE: a surface fit has no paired points). ``predicted_tre_mm``
     (T,) at the case targets (FW&M 1998 eq. 46): the accuracy figure to show.
     ``true_tre_mm`` (T,) against a known ground truth (simulation), NaN when none.
     """
