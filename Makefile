@@ -3,6 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# Seconds of the `ornav demo` scenario once the stack is up (9 at least).
 DURATION ?= 20
 # Open3D needs libusb; its offscreen renderer needs Vulkan (Mesa's software driver without a GPU).
 SYSTEM_PACKAGES := libusb-1.0-0 libvulkan1 mesa-vulkan-drivers libgl1 libegl1
@@ -10,7 +11,7 @@ SYSTEM_PACKAGES := libusb-1.0-0 libvulkan1 mesa-vulkan-drivers libgl1 libegl1
 .PHONY: demo test bench lint setup system-deps clean
 
 demo: $(STAMP)
-	$(BIN)/ornav launch launch/sim.toml --duration $(DURATION) --run-dir runs/demo --summary runs/demo/summary.json
+	$(BIN)/ornav demo --duration $(DURATION) --run-dir runs/demo --summary runs/demo/summary.json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -246,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     from render.headset_cli import add_headset_parser  # here for the same reason
 
     add_headset_parser(commands)
+
+    from nav.demo import add_demo_parser  # here for the same reason
+
+    add_demo_parser(commands)
     return parser
 
 

@@ -35,6 +35,7 @@ from nav.messages import (
 from nav.navigation import Registration
 from nav.phantom import SHIPPED_PHANTOM_DIR
 from nav.registration_store import load_registration, save_registration
+from nav.sim_registration import SimRegistration, TouchPlan
 from nav.transforms import apply, axis_angle_to_matrix, make_rigid
 from tests.conftest import NodeProcess, start_node
 from tracking.sim_model import DEFAULT_T_TRACKER_FROM_REFERENCE_BASE
@@ -155,41 +156,37 @@ def test_registration_by_dwell_on_the_simulator_is_accurate_and_the_model_follow
     try:
         listener.wait_for(_state_is(NavStatus.UNREGISTERED), timeout_s=10, what="first state")
 
-        started = _ok(nav_client.call("registration.start", method="points"))
-        assert started["total"] == 8 and started["next_label"] == "F-1"
-        p_reference = apply(TRUTH, phantom.fiducials.points_lps)
-        touch = _ok(
-            tracker_client.call(
-                "pointer.touch", points=p_reference.tolist(), dwell_s=1.0, travel_s=0.8
-            )
+        registration = SimRegistration(
+            nav=nav_client,
+            tracker=tracker_client,
+            p_reference_fiducials=apply(TRUTH, phantom.fiducials.points_lps),
+            plan=TouchPlan(travel_s=0.8, dwell_s=1.0),
         )
-        duration_s = float(touch["duration_s"])  # type: ignore[arg-type]
-        deadline = time.monotonic() + duration_s + 5.0
-        progress: dict[str, object] = {}
-        while time.monotonic() < deadline:  # poll the progress as an operator's UI would
-            listener.pump(0.1)
-            progress = _ok(nav_client.call("registration.status"))["progress"]  # type: ignore[assignment]
-            if progress["collected"] == 8:
-                break
-        assert progress["collected"] == 8, progress
+        started = registration.start()
+        assert started["total"] == 8 and started["next_label"] == "F-1"
+        # Poll the progress as an operator's UI would, receiving the nav node meanwhile.
+        progress = registration.wait_collected(
+            timeout_s=registration.plan.duration_s(8) + 5.0, between=lambda: listener.pump(0.1)
+        )
+        assert progress.done, progress
 
-        computed = _ok(nav_client.call("registration.compute"))
+        figures = registration.compute()
         proposed = listener.wait_for(_registration_is("proposed"), timeout_s=5, what="proposal")
         assert isinstance(proposed.message, RegistrationResult)
-        fre_mm = float(computed["fre_mm"])  # type: ignore[arg-type]
-        true_tre = computed["true_tre_mm"]
-        predicted_tre = computed["predicted_tre_mm"]
-        assert isinstance(true_tre, dict) and isinstance(predicted_tre, dict)
-        print(f"\nFRE {fre_mm:.3f} mm; true TRE {true_tre}; predicted TRE {predicted_tre}")
+        print(
+            f"\nFRE {figures.fre_mm:.3f} mm; true TRE {figures.true_tre_mm}; "
+            f"predicted TRE {figures.predicted_tre_mm}"
+        )
         # Sim noise: 0.25 mm RMS per marker; each fiducial averages ~20 samples.
-        assert fre_mm < 0.5
-        assert max(float(v) for v in true_tre.values()) < 1.0
-        assert set(predicted_tre) == set(phantom.targets.labels)
-        np.testing.assert_allclose(proposed.message.fre_mm, fre_mm)
+        assert figures.n_fiducials == 8
+        assert figures.fre_mm < 0.5
+        assert figures.true_tre_max_mm is not None and figures.true_tre_max_mm < 1.0
+        assert set(figures.predicted_tre_mm) == set(phantom.targets.labels)
+        np.testing.assert_allclose(proposed.message.fre_mm, figures.fre_mm)
         # A proposal is not shown: navigation waits for accept.
         listener.wait_for(_state_is(NavStatus.UNREGISTERED), timeout_s=2, what="unregistered")
 
-        accepted = _ok(nav_client.call("registration.accept"))
+        accepted = registration.accept()
         assert accepted["saved_to"] == str(registration_file)
         message = listener.wait_for(_registration_is("accepted"), timeout_s=5, what="accepted")
         assert isinstance(message.message, RegistrationResult)

@@ -1,0 +1,254 @@
+"""Registration on a running simulated stack, scripted: the sim's pointer touches the fiducials.
+
+A test or the demo drives two nodes over their control sockets, as an operator would with
+a real pointer:
+
+1. ``registration.start`` on the nav node (dwell collection, case order);
+2. ``pointer.touch`` on the simulated tracker, with the fiducials where the simulation's
+   truth puts them: ``p_reference = truth_T_reference_from_image @ p_image`` (reference
+   frame, so the touches ride on the breathing patient);
+3. the nav node records each fiducial when the tip dwells; this module polls
+   ``registration.status`` and, when a fiducial's hold has passed without it being
+   recorded (an occlusion of the pointer or the reference during the hold), touches the
+   fiducials again from the first one missing. The nav node collects in case order, so
+   carrying on to the next fiducial would record it under the missed one's label;
+4. ``registration.compute`` (FRE, predicted and, in simulation, true TRE per target), then
+   ``registration.accept`` or ``registration.reject``.
+
+Timing (``TouchPlan``): a touch script of n points takes ``n * (travel_s + dwell_s)``; the
+k-th hold (0-based, from the script's first point) ends ``(k + 1) * (travel_s + dwell_s)``
+after the script starts. A fiducial not recorded ``margin_s`` after its hold ended is
+missed: the nav node sees a sample within milliseconds, and the next touch cannot dwell
+sooner than ``travel_s + window`` (the nav node's ``dwell_s``, 0.4 s) after that hold.
+
+Talks to the nodes only through ``nav.bus.CommandClient`` (``Commands``); the clock is
+injectable, so the retry logic is tested without processes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from nav.messages import Reply
+
+COMMAND_TIMEOUT_S = 2.0
+
+
+class Commands(Protocol):
+    """What this module needs of a node's control socket (``nav.bus.CommandClient``)."""
+
+    def call(self, name: str, *, timeout_s: float = ..., **args: object) -> Reply: ...
+
+
+class ScriptedRegistrationError(RuntimeError):
+    """A node refused a registration step; the message names the command and the reason."""
+
+
+def _ok(reply: Reply, what: str) -> dict[str, Any]:
+    if not reply.ok:
+        raise ScriptedRegistrationError(f"{what}: {reply.error}")
+    return dict(reply.result)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TouchPlan:
+    """How the simulated pointer touches each fiducial (seconds of sim time)."""
+
+    travel_s: float = 0.8
+    dwell_s: float = 1.0
+    margin_s: float = 0.3
+
+    def __post_init__(self) -> None:
+        for name in ("travel_s", "dwell_s", "margin_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"TouchPlan.{name} must be finite and > 0, got {value!r}")
+
+    @property
+    def per_fiducial_s(self) -> float:
+        return self.travel_s + self.dwell_s
+
+    def duration_s(self, n: int) -> float:
+        """Length of a script touching ``n`` points."""
+        return n * self.per_fiducial_s
+
+    def overdue(self, *, first: int, collected: int, elapsed_s: float) -> bool:
+        """Whether fiducial ``collected`` (the next one wanted) was missed.
+
+        ``first``: the fiducial the current script started with; ``elapsed_s``: time since
+        that script started. True once its hold in that script ended ``margin_s`` ago.
+        """
+        k = collected - first
+        return k >= 0 and elapsed_s > (k + 1) * self.per_fiducial_s + self.margin_s
+
+
+@dataclass(frozen=True)
+class Progress:
+    """``collected`` of ``total`` fiducials; ``next_label`` None when all are in."""
+
+    collected: int
+    total: int
+    next_label: str | None
+
+    @property
+    def done(self) -> bool:
+        return self.collected >= self.total
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegistrationFigures:
+    """What ``registration.compute`` reported; mm. A None TRE is unknown (no truth)."""
+
+    registration_id: int
+    n_fiducials: int
+    fre_mm: float
+    fiducial_errors_mm: tuple[float, ...]
+    predicted_tre_mm: dict[str, float | None]
+    true_tre_mm: dict[str, float | None]
+
+    @staticmethod
+    def from_reply(result: dict[str, Any]) -> RegistrationFigures:
+        def by_name(value: object) -> dict[str, float | None]:
+            assert isinstance(value, dict)
+            return {str(k): (None if v is None else float(v)) for k, v in value.items()}
+
+        return RegistrationFigures(
+            registration_id=int(result["registration_id"]),
+            n_fiducials=int(result["n_fiducials"]),
+            fre_mm=float(result["fre_mm"]),
+            fiducial_errors_mm=tuple(float(e) for e in result["fiducial_errors_mm"]),
+            predicted_tre_mm=by_name(result["predicted_tre_mm"]),
+            true_tre_mm=by_name(result["true_tre_mm"]),
+        )
+
+    def _known(self, values: dict[str, float | None]) -> list[float]:
+        return [v for v in values.values() if v is not None]
+
+    @property
+    def true_tre_mean_mm(self) -> float | None:
+        known = self._known(self.true_tre_mm)
+        return float(np.mean(known)) if known else None
+
+    @property
+    def true_tre_max_mm(self) -> float | None:
+        known = self._known(self.true_tre_mm)
+        return max(known) if known else None
+
+    @property
+    def predicted_tre_max_mm(self) -> float | None:
+        known = self._known(self.predicted_tre_mm)
+        return max(known) if known else None
+
+
+class SimRegistration:
+    """Registers the case on a running stack with the simulated pointer (see the module).
+
+    ``nav`` and ``tracker``: command clients of the nav node and the ``tracking.sim_node``.
+    ``p_reference_fiducials`` (N, 3) mm: the case's fiducials, in case order, where the
+    simulation's truth puts them in the reference frame. Drive it with :meth:`start`, then
+    :meth:`step` in the caller's loop (or :meth:`wait_collected`), :meth:`compute` and
+    :meth:`accept`. Not thread-safe.
+    """
+
+    def __init__(
+        self,
+        *,
+        nav: Commands,
+        tracker: Commands,
+        p_reference_fiducials: npt.ArrayLike,
+        plan: TouchPlan | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        points = np.asarray(p_reference_fiducials, dtype=np.float64)
+        if points.ndim != 2 or points.shape[1] != 3 or len(points) < 3:
+            raise ValueError(f"p_reference_fiducials must be (N >= 3, 3), got {points.shape}")
+        self.nav = nav
+        self.tracker = tracker
+        self.points = points
+        self.plan = plan or TouchPlan()
+        self.clock = clock
+        self.count = len(points)
+        self.retries = 0  # touch scripts sent again after a missed fiducial
+        self.progress = Progress(0, len(points), None)
+        self._first = 0  # the fiducial the current touch script starts with
+        self._t_script = 0.0  # when it was sent (clock)
+
+    def start(self, *, count: int | None = None) -> dict[str, Any]:
+        """Start collecting and touch the first ``count`` fiducials (default: all).
+
+        Returns the nav node's ``registration.start`` reply (its progress).
+        """
+        if count is not None:
+            if not 3 <= count <= len(self.points):
+                raise ValueError(f"count must be in [3, {len(self.points)}], got {count}")
+            self.count = count
+        started = _ok(
+            self.nav.call("registration.start", method="points", dwell=True),
+            "registration.start",
+        )
+        self.retries = 0
+        self.progress = Progress(0, self.count, started.get("next_label"))
+        self._touch_from(0)
+        return started
+
+    def _touch_from(self, first: int) -> None:
+        points = self.points[first : self.count]
+        _ok(
+            self.tracker.call(
+                "pointer.touch",
+                points=points.tolist(),
+                dwell_s=self.plan.dwell_s,
+                travel_s=self.plan.travel_s,
+                timeout_s=COMMAND_TIMEOUT_S,
+            ),
+            "pointer.touch",
+        )
+        self._first = first
+        self._t_script = self.clock()
+
+    def step(self) -> Progress:
+        """Poll the nav node's progress; touch again from a missed fiducial. Returns it."""
+        status = _ok(self.nav.call("registration.status"), "registration.status")
+        progress = status.get("progress")
+        if not isinstance(progress, dict):
+            raise ScriptedRegistrationError("registration.status: no collection is running")
+        collected = min(int(progress["collected"]), self.count)
+        next_label = None if collected >= self.count else progress["next_label"]
+        self.progress = Progress(collected, self.count, next_label)
+        if not self.progress.done and self.plan.overdue(
+            first=self._first, collected=collected, elapsed_s=self.clock() - self._t_script
+        ):
+            self.retries += 1
+            self._touch_from(collected)
+        return self.progress
+
+    def wait_collected(
+        self, *, timeout_s: float, between: Callable[[], object] = lambda: time.sleep(0.1)
+    ) -> Progress:
+        """Call :meth:`step` until all are collected or ``timeout_s`` passes; the progress.
+
+        ``between`` runs between two polls (a test pumps its subscribers there).
+        """
+        deadline = self.clock() + timeout_s
+        while not self.step().done and self.clock() < deadline:
+            between()
+        return self.progress
+
+    def compute(self) -> RegistrationFigures:
+        """``registration.compute`` from the fiducials collected so far."""
+        result = _ok(self.nav.call("registration.compute"), "registration.compute")
+        return RegistrationFigures.from_reply(result)
+
+    def accept(self) -> dict[str, Any]:
+        """``registration.accept``: the reply (``registration_id``, ``saved_to``)."""
+        return _ok(self.nav.call("registration.accept"), "registration.accept")
+
+    def reject(self) -> dict[str, Any]:
+        return _ok(self.nav.call("registration.reject"), "registration.reject")
