@@ -92,8 +92,8 @@ HEADSET_NAME = "demo-headset"
 NAV_FIRST_STATE_TIMEOUT_S = 10.0
 STEP_PERIOD_S = 0.1  # how often the scenario polls the nav node (an operator's UI rate)
 # After its --duration, the client renders the snapshot (Open3D offscreen, or CPU ray
-# casting if that is not up within 20 s) and writes its summary: ~25 s on a 2-core machine
-# without a GPU. Past its duration plus this, it is stopped.
+# casting if that takes over 5 s) and writes its summary: ~6 s on a 2-core machine without
+# a GPU. Past its duration plus this, it is stopped.
 HEADSET_EXIT_GRACE_S = 60.0
 # Stopping it: SIGINT asks it to finish (snapshot and summary: the time above), SIGTERM
 # again, SIGKILL as a last resort.

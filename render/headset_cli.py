@@ -159,7 +159,7 @@ def add_headset_parser(commands: Any) -> None:
         choices=RENDERERS,
         default="auto",
         help="snapshot renderer: auto (Open3D offscreen, CPU ray casting if it fails or "
-        "takes over 20 s), open3d, raycast",
+        "takes over 5 s), open3d, raycast",
     )
     parser.add_argument("--cache-dir", help="keep fetched assets here, by hash, across runs")
     parser.set_defaults(func=cmd_headset)
