@@ -17,10 +17,13 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
+	# The peers bench/registration.py compares against (pycpd, probreg): bench only.
+	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/calibration.py
 	OPENBLAS_NUM_THREADS=1 $(BIN)/python bench/aruco.py
 	$(BIN)/python bench/igtl.py
+	$(BIN)/python bench/registration.py
 	$(BIN)/python bench/headset.py
 
 lint: $(STAMP)
