@@ -69,7 +69,13 @@ def cmd_launch(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
 
-    log.info("starting %s (%d nodes), run dir %s", launch.path, len(launch.nodes), run_dir)
+    log.info(
+        "starting %s (%d nodes), run dir %s, ipc sockets in %s",
+        launch.path,
+        len(launch.nodes),
+        run_dir,
+        ipc_dir,
+    )
     supervisor.start()
     deadline = time.monotonic() + args.duration if args.duration is not None else None
     live = Live(console=console, refresh_per_second=4, transient=False) if show_live else None
@@ -250,6 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     from nav.demo import add_demo_parser  # here for the same reason
 
     add_demo_parser(commands)
+
+    from nav.register_cli import add_register_parser  # here for the same reason
+
+    add_register_parser(commands)
     return parser
 
 
