@@ -45,14 +45,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._procs import CpuMeter, Processes  # noqa: E402
 from nav import bus  # noqa: E402
-from nav.case import load_case  # noqa: E402
 from nav.launchfile import NodeSpec  # noqa: E402
 from nav.messages import OverlayState, encode  # noqa: E402
-from nav.navigation import Registration  # noqa: E402
-from nav.phantom import SHIPPED_PHANTOM_DIR  # noqa: E402
-from nav.registration_store import save_registration  # noqa: E402
+from nav.sim_registration import write_true_registration  # noqa: E402
 from nav.stats import LatencyWindow  # noqa: E402
-from nav.transforms import axis_angle_to_matrix, make_rigid  # noqa: E402
 from render.headset_client import ClientConfig, HeadsetClient, Phase  # noqa: E402
 
 TARGET_P50_MS = 1.0
@@ -72,35 +68,9 @@ def pct(values_ns: list[int]) -> dict[str, float]:
     return {"p50": float(p50), "p99": float(p99), "max": float(a.max()), "n": len(a)}
 
 
-def write_registration(path: Path) -> None:
-    case = load_case(SHIPPED_PHANTOM_DIR)
-    n = len(case.targets)
-    save_registration(
-        path,
-        Registration(
-            registration_id=1,
-            state="accepted",
-            method="points",
-            T_reference_from_image=make_rigid(
-                axis_angle_to_matrix([0.0, 0.0, 1.0], math.radians(15.0))
-                @ axis_angle_to_matrix([1.0, 0.0, 0.0], math.radians(-90.0)),
-                [160.0, -30.0, -70.0],
-            ),
-            fre_mm=0.1,
-            fiducial_errors_mm=np.full(len(case.fiducials), 0.1),
-            fle_mm=0.25,
-            target_names=case.targets.labels,
-            predicted_tre_mm=np.full(n, 0.2),
-            true_tre_mm=np.full(n, np.nan),
-        ),
-        case_name=case.name,
-        created_unix_s=time.time(),
-    )
-
-
 def start_stack(procs: Processes, ipc: Path, rate_hz: float) -> dict[str, str]:
     registration = ipc / "registration.json"
-    write_registration(registration)
+    write_true_registration(registration)
     ep = {name: f"ipc://{ipc}/{name}{rate_hz:g}" for name in ("tracker", "nav", "render")}
     specs = [
         NodeSpec(

@@ -31,14 +31,51 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from nav.case import load_case
 from nav.messages import Reply
+from nav.navigation import Registration
+from nav.phantom import SHIPPED_PHANTOM_DIR
+from nav.registration_store import save_registration
+from nav.transforms import Mat4, axis_angle_to_matrix, make_rigid
 
 COMMAND_TIMEOUT_S = 2.0
+
+SIM_T_REFERENCE_FROM_IMAGE: Mat4 = make_rigid(
+    axis_angle_to_matrix([0.0, 0.0, 1.0], math.radians(15.0))
+    @ axis_angle_to_matrix([1.0, 0.0, 0.0], math.radians(-90.0)),
+    [160.0, -30.0, -70.0],
+)
+"""Where ``launch/sim.toml`` places the shipped phantom on the simulated patient reference
+(its ``truth_T_reference_from_image``, there rounded to 9 digits), mm."""
+
+
+def write_true_registration(path: str | Path, *, registration_id: int = 1) -> None:
+    """A registration file, as the nav node stores one, holding the simulation's truth.
+
+    A nav node started with it restores the registration (needing verification) and
+    navigates at once: for tests and benchmarks that are not about registering.
+    """
+    case = load_case(SHIPPED_PHANTOM_DIR)
+    n = len(case.targets)
+    registration = Registration(
+        registration_id=registration_id,
+        state="accepted",
+        method="points",
+        T_reference_from_image=SIM_T_REFERENCE_FROM_IMAGE,
+        fre_mm=0.1,
+        fiducial_errors_mm=np.full(len(case.fiducials), 0.1),
+        fle_mm=0.25,
+        target_names=case.targets.labels,
+        predicted_tre_mm=np.full(n, 0.2),
+        true_tre_mm=np.full(n, np.nan),
+    )
+    save_registration(path, registration, case_name=case.name, created_unix_s=time.time())
 
 
 class Commands(Protocol):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import secrets
 import shutil
@@ -50,6 +49,7 @@ from nav.messages import (
     encode,
 )
 from nav.phantom import SHIPPED_PHANTOM_DIR
+from nav.sim_registration import write_true_registration
 from render.assets import AssetSet, build_assets
 from render.headset_client import (
     ClientConfig,
@@ -451,34 +451,6 @@ def test_a_protocol_mismatch_is_a_one_line_error(ipc: Path, phantom_assets: Asse
 RATE_HZ = 100.0
 
 
-def _registration_file(path: Path) -> None:
-    # The sim's true registration, written as the nav node stores one (so it navigates at once).
-    from nav.navigation import Registration
-    from nav.registration_store import save_registration
-    from nav.transforms import axis_angle_to_matrix, make_rigid
-
-    case = load_case(SHIPPED_PHANTOM_DIR)
-    truth = make_rigid(
-        axis_angle_to_matrix([0.0, 0.0, 1.0], math.radians(15.0))
-        @ axis_angle_to_matrix([1.0, 0.0, 0.0], math.radians(-90.0)),
-        [160.0, -30.0, -70.0],
-    )
-    n = len(case.targets)
-    registration = Registration(
-        registration_id=7,
-        state="accepted",
-        method="points",
-        T_reference_from_image=truth,
-        fre_mm=0.1,
-        fiducial_errors_mm=np.full(len(case.fiducials), 0.1),
-        fle_mm=0.25,
-        target_names=case.targets.labels,
-        predicted_tre_mm=np.full(n, 0.2),
-        true_tre_mm=np.full(n, np.nan),
-    )
-    save_registration(path, registration, case_name=case.name, created_unix_s=time.time())
-
-
 def tracker_spec(ipc: Path) -> NodeSpec:
     return NodeSpec(
         name="tracker",
@@ -493,7 +465,7 @@ def tracker_spec(ipc: Path) -> NodeSpec:
 def nav_spec(ipc: Path) -> NodeSpec:
     registration = ipc / "registration.json"
     if not registration.exists():
-        _registration_file(registration)
+        write_true_registration(registration, registration_id=7)
     return NodeSpec(
         name="nav",
         module="nav.nav_node",

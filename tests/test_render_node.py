@@ -8,7 +8,6 @@ navigates at once (restored: OK, needing verification) and the overlay can be CU
 from __future__ import annotations
 
 import hashlib
-import math
 import shutil
 import signal
 import tempfile
@@ -47,21 +46,13 @@ from nav.messages import (
     decode,
     encode,
 )
-from nav.navigation import Registration
 from nav.phantom import SHIPPED_PHANTOM_DIR
-from nav.registration_store import save_registration
-from nav.transforms import axis_angle_to_matrix, make_rigid
+from nav.sim_registration import write_true_registration
 from render.assets import load_glb
 from tests.conftest import NodeProcess, start_node
 
 pytestmark = pytest.mark.slow
 
-# Where the sim stack's launch file places the phantom on the patient reference.
-TRUTH = make_rigid(
-    axis_angle_to_matrix([0.0, 0.0, 1.0], math.radians(15.0))
-    @ axis_angle_to_matrix([1.0, 0.0, 0.0], math.radians(-90.0)),
-    [160.0, -30.0, -70.0],
-)
 TRACKER_HZ = 100.0
 MS = 1_000_000
 
@@ -91,24 +82,6 @@ class Stack:
                 node.process.wait()
 
 
-def _write_registration(path: Path) -> None:
-    case = load_case(SHIPPED_PHANTOM_DIR)
-    n = len(case.targets)
-    registration = Registration(
-        registration_id=424242,
-        state="accepted",
-        method="points",
-        T_reference_from_image=TRUTH,
-        fre_mm=0.1,
-        fiducial_errors_mm=np.full(len(case.fiducials), 0.1),
-        fle_mm=0.25,
-        target_names=case.targets.labels,
-        predicted_tre_mm=np.full(n, 0.2),
-        true_tre_mm=np.full(n, np.nan),
-    )
-    save_registration(path, registration, case_name=case.name, created_unix_s=time.time())
-
-
 def render_spec(ipc_dir: Path, **params: object) -> NodeSpec:
     return NodeSpec(
         name="render",
@@ -123,7 +96,7 @@ def render_spec(ipc_dir: Path, **params: object) -> NodeSpec:
 
 def start_stack(ipc_dir: Path, **render_params: object) -> Stack:
     registration_file = ipc_dir / "registration.json"
-    _write_registration(registration_file)
+    write_true_registration(registration_file, registration_id=424242)
     tracker = start_node(
         NodeSpec(
             name="tracker",
