@@ -13,7 +13,10 @@ What one asset holds:
 - one PBR material: ``baseColorFactor`` = the structure's colour with its opacity as
   alpha (``alphaMode`` BLEND when the opacity is below 1, double sided). glTF stores the
   factor as given; trimesh's exporter rounds it to 8 bits per channel, which no display
-  can tell apart.
+  can tell apart;
+- optionally (confidence colouring, :func:`confidence_rgba`) ``COLOR_0``: one RGBA per
+  vertex, normalized uint8, alpha = the structure's opacity; the factor is then white
+  (1, 1, 1, 1), so the vertex colours are what glTF draws (colour = factor x COLOR_0).
 
 Decimation: a mesh with more triangles than ``triangle_budget`` is reduced with Open3D's
 quadric error metric (Garland & Heckbert 1997, "Surface simplification using quadric
@@ -32,7 +35,7 @@ budget of 2000 the liver decimates to 2000 triangles (49 316 bytes) and the set 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -45,6 +48,14 @@ from nav.messages import MAX_ASSET_BYTES, AssetInfo
 
 DEFAULT_TRIANGLE_BUDGET: Final = 20_000
 MEDIA_TYPE: Final = "model/gltf-binary"
+
+CONFIDENCE_SCALE_MM: Final = (1.0, 2.0, 3.0)
+"""Predicted error (mm) at which a vertex is green, yellow and red (:func:`confidence_rgba`)."""
+CONFIDENCE_COLOURS: Final = ((0.0, 0.8, 0.0), (0.9, 0.8, 0.0), (0.9, 0.0, 0.0))
+"""Green, yellow, red (linear RGB, 0..1) at the ``CONFIDENCE_SCALE_MM`` stops."""
+
+ErrorField = Callable[[np.ndarray], np.ndarray]
+"""(V, 3) vertices in ``image`` (mm) -> (V,) predicted error at each vertex (mm)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,25 +111,77 @@ def decimate(
     return v_out, f_out
 
 
+def confidence_rgba(error_mm: np.ndarray, alpha: float = 1.0) -> np.ndarray:
+    """(V,) predicted error (mm) -> (V, 4) uint8 RGBA: the fixed confidence scale.
+
+    Up to 1 mm green, 2 mm yellow, 3 mm and above red (``CONFIDENCE_SCALE_MM``,
+    ``CONFIDENCE_COLOURS``), linearly interpolated per channel in between; a NaN or
+    infinite error is red (nothing vouches for it). Alpha is ``alpha`` (the structure's
+    opacity) for every vertex. Pure and deterministic: equal inputs give equal bytes.
+    """
+    e = np.asarray(error_mm, dtype=np.float64).reshape(-1)
+    e = np.where(np.isfinite(e), e, np.inf)
+    e = np.clip(e, CONFIDENCE_SCALE_MM[0], CONFIDENCE_SCALE_MM[-1])
+    stops = np.asarray(CONFIDENCE_SCALE_MM)
+    colours = np.asarray(CONFIDENCE_COLOURS)
+    rgb = np.stack([np.interp(e, stops, colours[:, k]) for k in range(3)], axis=1)
+    a = np.full((len(e), 1), float(np.clip(alpha, 0.0, 1.0)))
+    return np.round(np.concatenate([rgb, a], axis=1) * 255.0).astype(np.uint8)
+
+
+def vertex_rgba(mesh: trimesh.Trimesh) -> np.ndarray | None:
+    """A loaded GLB mesh's ``COLOR_0`` as (V, 4) float64 in 0..1, or None if it has none."""
+    visual = mesh.visual
+    colours = None
+    if getattr(visual, "kind", None) == "vertex":
+        colours = visual.vertex_colors  # type: ignore[union-attr]
+    elif "color" in getattr(visual, "vertex_attributes", {}):
+        colours = visual.vertex_attributes["color"]  # type: ignore[union-attr]
+    if colours is None or len(colours) != len(mesh.vertices):
+        return None
+    c = np.asarray(colours)
+    out = c.astype(np.float64) / 255.0 if c.dtype == np.uint8 else c.astype(np.float64)
+    if out.shape[1] == 3:
+        out = np.concatenate([out, np.ones((len(out), 1))], axis=1)
+    return out
+
+
 def structure_glb(
-    structure: Structure, triangle_budget: int = DEFAULT_TRIANGLE_BUDGET
+    structure: Structure,
+    triangle_budget: int = DEFAULT_TRIANGLE_BUDGET,
+    *,
+    error_field: ErrorField | None = None,
 ) -> tuple[bytes, int]:
-    """One structure as (GLB bytes, triangle count): image frame, mm, within the budget."""
+    """One structure as (GLB bytes, triangle count): image frame, mm, within the budget.
+
+    ``error_field``: given, it is evaluated on the (decimated) vertices and the asset
+    carries their confidence colours (:func:`confidence_rgba`) as ``COLOR_0``.
+    """
     vertices, faces = decimate(structure.mesh.vertices, structure.mesh.faces, triangle_budget)
     # A fresh Trimesh without metadata: the loaded one may carry file names, which would
     # make the bytes (and the hash) depend on where the case lives.
     mesh = trimesh.Trimesh(vertices=vertices, faces=faces, process=False)
     alpha = float(structure.opacity)
+    factor = [*structure.colour, alpha]
+    attributes: dict[str, np.ndarray] = {}
+    if error_field is not None:
+        error = np.asarray(error_field(vertices), dtype=np.float64)
+        if error.shape != (len(vertices),):
+            raise ValueError(f"error field gave {error.shape} for {len(vertices)} vertices")
+        attributes["color"] = confidence_rgba(error, alpha)
+        factor = [1.0, 1.0, 1.0, 1.0]
     mesh.visual = trimesh.visual.TextureVisuals(
         material=trimesh.visual.material.PBRMaterial(
             name=structure.name,
-            baseColorFactor=[*structure.colour, alpha],
+            baseColorFactor=factor,
             alphaMode="BLEND" if alpha < 1.0 else "OPAQUE",
             doubleSided=True,
             metallicFactor=0.0,
             roughnessFactor=0.8,
         )
     )
+    if attributes:
+        mesh.visual.vertex_attributes.update(attributes)
     scene = trimesh.Scene()
     scene.add_geometry(mesh, geom_name=structure.name, node_name=structure.name)
     data: bytes = scene.export(file_type="glb", include_normals=True)
@@ -157,12 +220,46 @@ def build_assets(case: Case, *, triangle_budget: int = DEFAULT_TRIANGLE_BUDGET) 
     return AssetSet(tuple(infos), data_by_sha)
 
 
+def with_confidence(
+    assets: AssetSet,
+    structure: Structure,
+    error_field: ErrorField | None,
+    *,
+    triangle_budget: int = DEFAULT_TRIANGLE_BUDGET,
+) -> AssetSet:
+    """``assets`` with ``structure``'s asset rebuilt: confidence colours from ``error_field``
+    (None: the plain case colours). Other structures keep their bytes and hashes.
+    """
+    data, triangles = structure_glb(structure, triangle_budget, error_field=error_field)
+    if len(data) > MAX_ASSET_BYTES:
+        raise ValueError(f"structure {structure.name!r}: {len(data)} bytes of GLB too big")
+    new = asset_info(structure, data, triangles)
+    infos = tuple(new if i.name == structure.name else i for i in assets.infos)
+    data_by_sha = {i.sha256: assets.data_by_sha256[i.sha256] for i in infos if i is not new}
+    data_by_sha[new.sha256] = data
+    return AssetSet(infos, data_by_sha)
+
+
 def load_glb(data: bytes) -> trimesh.Trimesh:
     """GLB bytes -> one Trimesh (vertices in the file's frame: ``image``, mm)."""
     loaded = trimesh.load(trimesh.util.wrap_as_stream(data), file_type="glb", force="mesh")
     if not isinstance(loaded, trimesh.Trimesh):
         raise ValueError("GLB does not hold one triangle mesh")
     return loaded
+
+
+def glb_vertex_rgba(data: bytes) -> np.ndarray | None:
+    """A one-mesh GLB's ``COLOR_0`` as (V, 4) float64 in 0..1 (vertices in file order, as
+    ``trimesh.load(..., process=False)`` gives them), or None if it carries none.
+
+    Read from the scene: trimesh's ``force="mesh"`` concatenation drops the colours of a
+    mesh that also has a material.
+    """
+    loaded = trimesh.load(trimesh.util.wrap_as_stream(data), file_type="glb", process=False)
+    geometries = list(loaded.geometry.values()) if isinstance(loaded, trimesh.Scene) else [loaded]
+    if len(geometries) != 1 or not isinstance(geometries[0], trimesh.Trimesh):
+        return None
+    return vertex_rgba(geometries[0])
 
 
 def scene_version(assets: AssetSet) -> int:

@@ -28,6 +28,11 @@ word from the server for ``silence_timeout_s`` (pongs count, so a quiet stack is
 silence), closes the session socket and says ``Hello`` again on a fresh one, every
 ``silence_timeout_s`` until a ``Welcome`` comes.
 
+Scene reload: a scene update of this session whose ``scene_version`` differs from the
+``Welcome``'s (the render node swapped its assets, e.g. confidence colours after a
+registration) makes the client say ``Hello`` again; the new ``Welcome`` lists the assets,
+and only those with new hashes are fetched (``scene_reloads`` in the summary).
+
 Times are the client's monotonic clock (ns) unless named ``*_server_ns``. On one host the
 offset is ~0 and latency is a plain difference of monotonic clocks.
 
@@ -295,6 +300,7 @@ class ClientStats:
     telemetry_batches: int = 0
     rejected: int = 0
     foreign_updates: int = 0
+    scene_reloads: int = 0
     lost_before: int = 0  # seq gaps on scene subscribers already closed
     superseded_before: int = 0
 
@@ -338,6 +344,7 @@ class HeadsetClient:
         self._pending: collections.deque[tuple[str, str]] = collections.deque()
         self._alerts_seen: set[tuple[str, int]] = set()
         self._old_sessions: set[str] = set()
+        self._reload_frame = -1  # updates up to this frame predate the newest reload
         self._seq = 0
         self._poller = zmq.Poller()
         self._dealer: zmq.Socket[bytes] | None = None
@@ -596,6 +603,7 @@ class HeadsetClient:
             self.clock_sync.reset()  # the server may run on another clock now
             self.clock_sync.add(ClockSample(self._hello_sent_ns, welcome.t_server_ns, t_recv))
             self.latest = None
+            self._reload_frame = -1
         log.info(
             "joined session %s of %s (%d assets, scene %s)%s",
             welcome.session[:8],
@@ -688,6 +696,18 @@ class HeadsetClient:
             self._foreign(message.session)
             return
         self._last_contact_ns = t_recv
+        if self.welcome is not None and message.scene_version != self.welcome.scene_version:
+            # Leftovers of the scene left behind, or updates racing our Hello, are dropped.
+            if self.phase is not Phase.JOINING and message.frame_number > self._reload_frame:
+                self._reload_frame = message.frame_number
+                self.stats.scene_reloads += 1
+                log.info(
+                    "scene version %d -> %d: joining again for the new assets",
+                    self.welcome.scene_version,
+                    message.scene_version,
+                )
+                self._open_session()
+            return
         if self.latest is not None and message.frame_number <= self.latest.frame_number:
             return  # the snapshot raced a newer pub update, or a duplicate
         self.latest = message
@@ -732,8 +752,9 @@ class HeadsetClient:
 
     @property
     def reconnects(self) -> int:
-        """Joins after the first one (the render node restarted or went silent)."""
-        return max(0, self.stats.joins - 1)
+        """Joins after the first one (the render node restarted or went silent), not
+        counting the Hellos of scene reloads."""
+        return max(0, self.stats.joins - 1 - self.stats.scene_reloads)
 
     def assets(self) -> dict[str, tuple[AssetInfo, bytes]]:
         """The current scene's assets by structure name (only those present)."""
@@ -791,6 +812,7 @@ class HeadsetClient:
             "hidden_events": self.events.hidden_events,
             "overlay": self.events.state.value,
             "reconnects": self.reconnects,
+            "scene_reloads": self.stats.scene_reloads,
             "alerts": list(self.stats.alerts),
             "alert_acks": self.stats.alert_acks,
             "assets": {

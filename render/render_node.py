@@ -24,7 +24,7 @@ Publishes (its bus PUB, ``spec.pub``):
   ``headset_rejected`` (also in ``rejected`` / ``rejected_<kind>``: ``malformed``,
   ``oversized``, ``version``, ``unknown_type``, ``invalid``, ``protocol``, ``no_session``,
   ``unexpected``, ``unknown_asset``, ``no_scene``, ``sessions_full``),
-  ``headset_send_dropped``; latency = tracker
+  ``headset_send_dropped``, ``confidence_assets_built``; latency = tracker
   ``t_sensor_ns`` -> ``scene/update`` publish, for updates carrying a new sample.
 
 Headset sessions: a ROUTER socket at ``headset_endpoint``. Hello -> Welcome (or a
@@ -37,6 +37,12 @@ counted and dropped (or answered with a one-line ``Reply`` error); it never stop
 node. A client that stops reading cannot block the node: sends never block (ROUTER with
 ``ROUTER_MANDATORY``, ``SNDHWM`` = ``session_sndhwm``), a full pipe drops the message
 and counts ``headset_send_dropped``; unacknowledged alerts are resent.
+
+Confidence colours: a new accepted or restored point registration rebuilds the organ's
+asset with per-vertex colours of its predicted TRE (``_Confidence``); the new hashes give a
+new ``scene_version``, carried by every later ``SceneUpdate`` and ``Welcome`` (the previous
+assets stay servable to a client mid-fetch). A surface registration restores the plain
+colours. ~4 ms on the phantom's liver (2562 vertices, 8 fiducials), once per registration.
 
 Per-sample cost on the phantom (5 structures): ~32 us for the headset pose, the scene
 update and its encoding (``render/scene.py``), of the 1000 us between samples at 1 kHz.
@@ -59,7 +65,7 @@ import zmq
 
 from calibration.files import CalibrationFileError, read_calibration
 from nav import bus
-from nav.case import CaseError, load_case
+from nav.case import Case, CaseError, load_case
 from nav.frames import HEADSET, is_valid_tool_name
 from nav.launchfile import NodeSpec
 from nav.messages import (
@@ -88,8 +94,15 @@ from nav.messages import (
 )
 from nav.node import POLL_TIMEOUT_S, NodeRuntime, node_main
 from nav.phantom import SHIPPED_PHANTOM_DIR
+from nav.registration.paired_point import RegistrationError, predicted_tre_mm
 from nav.transforms import Mat4
-from render.assets import DEFAULT_TRIANGLE_BUDGET, AssetSet, build_assets, scene_version
+from render.assets import (
+    DEFAULT_TRIANGLE_BUDGET,
+    AssetSet,
+    build_assets,
+    scene_version,
+    with_confidence,
+)
 from render.scene import AlertEvent, AlertMachine, OverlayLimits, SceneState, headset_sample
 
 log = logging.getLogger(__name__)
@@ -251,6 +264,8 @@ class HeadsetServer:
         self.sessions: dict[bytes, _Session] = {}
         self.latest_update: SceneUpdate | None = None
         self.standing: list[Alert] = []
+        self._retired: dict[str, tuple[str, bytes]] = {}
+        """sha256 -> (name, GLB) of the previous asset set: a client mid-fetch gets them."""
         self._resend_ns = int(cfg.alert_resend_s * 1e9)
         self._timeout_ns = int(cfg.client_timeout_s * 1e9)
         self._next_expire_ns = 0
@@ -275,6 +290,16 @@ class HeadsetServer:
 
     def close(self) -> None:
         self.sock.close(linger=0)
+
+    def swap_assets(self, assets: AssetSet, version: int) -> None:
+        """Serve ``assets`` as scene ``version`` from now on (new Welcomes list them); the
+        previous set's assets stay servable until the next swap."""
+        self._retired = {
+            info.sha256: (info.name, self.assets.data_by_sha256[info.sha256])
+            for info in self.assets.infos
+            if info.sha256 not in assets.data_by_sha256
+        }
+        self.assets, self.scene_version = assets, version
 
     # --- sending ---------------------------------------------------------------------
 
@@ -356,9 +381,12 @@ class HeadsetServer:
             self._send(identity, ClockPong(message.t_client_ns, time.monotonic_ns()), now_ns)
         elif isinstance(message, AssetRequest):
             data = self.assets.data_by_sha256.get(message.sha256)
-            if data is None:
+            if data is not None:
+                name = next(i.name for i in self.assets.infos if i.sha256 == message.sha256)
+            elif message.sha256 in self._retired:
+                name, data = self._retired[message.sha256]
+            else:
                 raise _RequestError("unknown_asset", f"unknown asset {message.sha256}")
-            name = next(i.name for i in self.assets.infos if i.sha256 == message.sha256)
             if self._send(identity, AssetData(message.sha256, name, data), now_ns):
                 self.counters["assets_served"] += 1
                 self.counters["asset_bytes_served"] += len(data)
@@ -495,6 +523,69 @@ class _Alerts:
         ]
 
 
+def estimated_fle_mm(result: RegistrationResult) -> float:
+    """The FLE (RMS, mm) a point registration's FRE suggests: an *estimate*.
+
+    Fitzpatrick, West & Maurer 1998: ``<FRE^2> = (1 - 2/N) <FLE^2>`` for N fiducials, so
+    ``FLE ~= FRE / sqrt(1 - 2/N)``. One registration's FRE is a single sample of a
+    random quantity (and FRE does not track TRE case by case), so the FLE, and the
+    error field built from it, is an expected value, not a measurement. ValueError for
+    fewer than 3 fiducials or a non-finite FRE.
+    """
+    n = len(result.fiducial_errors_mm)
+    if n < 3 or not (math.isfinite(result.fre_mm) and result.fre_mm >= 0):
+        raise ValueError(f"no FLE estimate from {n} fiducials, FRE {result.fre_mm}")
+    return float(result.fre_mm) / math.sqrt(1.0 - 2.0 / n)
+
+
+class _Confidence:
+    """The asset set to serve for the newest accepted/restored registration.
+
+    A point registration ("points") colours the organ by the predicted TRE (FW&M 1998
+    eq. 46, :func:`predicted_tre_mm`) at its asset vertices (``image`` frame), from the
+    case fiducials and :func:`estimated_fle_mm`; a surface registration (or none) leaves
+    the plain case colours. Runs once per new registration, off the per-sample path.
+    """
+
+    def __init__(self, case: Case, plain: AssetSet, triangle_budget: int) -> None:
+        self.case = case
+        self.plain = plain
+        self.budget = triangle_budget
+        self.organ = next((s for s in case.structures if s.role == "organ"), None)
+        self.registration_id: int | None = None
+
+    def on_registration(self, result: RegistrationResult) -> AssetSet | None:
+        """The new asset set for ``result``, or None when nothing changes."""
+        if result.state not in ("accepted", "restored") or self.organ is None:
+            return None
+        if result.registration_id == self.registration_id:
+            return None  # republished, or restored -> accepted: same field
+        self.registration_id = result.registration_id
+        fiducials = self.case.fiducials.points_lps
+        if result.method != "points":
+            return self.plain
+        if len(fiducials) != len(result.fiducial_errors_mm):
+            log.warning(
+                "registration %d: %d fiducial errors for %d case fiducials: plain colours",
+                result.registration_id,
+                len(result.fiducial_errors_mm),
+                len(fiducials),
+            )
+            return self.plain
+        try:
+            fle_mm = estimated_fle_mm(result)
+            predicted_tre_mm(fiducials[:1], fiducials, fle_mm=fle_mm)  # checks the geometry
+        except (ValueError, RegistrationError) as error:
+            log.warning("registration %d: no confidence colours: %s", result.registration_id, error)
+            return self.plain
+        return with_confidence(
+            self.plain,
+            self.organ,
+            lambda v: predicted_tre_mm(v, fiducials, fle_mm=fle_mm),
+            triangle_budget=self.budget,
+        )
+
+
 def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
     try:
         case = load_case(cfg.case or SHIPPED_PHANTOM_DIR)
@@ -536,6 +627,7 @@ def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
             limits=cfg.limits(),
         )
         alerts = _Alerts(session_id, pub, server, counters)
+        confidence = _Confidence(case, assets, cfg.triangle_budget)
         latest = bus.LatestSubscriber(
             spec.subscribe_endpoints, (cfg.tracker_topic, NAV_STATE_TOPIC)
         )
@@ -596,6 +688,22 @@ def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
                         if isinstance(received.message, RegistrationResult):
                             events = alerts.machine.on_registration(received.message)
                             alerts.raise_events(events, time.monotonic_ns())
+                            t_build = time.perf_counter()
+                            new_assets = confidence.on_registration(received.message)
+                            if new_assets is not None and new_assets is not server.assets:
+                                version = scene_version(new_assets)
+                                server.swap_assets(new_assets, version)
+                                scene.scene_version = version
+                                if new_assets is not confidence.plain:
+                                    counters["confidence_assets_built"] += 1
+                                log.info(
+                                    "registration %d (%s): scene %d, %s colours in %.1f ms",
+                                    received.message.registration_id,
+                                    received.message.method,
+                                    version,
+                                    "plain" if new_assets is confidence.plain else "confidence",
+                                    (time.perf_counter() - t_build) * 1e3,
+                                )
 
                 published = False
                 if latest.fileno_socket() in ready:

@@ -50,6 +50,7 @@ import trimesh
 import calibration
 from calibration.files import CalibrationFileError, read_calibration
 from nav.messages import AssetInfo, OverlayState, SceneUpdate
+from render.assets import glb_vertex_rgba
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +100,17 @@ def load_display_camera(path: str | os.PathLike[str] | None = None) -> DisplayCa
 
 @dataclass(frozen=True, eq=False)
 class StructureMesh:
-    """One structure's triangles: ``vertices`` (V, 3) mm in ``image``, ``faces`` (F, 3)."""
+    """One structure's triangles: ``vertices`` (V, 3) mm in ``image``, ``faces`` (F, 3).
+
+    ``vertex_rgba`` (V, 4) in 0..1: per-vertex colours (the asset's ``COLOR_0``, e.g.
+    confidence colours), drawn instead of ``color_rgba``'s RGB when present.
+    """
 
     name: str
     vertices: npt.NDArray[np.float64]
     faces: npt.NDArray[np.int64]
     color_rgba: tuple[float, float, float, float]
+    vertex_rgba: npt.NDArray[np.float64] | None = None
 
 
 def mesh_from_glb(info: AssetInfo, data: bytes) -> StructureMesh:
@@ -112,11 +118,15 @@ def mesh_from_glb(info: AssetInfo, data: bytes) -> StructureMesh:
     loaded = trimesh.load(io.BytesIO(data), file_type="glb", force="mesh", process=False)
     if not isinstance(loaded, trimesh.Trimesh) or len(loaded.faces) == 0:
         raise ValueError(f"asset {info.name!r}: not a triangle mesh")
+    colours = glb_vertex_rgba(data)
+    if colours is not None and len(colours) != len(loaded.vertices):
+        colours = None
     return StructureMesh(
         name=info.name,
         vertices=np.asarray(loaded.vertices, dtype=np.float64),
         faces=np.asarray(loaded.faces, dtype=np.int64),
         color_rgba=info.color_rgba,
+        vertex_rgba=colours,
     )
 
 
@@ -140,6 +150,8 @@ class _Drawable:
     vertices_display: npt.NDArray[np.float64]
     faces: npt.NDArray[np.int64]
     rgba: tuple[float, float, float, float]
+    vertex_rgb: npt.NDArray[np.float64] | None = None
+    """(V, 3) per-vertex colours, 0..1, replacing ``rgba``'s RGB (alpha stays ``rgba``'s)."""
 
 
 def _dim(rgba: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
@@ -148,6 +160,13 @@ def _dim(rgba: tuple[float, float, float, float]) -> tuple[float, float, float, 
     grey = (r + g + b) / 3.0
     mix = [0.45 * (0.4 * c + 0.6 * grey) for c in (r, g, b)]
     return (mix[0], mix[1], mix[2], 0.6 * a)
+
+
+def _dim_rgb(rgb: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """``_dim``'s colour change for (V, 3) colours."""
+    grey = rgb.mean(axis=1, keepdims=True)
+    out: npt.NDArray[np.float64] = 0.45 * (0.4 * rgb + 0.6 * grey)
+    return out
 
 
 def _drawables(
@@ -161,8 +180,12 @@ def _drawables(
         if mesh is None:
             continue
         v = mesh.vertices @ T[:3, :3].T + T[:3, 3]
-        rgba = mesh.color_rgba if overlay is OverlayState.CURRENT else _dim(mesh.color_rgba)
-        out.append(_Drawable(v, mesh.faces, rgba))
+        current = overlay is OverlayState.CURRENT
+        rgba = mesh.color_rgba if current else _dim(mesh.color_rgba)
+        vertex_rgb = None
+        if mesh.vertex_rgba is not None:
+            vertex_rgb = mesh.vertex_rgba[:, :3] if current else _dim_rgb(mesh.vertex_rgba[:, :3])
+        out.append(_Drawable(v, mesh.faces, rgba, vertex_rgb))
     tip = update.p_tip_display
     if np.isfinite(tip).all():
         sphere = trimesh.creation.icosphere(subdivisions=2, radius=TIP_RADIUS_MM)
@@ -208,6 +231,9 @@ def _render_open3d(drawables: list[_Drawable], camera: DisplayCamera) -> ImageRG
         mesh.compute_vertex_normals()
         material = rendering.MaterialRecord()
         material.base_color = list(d.rgba)
+        if d.vertex_rgb is not None:  # Filament multiplies base colour and vertex colour
+            mesh.vertex_colors = o3d.utility.Vector3dVector(d.vertex_rgb)
+            material.base_color = [1.0, 1.0, 1.0, d.rgba[3]]
         material.shader = "defaultLitTransparency" if d.rgba[3] < 1.0 else "defaultLit"
         material.base_roughness = 0.8
         scene.add_geometry(f"s{i}", mesh, material)
@@ -233,7 +259,9 @@ def _render_raycast(drawables: list[_Drawable], camera: DisplayCamera) -> ImageR
         return rgb.reshape(camera.height, camera.width, 3).astype(np.uint8)
     rays = _pixel_rays(camera)
     directions = rays[:, 3:].astype(np.float64)
-    hits: list[tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], _Drawable]] = []
+    hits: list[
+        tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], _Drawable, npt.NDArray[np.float64]]
+    ] = []
     for d in drawables:
         scene = o3d.t.geometry.RaycastingScene()
         scene.add_triangles(
@@ -244,23 +272,32 @@ def _render_raycast(drawables: list[_Drawable], camera: DisplayCamera) -> ImageR
         t = result["t_hit"].numpy().astype(np.float64)
         normals = result["primitive_normals"].numpy().astype(np.float64)
         shade = 0.25 + 0.75 * np.abs(np.einsum("ij,ij->i", normals, directions))
-        hits.append((t, shade, d))
+        colour = np.broadcast_to(np.array(d.rgba[:3]), (n_pix, 3))
+        if d.vertex_rgb is not None:  # barycentric interpolation over the hit triangle
+            hit = np.isfinite(t)
+            ids = result["primitive_ids"].numpy()[hit].astype(np.int64)
+            uv = result["primitive_uvs"].numpy()[hit].astype(np.float64)
+            corners = d.vertex_rgb[d.faces[ids]]  # (H, 3 corners, 3 channels)
+            weights = np.stack([1.0 - uv[:, 0] - uv[:, 1], uv[:, 0], uv[:, 1]], axis=1)
+            colour = np.array(colour)
+            colour[hit] = np.einsum("hk,hkc->hc", weights, corners)
+        hits.append((t, shade, d, colour))
     opaque_t = np.full(n_pix, np.inf)
-    for t, shade, d in hits:
+    for t, shade, d, colour in hits:
         if d.rgba[3] >= 1.0:
             nearer = t < opaque_t
             opaque_t[nearer] = t[nearer]
-            rgb[nearer] = shade[nearer, None] * np.array(d.rgba[:3])
+            rgb[nearer] = shade[nearer, None] * colour[nearer]
     transparent = [h for h in hits if h[2].rgba[3] < 1.0]
     # Back to front per pixel would need a sort per pixel; structures rarely interleave,
     # so blending each whole structure farthest-first (by median depth) is close enough.
     transparent.sort(
         key=lambda h: -float(np.median(h[0][np.isfinite(h[0])])) if np.isfinite(h[0]).any() else 0.0
     )
-    for t, shade, d in transparent:
+    for t, shade, d, colour in transparent:
         seen = np.isfinite(t) & (t < opaque_t)
         a = d.rgba[3]
-        rgb[seen] = (1 - a) * rgb[seen] + a * shade[seen, None] * np.array(d.rgba[:3])
+        rgb[seen] = (1 - a) * rgb[seen] + a * shade[seen, None] * colour[seen]
     image = np.clip(rgb * 255.0, 0, 255).astype(np.uint8)
     return image.reshape(camera.height, camera.width, 3)
 

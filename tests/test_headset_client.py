@@ -50,7 +50,7 @@ from nav.messages import (
 )
 from nav.phantom import SHIPPED_PHANTOM_DIR
 from nav.sim_registration import write_true_registration
-from render.assets import AssetSet, build_assets
+from render.assets import AssetSet, build_assets, with_confidence
 from render.headset_client import (
     ClientConfig,
     ClockSample,
@@ -223,6 +223,7 @@ class FakeServer:
         self.alerts_to_send: list[Alert] = []
         self.frame = 0
         self.latest: SceneUpdate | None = None
+        self.scene_version = 1
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -293,7 +294,7 @@ class FakeServer:
             protocol=self.protocol,
             session=self.session,
             scene_endpoint=self.scene_endpoint,
-            scene_version=1,
+            scene_version=self.scene_version,
             t_server_ns=time.monotonic_ns(),
             assets=self.assets.infos,
         )
@@ -302,7 +303,7 @@ class FakeServer:
         names = self.assets.names
         return SceneUpdate(
             session=self.session,
-            scene_version=1,
+            scene_version=self.scene_version,
             t_sensor_ns=t_sensor_ns,
             frame_number=self.frame,
             status=NavStatus.OK,
@@ -433,6 +434,38 @@ def test_client_rejoins_a_restarted_server_without_fetching_cached_assets(
     assert client.session != first and client.reconnects == 1
     assert client.stats.assets_fetched == len(phantom_assets.infos)  # cached by hash
     assert "AssetRequest" not in server.requests
+
+
+def test_a_new_scene_version_makes_the_client_hello_again_and_fetch_only_new_assets(
+    ipc: Path, phantom_assets: AssetSet
+) -> None:
+    server = FakeServer(ipc, phantom_assets)
+    client = HeadsetClient(ClientConfig(endpoint=server.session_endpoint))
+    case = load_case(SHIPPED_PHANTOM_DIR)
+    liver = case.structure("liver")
+    coloured = with_confidence(phantom_assets, liver, lambda v: np.full(len(v), 2.5))
+    try:
+        step_until(client, lambda: client.phase is Phase.LIVE and client.stats.frames > 5)
+        assert client.stats.assets_fetched == len(phantom_assets.infos)
+        server.assets = coloured  # what the render node does after a point registration
+        server.scene_version = 2
+        step_until(
+            client,
+            lambda: (
+                client.phase is Phase.LIVE
+                and client.latest is not None
+                and client.latest.scene_version == 2
+            ),
+        )
+    finally:
+        client.close()
+        server.close()
+    assert client.welcome is not None and client.welcome.scene_version == 2
+    assert client.assets()["liver"][0].sha256 == coloured.info("liver").sha256
+    assert client.stats.assets_fetched == len(phantom_assets.infos) + 1  # the liver only
+    summary = client.summary()
+    assert summary["scene_reloads"] == 1 and summary["reconnects"] == 0
+    assert client.session == server.session
 
 
 def test_a_protocol_mismatch_is_a_one_line_error(ipc: Path, phantom_assets: AssetSet) -> None:

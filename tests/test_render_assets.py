@@ -13,12 +13,16 @@ import pytest
 from nav.case import Case, load_case
 from nav.phantom import SHIPPED_PHANTOM_DIR
 from render.assets import (
+    CONFIDENCE_COLOURS,
     DEFAULT_TRIANGLE_BUDGET,
     AssetSet,
     build_assets,
+    confidence_rgba,
     decimate,
+    glb_vertex_rgba,
     load_glb,
     scene_version,
+    with_confidence,
 )
 
 BUDGET = 2000  # below the phantom liver's 5120 triangles, above every other structure's
@@ -125,3 +129,57 @@ def test_hashes_are_stable_across_builds_and_name_the_content(
 def test_decimate_refuses_a_budget_below_one() -> None:
     with pytest.raises(ValueError, match="budget"):
         decimate(np.zeros((3, 3)), np.array([[0, 1, 2]]), 0)
+
+
+# --- confidence colours --------------------------------------------------------------------
+
+
+def test_confidence_colours_are_green_to_yellow_to_red_monotonically_keeping_alpha() -> None:
+    e = np.array([0.0, 1.0, 2.0, 3.0, 10.0, np.nan, np.inf])
+    rgba = confidence_rgba(e, alpha=0.35)
+    assert rgba.dtype == np.uint8 and rgba.shape == (7, 4)
+    expected = np.round(np.asarray(CONFIDENCE_COLOURS) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(rgba[[0, 1], :3], expected[[0, 0]])  # <= 1 mm: green
+    np.testing.assert_array_equal(rgba[2, :3], expected[1])  # 2 mm: yellow
+    np.testing.assert_array_equal(rgba[3:, :3], np.repeat(expected[2:], 4, axis=0))  # red
+    assert (rgba[:, 3] == round(0.35 * 255)).all()
+    ramp = confidence_rgba(np.linspace(0.0, 4.0, 401)).astype(int)
+    # As the error grows red never falls (it rises 1 -> 2 mm) and green never rises (it
+    # falls 2 -> 3 mm); blue stays 0.
+    assert (np.diff(ramp[:, 0]) >= 0).all() and (np.diff(ramp[:, 1]) <= 0).all()
+    assert (ramp[:, 2] == 0).all()
+    assert (np.diff(ramp[:, 0]) > 0).any() and (np.diff(ramp[:, 1]) < 0).any()
+    np.testing.assert_array_equal(confidence_rgba(e, 0.35), rgba)  # deterministic
+
+
+def test_a_confidence_coloured_glb_round_trips_with_its_colours_and_a_new_hash(
+    phantom: Case, full: AssetSet
+) -> None:
+    liver = phantom.structure("liver")
+    centre = liver.mesh.vertices.mean(axis=0)
+
+    def field(v: np.ndarray) -> np.ndarray:
+        return np.linalg.norm(v - centre, axis=1) / 20.0
+
+    coloured = with_confidence(full, liver, field)
+    again = with_confidence(full, liver, field)
+    info = coloured.info("liver")
+    assert info.sha256 != full.info("liver").sha256
+    assert again.info("liver").sha256 == info.sha256  # deterministic bytes
+    assert scene_version(coloured) != scene_version(full)
+    for name in full.names:  # the other structures keep their bytes
+        if name != "liver":
+            assert coloured.info(name) == full.info(name)
+    assert set(coloured.data_by_sha256) == {i.sha256 for i in coloured.infos}
+    data = coloured.data_by_sha256[info.sha256]
+    length = struct.unpack_from("<I", data, 12)[0]
+    gltf = json.loads(data[20 : 20 + length])
+    assert "COLOR_0" in gltf["meshes"][0]["primitives"][0]["attributes"]
+    colours = glb_vertex_rgba(data)
+    mesh = load_glb(data)
+    assert colours is not None and len(colours) == len(liver.mesh.vertices)
+    assert len(mesh.faces) == info.triangles
+    assert np.allclose(colours[:, 3], liver.opacity, atol=1 / 255)
+    assert glb_vertex_rgba(full.data_by_sha256[full.info("liver").sha256]) is None
+    plain = with_confidence(coloured, liver, None)
+    assert plain.info("liver") == full.info("liver")

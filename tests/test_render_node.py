@@ -47,8 +47,9 @@ from nav.messages import (
     encode,
 )
 from nav.phantom import SHIPPED_PHANTOM_DIR
+from nav.registration.paired_point import predicted_tre_mm
 from nav.sim_registration import write_true_registration
-from render.assets import load_glb
+from render.assets import build_assets, confidence_rgba, glb_vertex_rgba, load_glb
 from tests.conftest import NodeProcess, start_node
 
 pytestmark = pytest.mark.slow
@@ -276,6 +277,50 @@ def test_hello_welcome_assets_by_hash_clock_and_snapshot_round_trip(stack: Stack
     finally:
         client.close()
         listener.close()
+
+
+def test_a_point_registration_colours_the_organ_by_its_predicted_error(stack: Stack) -> None:
+    # The nav node republished its restored point registration (FRE 0.1 mm, every case
+    # fiducial): the render node rebuilt the liver with the eq. 46 field as COLOR_0.
+    case = load_case(SHIPPED_PHANTOM_DIR)
+    plain = build_assets(case)
+    heartbeats = Listener(stack.render_pub, ("heartbeat/render", "scene/update"))
+    client = Client(stack.headset_endpoint)
+    try:
+        counters = heartbeats.heartbeat(lambda c: c.get("confidence_assets_built", 0) >= 1)
+        assert counters["confidence_assets_built"] == 1
+        welcome = client.hello()
+        liver = next(a for a in welcome.assets if a.name == "liver")
+        assert liver.sha256 != plain.info("liver").sha256
+        for info in welcome.assets:  # every other structure keeps its plain bytes
+            if info.name != "liver":
+                assert info == plain.info(info.name)
+        data = client.request(AssetRequest(liver.sha256))
+        assert isinstance(data, AssetData)
+        colours = glb_vertex_rgba(data.data)
+        vertices = load_glb(data.data).vertices
+        assert colours is not None
+        n = len(case.fiducials)
+        fle = 0.1 / np.sqrt(1 - 2 / n)  # write_true_registration: FRE 0.1 mm
+        tre = predicted_tre_mm(
+            case.structure("liver").mesh.vertices, case.fiducials.points_lps, fle_mm=fle
+        )
+        assert len(colours) == len(tre) and len(vertices) > 0
+        np.testing.assert_allclose(
+            colours * 255, confidence_rgba(tre, case.structure("liver").opacity), atol=0.5
+        )
+        # The plain asset stays servable (a client mid-fetch), and updates carry the new
+        # scene version.
+        old = client.request(AssetRequest(plain.info("liver").sha256))
+        assert isinstance(old, AssetData) and old.name == "liver"
+        update = heartbeats.wait_for(
+            lambda r: isinstance(r.message, SceneUpdate), timeout_s=5, what="a scene update"
+        )
+        assert isinstance(update.message, SceneUpdate)
+        assert update.message.scene_version == welcome.scene_version
+    finally:
+        client.close()
+        heartbeats.close()
 
 
 def test_protocol_mismatch_and_garbage_are_refused_counted_and_the_node_keeps_serving(

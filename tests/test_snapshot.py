@@ -15,12 +15,13 @@ from nav.case import load_case
 from nav.messages import NavStatus, OverlayState, SceneUpdate
 from nav.phantom import SHIPPED_PHANTOM_DIR
 from nav.transforms import axis_angle_to_matrix, invert_rigid, make_rigid
-from render.assets import build_assets
+from render.assets import CONFIDENCE_COLOURS, build_assets, with_confidence
 from render.snapshot import (
     DEFAULT_DISPLAY_CALIBRATION,
     DisplayCamera,
     StructureMesh,
     load_display_camera,
+    mesh_from_glb,
     meshes_from_assets,
     render_view,
     write_png,
@@ -209,3 +210,27 @@ def test_auto_renders_in_a_child_process_or_falls_back_to_ray_casting(
     assert snapshot.renderer in ("open3d", "raycast")
     u, v = _liver_pixel(meshes, camera)
     assert _hue_close(snapshot.image[v, u], meshes["liver"].color_rgba[:3])
+
+
+@pytest.mark.parametrize("renderer", ["raycast", pytest.param("open3d", marks=pytest.mark.slow)])
+def test_vertex_colours_are_drawn_instead_of_the_structure_colour(
+    meshes: dict[str, StructureMesh], camera: DisplayCamera, renderer: str
+) -> None:
+    case = load_case(SHIPPED_PHANTOM_DIR)
+    plain = build_assets(case)
+    # Confidence colours: 0 mm everywhere -> every vertex green.
+    assets = with_confidence(plain, case.structure("liver"), lambda v: np.zeros(len(v)))
+    info = assets.info("liver")
+    liver = mesh_from_glb(info, assets.data_by_sha256[info.sha256])
+    assert liver.vertex_rgba is not None and meshes["liver"].vertex_rgba is None
+    snapshot = render_view(
+        update=_update(("liver",), OverlayState.CURRENT, np.full(3, np.nan)),
+        overlay=OverlayState.CURRENT,
+        meshes={"liver": liver},
+        camera=camera,
+        renderer=renderer,
+    )
+    u, v = _liver_pixel(meshes, camera)
+    r, g, b = (int(c) for c in snapshot.image[v, u])
+    assert CONFIDENCE_COLOURS[0][1] > 0 and g > 15 and g > 2 * r and g > 2 * b, (r, g, b)
+    assert not _hue_close(snapshot.image[v, u], liver.color_rgba[:3])
