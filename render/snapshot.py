@@ -200,6 +200,9 @@ def _drawables(
 
 # --- renderers ------------------------------------------------------------------------
 
+OPEN3D_EXPLICIT_TIMEOUT_S = 120.0
+"""Deadline for ``renderer="open3d"`` (no fallback): generous, it is only a stall guard."""
+
 _OFFSCREEN: dict[tuple[int, int], Any] = {}
 _OFFSCREEN_BROKEN: list[str] = []
 
@@ -351,7 +354,11 @@ def _render_3d(
     if renderer == "raycast" or (renderer == "auto" and _OFFSCREEN_BROKEN):
         return _render_raycast(drawables, camera), "raycast"
     if renderer == "open3d":
-        return _render_open3d(drawables, camera), "open3d"
+        # Asked for by name: no fallback, but still in a child with a deadline, because a
+        # Filament call on a software rasteriser can stall for minutes and cannot be
+        # interrupted in-process (seen once in CI: a test stuck past its timeout).
+        limit_s = max(timeout_s, OPEN3D_EXPLICIT_TIMEOUT_S)
+        return _render_open3d_isolated(drawables, camera, limit_s), "open3d"
     try:
         return _render_open3d_isolated(drawables, camera, timeout_s), "open3d"
     except (TimeoutError, RuntimeError, OSError) as error:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -19,6 +20,7 @@ from render.assets import CONFIDENCE_COLOURS, build_assets, with_confidence
 from render.snapshot import (
     DEFAULT_DISPLAY_CALIBRATION,
     DisplayCamera,
+    Snapshot,
     StructureMesh,
     load_display_camera,
     mesh_from_glb,
@@ -171,6 +173,18 @@ def test_a_calibration_of_another_kind_is_refused(tmp_path: Path) -> None:
         load_display_camera(tmp_path / "missing.toml")
 
 
+def _render_or_skip_a_stall(**kwargs: Any) -> Snapshot:
+    """``render_view``, skipping (with the reason) when Filament stalls past its deadline.
+
+    Filament on Mesa's software rasteriser usually draws the liver in ~0.2 s but has
+    stalled for minutes on a loaded CI machine; a stall says nothing about correctness.
+    """
+    try:
+        return render_view(open3d_timeout_s=60.0, **kwargs)
+    except TimeoutError as error:
+        pytest.skip(f"Open3D offscreen renderer stalled on this machine: {error}")
+
+
 @pytest.mark.slow
 def test_open3d_offscreen_and_the_ray_caster_agree_on_the_liver_silhouette(
     meshes: dict[str, StructureMesh], camera: DisplayCamera
@@ -178,7 +192,7 @@ def test_open3d_offscreen_and_the_ray_caster_agree_on_the_liver_silhouette(
     """Differential: Filament (Mesa llvmpipe here) against the CPU ray caster."""
     update = _update(("liver",), OverlayState.CURRENT, np.full(3, np.nan))
     images = {
-        r: render_view(
+        r: _render_or_skip_a_stall(
             update=update,
             overlay=OverlayState.CURRENT,
             meshes={"liver": meshes["liver"]},
@@ -223,7 +237,7 @@ def test_vertex_colours_are_drawn_instead_of_the_structure_colour(
     info = assets.info("liver")
     liver = mesh_from_glb(info, assets.data_by_sha256[info.sha256])
     assert liver.vertex_rgba is not None and meshes["liver"].vertex_rgba is None
-    snapshot = render_view(
+    snapshot = _render_or_skip_a_stall(
         update=_update(("liver",), OverlayState.CURRENT, np.full(3, np.nan)),
         overlay=OverlayState.CURRENT,
         meshes={"liver": liver},
