@@ -561,7 +561,11 @@ def test_client_joins_the_render_node_rebuilds_the_scene_and_follows_a_restart(
     finally:
         client.close()
     assert client.reconnects >= 1
-    assert client.stats.assets_fetched == len(case.structures)  # same hashes: nothing again
+    # Same hashes after the restart: nothing fetched again. The one possible extra is the
+    # liver in confidence colours, once the restored registration reached the render node
+    # (before or after the client joined: a race this test does not fix).
+    n = len(case.structures)
+    assert n <= client.stats.assets_fetched <= n + 1, client.stats
     assert restarted.terminate() == 0
 
 
