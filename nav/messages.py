@@ -480,6 +480,22 @@ def _names(body: Mapping[str, Any], key: str) -> tuple[str, ...]:
     return tuple(_name({key: n}, key, r"[A-Za-z0-9_. -]{1,64}") for n in raw)
 
 
+def _named_distances(body: Mapping[str, Any], kind: str) -> tuple[tuple[str, ...], FloatArray]:
+    """``<kind>_names`` and their aligned ``<kind>_distances_mm`` (NaN: unknown)."""
+    names = _names(body, f"{kind}_names")
+    key = f"{kind}_distances_mm"
+    distances = decode_array(body, key, dtype="<f8", shape=(len(names),), allow_nan=True)
+    return names, distances
+
+
+def _predicted_tre(body: Mapping[str, Any]) -> float:
+    """``predicted_tre_mm``: NaN (unregistered) or a finite value >= 0."""
+    tre = float(_get(body, "predicted_tre_mm", (int, float)))
+    if math.isinf(tre) or tre < 0:
+        raise MessageError("invalid", f"predicted_tre_mm {tre} is not NaN or >= 0")
+    return tre
+
+
 @dataclass(frozen=True, eq=False)
 class NavState:
     """Navigation state for one tracker sample, published on ``nav/state``.
@@ -539,11 +555,9 @@ class NavState:
         T = decode_array(body, "T_tracker_from_image", dtype="<f8", shape=(4, 4))
         if status is NavStatus.OK and not _is_rigid_quietly(T):
             raise MessageError("invalid", "NavState is OK but T_tracker_from_image is not rigid")
-        targets = _names(body, "target_names")
-        criticals = _names(body, "critical_names")
-        tre = float(_get(body, "predicted_tre_mm", (int, float)))
-        if math.isinf(tre) or tre < 0:
-            raise MessageError("invalid", f"predicted_tre_mm {tre} is not NaN or >= 0")
+        targets, target_distances = _named_distances(body, "target")
+        criticals, critical_distances = _named_distances(body, "critical")
+        tre = _predicted_tre(body)
         return cls(
             t_sensor_ns=_time_ns(body, "t_sensor_ns"),
             frame_number=_time_ns(body, "frame_number"),
@@ -554,13 +568,9 @@ class NavState:
             pointer_status=_status(_get(body, "pointer_status", str), "pointer"),
             p_tip_image=decode_array(body, "p_tip_image", dtype="<f8", shape=(3,), allow_nan=True),
             target_names=targets,
-            target_distances_mm=decode_array(
-                body, "target_distances_mm", dtype="<f8", shape=(len(targets),), allow_nan=True
-            ),
+            target_distances_mm=target_distances,
             critical_names=criticals,
-            critical_distances_mm=decode_array(
-                body, "critical_distances_mm", dtype="<f8", shape=(len(criticals),), allow_nan=True
-            ),
+            critical_distances_mm=critical_distances,
             predicted_tre_mm=tre,
         )
 
@@ -756,11 +766,9 @@ class SceneUpdate:
             with np.errstate(over="ignore", invalid="ignore"):
                 if not (rigidity_errors(Ts) <= RIGID_TOLERANCE).all():
                     raise MessageError("invalid", "a drawn structure pose is not rigid")
-        targets = _names(body, "target_names")
-        criticals = _names(body, "critical_names")
-        tre = float(_get(body, "predicted_tre_mm", (int, float)))
-        if math.isinf(tre) or tre < 0:
-            raise MessageError("invalid", f"predicted_tre_mm {tre} is not NaN or >= 0")
+        targets, target_distances = _named_distances(body, "target")
+        criticals, critical_distances = _named_distances(body, "critical")
+        tre = _predicted_tre(body)
         age_ms = _finite_float(body, "age_ms")
         return cls(
             session=_name(body, "session", _SESSION),
@@ -778,13 +786,9 @@ class SceneUpdate:
                 body, "p_tip_display", dtype="<f8", shape=(3,), allow_nan=True
             ),
             target_names=targets,
-            target_distances_mm=decode_array(
-                body, "target_distances_mm", dtype="<f8", shape=(len(targets),), allow_nan=True
-            ),
+            target_distances_mm=target_distances,
             critical_names=criticals,
-            critical_distances_mm=decode_array(
-                body, "critical_distances_mm", dtype="<f8", shape=(len(criticals),), allow_nan=True
-            ),
+            critical_distances_mm=critical_distances,
             predicted_tre_mm=tre,
             age_ms=age_ms,
         )
