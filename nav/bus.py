@@ -17,6 +17,17 @@ Every socket keeps ``Counters``: sent, received, rejected by kind (see
 ``messages.MessageError``), superseded, and lost (gaps in the per-topic sequence numbers).
 Nothing received is trusted before ``messages.decode`` has validated it.
 
+Producer restarts: a publisher stamps every message with its process's ``epoch``
+(``nav.roster``). Sequence numbers are compared only within one epoch; a new epoch resets
+the order and is counted as ``producer_restarts``, never as loss. Under a supervisor, a
+subscriber drops (``rejected_untrusted``) any epoch the supervisor's roster does not list,
+so a stranger on a crashed node's port is not taken for that node.
+
+Limits against hostile peers: a PUB socket refuses inbound frames (subscriptions) over
+``MAX_SUBSCRIPTION_BYTES``, a control socket requests over ``MAX_PAYLOAD_BYTES`` and keeps
+at most ``CONTROL_RCVHWM`` queued per peer; every handshake must finish in
+``HANDSHAKE_S``.
+
 Endpoints: ``ipc:///path`` on one host, ``tcp://host:port`` across hosts. A ``tcp://``
 endpoint is CurveZMQ-encrypted when given ``CurveKeys``; without keys it runs in the clear
 and logs a warning (the security issue makes keys mandatory for tcp).
@@ -32,6 +43,7 @@ from dataclasses import dataclass
 
 import zmq
 
+from nav import roster
 from nav.messages import (
     MAX_PAYLOAD_BYTES,
     Command,
@@ -48,6 +60,9 @@ log = logging.getLogger(__name__)
 POSE_RCVHWM = 1000  # bounded backlog behind a slow reader; latest-wins drains it anyway
 QUEUE_RCVHWM = 100_000  # recorder: about 100 s of a 1 kHz stream before ZeroMQ drops
 PUB_SNDHWM = 1000
+CONTROL_RCVHWM = 64  # queued requests per control peer: a flood is dropped by ZeroMQ, not served
+MAX_SUBSCRIPTION_BYTES = 1024  # a topic prefix; a 4 MiB subscription cost the tracker 250 MB
+HANDSHAKE_S = 2.0  # a peer that connects and never finishes the ZMTP handshake is dropped
 
 
 def context() -> zmq.Context[zmq.Socket[bytes]]:
@@ -109,19 +124,47 @@ class Received:
         return self.envelope.message
 
 
+def _bind(sock: zmq.Socket[bytes], endpoint: str) -> str:
+    """Bind, or raise ``BindError`` naming the endpoint; returns the endpoint really bound."""
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as error:
+        sock.close(linger=0)
+        raise BindError(f"cannot bind {endpoint}: {error.strerror}") from None
+    # tcp://*:0 binds an OS-chosen port; report the real one.
+    return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+class BindError(OSError):
+    """An endpoint this node must own is taken (another process, or a stale socket)."""
+
+
+def _harden(sock: zmq.Socket[bytes], *, max_inbound_bytes: int) -> None:
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_inbound_bytes)
+    sock.setsockopt(zmq.HANDSHAKE_IVL, int(HANDSHAKE_S * 1000))
+
+
 class Publisher:
-    """A bound PUB socket that stamps each message with a per-topic seq and ``t_pub_ns``."""
+    """A bound PUB socket that stamps each message with its epoch, a per-topic seq and
+    ``t_pub_ns``. ``epoch`` defaults to this process's (``roster.own_epoch``)."""
 
     def __init__(
-        self, endpoint: str, *, keys: CurveKeys | None = None, sndhwm: int = PUB_SNDHWM
+        self,
+        endpoint: str,
+        *,
+        keys: CurveKeys | None = None,
+        sndhwm: int = PUB_SNDHWM,
+        epoch: int | None = None,
     ) -> None:
         self._sock = context().socket(zmq.PUB)
-        self._sock.setsockopt(zmq.LINGER, 0)
+        # Subscribers send only subscriptions (topic prefixes) upstream; anything longer is
+        # an attack on this process's memory and drops that peer.
+        _harden(self._sock, max_inbound_bytes=MAX_SUBSCRIPTION_BYTES)
         self._sock.setsockopt(zmq.SNDHWM, sndhwm)
         _secure(self._sock, endpoint, keys, server=True)
-        self._sock.bind(endpoint)
-        # tcp://*:0 binds an OS-chosen port; report the real one.
-        self.endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.endpoint: str = _bind(self._sock, endpoint)
+        self.epoch = roster.own_epoch() if epoch is None else epoch
         self._seq: dict[str, int] = {}
         self.counters = Counters()
 
@@ -130,7 +173,7 @@ class Publisher:
         seq = self._seq.get(topic, 0)
         self._seq[topic] = seq + 1
         stamp = time.monotonic_ns() if t_pub_ns is None else t_pub_ns
-        self.publish_raw(topic, encode(message, seq=seq, t_pub_ns=stamp))
+        self.publish_raw(topic, encode(message, seq=seq, t_pub_ns=stamp, epoch=self.epoch))
         return seq
 
     def publish_raw(self, topic: str, payload: bytes) -> None:
@@ -156,6 +199,7 @@ class _Subscriber:
         rcvhwm: int,
         keys: CurveKeys | None,
         max_bytes: int,
+        trust: roster.EpochTrust | None,
     ) -> None:
         self._sock = context().socket(zmq.SUB)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -171,7 +215,9 @@ class _Subscriber:
             self._sock.connect(endpoint)
         for topic in topics:
             self._sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
-        self._last_seq: dict[str, int] = {}
+        self._last: dict[str, tuple[int, int]] = {}  # topic -> (epoch, seq) last seen
+        # Under a supervisor only the epochs on its roster are trusted (nav.roster).
+        self._trust = trust if trust is not None else roster.trust_from_environment()
         self.counters = Counters()
 
     def fileno_socket(self) -> zmq.Socket[bytes]:
@@ -201,15 +247,29 @@ class _Subscriber:
             self.counters.reject(error)
             log.debug("dropped a message on %r: %s", topic, error)
             return None
+        if self._trust is not None and not self._trust(envelope.epoch):
+            self.counters.reject(MessageError("untrusted", f"epoch {envelope.epoch}"))
+            if self.counters["rejected_untrusted"] in (1, 100, 10_000):
+                log.warning(
+                    "dropping %r from a publisher the supervisor did not start (epoch %d): "
+                    "%d so far",
+                    topic,
+                    envelope.epoch,
+                    self.counters["rejected_untrusted"],
+                )
+            return None
         return Received(topic, envelope, payload, t_recv_ns)
 
-    def _count_gap(self, topic: str, seq: int, skipped: int) -> None:
-        # Sequence numbers are per topic and ZeroMQ keeps order per connection, so a jump
-        # beyond what this socket itself skipped was lost on the way (HWM, reconnect).
-        last = self._last_seq.get(topic)
-        if last is not None and seq > last + 1:
-            self.counters["lost"] += max(0, seq - last - 1 - skipped)
-        self._last_seq[topic] = seq
+    def _count_gap(self, topic: str, envelope: Envelope, skipped: int) -> None:
+        # Sequence numbers are per topic and per publisher epoch, and ZeroMQ keeps order per
+        # connection, so a jump beyond what this socket itself skipped was lost on the way
+        # (HWM, reconnect). A new epoch is a restarted producer: its seq starts again.
+        last = self._last.get(topic)
+        if last is not None and last[0] != envelope.epoch:
+            self.counters["producer_restarts"] += 1
+        elif last is not None and envelope.seq > last[1] + 1:
+            self.counters["lost"] += max(0, envelope.seq - last[1] - 1 - skipped)
+        self._last[topic] = (envelope.epoch, envelope.seq)
 
     def _wait(self, timeout_s: float) -> bool:
         return bool(self._sock.poll(max(0, int(timeout_s * 1000)), zmq.POLLIN))
@@ -229,8 +289,11 @@ class LatestSubscriber(_Subscriber):
         keys: CurveKeys | None = None,
         rcvhwm: int = POSE_RCVHWM,
         max_bytes: int = MAX_PAYLOAD_BYTES,
+        trust: roster.EpochTrust | None = None,
     ) -> None:
-        super().__init__(endpoints, topics, rcvhwm=rcvhwm, keys=keys, max_bytes=max_bytes)
+        super().__init__(
+            endpoints, topics, rcvhwm=rcvhwm, keys=keys, max_bytes=max_bytes, trust=trust
+        )
 
     def poll(self, timeout_s: float) -> list[Received]:
         """Wait up to ``timeout_s`` for traffic, drain it, return the newest valid per topic."""
@@ -247,7 +310,7 @@ class LatestSubscriber(_Subscriber):
                 received = self._decode(topic, payloads[i], t_recv_ns)
                 if received is not None:
                     self.counters["superseded"] += i
-                    self._count_gap(topic, received.envelope.seq, skipped=i)
+                    self._count_gap(topic, received.envelope, skipped=i)
                     newest.append(received)
                     break
         return newest
@@ -264,8 +327,11 @@ class QueueSubscriber(_Subscriber):
         keys: CurveKeys | None = None,
         rcvhwm: int = QUEUE_RCVHWM,
         max_bytes: int = MAX_PAYLOAD_BYTES,
+        trust: roster.EpochTrust | None = None,
     ) -> None:
-        super().__init__(endpoints, topics, rcvhwm=rcvhwm, keys=keys, max_bytes=max_bytes)
+        super().__init__(
+            endpoints, topics, rcvhwm=rcvhwm, keys=keys, max_bytes=max_bytes, trust=trust
+        )
 
     def poll(self, timeout_s: float, *, max_messages: int = 10_000) -> list[Received]:
         """Wait up to ``timeout_s`` for traffic, then return up to ``max_messages`` in order."""
@@ -275,32 +341,46 @@ class QueueSubscriber(_Subscriber):
         while len(out) < max_messages and (frames := self._recv_frames()) is not None:
             received = self._decode(frames[0], frames[1], time.monotonic_ns())
             if received is not None:
-                self._count_gap(received.topic, received.envelope.seq, skipped=0)
+                self._count_gap(received.topic, received.envelope, skipped=0)
                 out.append(received)
         return out
 
 
 class CommandServer:
-    """A node's control socket (REP): one reply for every request, even a malformed one."""
+    """A node's control socket (REP): one reply for every request, even a malformed one.
+
+    Control is never allowed to starve the pose path: each peer may have at most
+    ``CONTROL_RCVHWM`` requests queued (ZeroMQ holds the rest back at the sender), and the
+    node answers a bounded number per loop pass (``nav.node``).
+    """
 
     def __init__(self, endpoint: str, *, keys: CurveKeys | None = None) -> None:
         self._sock = context().socket(zmq.REP)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_PAYLOAD_BYTES)
+        _harden(self._sock, max_inbound_bytes=MAX_PAYLOAD_BYTES)
+        self._sock.setsockopt(zmq.RCVHWM, CONTROL_RCVHWM)
         _secure(self._sock, endpoint, keys, server=True)
-        self._sock.bind(endpoint)
-        self.endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.endpoint: str = _bind(self._sock, endpoint)
         self._seq = 0
         self.counters = Counters()
 
     def socket(self) -> zmq.Socket[bytes]:
         return self._sock
 
-    def receive(self, timeout_s: float = 0.0) -> Command | None:
-        """The next valid command, or None. A bad request is answered here and counted."""
-        while self._sock.poll(max(0, int(timeout_s * 1000)), zmq.POLLIN):
+    def receive(self, timeout_s: float = 0.0, *, max_requests: int = 16) -> Command | None:
+        """The next valid command, or None. A bad request is answered here and counted.
+
+        At most ``max_requests`` requests are read in one call, bad ones included, so a
+        flood of junk cannot hold the caller's loop (20k junk requests once blanked the
+        overlay for 0.4 s).
+        """
+        for _ in range(max_requests):
+            if not self._sock.poll(max(0, int(timeout_s * 1000)), zmq.POLLIN):
+                return None
             timeout_s = 0.0
-            frames = self._sock.recv_multipart()
+            try:
+                frames = self._sock.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:  # the peer left between poll and recv
+                return None
             self.counters["received"] += 1
             try:
                 if len(frames) != 1:

@@ -7,6 +7,10 @@ Wire format: one ZeroMQ multipart message per publish.
         "v"        int   SCHEMA_VERSION; any other version is refused
         "type"     str   one of the type names below, e.g. "TrackerFrame"
         "seq"      int   the publisher's sequence number for this topic (gaps = loss)
+        "epoch"    int   the publisher's epoch: one random id per publisher process
+                         (issued by the supervisor for every start). ``(epoch, seq)``
+                         orders a stream across producer restarts: a new epoch resets
+                         the order. Absent in recordings made before epochs: read as 0.
         "t_pub_ns" int   publisher's monotonic clock at publish, ns
         "body"     map   the type's fields
 
@@ -60,7 +64,7 @@ class MessageError(ValueError):
     """A payload that must be dropped; ``kind`` labels the counter it goes to."""
 
     KINDS: ClassVar[frozenset[str]] = frozenset(
-        {"oversized", "malformed", "version", "unknown_type", "invalid"}
+        {"oversized", "malformed", "version", "unknown_type", "invalid", "untrusted"}
     )
 
     def __init__(self, kind: str, detail: str) -> None:
@@ -1245,24 +1249,33 @@ _FIELDS: dict[str, frozenset[str]] = {
 
 @dataclass(frozen=True, eq=False)
 class Envelope:
-    """A decoded payload: the publisher's sequence number and publish time, and the message."""
+    """A decoded payload: the publisher's sequence number and publish time, and the message.
+
+    ``epoch`` names the publisher process that sent it (0: unknown, a recording made before
+    epochs); compare ``seq`` only within one epoch.
+    """
 
     seq: int
     t_pub_ns: int
     message: Message
+    epoch: int = 0
 
     @property
     def type_name(self) -> str:
         return self.message.TYPE
 
 
-def encode(message: Message, *, seq: int, t_pub_ns: int) -> bytes:
+MAX_EPOCH = (1 << 63) - 1  # epochs are positive int64: msgpack and MCAP keep them exact
+
+
+def encode(message: Message, *, seq: int, t_pub_ns: int, epoch: int = 0) -> bytes:
     """Message -> payload bytes (frame 1 of the multipart message)."""
     return msgpack.packb(
         {
             "v": SCHEMA_VERSION,
             "type": message.TYPE,
             "seq": int(seq),
+            "epoch": int(epoch),
             "t_pub_ns": int(t_pub_ns),
             "body": message.to_body(),
         },
@@ -1290,16 +1303,19 @@ def decode(payload: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> Envelope:
         raise MessageError(
             "version", f"schema version {str(version)[:20]}, expected {SCHEMA_VERSION}"
         )
-    _check_fields(raw, frozenset({"v", "type", "seq", "t_pub_ns", "body"}), "envelope")
+    _check_fields(raw, frozenset({"v", "type", "seq", "epoch", "t_pub_ns", "body"}), "envelope")
     type_name = _get(raw, "type", str)
     cls = MESSAGE_TYPES.get(type_name)
     if cls is None:
         raise MessageError("unknown_type", f"type {type_name[:40]!r}")
     seq = _get(raw, "seq", int)
     t_pub_ns = _get(raw, "t_pub_ns", int)
+    epoch = _get(raw, "epoch", int) if "epoch" in raw else 0
     if seq < 0 or t_pub_ns < 0:
         raise MessageError("invalid", "negative seq or t_pub_ns")
-    return Envelope(seq, t_pub_ns, cls.from_body(_get(raw, "body", dict)))
+    if not 0 <= epoch <= MAX_EPOCH:
+        raise MessageError("invalid", f"epoch {epoch} is out of range")
+    return Envelope(seq, t_pub_ns, cls.from_body(_get(raw, "body", dict)), epoch)
 
 
 def peek_type(payload: bytes) -> str:

@@ -20,6 +20,7 @@ Contract with the supervisor:
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
 import signal
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_PERIOD_S = 0.5
 POLL_TIMEOUT_S = 0.05  # a stop request is honoured within this
+# Control requests read per loop pass, bad ones included: the pose path comes first.
+CONTROL_REQUESTS_PER_PASS = 16
+EXIT_BIND_FAILED = 3  # an endpoint this node must own is taken: the supervisor says so loudly
 HEARTBEAT_TOPIC_PREFIX = "heartbeat/"
 
 CommandHandler = Callable[[Command], Reply]
@@ -64,6 +68,8 @@ class NodeRuntime:
         }
         self._t_start_ns = time.monotonic_ns()
         self._next_heartbeat_ns = 0
+        # Set by node_main when a supervisor started us: its death stops this node.
+        self._parent_pid: int | None = _supervisor_pid()
 
     def __enter__(self) -> NodeRuntime:
         if self.spec.pub:
@@ -105,9 +111,11 @@ class NodeRuntime:
         if self.control is not None:
             total.update({k: v for k, v in self.control.counters.items() if k.startswith("rej")})
         for counters in self._watched:
-            for key in ("received", "rejected", "superseded", "lost"):
+            for key in ("received", "rejected", "superseded", "lost", "producer_restarts"):
                 total[key] += counters[key]
-            total.update({k: v for k, v in counters.items() if k.startswith("rejected_")})
+            for key, count in counters.items():
+                if key.startswith("rejected_"):
+                    total[key] += count
         total.setdefault("rejected", 0)
         total.setdefault("published", 0)
         return dict(total)
@@ -119,8 +127,17 @@ class NodeRuntime:
         the heartbeat carries its rate in Hz.
         """
         if self.control is not None:
-            while (command := self.control.receive(0.0)) is not None:
+            budget_end = self.control.counters["received"] + CONTROL_REQUESTS_PER_PASS
+            while (left := budget_end - self.control.counters["received"]) > 0 and (
+                command := self.control.receive(0.0, max_requests=left)
+            ) is not None:
                 self.control.reply(self._handle(command))
+        if self._parent_pid is not None and os.getppid() != self._parent_pid:
+            # The supervisor died without stopping us (SIGKILL): an orphan must not keep
+            # publishing poses nobody vouches for. (Linux also sends PDEATHSIG.)
+            if not self.stop.is_set():
+                log.error("%s: parent %d is gone: stopping", self.spec.name, self._parent_pid)
+            self.stop.set()
         now_ns = time.monotonic_ns()
         if self.pub is not None and now_ns >= self._next_heartbeat_ns:
             self._next_heartbeat_ns = now_ns + int(HEARTBEAT_PERIOD_S * 1e9)
@@ -154,6 +171,34 @@ class NodeRuntime:
         except (ValueError, KeyError, TypeError) as error:
             # A bad argument is the caller's problem, not a reason to die.
             return Reply(ok=False, error=f"{command.name}: {error}")
+
+
+SUPERVISOR_PID_ENV = "ORNAV_SUPERVISOR_PID"
+
+
+def _supervisor_pid() -> int | None:
+    """The supervisor's pid if it started this process and is still our parent, else None."""
+    try:
+        pid = int(os.environ.get(SUPERVISOR_PID_ENV, ""))
+    except ValueError:
+        return None
+    return pid if pid == os.getppid() else None
+
+
+def _die_with_supervisor() -> None:
+    """Linux: ask the kernel for SIGTERM when our parent dies (``prctl(PR_SET_PDEATHSIG)``).
+
+    The parent-pid check in ``NodeRuntime.service`` covers other systems and the moment
+    before this call. Harmless where ``prctl`` is missing.
+    """
+    if _supervisor_pid() is None or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError) as error:  # not glibc/musl: the pid check remains
+        log.debug("prctl(PR_SET_PDEATHSIG) unavailable: %s", error)
 
 
 def stop_on_signal(stop: threading.Event, name: str) -> Callable[[int, object], None]:
@@ -211,8 +256,13 @@ def node_main(
 
     signal.signal(signal.SIGINT, stop_on_signal(stop, spec.name))
     signal.signal(signal.SIGTERM, stop_on_signal(stop, spec.name))
+    _die_with_supervisor()
     try:
         return run(cfg, spec, stop)
+    except bus.BindError as error:
+        log.error("%s: %s", spec.name, error)
+        print(f"ornav: {spec.name}: {error}", file=sys.stderr)
+        return EXIT_BIND_FAILED
     except Exception:
         log.exception("node %s failed", spec.name)
         return 1
