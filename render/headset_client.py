@@ -300,6 +300,7 @@ class ClientStats:
     telemetry_batches: int = 0
     rejected: int = 0
     foreign_updates: int = 0
+    out_of_order: int = 0  # updates older than the one drawn (a snapshot's race), dropped
     scene_reloads: int = 0
     lost_before: int = 0  # seq gaps on scene subscribers already closed
     superseded_before: int = 0
@@ -344,7 +345,8 @@ class HeadsetClient:
         self._pending: collections.deque[tuple[str, str]] = collections.deque()
         self._alerts_seen: set[tuple[str, int]] = set()
         self._old_sessions: set[str] = set()
-        self._reload_frame = -1  # updates up to this frame predate the newest reload
+        self._latest_t_pub_ns = -1  # the order of ``latest`` in its session (see below)
+        self._reload_t_pub_ns = -1  # updates published up to this predate the newest reload
         self._seq = 0
         self._poller = zmq.Poller()
         self._dealer: zmq.Socket[bytes] | None = None
@@ -468,7 +470,12 @@ class HeadsetClient:
             self._drain_session()
         if self._scene is not None and self._scene.fileno_socket() in ready:
             for received in self._scene.poll(0):
-                self._on_scene_update(received.message, received.t_recv_ns, received.envelope.seq)
+                self._on_scene_update(
+                    received.message,
+                    received.t_recv_ns,
+                    t_pub_ns=received.envelope.t_pub_ns,
+                    live=True,
+                )
         self._timers(self._clock())
 
     def _timers(self, now: int) -> None:
@@ -545,8 +552,9 @@ class HeadsetClient:
                 self.stats.rejected += 1
                 log.debug("dropped a session message: %s", error)
                 continue
-            self._last_contact_ns = t_recv
-            self._on_session_message(envelope.message, t_recv)
+            if not isinstance(envelope.message, SceneUpdate):
+                self._last_contact_ns = t_recv  # a snapshot counts only if it is taken
+            self._on_session_message(envelope.message, t_recv, envelope.t_pub_ns)
             if self._dealer is None:
                 return
 
@@ -556,7 +564,7 @@ class HeadsetClient:
                 del self._pending[i]
                 return
 
-    def _on_session_message(self, message: Message, t_recv: int) -> None:
+    def _on_session_message(self, message: Message, t_recv: int, t_pub_ns: int) -> None:
         if isinstance(message, Welcome):
             self._take_pending("Hello")
             self._on_welcome(message, t_recv)
@@ -570,7 +578,7 @@ class HeadsetClient:
         elif isinstance(message, SceneUpdate):  # the answer to SnapshotRequest
             self._take_pending("SnapshotRequest")
             self.stats.snapshots += 1
-            self._on_scene_update(message, t_recv, None)
+            self._on_scene_update(message, t_recv, t_pub_ns=t_pub_ns, live=False)
         elif isinstance(message, Alert):
             self._on_alert(message)
         elif isinstance(message, Reply):
@@ -603,7 +611,8 @@ class HeadsetClient:
             self.clock_sync.reset()  # the server may run on another clock now
             self.clock_sync.add(ClockSample(self._hello_sent_ns, welcome.t_server_ns, t_recv))
             self.latest = None
-            self._reload_frame = -1
+            self._latest_t_pub_ns = -1
+            self._reload_t_pub_ns = -1
         log.info(
             "joined session %s of %s (%d assets, scene %s)%s",
             welcome.session[:8],
@@ -688,18 +697,26 @@ class HeadsetClient:
 
     # --- scene updates ------------------------------------------------------------
 
-    def _on_scene_update(self, message: Message, t_recv: int, seq: int | None) -> None:
+    def _on_scene_update(self, message: Message, t_recv: int, *, t_pub_ns: int, live: bool) -> None:
+        """Take a scene update from the stream (``live``) or a snapshot, if it is newer.
+
+        Updates are ordered by ``t_pub_ns``, the render node's monotonic clock when it
+        published the update (for a snapshot: when it served it, and it serves the newest
+        update published by then). One session is one render-node process, so that clock
+        never goes back within it. Not by ``frame_number``: that is the tracker's count and
+        starts again at 0 when the tracker restarts, which hid the overlay for as long as
+        the tracker had run before. An update dropped here is not contact with the server.
+        """
         if not isinstance(message, SceneUpdate):
             self.stats.rejected += 1
             return
         if message.session != self.session:
             self._foreign(message.session)
             return
-        self._last_contact_ns = t_recv
         if self.welcome is not None and message.scene_version != self.welcome.scene_version:
             # Leftovers of the scene left behind, or updates racing our Hello, are dropped.
-            if self.phase is not Phase.JOINING and message.frame_number > self._reload_frame:
-                self._reload_frame = message.frame_number
+            if self.phase is not Phase.JOINING and t_pub_ns > self._reload_t_pub_ns:
+                self._reload_t_pub_ns = t_pub_ns
                 self.stats.scene_reloads += 1
                 log.info(
                     "scene version %d -> %d: joining again for the new assets",
@@ -708,11 +725,14 @@ class HeadsetClient:
                 )
                 self._open_session()
             return
-        if self.latest is not None and message.frame_number <= self.latest.frame_number:
+        if t_pub_ns <= self._latest_t_pub_ns:
+            self.stats.out_of_order += 1
             return  # the snapshot raced a newer pub update, or a duplicate
+        self._last_contact_ns = t_recv
         self.latest = message
+        self._latest_t_pub_ns = t_pub_ns
         latency_ns = t_recv + self.clock_sync.offset_ns - message.t_sensor_ns
-        if seq is not None:  # the snapshot is not a live sample: keep it out of latency
+        if live:  # the snapshot is not a live sample: keep it out of latency
             self.stats.frames += 1
             self.stats.latency.add(latency_ns)
         if len(self._telemetry) < MAX_TELEMETRY_SAMPLES:
