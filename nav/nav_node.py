@@ -789,6 +789,7 @@ def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
                 )
                 last_status = state.status
 
+        last_epoch = -1  # the tracker epoch of navigator.last_frame
         try:
             while not stop.is_set():
                 # Wake for the next timed state: the period, or the instant an OK frame
@@ -807,9 +808,16 @@ def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
                     frame = received.message
                     assert isinstance(frame, TrackerFrame)
                     last = navigator.last_frame
-                    if last is not None and frame.t_sensor_ns <= last.t_sensor_ns:
+                    # Order holds within one tracker process; a restarted tracker (new
+                    # epoch) may map its clock anew, so its first sample is taken as is.
+                    if (
+                        last is not None
+                        and received.envelope.epoch == last_epoch
+                        and frame.t_sensor_ns <= last.t_sensor_ns
+                    ):
                         runtime.counters["frames_out_of_order"] += 1
                         continue
+                    last_epoch = received.envelope.epoch
                     runtime.latency.add(received.t_recv_ns - frame.t_sensor_ns)
                     navigator.on_frame(frame)
                     publish_state(time.monotonic_ns())
