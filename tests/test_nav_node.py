@@ -38,7 +38,11 @@ from nav.registration_store import load_registration, save_registration
 from nav.sim_registration import SimRegistration, TouchPlan
 from nav.transforms import apply, axis_angle_to_matrix, make_rigid
 from tests.conftest import NodeProcess, start_node
-from tracking.sim_model import DEFAULT_T_TRACKER_FROM_REFERENCE_BASE
+from tracking.sim_model import (
+    DEFAULT_T_TRACKER_FROM_REFERENCE_BASE,
+    SimConfig,
+    SimulatedTracker,
+)
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -466,4 +470,62 @@ def test_a_corrupt_registration_file_is_ignored_and_the_node_runs_unregistered(
         assert not any(isinstance(r.message, RegistrationResult) for r in listener.received)
     finally:
         listener.close()
+    assert nav.terminate() == 0
+
+
+def test_a_restarted_tracker_whose_clock_maps_earlier_is_followed_at_once(
+    ipc_dir: Path, tmp_path: Path, node_processes: list[NodeProcess]
+) -> None:
+    """Issue 10 item 1: order holds within one tracker process (epoch), not across a restart.
+
+    The first tracker stamps its samples 2 s ahead (a device clock mapped onto the host);
+    its restart maps the clock anew, onto now. Before epochs, nav dropped every sample of the
+    new tracker as out of order until its clock passed the old one's: a 2 s freeze.
+    """
+    nav = start_node(_nav_spec(ipc_dir, tmp_path / "registration.json"))
+    node_processes.append(nav)
+    states = Listener(nav.spec.pub or "", ("nav/state",))
+    tracker = SimulatedTracker(SimConfig(seed=9, dropout_rate_hz=0.0))
+    endpoint = f"ipc://{ipc_dir}/tracker.pub"
+    try:
+        first = bus.Publisher(endpoint, epoch=1)
+        ahead_ns = 2_000_000_000
+        n = 0
+        seen_first = False
+        deadline = time.monotonic() + 10
+        while not seen_first:
+            assert time.monotonic() < deadline, "nav never followed the first tracker"
+            first.publish(
+                "pose/sim",
+                tracker.sample(0.0, frame_number=n, t_sensor_ns=time.monotonic_ns() + ahead_ns),
+            )
+            n += 1
+            seen_first = any(
+                isinstance(r.message, NavState) and r.message.frame_number > 0
+                for r in states.pump(0.01)
+            )
+        first.close()
+        second = bus.Publisher(endpoint, epoch=2)  # restarted: frame numbers and clock anew
+        t_restart = time.monotonic()
+        followed_after_s = None
+        for k in range(300):  # 3 s at 100 Hz
+            second.publish(
+                "pose/sim",
+                tracker.sample(0.0, frame_number=100_000 + k, t_sensor_ns=time.monotonic_ns()),
+            )
+            if any(
+                isinstance(r.message, NavState) and r.message.frame_number >= 100_000
+                for r in states.pump(0.01)
+            ):
+                followed_after_s = time.monotonic() - t_restart
+                break
+        second.close()
+        client = bus.CommandClient(nav.spec.control or "")
+        status = client.call("status", timeout_s=5)
+        client.close()
+    finally:
+        states.close()
+    assert followed_after_s is not None, "nav never followed the restarted tracker"
+    assert followed_after_s < 1.0, f"nav froze {followed_after_s:.2f} s after the restart"
+    assert status.result.get("frames_out_of_order", 0) == 0  # type: ignore[union-attr]
     assert nav.terminate() == 0
