@@ -29,6 +29,7 @@ Frames and units: lengths in mm, times in integer ns of the host monotonic clock
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import math
@@ -1152,98 +1153,9 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         HeadsetTelemetry,
     )
 }
+# Each type's wire fields are its dataclass fields: one source, never restated.
 _FIELDS: dict[str, frozenset[str]] = {
-    "ToolPose": frozenset({"tool", "T_tracker_from_tool", "t_sensor_ns", "status", "fit_error_mm"}),
-    "TrackerFrame": frozenset(
-        {
-            "tracker",
-            "t_sensor_ns",
-            "frame_number",
-            "tools",
-            "T_tracker_from_tools",
-            "statuses",
-            "fit_errors_mm",
-        }
-    ),
-    "Heartbeat": frozenset(
-        {"node", "pid", "state", "uptime_s", "counters", "rates_hz", "latency_ms"}
-    ),
-    "Command": frozenset({"name", "args"}),
-    "Reply": frozenset({"ok", "result", "error"}),
-    "NavState": frozenset(
-        {
-            "t_sensor_ns",
-            "frame_number",
-            "status",
-            "needs_verification",
-            "registration_id",
-            "T_tracker_from_image",
-            "pointer_status",
-            "p_tip_image",
-            "target_names",
-            "target_distances_mm",
-            "critical_names",
-            "critical_distances_mm",
-            "predicted_tre_mm",
-        }
-    ),
-    "RegistrationResult": frozenset(
-        {
-            "registration_id",
-            "state",
-            "method",
-            "needs_verification",
-            "T_reference_from_image",
-            "fre_mm",
-            "fiducial_errors_mm",
-            "target_names",
-            "predicted_tre_mm",
-            "true_tre_mm",
-        }
-    ),
-    "SceneUpdate": frozenset(
-        {
-            "session",
-            "scene_version",
-            "t_sensor_ns",
-            "frame_number",
-            "status",
-            "overlay",
-            "headset_ok",
-            "needs_verification",
-            "registration_id",
-            "structure_names",
-            "T_display_from_structures",
-            "p_tip_display",
-            "target_names",
-            "target_distances_mm",
-            "critical_names",
-            "critical_distances_mm",
-            "predicted_tre_mm",
-            "age_ms",
-        }
-    ),
-    "Alert": frozenset({"session", "alert_id", "severity", "code", "text", "t_ns"}),
-    "AlertAck": frozenset({"session", "alert_id"}),
-    "Hello": frozenset({"protocol", "client"}),
-    "Welcome": frozenset(
-        {"protocol", "session", "scene_endpoint", "scene_version", "t_server_ns", "assets"}
-    ),
-    "ClockPing": frozenset({"t_client_ns"}),
-    "ClockPong": frozenset({"t_client_ns", "t_server_ns"}),
-    "AssetRequest": frozenset({"sha256"}),
-    "AssetData": frozenset({"sha256", "name", "data"}),
-    "SnapshotRequest": frozenset(),
-    "HeadsetTelemetry": frozenset(
-        {
-            "client",
-            "clock_offset_ns",
-            "frame_numbers",
-            "t_sensor_ns",
-            "t_receive_ns",
-            "t_display_ns",
-        }
-    ),
+    name: frozenset(f.name for f in dataclasses.fields(cls)) for name, cls in MESSAGE_TYPES.items()
 }
 
 
