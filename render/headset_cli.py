@@ -12,6 +12,8 @@ renders what the headset shows (``--snapshot out.png``, ``render.snapshot``) and
     stale_events, hidden_events         the client's own overlay transitions
     overlay                             the overlay state at the end
     reconnects                          joins after the first
+    join_refusals                       "sessions full" answers (retried, 0.25 s doubling to 5 s)
+    sessions_lost                       sessions the render node closed (evicted): rejoined
     alerts, alert_acks                  alert codes shown (once each), acks sent
     assets          {count, bytes, fetch_ms, fetched, fetched_bytes}
     snapshot        {path, renderer, overlay, banner} or null

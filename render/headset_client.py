@@ -26,7 +26,9 @@ tracker therefore never leaves a current-looking overlay.
 Rejoin: a scene update or alert from another session (the render node restarted), or no
 word from the server for ``silence_timeout_s`` (pongs count, so a quiet stack is not
 silence), closes the session socket and says ``Hello`` again on a fresh one, every
-``silence_timeout_s`` until a ``Welcome`` comes.
+``silence_timeout_s`` until a ``Welcome`` comes. So does a ``Reply`` with code "evicted"
+or "no_session" (the server closed or forgot the session). A ``Reply`` with code
+"sessions_full" is not fatal: Hello again after 0.25 s, doubling up to 5 s.
 
 Scene reload: a scene update of this session whose ``scene_version`` differs from the
 ``Welcome``'s (the render node swapped its assets, e.g. confidence colours after a
@@ -92,6 +94,8 @@ ENDPOINT_PATTERN = re.compile(r"(ipc://[^\s]{1,200}|tcp://[^\s:]{1,200}:\d{1,5})
 CLIENT_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _MAX_EVENTS = 1024
 _STATS_CAPACITY = 1 << 17  # about 5 minutes of 400 Hz updates
+_JOIN_BACKOFF_FIRST_S = 0.25  # a "sessions full" refusal: Hello again after this,
+_JOIN_BACKOFF_MAX_S = 5.0  # doubling up to this
 
 
 class HeadsetError(RuntimeError):
@@ -292,6 +296,8 @@ class ClientStats:
     snapshots: int = 0
     joins: int = 0
     join_attempts: int = 0
+    join_refusals: int = 0  # "sessions full": retried with backoff
+    sessions_lost: int = 0  # the server closed our session (evicted, or it forgot it)
     alerts: list[str] = field(default_factory=list)
     alert_acks: int = 0
     assets_fetched: int = 0
@@ -363,6 +369,8 @@ class HeadsetClient:
         self._next_display_ns = now
         self._telemetry: list[tuple[int, int, int, int]] = []
         self.fatal: str | None = None
+        self._retry_at_ns: int | None = None  # when to Hello again after a "full" refusal
+        self._join_backoff_s = _JOIN_BACKOFF_FIRST_S
         self._open_session()
 
     # --- sockets ------------------------------------------------------------------
@@ -385,6 +393,7 @@ class HeadsetClient:
         self._poller.register(sock, zmq.POLLIN)
         self._pending.clear()
         self._pending_pings.clear()
+        self._retry_at_ns = None
         self.phase = Phase.JOINING
         now = self._clock()
         self._hello_sent_ns = now
@@ -479,7 +488,11 @@ class HeadsetClient:
         self._timers(self._clock())
 
     def _timers(self, now: int) -> None:
-        if now - self._last_contact_ns > self.cfg.silence_timeout_s * 1e9:
+        if self._retry_at_ns is not None:  # refused for now: no silence to detect
+            if now >= self._retry_at_ns:
+                self._open_session()
+                now = self._clock()
+        elif now - self._last_contact_ns > self.cfg.silence_timeout_s * 1e9:
             log.warning(
                 "no word from %s for %.1f s: joining again",
                 self.cfg.endpoint,
@@ -487,7 +500,8 @@ class HeadsetClient:
             )
             self._open_session()
             now = self._clock()
-        if self.session is not None and now >= self._next_ping_ns:
+        joined = self.session is not None and self.phase is not Phase.JOINING
+        if joined and now >= self._next_ping_ns:
             self._ping(now)
             if self._burst_left > 0:
                 self._burst_left -= 1
@@ -496,7 +510,7 @@ class HeadsetClient:
                 self._next_ping_ns = now + int(self.cfg.ping_period_s * 1e9)
         if now >= self._next_telemetry_ns:
             self._next_telemetry_ns = now + int(self.cfg.telemetry_period_s * 1e9)
-            if self.session is not None:
+            if joined:  # no session, no telemetry: it would only be refused
                 self._flush_telemetry()
         if now >= self._next_display_ns:
             self._next_display_ns += self._display_period_ns
@@ -582,11 +596,32 @@ class HeadsetClient:
         elif isinstance(message, Alert):
             self._on_alert(message)
         elif isinstance(message, Reply):
+            code = message.result.get("code") if not message.ok else None
+            if code in ("evicted", "no_session"):
+                # Not an answer to one request: the server has no session for us (any
+                # more). Say Hello again, unless a Hello is already on its way.
+                if self.phase is not Phase.JOINING:
+                    log.warning("session lost (%s): %s; joining again", code, message.error)
+                    self.stats.sessions_lost += 1
+                    self._open_session()
+                return
             kind, key = self._pending.popleft() if self._pending else ("?", "")
-            if not message.ok:
+            if code == "sessions_full":
+                self._retry_join_later(message.error)
+            elif not message.ok:
                 self._on_error_reply(kind, key, message.error)
         else:
             self.stats.rejected += 1
+
+    def _retry_join_later(self, error: str) -> None:
+        """The server is full: Hello again after a backoff that doubles up to its cap."""
+        delay_s = self._join_backoff_s
+        self._join_backoff_s = min(_JOIN_BACKOFF_MAX_S, 2 * delay_s)
+        self._retry_at_ns = self._clock() + int(delay_s * 1e9)
+        self.stats.join_refusals += 1
+        log.warning(
+            "%s refused the session: %s; trying again in %.2f s", self.cfg.endpoint, error, delay_s
+        )
 
     def _on_error_reply(self, kind: str, key: str, error: str) -> None:
         if kind == "Hello":
@@ -606,6 +641,7 @@ class HeadsetClient:
         self.welcome = welcome
         self.session = welcome.session
         self.stats.joins += 1
+        self._join_backoff_s = _JOIN_BACKOFF_FIRST_S
         self.clock_sync.add(ClockSample(self._hello_sent_ns, welcome.t_server_ns, t_recv))
         if new_session:
             self.clock_sync.reset()  # the server may run on another clock now
@@ -832,6 +868,8 @@ class HeadsetClient:
             "hidden_events": self.events.hidden_events,
             "overlay": self.events.state.value,
             "reconnects": self.reconnects,
+            "join_refusals": self.stats.join_refusals,
+            "sessions_lost": self.stats.sessions_lost,
             "scene_reloads": self.stats.scene_reloads,
             "alerts": list(self.stats.alerts),
             "alert_acks": self.stats.alert_acks,

@@ -18,12 +18,13 @@ Publishes (its bus PUB, ``spec.pub``):
   their session socket, reliably);
 - ``headset/telemetry`` (``HeadsetTelemetry``): what clients report, republished as is;
 - ``heartbeat/<name>``: counters ``updates_<CURRENT|STALE|HIDDEN>``, ``sessions`` (open
-  now), ``sessions_opened``, ``sessions_expired``, ``assets_served``,
+  now), ``sessions_opened``, ``sessions_expired``, ``sessions_evicted``, ``assets_served``,
   ``asset_bytes_served``, ``snapshots_served``, ``alerts_raised``, ``alerts_sent``,
-  ``alerts_resent``, ``alerts_acked``, ``telemetry_received``, ``headset_received``,
-  ``headset_rejected`` (also in ``rejected`` / ``rejected_<kind>``: ``malformed``,
-  ``oversized``, ``version``, ``unknown_type``, ``invalid``, ``protocol``, ``no_session``,
-  ``unexpected``, ``unknown_asset``, ``no_scene``, ``sessions_full``),
+  ``alerts_resent``, ``alerts_acked``, ``telemetry_received``, ``telemetry_forged``,
+  ``headset_received``, ``headset_rejected`` (also in ``rejected`` / ``rejected_<kind>``:
+  ``malformed``, ``oversized``, ``version``, ``unknown_type``, ``invalid``, ``protocol``,
+  ``no_session``, ``unexpected``, ``unknown_asset``, ``no_scene``, ``sessions_full``,
+  ``forged``),
   ``headset_send_dropped``, ``confidence_assets_built``; latency = tracker
   ``t_sensor_ns`` -> ``scene/update`` publish, for updates carrying a new sample.
 
@@ -32,11 +33,17 @@ Headset sessions: a ROUTER socket at ``headset_endpoint``. Hello -> Welcome (or 
 AssetData, SnapshotRequest -> the newest ``SceneUpdate``, AlertAck, HeadsetTelemetry.
 The session id (32 hex) is random per process start, so a client sees a restart. A
 session is dropped after ``client_timeout_s`` of silence (clients ping about once a
-second). Anything malformed, oversized, unknown or out of order from a client is
-counted and dropped (or answered with a one-line ``Reply`` error); it never stops the
-node. A client that stops reading cannot block the node: sends never block (ROUTER with
-``ROUTER_MANDATORY``, ``SNDHWM`` = ``session_sndhwm``), a full pipe drops the message
-and counts ``headset_send_dropped``; unacknowledged alerts are resent.
+second). With ``max_sessions`` open, a new Hello takes the seat of a session that has
+only pinged (never an asset, snapshot, ack or telemetry), else of one with nothing but
+pings for ``client_timeout_s``; the evicted client gets ``Reply`` code "evicted". If every
+session is in use the Hello is refused (code "sessions_full": clients retry with backoff).
+Telemetry is accepted only under the name its session announced in its Hello
+(``telemetry_forged`` otherwise). Anything malformed, oversized, unknown or out of order
+from a client is counted and dropped (or answered with a one-line ``Reply`` error, whose
+``result["code"]`` is the kind); it never stops the node. A client that stops reading
+cannot block the node: sends never block (ROUTER with ``ROUTER_MANDATORY``, ``SNDHWM`` =
+``session_sndhwm``), a full pipe drops the message and counts ``headset_send_dropped``;
+unacknowledged alerts are resent.
 
 Confidence colours: a new accepted or restored point registration rebuilds the organ's
 asset with per-vertex colours of its predicted TRE (``_Confidence``); the new hashes give a
@@ -150,7 +157,8 @@ class Config:
     - ``triangle_budget``: most triangles per structure asset (decimated above it).
     - ``alert_resend_s``: an unacknowledged alert is resent this often.
     - ``client_timeout_s``: a session silent this long is dropped.
-    - ``max_sessions``: more Hellos than this are refused with a Reply error.
+    - ``max_sessions``: sessions open at most; a Hello beyond it evicts an idle session
+      or, if every one is in use, is refused with a Reply error (code "sessions_full").
     - ``session_sndhwm``: messages queued per client before sends to it are dropped.
     """
 
@@ -225,7 +233,11 @@ def load_display_calibration(path: str) -> Mat4:
 class _Session:
     identity: bytes
     client: str
+    """The name the session announced in its Hello: its telemetry must carry it."""
     last_seen_ns: int
+    opened_ns: int
+    last_useful_ns: int | None = None
+    """The last asset, snapshot, alert ack or telemetry; None: it has only pinged so far."""
     seq: int = 0
     pending: dict[int, tuple[Alert, int]] = field(default_factory=dict)
     """alert_id -> (alert, when to resend, ns)."""
@@ -238,6 +250,10 @@ class _RequestError(Exception):
         super().__init__(error)
         self.kind = kind
         self.error = error
+
+    def reply(self) -> Reply:
+        """The one-line error, with ``result["code"]`` = the kind, for a client to act on."""
+        return Reply(ok=False, error=self.error, result={"code": self.kind})
 
 
 class HeadsetServer:
@@ -361,7 +377,7 @@ class HeadsetServer:
                 self._handle(identity, envelope.message, now_ns)
             except _RequestError as rejected:
                 self._reject(rejected.kind, rejected.error)
-                self._send(identity, Reply(ok=False, error=rejected.error), now_ns)
+                self._send(identity, rejected.reply(), now_ns)
         return handled
 
     def _handle(self, identity: bytes, message: Message, now_ns: int) -> None:
@@ -387,12 +403,14 @@ class HeadsetServer:
                 name, data = self._retired[message.sha256]
             else:
                 raise _RequestError("unknown_asset", f"unknown asset {message.sha256}")
+            session.last_useful_ns = now_ns  # more than keeping a seat warm (see _hello)
             if self._send(identity, AssetData(message.sha256, name, data), now_ns):
                 self.counters["assets_served"] += 1
                 self.counters["asset_bytes_served"] += len(data)
         elif isinstance(message, SnapshotRequest):
             if self.latest_update is None:
                 raise _RequestError("no_scene", "no scene update published yet: try again")
+            session.last_useful_ns = now_ns
             if self._send(identity, self.latest_update, now_ns):
                 self.counters["snapshots_served"] += 1
         elif isinstance(message, AlertAck):
@@ -400,10 +418,20 @@ class HeadsetServer:
                 self.counters["alerts_ack_foreign"] += 1  # for an earlier run of this node
             elif session.pending.pop(message.alert_id, None) is not None:
                 self.counters["alerts_acked"] += 1
+                session.last_useful_ns = now_ns
             else:
                 self.counters["alerts_ack_unknown"] += 1  # acked twice, or never sent
         elif isinstance(message, HeadsetTelemetry):
+            if message.client != session.client:
+                # Recorded under the name of the session that sent it, or not at all.
+                self.counters["telemetry_forged"] += 1
+                self._reject(
+                    "forged",
+                    f"telemetry as {message.client!r} from the session of {session.client!r}",
+                )
+                return
             self.counters["telemetry_received"] += 1
+            session.last_useful_ns = now_ns
             self.publisher.publish(TELEMETRY_TOPIC, message)
 
     def _hello(self, identity: bytes, hello: Hello, now_ns: int) -> None:
@@ -416,10 +444,13 @@ class HeadsetServer:
         session = self.sessions.get(identity)
         if session is None:
             if len(self.sessions) >= self.cfg.max_sessions:
-                raise _RequestError(
-                    "sessions_full", f"{len(self.sessions)} sessions open: try later"
-                )
-            session = _Session(identity, hello.client, now_ns)
+                victim = self._eviction_candidate(now_ns)
+                if victim is None:
+                    raise _RequestError(
+                        "sessions_full", f"{len(self.sessions)} sessions in use: try later"
+                    )
+                self._evict(victim, hello.client, now_ns)
+            session = _Session(identity, hello.client, now_ns, opened_ns=now_ns)
             self.sessions[identity] = session
             self.counters["sessions_opened"] += 1
             self.counters["sessions"] = len(self.sessions)
@@ -437,6 +468,45 @@ class HeadsetServer:
         # A late joiner still learns what is wrong now (reference lost, verify first...).
         for alert in self.standing:
             self._queue_alert(session, alert, now_ns)
+
+    def _eviction_candidate(self, now_ns: int) -> _Session | None:
+        """The session a new Hello may take the place of when the table is full, or None.
+
+        First one that has never asked for anything but pongs (no asset, snapshot, alert
+        ack or telemetry: a seat kept warm), the longest open first, so that a client
+        that has just joined has time to fetch; else the one whose last such request is
+        the oldest, if older than ``client_timeout_s`` (a client in use reports telemetry
+        several times a second). None: every session is in use.
+        """
+        squatters = [s for s in self.sessions.values() if s.last_useful_ns is None]
+        if squatters:
+            return min(squatters, key=lambda s: s.opened_ns)
+        idlest = min(self.sessions.values(), key=lambda s: s.last_useful_ns or 0)
+        if now_ns - (idlest.last_useful_ns or 0) > self._timeout_ns:
+            return idlest
+        return None
+
+    def _evict(self, victim: _Session, newcomer: str, now_ns: int) -> None:
+        """Close ``victim``'s session and tell it (``Reply`` code "evicted")."""
+        self._send(
+            victim.identity,
+            Reply(
+                ok=False,
+                error="session closed to make room for a new client: say Hello to join again",
+                result={"code": "evicted"},
+            ),
+            now_ns,
+        )
+        self.sessions.pop(victim.identity, None)
+        self.counters["sessions_evicted"] += 1
+        self.counters["sessions"] = len(self.sessions)
+        log.warning(
+            "headset session of %s evicted for %s (%d sessions, %s)",
+            victim.client,
+            newcomer,
+            self.cfg.max_sessions,
+            "never fetched or reported" if victim.last_useful_ns is None else "idle",
+        )
 
     # --- alerts and housekeeping -----------------------------------------------------
 
@@ -645,6 +715,7 @@ def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
         last_overlay: OverlayState | None = None
         last_latency_t_ns = 0
         nav_seen = False
+        headset_epoch = 0
 
         def publish_scene(now_ns: int) -> SceneUpdate:
             nonlocal last_pub_ns, last_overlay
@@ -713,9 +784,14 @@ def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
                         if isinstance(message, TrackerFrame):
                             sample = headset_sample(message, cfg.headset_tool)
                             old = scene.headset
+                            # Newer within one tracker process; a restarted tracker (new
+                            # epoch) starts the order again, whatever its clock says.
                             if sample is not None and (
-                                old is None or sample.t_sensor_ns > old.t_sensor_ns
+                                old is None
+                                or received.envelope.epoch != headset_epoch
+                                or sample.t_sensor_ns > old.t_sensor_ns
                             ):
+                                headset_epoch = received.envelope.epoch
                                 scene.on_headset(sample)
                         elif isinstance(message, NavState):
                             navs.append(message)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import zmq
 
-from nav.messages import OverlayState
-from render.headset_client import ClientConfig, HeadsetClient
+from nav.messages import ClockPing, HeadsetTelemetry, Message, OverlayState, Reply, decode
+from render.headset_client import ClientConfig, HeadsetClient, Phase
 from tests.conftest import NodeProcess, start_node
 from tests.test_headset_client import (
     RATE_HZ,
@@ -23,6 +25,8 @@ from tests.test_headset_client import (
     step_until,
     tracker_spec,
 )
+from tests.test_render_node import Client, Listener
+from tests.test_render_node import render_spec as render_node_spec
 
 MS = 1_000_000
 
@@ -78,3 +82,130 @@ def test_after_a_tracker_restart_the_client_shows_current_updates_again_within_a
     assert client.latest is not None and client.latest.frame_number < frames_before
     assert client.reconnects == 0  # the render node never went away
     assert restarted.terminate() == 0
+
+
+# --- item 5: squatting headset sessions ---------------------------------------------------
+
+
+def _ping_and_drain(squatters: list[Client], replies: list[Message]) -> None:
+    """Keep each squatter's seat warm with a ping; keep whatever the server told them."""
+    for squatter in squatters:
+        squatter.send(ClockPing(t_client_ns=time.monotonic_ns()))
+        while squatter.sock.poll(0, zmq.POLLIN):
+            replies.append(decode(squatter.sock.recv()).message)
+
+
+@pytest.mark.slow
+def test_idle_squatters_are_evicted_for_a_real_client_which_joins_and_keeps_its_seat(
+    ipc: Path, node_processes: list[NodeProcess]
+) -> None:
+    render = start_node(render_node_spec(ipc, max_sessions=4))
+    node_processes.append(render)
+    endpoint = f"ipc://{ipc}/render.headset"
+    listener = Listener(f"ipc://{ipc}/render.pub", ("heartbeat/render",))
+    squatters = [Client(endpoint) for _ in range(4)]
+    replies: list[Message] = []
+    for squatter in squatters:
+        squatter.hello()  # a full table, kept alive with pings, never fetching
+    client = HeadsetClient(ClientConfig(endpoint=endpoint, name="surgeon"))
+    try:
+        t0 = time.monotonic()
+        while client.phase is not Phase.LIVE:
+            assert time.monotonic() - t0 < 10, client.status_line()
+            assert client.fatal is None, client.fatal
+            _ping_and_drain(squatters, replies)
+            for _ in range(5):
+                client.step(0.01)
+        # The evicted squatter was told, in a way a real client acts on.
+        assert any(isinstance(r, Reply) and r.result.get("code") == "evicted" for r in replies)
+        # A squatter that comes back takes another squatter's seat, not the surgeon's.
+        comeback = Client(endpoint)
+        comeback.hello()
+        t1 = time.monotonic()
+        while time.monotonic() - t1 < 1.0:
+            _ping_and_drain(squatters, replies)
+            client.step(0.01)
+        counters = listener.heartbeat(lambda c: c.get("sessions_evicted", 0) >= 2)
+        comeback.close()
+    finally:
+        client.close()
+        for squatter in squatters:
+            squatter.close()
+        listener.close()
+    assert client.fatal is None and client.stats.join_refusals == 0
+    assert client.stats.sessions_lost == 0 and client.phase is Phase.LIVE
+    assert counters["sessions"] == 4 and counters["sessions_evicted"] == 2
+    assert render.terminate() == 0
+
+
+@pytest.mark.slow
+def test_a_client_refused_by_a_table_of_clients_in_use_retries_with_backoff_and_joins(
+    ipc: Path, node_processes: list[NodeProcess]
+) -> None:
+    render = start_node(render_node_spec(ipc, max_sessions=1, client_timeout_s=1.0))
+    node_processes.append(render)
+    endpoint = f"ipc://{ipc}/render.headset"
+    first = HeadsetClient(ClientConfig(endpoint=endpoint, name="first"))
+    second: HeadsetClient | None = None
+    try:
+        step_until(first, lambda: first.phase is Phase.LIVE)
+        second = HeadsetClient(ClientConfig(endpoint=endpoint, name="second"))
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 2.0:  # "first" is in use: nobody is evicted
+            first.step(0.005)
+            second.step(0.005)
+            assert second.fatal is None, second.fatal
+        assert second.session is None and second.stats.join_refusals >= 2
+        # Hellos at 0, 0.25, 0.75, 1.75 s: the backoff doubles (no Hello flood, no exit).
+        assert second.stats.join_attempts <= 5, second.stats.join_attempts
+        assert first.phase is Phase.LIVE and first.stats.sessions_lost == 0
+        first.close()  # its session expires after 1 s of silence; the next retry joins
+        step_until(second, lambda: second.phase is Phase.LIVE, timeout_s=15)
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
+    assert second.fatal is None and second.stats.joins == 1
+    assert render.terminate() == 0
+
+
+# --- item 12: forged telemetry --------------------------------------------------------------
+
+
+def _telemetry(client: str, frame: int) -> HeadsetTelemetry:
+    one = np.array([frame], dtype=np.int64)
+    return HeadsetTelemetry(
+        client=client,
+        clock_offset_ns=0,
+        frame_numbers=one,
+        t_sensor_ns=one,
+        t_receive_ns=one,
+        t_display_ns=one,
+    )
+
+
+@pytest.mark.slow
+def test_telemetry_is_recorded_only_under_the_name_its_session_announced(
+    ipc: Path, node_processes: list[NodeProcess]
+) -> None:
+    render = start_node(render_node_spec(ipc))
+    node_processes.append(render)
+    listener = Listener(f"ipc://{ipc}/render.pub", ("headset/telemetry", "heartbeat/render"))
+    client = Client(f"ipc://{ipc}/render.headset")
+    try:
+        client.hello()  # as "test-client"
+        listener.heartbeat(lambda c: True)  # subscribed: nothing published is missed now
+        client.send(_telemetry("surgeon-headset", 1))  # another client's name: forged
+        client.send(_telemetry("test-client", 2))
+        genuine = listener.wait_for(
+            lambda r: isinstance(r.message, HeadsetTelemetry), timeout_s=5, what="telemetry"
+        )
+        counters = listener.heartbeat(lambda c: c.get("telemetry_received", 0) >= 1)
+    finally:
+        client.close()
+        listener.close()
+    assert isinstance(genuine.message, HeadsetTelemetry)
+    assert genuine.message.client == "test-client"  # the forged batch, sent first, is gone
+    assert list(genuine.message.frame_numbers) == [2]
+    assert counters["telemetry_forged"] == 1 and counters["telemetry_received"] == 1
+    assert render.terminate() == 0
