@@ -40,6 +40,13 @@ Decisions, each checked by ``tests/test_case.py``:
   a distance to the nearest surface needs no inside.
 - Vertices are merged on read ignoring normals and texture coordinates (an OBJ or STL
   stores a vertex once per face), so a closed surface reads as closed.
+- A PLY file is checked against its own header before it is used (:func:`check_ply`):
+  trimesh reads an ASCII PLY cut short, or one whose header miscounts its vertices, without
+  a word (face rows become vertices), so the rows are counted and sized here and any
+  disagreement is refused.
+- Every coordinate (mesh vertex, markups point) must be finite and within
+  ``MAX_COORDINATE_MM`` (1e6 mm, ``nav.registration.errors``) of the origin: larger is a
+  unit or scale error, and would reach Open3D as a C++ error rather than this one line.
 
 A broken case is refused with :class:`CaseError`: one line, ``<file>: <problem>``.
 """
@@ -59,6 +66,8 @@ from typing import Any, Final, TypeAlias
 import numpy as np
 import numpy.typing as npt
 import trimesh
+
+from nav.registration.errors import MAX_COORDINATE_MM
 
 Points: TypeAlias = npt.NDArray[np.float64]
 """Points in mm, shape (N, 3)."""
@@ -210,6 +219,14 @@ def _points_to_markups(
     if np.any(bad):
         i = int(np.flatnonzero(bad)[0])
         raise CaseError(path, f"point {labels[i]!r} is not finite: {points[i]}")
+    far = np.max(np.abs(array), axis=1) > MAX_COORDINATE_MM if len(array) else np.zeros(0, bool)
+    if np.any(far):
+        i = int(np.flatnonzero(far)[0])
+        raise CaseError(
+            path,
+            f"point {labels[i]!r} is beyond {MAX_COORDINATE_MM:.0e} mm from the origin: "
+            f"{array[i].tolist()}",
+        )
     if coordinate_system == "RAS":
         array = ras_to_lps(array)
     return Markups(tuple(labels), array)
@@ -309,24 +326,29 @@ def read_mesh(path: str | Path, *, closed: bool = False) -> trimesh.Trimesh:
 
     ``closed`` demands a closed surface: watertight (every edge shared by exactly two
     triangles), consistently wound and with outward normals (positive volume). Raises
-    CaseError for a missing, unreadable or empty mesh, a non-finite vertex, or an open
-    surface where ``closed``.
+    CaseError for a missing, unreadable or empty mesh, a PLY that disagrees with its header
+    (:func:`check_ply`), a vertex that is not finite or beyond ``MAX_COORDINATE_MM``, or an
+    open surface where ``closed``.
     """
     path = Path(path)
     if not path.is_file():
         raise CaseError(path, "no such mesh file")
     if path.suffix.lower() not in MESH_SUFFIXES:
         raise CaseError(path, f"unknown mesh format {path.suffix!r}: expected PLY, STL, OBJ, GLB")
+    ply = check_ply(path) if path.suffix.lower() == ".ply" else None
     try:
-        mesh = trimesh.load_mesh(path, process=True)
+        # Unprocessed first, so the vertices can be counted against the PLY header.
+        mesh = trimesh.load_mesh(path, process=False)
     except Exception as error:  # trimesh raises many kinds for a bad file; each is "unreadable"
         raise CaseError(path, f"trimesh cannot read it: {type(error).__name__}: {error}") from None
     if not isinstance(mesh, trimesh.Trimesh):
         raise CaseError(path, f"trimesh read it as {type(mesh).__name__}, not a triangle mesh")
     if len(mesh.faces) == 0:
         raise CaseError(path, "empty mesh: no triangles")
-    if not np.all(np.isfinite(mesh.vertices)):
-        raise CaseError(path, "a vertex is not finite")
+    if ply is not None:
+        _check_ply_loaded(path, ply, len(mesh.vertices), len(mesh.faces))
+    check_mesh_coordinates(path, np.asarray(mesh.vertices))
+    mesh.process()  # what load_mesh(process=True) does: merge duplicates, drop NaN faces
     mesh.merge_vertices(merge_tex=True, merge_norm=True)
     if closed:
         _check_closed(path, mesh)
@@ -346,6 +368,297 @@ def _check_closed(path: Path, mesh: trimesh.Trimesh) -> None:
         raise CaseError(path, "inconsistent winding: neighbouring triangles face opposite ways")
     if not mesh.volume > 0:
         raise CaseError(path, "inside out: the normals point inward (negative volume)")
+
+
+def check_mesh_coordinates(path: Path, vertices: npt.NDArray[np.float64]) -> None:
+    """Raise CaseError unless every coordinate is finite and within ``MAX_COORDINATE_MM``."""
+    finite = np.all(np.isfinite(vertices), axis=1)
+    if not np.all(finite):
+        raise CaseError(path, f"vertex {int(np.flatnonzero(~finite)[0]) + 1} is not finite")
+    far = np.max(np.abs(vertices), axis=1) > MAX_COORDINATE_MM if len(vertices) else finite
+    if np.any(far):
+        i = int(np.flatnonzero(far)[0])
+        raise CaseError(
+            path,
+            f"vertex {i + 1} is {float(np.max(np.abs(vertices[i]))):.3g} mm from the origin, "
+            f"beyond the {MAX_COORDINATE_MM:.0e} mm limit (a unit or scale error?)",
+        )
+
+
+# --- PLY structure -------------------------------------------------------------------------
+
+_PLY_SCALARS: Final = {
+    "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1",
+    "short": "i2", "int16": "i2", "ushort": "u2", "uint16": "u2",
+    "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
+    "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
+}  # fmt: skip
+_PLY_FORMATS: Final = {"ascii": "", "binary_little_endian": "<", "binary_big_endian": ">"}
+_PLY_MAX_LIST: Final = 1 << 16  # a polygon of more corners is a corrupt count, not a face
+_PLY_MIN_FACE: Final = 3  # a face of fewer corners is a misaligned row, not a polygon
+_CUT_OR_MISCOUNTED: Final = "the file is truncated or its header's counts are wrong"
+
+
+@dataclass(frozen=True)
+class PlyProperty:
+    """One ``property`` line: a scalar (``count_type`` None) or a list."""
+
+    name: str
+    value_type: str
+    count_type: str | None = None
+
+
+@dataclass(frozen=True)
+class PlyElement:
+    """One ``element`` line with its properties."""
+
+    name: str
+    count: int
+    properties: tuple[PlyProperty, ...]
+
+
+@dataclass(frozen=True)
+class PlyHeader:
+    """A PLY file's header, checked against its body by :func:`check_ply`."""
+
+    format: str
+    elements: tuple[PlyElement, ...]
+
+    def count(self, element: str) -> int:
+        """Rows of ``element`` (0 when the file has no such element)."""
+        return next((e.count for e in self.elements if e.name == element), 0)
+
+
+def check_ply(path: str | Path) -> PlyHeader:
+    """Parse a PLY file's header and check that its body holds exactly what it declares.
+
+    Every element's rows are walked: in ASCII, each row must have the number of values its
+    properties call for (so a face row ``3 a b c`` read as a vertex ``x y z`` is caught);
+    in binary, the rows must fill the body to the byte. A body that ends early (a truncated
+    file) or goes on after the last declared row is refused. Raises CaseError, one line.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise CaseError(path, f"cannot read it: {error.strerror or error}") from None
+    header, body_start = _ply_header(path, data)
+    if header.format == "ascii":
+        _check_ply_ascii(path, header, data[body_start:])
+    else:
+        _check_ply_binary(path, header, data, body_start)
+    return header
+
+
+def _ply_header(path: Path, data: bytes) -> tuple[PlyHeader, int]:
+    end = data.find(b"end_header")
+    newline = data.find(b"\n", end) if end >= 0 else -1
+    if not data.startswith(b"ply") or newline < 0:
+        raise CaseError(path, "not a PLY file: no 'ply' ... 'end_header' header")
+    try:
+        lines = data[:end].decode("ascii").splitlines()
+    except UnicodeDecodeError:
+        raise CaseError(path, "PLY header is not ASCII text") from None
+    if lines[0].strip() != "ply":
+        raise CaseError(path, "not a PLY file: the first line is not 'ply'")
+    fmt: str | None = None
+    elements: list[PlyElement] = []
+    for number, line in enumerate(lines[1:], start=2):
+        words = line.split()
+        if not words or words[0] in ("comment", "obj_info"):
+            continue
+        where = f"PLY header line {number} {line.strip()[:60]!r}"
+        if words[0] == "format" and len(words) == 3 and words[1] in _PLY_FORMATS:
+            fmt = words[1]
+        elif words[0] == "element" and len(words) == 3 and words[2].isdigit():
+            elements.append(PlyElement(words[1], int(words[2]), ()))
+        elif words[0] == "property" and elements:
+            if len(words) == 3 and words[1] in _PLY_SCALARS:
+                prop = PlyProperty(words[2], words[1])
+            elif (
+                len(words) == 5
+                and words[1] == "list"
+                and words[2] in _PLY_SCALARS
+                and not words[2].startswith(("float", "double"))
+                and words[3] in _PLY_SCALARS
+            ):
+                prop = PlyProperty(words[4], words[3], words[2])
+            else:
+                raise CaseError(path, f"{where}: not a property this reader knows")
+            last = elements[-1]
+            elements[-1] = PlyElement(last.name, last.count, (*last.properties, prop))
+        else:
+            raise CaseError(path, f"{where}: not a PLY header line")
+    if fmt is None:
+        raise CaseError(path, "PLY header has no 'format ascii|binary_little_endian|...' line")
+    if not any(e.name == "vertex" for e in elements):
+        raise CaseError(path, "PLY header declares no 'vertex' element")
+    return PlyHeader(fmt, tuple(elements)), newline + 1
+
+
+def _rows_summary(header: PlyHeader) -> str:
+    return ", ".join(f"{e.count} {e.name}" for e in header.elements)
+
+
+def _check_ply_ascii(path: Path, header: PlyHeader, body: bytes) -> None:
+    try:
+        lines = body.decode("ascii").splitlines()
+    except UnicodeDecodeError:
+        raise CaseError(path, "ASCII PLY body has non-ASCII bytes") from None
+    rows = (line.split() for line in lines)
+    rows = (row for row in rows if row)
+    for element in header.elements:
+        for i in range(element.count):
+            row = next(rows, None)
+            if row is None:
+                raise CaseError(
+                    path,
+                    f"the data end after {i} of the {element.count} {element.name} rows "
+                    f"its header declares ({_rows_summary(header)}): {_CUT_OR_MISCOUNTED}",
+                )
+            expected = _ascii_row_length(path, element, row, i)
+            if len(row) != expected:
+                raise CaseError(
+                    path,
+                    f"{element.name} row {i + 1} has {len(row)} values, its properties need "
+                    f"{expected}: the header's counts ({_rows_summary(header)}) do not match "
+                    "the data",
+                )
+    extra = sum(1 for _ in rows)
+    if extra:
+        raise CaseError(
+            path,
+            f"{extra} more rows than its header declares ({_rows_summary(header)}): "
+            "the header's counts are wrong",
+        )
+
+
+def _ascii_row_length(path: Path, element: PlyElement, row: list[str], i: int) -> int:
+    """How many values row ``i`` of ``element`` must have, reading its list counts."""
+    at = 0
+    for prop in element.properties:
+        if prop.count_type is None:
+            at += 1
+            continue
+        if at >= len(row) or not row[at].isdigit():
+            got = row[at] if at < len(row) else "nothing"
+            raise CaseError(
+                path,
+                f"{element.name} row {i + 1}: list {prop.name!r} count is {got!r}, not a "
+                "count: the header's counts do not match the data",
+            )
+        if not _list_length_ok(element, int(row[at])):
+            raise CaseError(
+                path,
+                f"{element.name} row {i + 1}: list {prop.name!r} has {row[at]} entries: the "
+                "header's counts do not match the data",
+            )
+        at += 1 + int(row[at])
+    return at
+
+
+def _list_length_ok(element: PlyElement, n: int) -> bool:
+    """A list length that a well-formed row can have: a face has 3 corners or more."""
+    return (_PLY_MIN_FACE if element.name == "face" else 0) <= n <= _PLY_MAX_LIST
+
+
+def _check_ply_binary(path: Path, header: PlyHeader, data: bytes, offset: int) -> None:
+    order = _PLY_FORMATS[header.format]
+    for element in header.elements:
+        if element.count == 0:
+            continue
+        # The row layout, taking each list's length from the first row; every row is then
+        # checked to share it (triangles all have 3 corners), else walked one by one.
+        fields: list[tuple[str, str]] = []
+        lists: list[str] = []
+        complete = True  # the first row's layout is known
+        pos = offset
+        for k, prop in enumerate(element.properties):
+            if prop.count_type is None:
+                fields.append((f"p{k}", order + _PLY_SCALARS[prop.value_type]))
+                pos += np.dtype(_PLY_SCALARS[prop.value_type]).itemsize
+                continue
+            count_dtype = np.dtype(order + _PLY_SCALARS[prop.count_type])
+            if pos + count_dtype.itemsize > len(data):
+                complete = False
+                break
+            n = int(np.frombuffer(data, count_dtype, count=1, offset=pos)[0])
+            if not _list_length_ok(element, n):
+                complete = False  # the walk below says which row
+                break
+            lists.append(f"n{k}")
+            fields.append((f"n{k}", count_dtype.str))
+            fields.append((f"v{k}", f"({n},){order}{_PLY_SCALARS[prop.value_type]}"))
+            pos += count_dtype.itemsize + n * np.dtype(_PLY_SCALARS[prop.value_type]).itemsize
+        row = np.dtype(fields) if complete else None
+        if row is not None and offset + element.count * row.itemsize <= len(data):
+            table = np.frombuffer(data, row, count=element.count, offset=offset)
+            if all(np.all(table[name] == table[name][0]) for name in lists):
+                offset += element.count * row.itemsize
+                continue
+        offset = _walk_binary_rows(path, header, element, data, offset, order)
+    if offset != len(data):
+        raise CaseError(
+            path,
+            f"{len(data) - offset} bytes more than its header declares "
+            f"({_rows_summary(header)}): the header's counts are wrong",
+        )
+
+
+def _walk_binary_rows(
+    path: Path, header: PlyHeader, element: PlyElement, data: bytes, offset: int, order: str
+) -> int:
+    """Step over ``element``'s rows one at a time (lists of differing lengths); the end."""
+    if all(prop.count_type is None for prop in element.properties):
+        size = sum(np.dtype(_PLY_SCALARS[prop.value_type]).itemsize for prop in element.properties)
+        if offset + element.count * size > len(data):
+            raise CaseError(
+                path,
+                f"the data end after {(len(data) - offset) // max(size, 1)} of the "
+                f"{element.count} {element.name} rows its header declares "
+                f"({_rows_summary(header)}): {_CUT_OR_MISCOUNTED}",
+            )
+        return offset + element.count * size
+    for i in range(element.count):
+        for prop in element.properties:
+            value_size = np.dtype(_PLY_SCALARS[prop.value_type]).itemsize
+            n = 1
+            if prop.count_type is not None:
+                count_dtype = np.dtype(order + _PLY_SCALARS[prop.count_type])
+                if offset + count_dtype.itemsize > len(data):
+                    n = 0
+                    offset = len(data) + 1  # reported as truncated below
+                    break
+                n = int(np.frombuffer(data, count_dtype, count=1, offset=offset)[0])
+                offset += count_dtype.itemsize
+                if not _list_length_ok(element, n):
+                    raise CaseError(
+                        path,
+                        f"{element.name} row {i + 1}: list {prop.name!r} has {n} entries: the "
+                        f"header's counts ({_rows_summary(header)}) do not match the data",
+                    )
+            offset += n * value_size
+        if offset > len(data):
+            raise CaseError(
+                path,
+                f"the data end within {element.name} row {i + 1} of the "
+                f"{element.count} its header declares ({_rows_summary(header)}): "
+                f"{_CUT_OR_MISCOUNTED}",
+            )
+    return offset
+
+
+def _check_ply_loaded(path: Path, header: PlyHeader, n_vertices: int, n_faces: int) -> None:
+    """What trimesh read must be what the header declares (quads may become 2 triangles)."""
+    if n_vertices != header.count("vertex"):
+        raise CaseError(
+            path,
+            f"{n_vertices} vertices read, its header declares {header.count('vertex')}",
+        )
+    if n_faces < header.count("face"):
+        raise CaseError(
+            path, f"{n_faces} triangles read, its header declares {header.count('face')} faces"
+        )
 
 
 # --- case.toml -----------------------------------------------------------------------------

@@ -49,9 +49,11 @@ estimate for ``deformable``), plus ``displacement_{x,y,z}_mm`` and
 ``displacement_mm`` for ``deformable``.
 
 Progress goes to stderr, a line per stage with the elapsed time. Bad input (a
-missing or unreadable file, mismatched fiducial labels, an existing output
-without ``--overwrite``) and a refused registration are one line ``ornav: ...``
-and exit code 2 (``nav.cli.UserError``).
+missing or unreadable file, a PLY whose data disagree with its header (cut short,
+or miscounted so that face rows would read as points), a coordinate that is not
+finite or beyond 1e6 mm (``MAX_COORDINATE_MM``), mismatched fiducial labels, an
+existing output without ``--overwrite``) and a refused registration are one line
+``ornav: ...`` and exit code 2 (``nav.cli.UserError``).
 """
 
 from __future__ import annotations
@@ -73,9 +75,9 @@ import numpy as np
 import numpy.typing as npt
 import trimesh
 
-from nav.case import CaseError, Markups, read_markups, read_mesh
+from nav.case import CaseError, Markups, check_ply, read_markups, read_mesh
 from nav.cli import UserError
-from nav.registration.errors import RegistrationError
+from nav.registration.errors import MAX_COORDINATE_MM, RegistrationError
 from nav.registration.paired_point import (
     PairedPointResult,
     register_paired_points,
@@ -117,11 +119,20 @@ class Registered:
 
 
 def read_points(path: Path) -> Points:
-    """Read a point file (PLY vertices, or XYZ / CSV / TXT text) as (N, 3) mm; UserError if bad."""
+    """Read a point file (PLY vertices, or XYZ / CSV / TXT text) as (N, 3) mm; UserError if bad.
+
+    Bad: unreadable, a PLY that disagrees with its header (``nav.case.check_ply``), no
+    points, or a coordinate that is not finite or beyond ``MAX_COORDINATE_MM`` (1e6 mm).
+    """
     if not path.is_file():
         raise UserError(f"{path}: no such points file")
     suffix = path.suffix.lower()
     if suffix == ".ply":
+        # trimesh reads a cut-short ASCII PLY, or face rows as vertices, without a word.
+        try:
+            header = check_ply(path)
+        except CaseError as error:
+            raise UserError(str(error)) from None
         try:
             loaded = trimesh.load(path, process=False)
         except Exception as error:  # trimesh raises many kinds for a bad file
@@ -130,6 +141,11 @@ def read_points(path: Path) -> Points:
             ) from None
         vertices = getattr(loaded, "vertices", None)
         points = np.asarray(vertices if vertices is not None else [], dtype=np.float64)
+        if len(points) != header.count("vertex"):
+            raise UserError(
+                f"{path}: {len(points)} points read, its header declares "
+                f"{header.count('vertex')} vertices"
+            )
     elif suffix in POINT_SUFFIXES:
         points = _read_text_points(path)
     else:
@@ -140,6 +156,13 @@ def read_points(path: Path) -> Points:
     bad = ~np.all(np.isfinite(points), axis=1)
     if np.any(bad):
         raise UserError(f"{path}: point {int(np.flatnonzero(bad)[0]) + 1} is not finite")
+    far = np.max(np.abs(points), axis=1) > MAX_COORDINATE_MM
+    if np.any(far):
+        i = int(np.flatnonzero(far)[0])
+        raise UserError(
+            f"{path}: point {i + 1} is {float(np.max(np.abs(points[i]))):.3g} mm from the "
+            f"origin, beyond the {MAX_COORDINATE_MM:.0e} mm limit (a unit or scale error?)"
+        )
     return points
 
 

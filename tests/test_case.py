@@ -13,9 +13,11 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import trimesh
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nav import cli
-from nav.case import Case, CaseError, load_case, ras_to_lps, read_markups, read_mesh
+from nav.case import Case, CaseError, check_ply, load_case, ras_to_lps, read_markups, read_mesh
 from nav.phantom import (
     ORGAN_EXTENTS_MM,
     SHIPPED_PHANTOM_DIR,
@@ -334,6 +336,19 @@ def _write_broken_mesh(
     path.write_bytes(ply_ascii(vertices, faces, comment="broken"))
 
 
+def _cut_lines(path: Path, *, keep: int) -> None:
+    """Keep the first ``keep`` lines of a text file (negative: drop that many at the end)."""
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:keep]))
+
+
+def _miscount_vertices(path: Path, *, extra: int) -> None:
+    """Make the PLY header declare ``extra`` more vertices than the file holds."""
+    text = path.read_text()
+    n = int(text.split("element vertex ")[1].split()[0])
+    path.write_text(text.replace(f"element vertex {n}\n", f"element vertex {n + extra}\n", 1))
+
+
 def _markup_edit(key: str, value: object) -> Callable[[Path], None]:
     def edit(root: Path) -> None:
         path = root / "fiducials.mrk.json"
@@ -449,10 +464,47 @@ REFUSALS: list[tuple[str, Callable[[Path], object], str, str]] = [
         "no such mesh file",
     ),
     (
-        "mesh trimesh cannot read",
+        "mesh not a PLY file",
         lambda r: (r / "models" / "tumor.ply").write_bytes(b"not a ply file\n"),
         "models/tumor.ply",
+        "not a PLY file",
+    ),
+    (
+        "mesh trimesh cannot read",
+        lambda r: _edit(r / "models" / "tumor.ply", "end_header\n", "end_header\nx"),
+        "models/tumor.ply",
         "trimesh cannot read it",
+    ),
+    (
+        # An open vessel loses its last triangles silently: trimesh reads what is there.
+        "vessel mesh cut short in its faces",
+        lambda r: _cut_lines(r / "models" / "portal_vein.ply", keep=-16),
+        "models/portal_vein.ply",
+        "the data end after",
+    ),
+    (
+        "vessel header declares more vertices than the file has",
+        lambda r: _miscount_vertices(r / "models" / "portal_vein.ply", extra=40),
+        "models/portal_vein.ply",
+        "has 4 values, its properties need 3: the header's counts",
+    ),
+    (
+        "vessel header declares fewer vertices than the file has",
+        lambda r: _miscount_vertices(r / "models" / "portal_vein.ply", extra=-40),
+        "models/portal_vein.ply",
+        "not a count: the header's counts do not match the data",
+    ),
+    (
+        "organ coordinates scaled by 1e300",
+        lambda r: _write_broken_mesh(r / "models" / "liver.ply", lambda v, f: (v * 1e300, f)),
+        "models/liver.ply",
+        "mm from the origin, beyond the 1e+06 mm limit",
+    ),
+    (
+        "markups point a kilometre and more away",
+        _markup_edit("position", [1.0, 2e6, 3.0]),
+        "fiducials.mrk.json",
+        "point 'F-3' is beyond 1e+06 mm from the origin",
     ),
     (
         "empty mesh",
@@ -571,3 +623,88 @@ def test_case_check_prints_one_line_for_a_broken_case(
     assert cli.main(["case", "check", str(root)]) == cli.EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert err == f"ornav: {root / 'models' / 'tumor.ply'}: no such mesh file\n"
+
+
+# --- PLY files against their own headers ----------------------------------------------------
+
+
+def _phantom_ply(name: str, encoding: str) -> bytes:
+    """A phantom mesh as PLY bytes: the shipped ASCII file, or trimesh's binary export."""
+    path = SHIPPED_PHANTOM_DIR / "models" / f"{name}.ply"
+    if encoding == "ascii":
+        return path.read_bytes()
+    data: bytes = trimesh.load(path, process=False).export(file_type="ply", encoding="binary")
+    return data
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "binary"])
+def test_a_consistent_ply_passes_check_ply_with_its_declared_counts(
+    tmp_path: Path, encoding: str
+) -> None:
+    path = tmp_path / "liver.ply"
+    path.write_bytes(_phantom_ply("liver", encoding))
+    header = check_ply(path)
+    assert (header.count("vertex"), header.count("face")) == (2562, 5120)
+    assert len(read_mesh(path).vertices) == 2562
+
+
+def test_a_binary_ply_with_triangles_and_quads_is_walked_row_by_row(tmp_path: Path) -> None:
+    """Faces of differing corner counts: the rows are stepped over one by one, exactly."""
+    vertices = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 1]], "<f4")
+    faces = [b"\x04" + np.array([0, 1, 2, 3], "<i4").tobytes()]
+    faces += [b"\x03" + np.array(f, "<i4").tobytes() for f in ([0, 1, 4], [1, 2, 4])]
+    header = (
+        b"ply\nformat binary_little_endian 1.0\nelement vertex 5\nproperty float x\n"
+        b"property float y\nproperty float z\nelement face 3\n"
+        b"property list uchar int vertex_indices\nend_header\n"
+    )
+    path = tmp_path / "mixed.ply"
+    path.write_bytes(header + vertices.tobytes() + b"".join(faces))
+    assert check_ply(path).count("face") == 3
+    path.write_bytes(header + vertices.tobytes() + b"".join(faces)[:-1])
+    with pytest.raises(CaseError, match="the data end within face row 3 of the 3"):
+        check_ply(path)
+
+
+@given(data=st.data())
+@settings(max_examples=60)
+def test_any_cut_of_a_binary_ply_is_refused(
+    tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
+    whole = _phantom_ply("tumor", "binary")
+    body_start = whole.index(b"end_header\n") + len(b"end_header\n")
+    cut = data.draw(st.integers(body_start, len(whole) - 1), label="cut")
+    path = tmp_path_factory.mktemp("cut") / "tumor.ply"
+    path.write_bytes(whole[:cut])
+    with pytest.raises(CaseError, match="the data end"):
+        check_ply(path)
+
+
+@given(data=st.data())
+@settings(max_examples=60)
+def test_any_cut_of_an_ascii_ply_before_its_last_value_is_refused(
+    tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
+    """A cut inside the last number leaves a well-formed file: that one cannot be seen."""
+    whole = _phantom_ply("tumor", "ascii")
+    body_start = whole.index(b"end_header\n") + len(b"end_header\n")
+    last_value = whole.rstrip().rindex(b" ") + 1
+    cut = data.draw(st.integers(body_start, last_value - 1), label="cut")
+    path = tmp_path_factory.mktemp("cut") / "tumor.ply"
+    path.write_bytes(whole[:cut])
+    with pytest.raises(CaseError, match="the data end|values, its properties need"):
+        check_ply(path)
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "binary"])
+@pytest.mark.parametrize("extra", [-1, 1, 100])
+def test_a_ply_header_that_miscounts_its_vertices_is_refused(
+    tmp_path: Path, encoding: str, extra: int
+) -> None:
+    data = _phantom_ply("tumor", encoding)
+    n = int(data.split(b"element vertex ")[1].split()[0])
+    path = tmp_path / "tumor.ply"
+    path.write_bytes(data.replace(b"element vertex %d\n" % n, b"element vertex %d\n" % (n + extra)))
+    with pytest.raises(CaseError, match="header's counts") as caught:
+        read_mesh(path)
+    assert str(caught.value).startswith(f"{path}: ")

@@ -22,6 +22,7 @@ import trimesh
 from scipy.spatial.transform import Rotation
 
 from nav.cli import main
+from nav.phantom import ply_ascii
 from nav.register_cli import read_points
 from nav.transforms import apply, make_rigid
 from tests.conftest import REPO
@@ -281,7 +282,7 @@ def _bad_files(root: Path) -> dict[str, Path]:
     ("change", "expected"),
     [
         pytest.param({"--model": "missing.ply"}, "missing.ply: no such mesh file", id="no_model"),
-        pytest.param({"--model": "garbage.ply"}, "trimesh cannot read it", id="bad_model"),
+        pytest.param({"--model": "garbage.ply"}, "not a PLY file", id="bad_model"),
         pytest.param({"--points": "missing.csv"}, "no such points file", id="no_points"),
         pytest.param({"--points": "points.vtk"}, "unknown points format '.vtk'", id="vtk"),
         pytest.param({"--points": "bad_line.csv"}, "line 3: expected x, y, z", id="bad_line"),
@@ -398,3 +399,116 @@ def test_a_ply_point_cloud_is_read_as_its_vertices(tmp_path: Path) -> None:
     points = np.random.default_rng(0).normal(size=(50, 3)) * 40.0
     trimesh.PointCloud(points).export(tmp_path / "p.ply")
     np.testing.assert_allclose(read_points(tmp_path / "p.ply"), points, atol=1e-4)
+
+
+# --- inputs that disagree with themselves, or lie a kilometre away: one line, exit 2 ----------
+
+PHANTOM_LIVER = REPO / "nav" / "cases" / "phantom" / "models" / "liver.ply"
+
+
+@pytest.fixture
+def liver_inputs(tmp_path: Path) -> dict[str, Path]:
+    """The phantom's liver (2562 vertices) as a model, and broken copies of it as inputs."""
+    text = PHANTOM_LIVER.read_text()
+    lines = text.splitlines(keepends=True)
+    header_lines = lines.index("end_header\n") + 1
+    liver = trimesh.load(PHANTOM_LIVER, process=False)
+    vertices = np.asarray(liver.vertices)
+    files = {
+        # Cut after 472 vertex rows: trimesh read it as 472 points, and ICP accepted them.
+        "truncated.ply": "".join(lines[: header_lines + 472]),
+        # 3000 declared, 2562 there: trimesh read 438 face rows "3 a b c" as points (3, a, b).
+        "miscounted.ply": text.replace("element vertex 2562\n", "element vertex 3000\n", 1),
+    }
+    for name, content in files.items():
+        (tmp_path / name).write_text(content)
+    np.savetxt(tmp_path / "points.xyz", vertices[::3] + (1.0, 2.0, 3.0))
+    np.savetxt(tmp_path / "points_x1e300.xyz", vertices[::3] * 1e300)
+    (tmp_path / "liver_x1e300.ply").write_bytes(
+        ply_ascii(vertices * 1e300, np.asarray(liver.faces), comment="x1e300")
+    )
+    _write_mrk_json(tmp_path / "far.mrk.json", {"F1": (0.0, 0.0, 2e6)})
+    return {p.name: p for p in tmp_path.iterdir()}
+
+
+@pytest.mark.parametrize(
+    ("option", "name", "expected"),
+    [
+        pytest.param(
+            "--points",
+            "truncated.ply",
+            "truncated.ply: the data end after 472 of the 2562 vertex rows its header declares "
+            "(2562 vertex, 5120 face): the file is truncated or its header's counts are wrong",
+            id="points_truncated",
+        ),
+        pytest.param(
+            "--points",
+            "miscounted.ply",
+            "miscounted.ply: vertex row 2563 has 4 values, its properties need 3",
+            id="points_face_rows_as_points",
+        ),
+        pytest.param(
+            "--model",
+            "miscounted.ply",
+            "--model ",  # the same refusal, named as the model
+            id="model_miscounted",
+        ),
+        pytest.param(
+            "--points",
+            "points_x1e300.xyz",
+            "points_x1e300.xyz: point 1 is 1.22e+302 mm from the origin, beyond the 1e+06 mm "
+            "limit (a unit or scale error?)",
+            id="points_x1e300",
+        ),
+        pytest.param("--model", "liver_x1e300.ply", "beyond the 1e+06 mm limit", id="model_x1e300"),
+        pytest.param("--targets", "far.mrk.json", "beyond 1e+06 mm", id="target_2km"),
+    ],
+)
+def test_an_inconsistent_ply_or_absurd_coordinates_are_refused_before_registration(
+    liver_inputs: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    option: str,
+    name: str,
+    expected: str,
+) -> None:
+    given = {"--model": PHANTOM_LIVER, "--points": liver_inputs["points.xyz"]}
+    given[option] = liver_inputs[name]
+    arguments = ["register", "--method", "rigid", "--out", str(tmp_path / "out.json")]
+    for key, path in given.items():
+        arguments += [key, str(path)]
+
+    line = _one_error_line(main(arguments), capsys.readouterr().err)
+
+    assert expected in line, line
+    assert str(liver_inputs[name]) in line
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_the_consistent_liver_inputs_do_register(
+    liver_inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    """The control for the refusals above: the same command on the unbroken files works."""
+    out = tmp_path / "out.json"
+    arguments = ["register", "--method", "rigid", "--out", str(out)]
+    arguments += ["--model", str(PHANTOM_LIVER), "--points", str(liver_inputs["points.xyz"])]
+    assert main(arguments) == 0
+    T = np.array(_result(out)["T_patient_from_model"])
+    np.testing.assert_allclose(T[:3, 3], (1.0, 2.0, 3.0), atol=0.05)
+
+
+def test_coordinates_x1e300_are_one_line_from_a_real_process_not_an_open3d_traceback(
+    liver_inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "nav.cli", "register", "--model", str(PHANTOM_LIVER)]
+        + ["--points", str(liver_inputs["points_x1e300.xyz"]), "--method", "rigid"]
+        + ["--out", str(tmp_path / "o.json")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    line = _one_error_line(result.returncode, result.stderr)
+    assert "beyond the 1e+06 mm limit" in line
+    assert "Open3D" not in result.stderr

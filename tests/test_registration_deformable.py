@@ -407,6 +407,11 @@ def test_refuses_degenerate_inputs() -> None:
     bad_v = v.copy()
     bad_v[0, 0] = np.inf
     _refusal("non_finite", bad_v, f, y, T)
+    _refusal("out_of_range", v, f, y * 1e300, T)
+    _refusal("out_of_range", v * 1e300, f, y, T)
+    far = T.copy()
+    far[0, 3] = 1e300
+    _refusal("out_of_range", v, f, y, far)
     _refusal("mismatched", v, f, y[:, :2], T)
     _refusal("mismatched", v[:, :2], f, y, T)
     _refusal("mismatched", v, f[:, :2], y, T)

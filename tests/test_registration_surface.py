@@ -405,6 +405,28 @@ def _with_nan(a: FloatArray) -> FloatArray:
             {"model_vertices": _with_nan(organ()[0])}, "non_finite", "model", id="nan_model"
         ),
         pytest.param({"T_init": np.full((4, 4), np.inf)}, "non_finite", "T_init", id="inf_T_init"),
+        # Finite but absurd: Open3D's voxel grid failed on these with a C++ RuntimeError.
+        pytest.param(
+            {"points_patient": organ()[0][:50] * 1e300, "global_init": True},
+            "out_of_range",
+            "points_patient have a coordinate of magnitude 1e+302 mm",
+            id="points_x1e300",
+        ),
+        pytest.param(
+            {"model_vertices": organ()[0] * 1e300},
+            "out_of_range",
+            "model_vertices",
+            id="model_x1e300",
+        ),
+        pytest.param(
+            {"points_patient": organ()[0][:50] + 2e6}, "out_of_range", "1e+06 mm", id="points_2km"
+        ),
+        pytest.param(
+            {"T_init": np.array([[1, 0, 0, 1e300], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])},
+            "out_of_range",
+            "T_init's translation",
+            id="T_init_1e300",
+        ),
         pytest.param({"model_vertices": np.zeros((0, 3))}, "bad_mesh", "no vertices", id="empty"),
         pytest.param(
             {"model_triangles": np.array([[0, 1, 9999]])}, "bad_mesh", "9999", id="face_range"

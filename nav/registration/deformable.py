@@ -100,7 +100,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from nav.registration.confidence import deformable_confidence_mm
-from nav.registration.errors import RegistrationError
+from nav.registration.errors import RegistrationError, check_coordinates
 from nav.transforms import Mat4, apply, invert_rigid, is_rigid, make_rigid
 
 FloatArray: TypeAlias = npt.NDArray[np.float64]
@@ -282,6 +282,7 @@ def register_deformable(
 
     Raises RegistrationError with ``kind``: ``mismatched`` (an array of the wrong shape, or
     an init that is not a rigid transform), ``non_finite`` (NaN or inf in the inputs),
+    ``out_of_range`` (a coordinate or the init's translation beyond ``MAX_COORDINATE_MM``),
     ``bad_mesh`` (no triangles, an index out of range, or zero area), ``too_few_points``
     (fewer than :data:`MIN_POINTS` data points), ``insufficient_overlap`` (fewer than
     ``min_inlier_fraction`` of the points, or fewer than :data:`MIN_POINTS`, end within
@@ -697,12 +698,11 @@ def _checked_inputs(
         raise RegistrationError(
             "bad_mesh", f"triangle indices must be in [0, {len(v)}), found {f.min()}..{f.max()}"
         )
-    if not np.all(np.isfinite(v)):
-        raise RegistrationError("non_finite", "model_vertices contain NaN or inf")
-    if not np.all(np.isfinite(y)):
-        raise RegistrationError("non_finite", "points_patient contain NaN or inf")
+    check_coordinates(v, "model_vertices")
+    check_coordinates(y, "points_patient")
     if not np.all(np.isfinite(T)):
         raise RegistrationError("non_finite", "T_patient_from_model_init contains NaN or inf")
+    check_coordinates(T[:3, 3], "T_patient_from_model_init's translation")
     if not is_rigid(T, tol=1e-4):
         raise RegistrationError("mismatched", "T_patient_from_model_init is not a rigid transform")
     if len(y) < MIN_POINTS:

@@ -17,11 +17,24 @@ from __future__ import annotations
 
 from typing import Final, Literal, TypeAlias, get_args
 
+import numpy as np
+import numpy.typing as npt
+
+MAX_COORDINATE_MM: Final = 1e6
+"""The largest coordinate magnitude a registration accepts, mm (1 km).
+
+No patient, model or tracker volume comes near it, yet it is far below where Open3D's
+voxel grids and KD-trees overflow (coordinates of 1e300 make its voxel size "too small")
+and where squared distances leave float64. A file or message with larger coordinates is
+wrong (a unit or scale error, a corrupt file), and is refused before any library sees it.
+"""
+
 RegistrationErrorKind: TypeAlias = Literal[
     "too_few_points",
     "collinear",
     "mismatched",
     "non_finite",
+    "out_of_range",
     "bad_weights",
     "bad_mesh",
     "insufficient_overlap",
@@ -35,6 +48,7 @@ RegistrationErrorKind: TypeAlias = Literal[
 - ``mismatched``: the two point sets (or the weights) differ in count, or an
   array does not have the documented shape.
 - ``non_finite``: a NaN or infinity in the points or the weights.
+- ``out_of_range``: a coordinate beyond :data:`MAX_COORDINATE_MM` (a unit or scale error).
 - ``bad_weights``: a negative weight, or every weight zero.
 - ``bad_mesh``: the model mesh is empty, has out-of-range faces or no usable normals.
 - ``insufficient_overlap``: too few intraoperative points lie near the model surface
@@ -61,3 +75,20 @@ class RegistrationError(ValueError):
     def __reduce__(self) -> tuple[type[RegistrationError], tuple[str, str]]:
         # The default reduce would call RegistrationError(message) and lose ``kind``.
         return (type(self), (self.kind, str(self)))
+
+
+def check_coordinates(points: npt.NDArray[np.float64], name: str) -> None:
+    """Refuse NaN, inf or a coordinate beyond :data:`MAX_COORDINATE_MM` in ``points`` (any shape).
+
+    Raises RegistrationError ``non_finite`` or ``out_of_range``, naming ``name``.
+    """
+    if not np.all(np.isfinite(points)):
+        raise RegistrationError("non_finite", f"{name} contain NaN or inf")
+    if points.size:
+        largest = float(np.max(np.abs(points)))
+        if largest > MAX_COORDINATE_MM:
+            raise RegistrationError(
+                "out_of_range",
+                f"{name} have a coordinate of magnitude {largest:.3g} mm, beyond the "
+                f"{MAX_COORDINATE_MM:.0e} mm limit (a unit or scale error?)",
+            )

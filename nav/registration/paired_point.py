@@ -57,7 +57,7 @@ from typing import Final, Literal, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
-from nav.registration.errors import RegistrationError
+from nav.registration.errors import RegistrationError, check_coordinates
 from nav.transforms import Mat4, Points, apply, make_rigid
 
 FloatArray: TypeAlias = npt.NDArray[np.float64]
@@ -165,10 +165,11 @@ def register_paired_points(
 
     Raises RegistrationError with ``kind``: ``mismatched`` (a shape other than
     (N, 3) and (N, 3) and (N,)), ``non_finite`` (NaN or inf in points or
-    weights), ``too_few_points`` (fewer than 3 pairs with positive weight),
-    ``bad_weights`` (a negative weight, or all zero), ``collinear`` (model or
-    patient points within :data:`COLLINEARITY_TOLERANCE` of a line). Raises
-    ValueError for an ``fle_mm`` that is negative or not finite.
+    weights), ``out_of_range`` (a coordinate beyond ``MAX_COORDINATE_MM``),
+    ``too_few_points`` (fewer than 3 pairs with positive weight), ``bad_weights``
+    (a negative weight, or all zero), ``collinear`` (model or patient points
+    within :data:`COLLINEARITY_TOLERANCE` of a line). Raises ValueError for an
+    ``fle_mm`` that is negative or not finite.
     """
     x = _as_points(p_model, "p_model")
     y = _as_points(p_patient, "p_patient")
@@ -179,6 +180,8 @@ def register_paired_points(
         )
     if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
         raise RegistrationError("non_finite", "fiducial points contain NaN or inf")
+    check_coordinates(x, "p_model")
+    check_coordinates(y, "p_patient")
     n = len(x)
     if n < MIN_POINTS:
         raise RegistrationError("too_few_points", f"only {n} fiducials, need at least {MIN_POINTS}")

@@ -96,7 +96,7 @@ import numpy as np
 import numpy.typing as npt
 import open3d as o3d
 
-from nav.registration.errors import RegistrationError
+from nav.registration.errors import RegistrationError, check_coordinates
 from nav.transforms import Mat4, Points, axis_angle_to_matrix, invert_rigid, rigidity_error
 
 log = logging.getLogger(__name__)
@@ -279,7 +279,8 @@ def register_surface(
 
     Raises RegistrationError with ``kind``: ``mismatched`` (an array of the
     wrong shape), ``non_finite`` (NaN or inf in vertices, points or
-    ``T_init``), ``too_few_points`` (N < 3, or too few voxels for the global
+    ``T_init``), ``out_of_range`` (a coordinate or the ``T_init`` translation beyond
+    ``MAX_COORDINATE_MM``), ``too_few_points`` (N < 3, or too few voxels for the global
     search), ``bad_mesh`` (no vertices, triangles out of range, a model with no
     area), ``insufficient_overlap`` (fitness below ``config.min_fitness``),
     ``not_converged`` (the last ICP stage hit ``config.max_iterations``).
@@ -289,10 +290,9 @@ def register_surface(
     cfg = config if config is not None else SurfaceConfig()
     vertices = _as_points(model_vertices, "model_vertices")
     points = _as_points(points_patient, "points_patient")
-    if not np.all(np.isfinite(points)):
-        raise RegistrationError("non_finite", "points_patient contain NaN or inf")
-    if not np.all(np.isfinite(vertices)):
-        raise RegistrationError("non_finite", "model_vertices contain NaN or inf")
+    # Before Open3D sees them: 1e300 mm makes its voxel grid fail with a C++ traceback.
+    check_coordinates(points, "points_patient")
+    check_coordinates(vertices, "model_vertices")
     if len(points) < MIN_POINTS:
         raise RegistrationError(
             "too_few_points", f"only {len(points)} points, need at least {MIN_POINTS}"
@@ -379,8 +379,8 @@ def surface_distances_mm(
     """
     vertices = _as_points(model_vertices, "model_vertices")
     points = _as_points(p_model, "p_model")
-    if not (np.all(np.isfinite(vertices)) and np.all(np.isfinite(points))):
-        raise RegistrationError("non_finite", "model vertices or points contain NaN or inf")
+    check_coordinates(vertices, "model_vertices")
+    check_coordinates(points, "p_model")
     return _Surface(vertices, _as_triangles(model_triangles, vertices)).distance(points)
 
 
@@ -816,6 +816,7 @@ def _as_rigid(T: npt.ArrayLike) -> Mat4:
         raise RegistrationError("mismatched", f"T_init must have shape (4, 4), got {a.shape}")
     if not np.all(np.isfinite(a)):
         raise RegistrationError("non_finite", "T_init contains NaN or inf")
+    check_coordinates(a[:3, 3], "T_init's translation")
     error = rigidity_error(a)
     if error > _RIGID_TOLERANCE:
         raise ValueError(f"T_init is not rigid: rigidity error {error:.3g} > {_RIGID_TOLERANCE}")
