@@ -6,9 +6,10 @@ A launch file is TOML (read with the standard library). Example, annotated::
     name = "sim"
     ready_timeout_s = 15.0          # default per node; a node may override it
     stop_grace_s = 2.0              # per escalation step: SIGINT -> SIGTERM -> SIGKILL
+    heartbeat_timeout_s = 2.0       # default per node: a silent node is restarted
 
     [nodes.tracker]                 # nodes start in file order, stop in reverse
-    module = "tracking.sim_node"    # run as `python -m tracking.sim_node`
+    module = "tracking.sim_node"    # an ornav node module: `python -m tracking.sim_node`
     pub = "ipc://{ipc_dir}/tracker.pub"
     control = "ipc://{ipc_dir}/tracker.ctl"
     rate_hz = 400
@@ -23,6 +24,16 @@ A launch file is TOML (read with the standard library). Example, annotated::
 short directory for ipc sockets (a Unix socket path is limited to 107 bytes, so it lives
 under /tmp, not next to a deep working copy).
 Every error is one ``LaunchError`` line naming the file, the node and the key.
+
+What is refused, beyond malformed values:
+- a module outside ornav's node modules (``nav.*_node``, ``tracking.*_node``,
+  ``render.*_node``): it is located without being imported, so ``module = "this"`` never
+  runs; only a ``*_node`` module inside ornav's own packages is imported (for its Config);
+- two binds of one endpoint anywhere in the file: every node's ``pub``, ``control`` and
+  the params it binds (``*_endpoint`` params such as render's ``headset_endpoint``, any
+  ``ipc://``/``tcp://`` value, the OpenIGTLink server's ``host``/``port``);
+- a node subscribing to itself; non-finite numbers (``ready_timeout_s = inf``);
+  ``heartbeat_timeout_s`` at or under the 0.5 s heartbeat period.
 """
 
 from __future__ import annotations
@@ -30,9 +41,11 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import math
+import os.path
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +58,23 @@ _TCP = re.compile(r"tcp://(\*|[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\]):(\d{1,5})")
 IPC_PATH_MAX = 107  # sun_path is 108 bytes on Linux, including the NUL
 RESTART_POLICIES = ("never", "on-failure")
 
-_STACK_KEYS = frozenset({"name", "ready_timeout_s", "stop_grace_s"})
+# The packages whose ``*_node`` modules a launch file may run (see ``load``).
+NODE_PACKAGES = ("nav", "tracking", "render")
+_PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # holds nav/, tracking/, render/
+_NODE_MODULE = re.compile(r"([a-z_][a-z0-9_]*\.)+[a-z_][a-z0-9_]*_node")
+# nav.node.HEARTBEAT_PERIOD_S (not imported: nav.node imports this module). A timeout at or
+# under one period would restart a healthy node between two heartbeats.
+HEARTBEAT_PERIOD_S = 0.5
+DEFAULT_HEARTBEAT_TIMEOUT_S = 2.0
+# Params a node binds besides pub and control, where the name does not say so (read from
+# the node Configs): the OpenIGTLink server listens on plain TCP host:port.
+_BOUND_HOST_PORT = {"tracking.igtl_server_node": ("host", "port")}
+# Params that only name an address and are never bound: render's scene_endpoint is what it
+# tells headsets to subscribe to (its own pub, usually).
+_ADVERTISED_PARAMS = frozenset({"scene_endpoint"})
+_WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "::", "[::]"})
+
+_STACK_KEYS = frozenset({"name", "ready_timeout_s", "stop_grace_s", "heartbeat_timeout_s"})
 _NODE_KEYS = frozenset(
     {
         "module",
@@ -57,6 +86,7 @@ _NODE_KEYS = frozenset(
         "restart_limit",
         "restart_delay_s",
         "ready_timeout_s",
+        "heartbeat_timeout_s",
         "params",
     }
 )
@@ -86,6 +116,7 @@ class NodeSpec:
     subscribe_endpoints: tuple[str, ...] = ()
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     ready_timeout_s: float = 15.0
+    heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S
     params: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -100,6 +131,7 @@ class NodeSpec:
                 "subscribe_endpoints": list(self.subscribe_endpoints),
                 "restart": vars(self.restart),
                 "ready_timeout_s": self.ready_timeout_s,
+                "heartbeat_timeout_s": self.heartbeat_timeout_s,
                 "params": dict(self.params),
             }
         )
@@ -117,6 +149,7 @@ class NodeSpec:
             subscribe_endpoints=tuple(raw["subscribe_endpoints"]),
             restart=RestartPolicy(**raw["restart"]),
             ready_timeout_s=raw["ready_timeout_s"],
+            heartbeat_timeout_s=raw.get("heartbeat_timeout_s", DEFAULT_HEARTBEAT_TIMEOUT_S),
             params=raw["params"],
         )
 
@@ -157,11 +190,43 @@ def check_endpoint(endpoint: str) -> str | None:
 def _number(value: Any, where: str, *, positive: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise LaunchError(f"{where}: expected a number, got {value!r}")
+    if not math.isfinite(value):  # TOML has inf and nan: a timeout of inf never fires
+        raise LaunchError(f"{where}: must be a finite number, got {value!r}")
     if positive and not value > 0:
         raise LaunchError(f"{where}: must be > 0, got {value!r}")
     if not positive and value < 0:
         raise LaunchError(f"{where}: must be >= 0, got {value!r}")
     return float(value)
+
+
+def node_module_problem(module: str, packages: Sequence[str] = NODE_PACKAGES) -> str | None:
+    """None if ``module`` may be run as a node, else why not. Imports nothing.
+
+    A node module is ``<package>.<name>_node`` for one of ``packages``; with ``locate`` it
+    must also be found (``importlib.util.find_spec``, which imports only its parent
+    packages) inside that package's directory of this ornav installation.
+    """
+    allowed = ", ".join(f"{package}.*_node" for package in packages)
+    if not _NODE_MODULE.fullmatch(module) or not any(
+        module.startswith(f"{package}.") for package in packages
+    ):
+        return f"{module!r} is not a node: a launch file runs only ornav node modules ({allowed})"
+    return None
+
+
+def _locate_node_module(module: str) -> str | None:
+    """None if ``module`` exists inside ornav's own package directory, else the problem."""
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):  # a parent package is missing
+        found = None
+    if found is None or found.origin is None:
+        return f"no module named {module!r}"
+    package_dir = _PACKAGE_ROOT / module.split(".")[0]
+    origin = Path(found.origin).resolve()
+    if not origin.is_relative_to(package_dir):
+        return f"{module!r} resolves to {origin}, outside ornav's {package_dir}"
+    return None
 
 
 def node_config_type(module: str) -> Any:
@@ -188,11 +253,14 @@ def load(
     run_dir: str | Path,
     ipc_dir: str | Path | None = None,
     check_modules: bool = True,
+    node_packages: Sequence[str] = NODE_PACKAGES,
 ) -> LaunchSpec:
     """Read and validate a launch file; LaunchError (one line) on the first problem.
 
-    ``ipc_dir`` defaults to ``run_dir``. With ``check_modules`` every node module is imported
-    and its params checked against its Config, so nothing starts with a bad file.
+    ``ipc_dir`` defaults to ``run_dir``. Every node module must be a ``*_node`` module of
+    ``node_packages`` (tests add their fakes' package). With ``check_modules`` it is
+    located without importing it, and only then imported and its params checked against
+    its Config, so nothing starts (and no other module runs) with a bad file.
     """
     path = Path(path)
     run_dir = Path(run_dir)
@@ -221,6 +289,10 @@ def load(
     ready_default = _number(
         stack.get("ready_timeout_s", 15.0), f"{path}: [stack]: key 'ready_timeout_s'", positive=True
     )
+    heartbeat_default = _heartbeat_timeout(
+        stack.get("heartbeat_timeout_s", DEFAULT_HEARTBEAT_TIMEOUT_S),
+        f"{path}: [stack]: key 'heartbeat_timeout_s'",
+    )
     stop_grace_s = _number(
         stack.get("stop_grace_s", 2.0), f"{path}: [stack]: key 'stop_grace_s'", positive=True
     )
@@ -237,7 +309,6 @@ def load(
     def substitute(value: str) -> str:
         return value.replace("{run_dir}", str(run_dir)).replace("{ipc_dir}", str(ipc_dir))
 
-    endpoints_seen: dict[str, str] = {}
     partial: list[NodeSpec] = []
     for node_name, table in nodes_raw.items():
         where = f"{path}: node {node_name!r}"
@@ -249,8 +320,11 @@ def load(
         module = table.get("module")
         if not isinstance(module, str) or not MODULE_NAME.fullmatch(module):
             raise LaunchError(f"{where}: key 'module': expected a Python module name")
-        if check_modules and importlib.util.find_spec(module.split(".")[0]) is None:
-            raise LaunchError(f"{where}: key 'module': no module named {module!r}")
+        problem = node_module_problem(module, node_packages)
+        if problem is None and check_modules:
+            problem = _locate_node_module(module)
+        if problem:
+            raise LaunchError(f"{where}: key 'module': {problem}")
 
         sockets: dict[str, str | None] = {}
         for key in ("pub", "control"):
@@ -264,12 +338,6 @@ def load(
             problem = check_endpoint(endpoint)
             if problem:
                 raise LaunchError(f"{where}: key {key!r}: malformed endpoint {value!r}: {problem}")
-            if endpoint in endpoints_seen:
-                raise LaunchError(
-                    f"{where}: key {key!r}: duplicate endpoint {value!r} "
-                    f"(already {endpoints_seen[endpoint]})"
-                )
-            endpoints_seen[endpoint] = f"{node_name}.{key}"
             sockets[key] = endpoint
 
         rate_hz = table.get("rate_hz")
@@ -294,6 +362,10 @@ def load(
             f"{where}: key 'ready_timeout_s'",
             positive=True,
         )
+        heartbeat_s = _heartbeat_timeout(
+            table.get("heartbeat_timeout_s", heartbeat_default),
+            f"{where}: key 'heartbeat_timeout_s'",
+        )
         params = table.get("params", {})
         if not isinstance(params, dict):
             raise LaunchError(f"{where}: key 'params': must be a table")
@@ -308,16 +380,20 @@ def load(
                 subscribe=tuple(subscribe),
                 restart=RestartPolicy(restart, limit, delay_s),
                 ready_timeout_s=ready_s,
+                heartbeat_timeout_s=heartbeat_s,
                 params=params,
             )
         )
 
     by_name = {spec.name: spec for spec in partial}
     nodes: list[NodeSpec] = []
+    bound: list[tuple[str, str, str]] = []  # (node, key, endpoint), in file order
     for spec in partial:
         where = f"{path}: node {spec.name!r}: key 'subscribe'"
         endpoints = []
         for other in spec.subscribe:
+            if other == spec.name:
+                raise LaunchError(f"{where}: a node cannot subscribe to itself ({other!r})")
             if other not in by_name:
                 raise LaunchError(f"{where}: no node named {other!r}")
             other_pub = by_name[other].pub
@@ -325,10 +401,95 @@ def load(
                 raise LaunchError(f"{where}: node {other!r} has no pub endpoint")
             endpoints.append(other_pub)
         resolved = NodeSpec(**{**vars(spec), "subscribe_endpoints": tuple(endpoints)})
-        if check_modules:
-            _check_node_module(resolved, f"{path}: node {spec.name!r}")
+        config = (
+            _check_node_module(resolved, f"{path}: node {spec.name!r}") if check_modules else None
+        )
+        for key, endpoint in bound_endpoints(resolved, config).items():
+            if key.startswith("params."):
+                problem = check_endpoint(endpoint)
+                if problem:
+                    raise LaunchError(
+                        f"{path}: node {spec.name!r}: key {key!r}: malformed endpoint "
+                        f"{endpoint!r}: {problem}"
+                    )
+            bound.append((spec.name, key, endpoint))
         nodes.append(resolved)
+    _refuse_shared_binds(path, bound)
     return LaunchSpec(path, name, stop_grace_s, tuple(nodes), run_dir, ipc_dir)
+
+
+def _heartbeat_timeout(value: Any, where: str) -> float:
+    seconds = _number(value, where, positive=True)
+    if seconds <= HEARTBEAT_PERIOD_S:
+        raise LaunchError(
+            f"{where}: must be more than the {HEARTBEAT_PERIOD_S:g} s heartbeat period, "
+            f"got {value!r}"
+        )
+    return seconds
+
+
+def bound_endpoints(spec: NodeSpec, config: Any = None) -> dict[str, str]:
+    """Every endpoint ``spec``'s node binds, by launch-file key.
+
+    Keys: ``pub``, ``control``, ``params.<name>`` for a ``*_endpoint`` param or any
+    ``ipc://``/``tcp://`` value (except addresses it only advertises), and
+    ``params.<host>/<port>`` for a node that listens on plain TCP (read from ``config``,
+    the node's built Config, when given, so its defaults count too).
+    """
+    bound: dict[str, str] = {}
+    if spec.pub:
+        bound["pub"] = spec.pub
+    if spec.control:
+        bound["control"] = spec.control
+    for key, value in spec.params.items():
+        if key in _ADVERTISED_PARAMS or not isinstance(value, str) or not value:
+            continue
+        if key.endswith("_endpoint") or value.startswith(("ipc://", "tcp://")):
+            bound[f"params.{key}"] = value
+    host_port = _BOUND_HOST_PORT.get(spec.module)
+    if host_port is not None:
+        host_key, port_key = host_port
+        host = getattr(config, host_key, spec.params.get(host_key))
+        port = getattr(config, port_key, spec.params.get(port_key))
+        if isinstance(host, str) and host and type(port) is int and port != 0:
+            host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+            bound[f"params.{host_key}/{port_key}"] = f"tcp://{host}:{port}"
+    return bound
+
+
+def _bind_address(endpoint: str) -> tuple[str, str, int]:
+    """(transport, path or host, port) with equal spellings made equal; port 0 for ipc."""
+    if endpoint.startswith("ipc://"):
+        return ("ipc", os.path.normpath(endpoint[len("ipc://") :]), 0)
+    match = _TCP.fullmatch(endpoint)
+    if match is None:  # malformed: refused elsewhere; compare it as text
+        return ("?", endpoint, 0)
+    host = match.group(1).lower()
+    host = "*" if host in _WILDCARD_HOSTS else "127.0.0.1" if host == "localhost" else host
+    return ("tcp", host, int(match.group(2)))
+
+
+def _same_bind(a: tuple[str, str, int], b: tuple[str, str, int]) -> bool:
+    if a[0] != b[0]:
+        return False
+    if a[0] != "tcp":
+        return a[1] == b[1]
+    # A wildcard bind takes the port on every interface.
+    return a[2] == b[2] and (a[1] == b[1] or "*" in (a[1], b[1]))
+
+
+def _refuse_shared_binds(path: Path, bound: list[tuple[str, str, str]]) -> None:
+    """LaunchError naming both nodes and keys when two binds would take one endpoint."""
+    seen: list[tuple[str, str, tuple[str, str, int]]] = []
+    for node, key, endpoint in bound:
+        address = _bind_address(endpoint)
+        for other_node, other_key, other_address in seen:
+            if _same_bind(address, other_address):
+                raise LaunchError(
+                    f"{path}: node {node!r}: key {key!r}: duplicate endpoint {endpoint!r} "
+                    f"(already bound by node {other_node!r}, key {other_key!r})"
+                )
+        seen.append((node, key, address))
 
 
 def _substitute_params(params: dict[str, Any], substitute: Any) -> dict[str, Any]:
@@ -337,9 +498,10 @@ def _substitute_params(params: dict[str, Any], substitute: Any) -> dict[str, Any
     }
 
 
-def _check_node_module(spec: NodeSpec, where: str) -> None:
+def _check_node_module(spec: NodeSpec, where: str) -> Any:
+    """The node's built Config; LaunchError naming the module or the param."""
     try:
-        node_config(spec)
+        return node_config(spec)
     except ModuleNotFoundError:
         raise LaunchError(f"{where}: key 'module': no module named {spec.module!r}") from None
     except AttributeError as error:

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from nav.launchfile import load
+from nav.launchfile import NODE_PACKAGES, load
 from nav.supervisor import StartupError, Supervisor
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE = "tests.fake.behaving_node"
+WITH_FAKES = (*NODE_PACKAGES, "tests.fake")  # the misbehaving node is not shipped
 
 
 def _stack(
@@ -37,7 +38,9 @@ def _stack(
         lines += [f"{k} = {json.dumps(v)}" for k, v in params.items()]  # type: ignore[attr-defined]
     path = tmp_path / "stack.toml"
     path.write_text("\n".join(lines) + "\n")
-    supervisor = Supervisor(load(path, run_dir=tmp_path / "run", ipc_dir=ipc_dir))
+    supervisor = Supervisor(
+        load(path, run_dir=tmp_path / "run", ipc_dir=ipc_dir, node_packages=WITH_FAKES)
+    )
     supervisor.events = []  # type: ignore[attr-defined]
     supervisor.on_event = supervisor.events.append  # type: ignore[attr-defined]
     return supervisor
@@ -158,7 +161,7 @@ def test_crash_is_visible_and_restarted_up_to_the_limit(tmp_path: Path, ipc_dir:
         ipc_dir,
         {
             "crashy": {
-                "params": {"exit_after_s": 0.2, "exit_code": 3, "journal": str(journal)},
+                "params": {"exit_after_s": 0.2, "exit_code": 5, "journal": str(journal)},
                 "restart": "on-failure",
                 "restart_limit": 2,
                 "restart_delay_s": 0.1,
@@ -172,13 +175,13 @@ def test_crash_is_visible_and_restarted_up_to_the_limit(tmp_path: Path, ipc_dir:
         # after the limit it stays dead: no third restart
         for _ in range(10):
             sup.tick(0.05)
-        assert node.restarts == 2 and node.state == "dead" and node.exit_code == 3
+        assert node.restarts == 2 and node.state == "dead" and node.exit_code == 5
     finally:
         sup.stop()
     starts = [line for line in _journal(journal) if line.startswith("start")]
     assert len(starts) == 3
     assert len({line.split()[2] for line in starts}) == 3  # three different pids
-    died = [e for e in sup.events if "died with exit code 3" in e]  # type: ignore[attr-defined]
+    died = [e for e in sup.events if "died with exit code 5" in e]  # type: ignore[attr-defined]
     assert len(died) == 3
     assert any("restart 2/2" in e for e in sup.events)  # type: ignore[attr-defined]
 
