@@ -14,7 +14,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -125,11 +125,38 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             topic.topic, topic.schema_name, str(topic.message_count), f"{topic.rate_hz:.1f}"
         )
     start = summary.start_wall.isoformat(timespec="seconds") if summary.start_wall else "-"
-    table.caption = f"{summary.message_count} messages, {summary.duration_s:.2f} s from {start}" + (
-        f"; TRUNCATED: {summary.problem}" if summary.truncated else ""
-    )
+    lines = [f"{summary.message_count} messages, {summary.duration_s:.2f} s from {start}"]
+    lines += [f"DAMAGED: {summary.damage}"] if summary.damage else []
+    lines += _recording_notes(summary.notes)
+    table.caption = "\n".join(lines)
+    if summary.message_count == 0 and summary.damage:
+        raise UserError(f"{summary.path}: no readable message ({summary.damage})")
     Console(width=120).print(table)
     return 0
+
+
+def _recording_notes(notes: Mapping[str, Mapping[str, str]]) -> list[str]:
+    """Caption lines for a recording recovered after a crash, or recorded after one."""
+    from nav.recording import RECOVERY_METADATA, RESTART_METADATA
+
+    def gap(values: Mapping[str, str]) -> str:
+        text = values.get("gap_ns", "")
+        return f"{int(text) / 1e9:.2f} s" if text.lstrip("-").isdigit() else "unknown"
+
+    lines = []
+    if RECOVERY_METADATA in notes:
+        recovery = notes[RECOVERY_METADATA]
+        then = recovery.get("continued_in") or "the next file"
+        lines.append(
+            f"recovered after a crash: {recovery.get('recovered_messages', '?')} messages; "
+            f"{gap(recovery)} gap before recording resumed in {then}"
+        )
+    if RESTART_METADATA in notes:
+        restart = notes[RESTART_METADATA]
+        lines.append(
+            f"continues {restart.get('previous', '?')} after a {gap(restart)} gap (a crash)"
+        )
+    return lines
 
 
 def check_playback_args(args: argparse.Namespace) -> None:
@@ -194,7 +221,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from nav import replay_node  # only this command needs the replay node
 
     check_playback_args(args)
-    total = inspect_recording(args.file).message_count  # also refuses a non-MCAP file
+    summary = inspect_recording(args.file)  # also refuses a non-MCAP file
+    total = summary.message_count
+    if total == 0:
+        damage = f" ({summary.damage})" if summary.damage else ""
+        raise UserError(f"{args.file}: no readable message to replay{damage}")
+    if summary.damage:
+        log.warning("%s: %s", args.file, summary.damage)
     log.info("replaying %s (%d messages) on %s at %gx", args.file, total, args.pub, args.speed)
     cfg = replay_node.Config(
         path=str(args.file), speed=args.speed, loop=args.loop, start_delay_s=args.start_delay

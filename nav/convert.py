@@ -55,7 +55,13 @@ from typing import Any
 import numpy as np
 
 from nav.messages import MessageError, ToolStatus, TrackerFrame, decode, encode
-from nav.recording import RecordingError, RecordingReader, RecordingWriter, iter_recording
+from nav.recording import (
+    RecordingError,
+    RecordingReader,
+    RecordingWriter,
+    damage_report,
+    iter_recording,
+)
 from tracking.plus_sequence import (
     DEFAULT_TRACKER,
     DEFAULT_TRACKER_FRAME,
@@ -422,10 +428,15 @@ class _McapFrames:
         if group:
             yield self._frame(group, position)
             position += 1
-        if self.reader.truncated:
-            self.problems.append(f"the recording is truncated: {self.reader.problem}")
+        damage = damage_report(self.reader)
+        if damage:
+            self.problems.append(f"the recording is damaged: {damage}")
         if self.exact and position != len(self.extras):
             self.problems.append(f"the recording holds {position} of {len(self.extras)} frames")
+        if self.reader.messages_read == 0:
+            raise ConvertError(
+                f"{self.reader.path}: no readable message" + (f" ({damage})" if damage else "")
+            )
         if self.messages == 0:
             raise ConvertError(f"{self.reader.path}: no TrackerFrame messages to convert")
 

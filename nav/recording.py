@@ -31,6 +31,22 @@ readable, so it loses at most the last ``flush_period_s`` of data. (Flushed data
 death of the process, not of the machine: ``close`` fsyncs, the chunks in between do not.)
 The summary and indexes are written only by ``close``; ``iter_recording`` and
 ``inspect_recording`` read a file without them by streaming from the start.
+
+Recovery: a file cut off by a crash reads here, but the standard ``mcap`` reader refuses it
+(no summary). ``recover_recording`` rewrites it as a complete file (every readable message
+unchanged, an ``ornav.recovery`` metadata record with the counts and the gap to when
+recording resumed), verified with the ``mcap`` reader before it replaces the original. The
+recorder node does this for the earlier parts of its session when it restarts, and notes
+the gap in its new file (``ornav.restart``).
+
+Corruption: every chunk is CRC-checked when read. A corrupt chunk is skipped and counted
+with the messages it held (from its message indexes, or the summary's statistics), and
+reading goes on: in a closed file from the summary's chunk index, in a crashed one from the
+next record (a corrupt record length there ends reading: nothing says where the next record
+starts). ``inspect_recording`` reads every chunk rather than trusting the summary.
+
+Files are created mode 0600 (a recording is patient session data); ``make_private_dir``
+makes missing directories 0700.
 """
 
 from __future__ import annotations
@@ -41,7 +57,8 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+import zlib
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
@@ -51,7 +68,18 @@ from typing import IO, Any, BinaryIO, cast
 
 from mcap.data_stream import ReadDataStream
 from mcap.opcode import Opcode
-from mcap.records import Channel, Chunk, Header, Message, Metadata, Schema, Statistics
+from mcap.reader import make_reader
+from mcap.records import (
+    Channel,
+    Chunk,
+    ChunkIndex,
+    Header,
+    Message,
+    MessageIndex,
+    Metadata,
+    Schema,
+    Statistics,
+)
 from mcap.stream_reader import breakup_chunk
 from mcap.writer import LIBRARY_IDENTIFIER, CompressionType, IndexType, Writer
 
@@ -78,6 +106,7 @@ _FOOTER_BODY = struct.Struct("<QQI")  # summary_start, summary_offset_start, sum
 # A chunk is at most chunk_size plus one payload (<= 1 MiB); anything far beyond that is a
 # corrupt length field, and reading it would only allocate garbage.
 _MAX_RECORD_BYTES = 256 << 20
+MAX_PROBLEMS = 20  # problems remembered per file
 
 
 class RecordingError(ValueError):
@@ -111,6 +140,50 @@ def _matches(topic: str, prefixes: tuple[str, ...]) -> bool:
 
 
 # --- writing ---------------------------------------------------------------------------
+
+
+def _create_private(path: Path, *, overwrite: bool) -> BinaryIO:
+    """Create ``path`` for writing, mode 0600: a recording is patient session data."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+    fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # an overwritten file keeps its old mode otherwise
+        return cast(BinaryIO, os.fdopen(fd, "wb"))
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def make_private_dir(path: str | Path) -> None:
+    """Create the directory ``path`` and its missing parents, each mode 0700.
+
+    Directories that exist are left as they are (their owner chose their mode).
+    """
+    missing: list[Path] = []
+    at = Path(path)
+    while not at.exists():
+        missing.append(at)
+        if at.parent == at:
+            break
+        at = at.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # made by someone else meanwhile: theirs
+        os.chmod(directory, 0o700)  # mkdir's mode passes through the umask
+
+
+def session_files(path: str | Path) -> list[Path]:
+    """The files of one session in order: ``path``, ``<stem>-1<suffix>``, ... while they exist
+    (what ``unused_path`` skipped: the parts a restarted recorder wrote before)."""
+    path = Path(path)
+    files: list[Path] = []
+    candidate = path
+    while candidate.exists():
+        files.append(candidate)
+        candidate = path.with_name(f"{path.stem}-{len(files)}{path.suffix}")
+    return files
 
 
 class _CountingSink:
@@ -165,7 +238,7 @@ class RecordingWriter:
             raise ValueError("flush_period_s must be > 0")
         self.path = Path(path)
         try:
-            self._file = cast(BinaryIO, open(self.path, "wb" if overwrite else "xb"))
+            self._file = _create_private(self.path, overwrite=overwrite)
         except FileExistsError:
             raise RecordingError(f"{self.path}: already exists") from None
         except OSError as error:
@@ -242,6 +315,13 @@ class RecordingWriter:
             if self._pending_since_ns is None:
                 self._pending_since_ns = t_recv_ns
         self.tick(t_recv_ns)
+
+    def add_metadata(self, name: str, values: Mapping[str, str]) -> None:
+        """Append a metadata record ``name`` (e.g. ``ornav.restart``) and flush it."""
+        if self._closed:
+            raise ValueError("metadata for a closed RecordingWriter")
+        self._writer.add_metadata(name, dict(values))
+        self._file.flush()
 
     def tick(self, now_ns: int) -> bool:
         """Close and write the open chunk if its oldest message is ``flush_period_s`` old.
@@ -375,12 +455,106 @@ def _body_stream(body: bytes) -> ReadDataStream:
     return ReadDataStream(io.BytesIO(body))
 
 
+@dataclass
+class _SummaryIndex:
+    """What the summary section says: where the chunks are, and the names they use."""
+
+    schemas: dict[int, str]
+    channels: dict[int, tuple[str, int]]
+    chunks: list[ChunkIndex]  # in file order
+    metadata_offsets: list[int]
+    message_count: int | None  # from the Statistics record, if any
+
+
+def _footer(file: BinaryIO) -> tuple[int, int, int, int] | None:
+    """(summary_start, summary_offset_start, summary_crc, footer offset), or None when the
+    file does not end with a footer and the closing magic (a recorder that never closed it)."""
+    size = file.seek(0, io.SEEK_END)
+    footer_at = size - len(_MAGIC) - _RECORD_HEAD.size - _FOOTER_BODY.size
+    if footer_at < len(_MAGIC):
+        return None
+    file.seek(footer_at)
+    tail = file.read()
+    opcode, length = _RECORD_HEAD.unpack_from(tail)
+    if tail[-len(_MAGIC) :] != _MAGIC or opcode != Opcode.FOOTER or length != _FOOTER_BODY.size:
+        return None
+    return (*_FOOTER_BODY.unpack_from(tail, _RECORD_HEAD.size), footer_at)
+
+
+def is_complete(path: str | Path) -> bool:
+    """True if ``path`` is an MCAP file that was closed (it ends with a footer): no crash.
+
+    Raises ``RecordingError`` if it is missing or not MCAP.
+    """
+    file = _open(path)
+    try:
+        return _footer(file) is not None
+    finally:
+        file.close()
+
+
+def _read_summary_index(file: BinaryIO) -> _SummaryIndex | None:
+    """The summary section, if the file has a complete one whose CRC holds; else None.
+
+    The index only says where to look: every chunk it points at is still checked (CRC)
+    when read, so a corrupt chunk is found whatever the summary claims.
+    """
+    footer = _footer(file)
+    if footer is None:
+        return None
+    summary_start, _offset_start, summary_crc, footer_at = footer
+    if summary_start == 0 or not len(_MAGIC) <= summary_start < footer_at:
+        return None
+    file.seek(summary_start)
+    # The CRC covers the summary section and the footer up to its own crc field.
+    covered = file.read(footer_at + _RECORD_HEAD.size + 16 - summary_start)
+    if summary_crc != 0 and zlib.crc32(covered) != summary_crc:
+        log.debug("summary CRC mismatch: reading the data section from the start")
+        return None
+    index = _SummaryIndex({0: ""}, {}, [], [], None)
+    stream = io.BytesIO(covered[: footer_at - summary_start])
+    try:
+        while (record := _read_record(cast(BinaryIO, stream))) is not None:
+            opcode, body = record
+            records = _body_stream(body)
+            if opcode == Opcode.SCHEMA:
+                schema = Schema.read(records)
+                index.schemas[schema.id] = schema.name
+            elif opcode == Opcode.CHANNEL:
+                channel = Channel.read(records)
+                index.channels[channel.id] = (channel.topic, channel.schema_id)
+            elif opcode == Opcode.CHUNK_INDEX:
+                index.chunks.append(ChunkIndex.read(records))
+            elif opcode == Opcode.METADATA_INDEX:
+                (offset,) = struct.unpack_from("<Q", body)
+                index.metadata_offsets.append(offset)
+            elif opcode == Opcode.STATISTICS:
+                index.message_count = Statistics.read(records).message_count
+    except Exception as error:  # mcap raises many types on bad bytes: no usable index
+        log.debug(
+            "unreadable summary (%s: %s): reading from the start", type(error).__name__, error
+        )
+        return None
+    index.chunks.sort(key=lambda chunk: chunk.chunk_start_offset)
+    return index
+
+
 class RecordingReader(Iterator[RecordedMessage]):
     """Streams a recording's messages in file order (= receive order); see ``iter_recording``.
 
+    A closed file is read chunk by chunk from its summary's chunk index (``indexed``); a file
+    without a summary (a recorder that was killed) record by record from the start. Either
+    way every chunk is CRC-checked, and a corrupt one is skipped, not the end of reading:
+    ``corrupt_chunks`` counts them and ``lost_messages`` the messages they held (from the
+    message indexes and the summary's statistics; a lower bound without them).
+
     After iteration ``truncated`` tells whether the file ended before its data section did
-    (a recorder that was killed), and ``problem`` says where reading stopped. ``metadata``
-    holds the ``ornav.recording`` metadata once read (it comes first in the file).
+    (a recorder that was killed; also a corrupt record length in a file without summary,
+    which nothing can read past), ``problem`` says where reading stopped or the first
+    corruption, ``problems`` lists them (at most ``MAX_PROBLEMS``), ``messages_read`` counts
+    every readable message (whatever ``topics`` selects). ``metadata`` holds the
+    ``ornav.recording`` metadata once read (it comes first in the file); ``notes`` any other
+    metadata by name (``ornav.recovery``, ``ornav.restart``).
     """
 
     def __init__(self, path: str | Path, *, topics: Iterable[str] = ("",)) -> None:
@@ -388,8 +562,14 @@ class RecordingReader(Iterator[RecordedMessage]):
         self.topics = tuple(topics)
         self.truncated = False
         self.problem = ""
+        self.problems: list[str] = []
         self.profile = ""
+        self.indexed = False
+        self.corrupt_chunks = 0
+        self.lost_messages = 0
+        self.messages_read = 0
         self.metadata: dict[str, str] = {}
+        self.notes: dict[str, dict[str, str]] = {}
         self._file: BinaryIO | None = _open(self.path)
         self._schemas: dict[int, str] = {0: ""}
         self._channels: dict[int, tuple[str, int]] = {}
@@ -415,9 +595,62 @@ class RecordingReader(Iterator[RecordedMessage]):
     ) -> None:
         self.close()
 
+    def _note(self, problem: str) -> None:
+        self.problem = self.problem or problem
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(problem)
+        log.debug("%s: %s", self.path, problem)
+
     def _generate(self) -> Generator[RecordedMessage, None, None]:
         file = self._file
         assert file is not None
+        try:
+            index = _read_summary_index(file)
+            file.seek(len(_MAGIC))
+            if index is None:
+                yield from self._generate_streaming(file)
+            else:
+                self.indexed = True
+                yield from self._generate_indexed(file, index)
+        finally:
+            file.close()
+            self._file = None
+
+    def _generate_indexed(
+        self, file: BinaryIO, index: _SummaryIndex
+    ) -> Generator[RecordedMessage, None, None]:
+        self._schemas.update(index.schemas)
+        self._channels.update(index.channels)
+        header = self._record_at(file, len(_MAGIC))
+        if header is not None and header[0] == Opcode.HEADER:
+            self._absorb(header[0], header[1])
+        for offset in index.metadata_offsets:
+            record = self._record_at(file, offset)
+            if record is not None and record[0] == Opcode.METADATA:
+                self._absorb(record[0], record[1])
+        for chunk in index.chunks:
+            offset = chunk.chunk_start_offset
+            try:
+                record = self._record_at(file, offset, strict=True)
+                if record is None or record[0] != Opcode.CHUNK:
+                    raise ValueError("no chunk record where the index says")
+                if _RECORD_HEAD.size + len(record[1]) != chunk.chunk_length:
+                    raise ValueError("chunk length differs from the index")
+                messages = self._parse(Opcode.CHUNK, record[1])
+            except Exception as error:  # see _generate_streaming for the broad catch
+                lost = self._indexed_count(file, chunk)
+                self._lost_chunk(offset, error, lost or 0)
+                continue
+            for message in messages:
+                out = self._message(message, offset)
+                if out is not None:
+                    yield out
+        if index.message_count is not None and self.corrupt_chunks:
+            # The statistics are covered by the summary CRC: the exact total.
+            self.lost_messages = max(self.lost_messages, index.message_count - self.messages_read)
+
+    def _generate_streaming(self, file: BinaryIO) -> Generator[RecordedMessage, None, None]:
+        lost_at: int | None = None  # offset of an unreadable chunk whose indexes may follow
         try:
             while True:
                 offset = file.tell()
@@ -429,27 +662,88 @@ class RecordingReader(Iterator[RecordedMessage]):
                 opcode, body = record
                 if opcode in (Opcode.DATA_END, Opcode.FOOTER):
                     return  # the data section is complete; the summary is not needed here
+                if opcode == Opcode.MESSAGE_INDEX:
+                    if lost_at is not None:  # the index of a chunk that could not be read
+                        try:
+                            self.lost_messages += len(MessageIndex.read(_body_stream(body)).records)
+                        except Exception:
+                            pass  # the count is a lower bound then
+                    continue
+                if opcode not in _DATA_OPCODES:
+                    # A flipped opcode byte turns a chunk into an unknown record: if message
+                    # indexes follow it, its messages are counted as lost.
+                    self._note(f"unknown record (opcode {opcode:#x}) at byte {offset}: skipped")
+                    lost_at = offset
+                    continue
                 try:
-                    # A complete record that does not parse is corruption, not truncation;
-                    # either way nothing after it can be trusted. mcap, zstandard and lz4
+                    # The record's framing holds (its length was read), so reading can go on
+                    # after it even when its body does not parse. mcap, zstandard and lz4
                     # raise many exception types on bad bytes, hence the broad catch.
                     parsed = self._parse(opcode, body)
                 except Exception as error:
-                    raise _StopReadingError(
-                        f"corrupt record (opcode {opcode:#x}) at byte {offset}: "
-                        f"{type(error).__name__}: {error}"
-                    ) from None
+                    if opcode != Opcode.CHUNK:
+                        raise _StopReadingError(
+                            f"corrupt record (opcode {opcode:#x}) at byte {offset}: "
+                            f"{type(error).__name__}: {error}"
+                        ) from None
+                    self._lost_chunk(offset, error, 0)
+                    lost_at = offset
+                    continue
+                if opcode == Opcode.CHUNK:
+                    lost_at = None
                 for message in parsed:
                     out = self._message(message, offset)
                     if out is not None:
                         yield out
         except _StopReadingError as stop:
             self.truncated = True
-            self.problem = str(stop)
+            self.problem = str(stop)  # where reading stopped is the headline
+            if len(self.problems) < MAX_PROBLEMS:
+                self.problems.append(self.problem)
             log.debug("%s: %s", self.path, stop)
-        finally:
-            file.close()
-            self._file = None
+
+    def _record_at(
+        self, file: BinaryIO, offset: int, *, strict: bool = False
+    ) -> tuple[int, bytes] | None:
+        file.seek(offset)
+        try:
+            return _read_record(file)
+        except _StopReadingError as error:
+            if strict:
+                raise ValueError(str(error)) from None
+            self._note(str(error))
+            return None
+
+    def _indexed_count(self, file: BinaryIO, chunk: ChunkIndex) -> int | None:
+        """How many messages the message indexes of ``chunk`` list; None if unreadable."""
+        total = 0
+        try:
+            for offset in chunk.message_index_offsets.values():
+                record = self._record_at(file, offset, strict=True)
+                if record is None or record[0] != Opcode.MESSAGE_INDEX:
+                    return None
+                total += len(MessageIndex.read(_body_stream(record[1])).records)
+        except Exception:
+            return None
+        return total
+
+    def _lost_chunk(self, offset: int, error: BaseException, lost: int) -> None:
+        self.corrupt_chunks += 1
+        self.lost_messages += lost
+        self._note(
+            f"corrupt chunk at byte {offset} skipped ({type(error).__name__}: {str(error)[:120]})"
+        )
+
+    def _absorb(self, opcode: int, body: bytes) -> None:
+        """Header and metadata records."""
+        if opcode == Opcode.HEADER:
+            self.profile = Header.read(_body_stream(body)).profile
+        elif opcode == Opcode.METADATA:
+            record = Metadata.read(_body_stream(body))
+            if record.name == METADATA_NAME:
+                self.metadata.update(record.metadata)
+            else:
+                self.notes.setdefault(record.name, {}).update(record.metadata)
 
     def _parse(self, opcode: int, body: bytes) -> list[Message]:
         """Schemas, channels and metadata are absorbed; messages are returned, in order."""
@@ -463,16 +757,11 @@ class RecordingReader(Iterator[RecordedMessage]):
             records = [Schema.read(_body_stream(body))]
         elif opcode == Opcode.CHANNEL:
             records = [Channel.read(_body_stream(body))]
-        elif opcode == Opcode.HEADER:
-            self.profile = Header.read(_body_stream(body)).profile
-            return []
-        elif opcode == Opcode.METADATA:
-            record = Metadata.read(_body_stream(body))
-            if record.name == METADATA_NAME:
-                self.metadata.update(record.metadata)
+        elif opcode in (Opcode.HEADER, Opcode.METADATA):
+            self._absorb(opcode, body)
             return []
         else:
-            return []  # indexes, attachments, unknown records: nothing to replay
+            return []  # indexes, attachments: nothing to replay
         messages: list[Message] = []
         for item in records:
             if isinstance(item, Schema):
@@ -486,9 +775,12 @@ class RecordingReader(Iterator[RecordedMessage]):
     def _message(self, message: Message, offset: int) -> RecordedMessage | None:
         channel = self._channels.get(message.channel_id)
         if channel is None:
-            raise _StopReadingError(
-                f"message on unknown channel {message.channel_id} at byte {offset}"
-            )
+            # Its channel record was in a chunk that could not be read: no topic to give it.
+            self.lost_messages += 1
+            if self.lost_messages == 1 or not self.corrupt_chunks:
+                self._note(f"message on unknown channel {message.channel_id} at byte {offset}")
+            return None
+        self.messages_read += 1
         topic, schema_id = channel
         if not _matches(topic, self.topics):
             return None
@@ -502,15 +794,49 @@ class RecordingReader(Iterator[RecordedMessage]):
         )
 
 
+_DATA_OPCODES = frozenset(
+    {
+        Opcode.HEADER,
+        Opcode.SCHEMA,
+        Opcode.CHANNEL,
+        Opcode.MESSAGE,
+        Opcode.CHUNK,
+        Opcode.ATTACHMENT,
+        Opcode.METADATA,
+        Opcode.CHUNK_INDEX,
+        Opcode.ATTACHMENT_INDEX,
+        Opcode.METADATA_INDEX,
+        Opcode.STATISTICS,
+        Opcode.SUMMARY_OFFSET,
+    }
+)
+
+
 def iter_recording(path: str | Path, *, topics: Iterable[str] = ("",)) -> RecordingReader:
     """Stream the messages of ``path`` whose topic starts with one of ``topics``.
 
     Reads one record (at most one chunk) at a time, so memory stays flat however long the
-    file. A cut-off or corrupt tail ends the iteration quietly after the last complete chunk;
-    the returned reader's ``truncated`` and ``problem`` say so afterwards. Raises
-    ``RecordingError`` at once if the file is missing or not MCAP.
+    file. A corrupt chunk is skipped and reading goes on with the next one; a cut-off tail
+    ends the iteration quietly after the last complete chunk. The returned reader's
+    ``truncated``, ``corrupt_chunks``, ``lost_messages`` and ``problem`` say so afterwards.
+    Raises ``RecordingError`` at once if the file is missing or not MCAP.
     """
     return RecordingReader(path, topics=topics)
+
+
+def damage_report(reader: RecordingReader) -> str:
+    """One line on what could not be read (empty when nothing): for logs and the CLI."""
+    parts = []
+    if reader.corrupt_chunks:
+        parts.append(
+            f"{reader.corrupt_chunks} corrupt chunk(s) skipped, "
+            f"{reader.lost_messages} message(s) lost"
+        )
+    elif reader.lost_messages:
+        parts.append(f"{reader.lost_messages} message(s) lost")
+    if reader.truncated:
+        parts.append(f"cut off: {reader.problem}")
+    return "; ".join(parts)
 
 
 # --- inspecting ------------------------------------------------------------------------
@@ -530,9 +856,12 @@ class TopicSummary:
 class RecordingSummary:
     """What a recording holds. Times: ``log_time`` ns (wall-anchored, see module docstring).
 
-    ``truncated``: the file ends before its data section does (a killed recorder); the counts
-    then cover what is readable. ``indexed``: the figures came from the MCAP summary section
-    rather than from reading every message.
+    Every figure comes from reading every chunk (CRC-checked), never from the summary
+    section alone. ``truncated``: the file ends before its data section does (a killed
+    recorder); ``corrupt_chunks`` were skipped with ``lost_messages`` in them; the counts
+    cover what is readable. ``indexed``: the chunks were found through the summary's chunk
+    index. ``notes``: metadata other than ``ornav.recording`` (``ornav.recovery`` in a file
+    recovered after a crash, ``ornav.restart`` in the file recorded after it).
     """
 
     path: Path
@@ -545,6 +874,10 @@ class RecordingSummary:
     problem: str = ""
     profile: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
+    corrupt_chunks: int = 0
+    lost_messages: int = 0
+    damage: str = ""
+    notes: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     @property
     def duration_s(self) -> float:
@@ -576,103 +909,13 @@ def _topic_summaries(
 
 
 def inspect_recording(path: str | Path) -> RecordingSummary:
-    """Topics, counts, rates and times of a recording.
+    """Topics, counts, rates and times of a recording, and what in it is damaged.
 
-    Uses the summary section when the file was closed cleanly, else reads every message
-    (a file cut off by a crash). Raises ``RecordingError`` if the file is missing or not MCAP.
+    Reads every chunk and checks its CRC (a summary section can claim messages that a
+    corrupt chunk no longer holds). Raises ``RecordingError`` if the file is missing or
+    not MCAP.
     """
     path = Path(path)
-    file = _open(path)
-    try:
-        indexed = _inspect_indexed(path, file)
-    except _StopReadingError as stop:
-        log.debug("%s: no usable summary (%s); reading every message", path, stop)
-        indexed = None
-    finally:
-        file.close()
-    return indexed if indexed is not None else _inspect_streaming(path)
-
-
-def _inspect_indexed(path: Path, file: BinaryIO) -> RecordingSummary | None:
-    """From the summary section; None when the file has no (complete) summary."""
-    try:
-        file.seek(-(_RECORD_HEAD.size + _FOOTER_BODY.size + len(_MAGIC)), io.SEEK_END)
-    except OSError:
-        return None  # shorter than a footer
-    tail = file.read()
-    opcode, length = _RECORD_HEAD.unpack_from(tail)
-    if tail[-len(_MAGIC) :] != _MAGIC or opcode != Opcode.FOOTER or length != _FOOTER_BODY.size:
-        return None
-    summary_start, _offsets, _crc = _FOOTER_BODY.unpack_from(tail, _RECORD_HEAD.size)
-    if summary_start == 0:
-        return None
-    schemas: dict[int, str] = {0: ""}
-    channels: dict[int, Channel] = {}
-    statistics: Statistics | None = None
-    metadata_offsets: list[int] = []
-    file.seek(summary_start)
-    try:
-        while (record := _read_record(file)) is not None:
-            opcode, body = record
-            if opcode == Opcode.FOOTER:
-                break
-            stream = _body_stream(body)
-            if opcode == Opcode.SCHEMA:
-                schema = Schema.read(stream)
-                schemas[schema.id] = schema.name
-            elif opcode == Opcode.CHANNEL:
-                channel = Channel.read(stream)
-                channels[channel.id] = channel
-            elif opcode == Opcode.STATISTICS:
-                statistics = Statistics.read(stream)
-            elif opcode == Opcode.METADATA_INDEX:
-                (offset,) = struct.unpack_from("<Q", body)
-                metadata_offsets.append(offset)
-        if statistics is None:
-            return None
-        metadata: dict[str, str] = {}
-        profile = ""
-        file.seek(len(_MAGIC))
-        header = _read_record(file)
-        if header is not None and header[0] == Opcode.HEADER:
-            profile = Header.read(_body_stream(header[1])).profile
-        for offset in metadata_offsets:
-            file.seek(offset)
-            record = _read_record(file)
-            if record is not None and record[0] == Opcode.METADATA:
-                meta = Metadata.read(_body_stream(record[1]))
-                if meta.name == METADATA_NAME:
-                    metadata.update(meta.metadata)
-    except _StopReadingError:
-        raise
-    except Exception as error:  # a corrupt summary: fall back to reading the data
-        raise _StopReadingError(f"corrupt summary: {type(error).__name__}: {error}") from None
-
-    counts: dict[tuple[str, str], int] = {}
-    for channel_id, n in statistics.channel_message_counts.items():
-        channel = channels.get(channel_id)
-        if channel is None:
-            return None
-        key = (channel.topic, schemas.get(channel.schema_id, ""))
-        counts[key] = counts.get(key, 0) + n
-    empty = statistics.message_count == 0
-    start = None if empty else statistics.message_start_time
-    end = None if empty else statistics.message_end_time
-    duration_s = 0.0 if start is None or end is None else (end - start) / 1e9
-    return RecordingSummary(
-        path=path,
-        topics=_topic_summaries(counts, duration_s),
-        message_count=statistics.message_count,
-        start_log_time_ns=start,
-        end_log_time_ns=end,
-        truncated=False,
-        indexed=True,
-        profile=profile,
-        metadata=metadata,
-    )
-
-
-def _inspect_streaming(path: Path) -> RecordingSummary:
     counts: dict[tuple[str, str], int] = {}
     start: int | None = None
     end: int | None = None
@@ -690,21 +933,199 @@ def _inspect_streaming(path: Path) -> RecordingSummary:
         start_log_time_ns=start,
         end_log_time_ns=end,
         truncated=reader.truncated,
-        indexed=False,
+        indexed=reader.indexed,
         problem=reader.problem,
         profile=reader.profile,
         metadata=dict(reader.metadata),
+        corrupt_chunks=reader.corrupt_chunks,
+        lost_messages=reader.lost_messages,
+        damage=damage_report(reader),
+        notes={name: dict(values) for name, values in reader.notes.items()},
+    )
+
+
+# --- recovering a crashed recording ----------------------------------------------------
+
+RECOVERY_METADATA = "ornav.recovery"  # in a file recovered after a crash
+RESTART_METADATA = "ornav.restart"  # in the file a restarted recorder wrote next
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """What ``recover_recording`` did to one file cut off by a crash.
+
+    ``messages``: recovered (every readable one); ``lost_messages`` in ``corrupt_chunks``
+    that could not be read; ``last_log_time_ns``: the receive time of the last recovered
+    message; ``gap_ns``: from it to ``resumed_wall_ns`` (when recording resumed; None
+    without messages). ``kept_original``: the crashed bytes, kept beside it when something
+    in them was unreadable (else they were replaced once the recovered file was verified).
+    """
+
+    path: Path
+    messages: int
+    corrupt_chunks: int
+    lost_messages: int
+    last_log_time_ns: int | None
+    resumed_wall_ns: int
+    gap_ns: int | None
+    problem: str
+    kept_original: Path | None = None
+
+    @property
+    def gap_s(self) -> float | None:
+        return None if self.gap_ns is None else self.gap_ns / 1e9
+
+
+class RecoveryAbortedError(Exception):
+    """``should_stop`` said stop: the original file is untouched."""
+
+
+def opened_wall_ns(path: str | Path) -> int | None:
+    """``wall_ns_at_open`` of a recording (when its recorder started), None if unknown."""
+    with iter_recording(path) as reader:
+        next(reader, None)  # the metadata comes before the first chunk
+        text = reader.metadata.get("wall_ns_at_open", "")
+    return int(text) if text.isdigit() else None
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _verify(path: Path, expected: int) -> None:
+    """The standard ``mcap`` reader opens ``path`` with its summary and reads every message."""
+    with open(path, "rb") as file:
+        reader = make_reader(file, validate_crcs=True)
+        summary = reader.get_summary()
+        count = sum(1 for _ in reader.iter_messages())
+    if summary is None or summary.statistics is None or count != expected:
+        raise RecordingError(
+            f"{path}: the recovered file does not verify ({count} of {expected} messages)"
+        )
+
+
+def recover_recording(
+    path: str | Path,
+    *,
+    resumed_wall_ns: int,
+    continued_in: str = "",
+    should_stop: Callable[[], bool] = lambda: False,
+) -> RecoveryReport:
+    """Rewrite a recording cut off by a crash as a complete MCAP file, in place.
+
+    Every readable message is copied unchanged (payload, log and publish times, seq), with
+    the original ``ornav.recording`` metadata and an ``ornav.recovery`` record: counts, the
+    receive time of the last message, ``resumed_wall_ns`` and the gap to it, and
+    ``continued_in`` (the file recording went on in). The new file is written beside the
+    original (``.recovering``), fsynced, read back with the standard ``mcap`` reader, and
+    only then renamed over it; if anything was unreadable the original bytes stay as
+    ``<name>.partial``. Raises ``RecordingError`` (one line; the original untouched) if the
+    file is not MCAP, is already complete, or cannot be rewritten; ``RecoveryAbortedError``
+    when ``should_stop`` turns true.
+    """
+    path = Path(path)
+    if is_complete(path):
+        raise RecordingError(f"{path}: complete already, nothing to recover")
+    scratch = path.with_name(path.name + ".recovering")
+    scratch.unlink(missing_ok=True)  # left by a recovery that was itself interrupted
+    count = 0
+    last: int | None = None
+    try:
+        with iter_recording(path) as reader:
+            first = next(reader, None)
+            meta = dict(reader.metadata)
+            wall = int(meta["wall_ns_at_open"]) if meta.get("wall_ns_at_open", "").isdigit() else 0
+            mono = (
+                int(meta["monotonic_ns_at_open"])
+                if meta.get("monotonic_ns_at_open", "").isdigit()
+                else 0
+            )
+            with RecordingWriter(
+                scratch,
+                overwrite=True,
+                metadata=meta,
+                wall_ns_at_open=wall,
+                monotonic_ns_at_open=mono,
+            ) as writer:
+                message = first
+                while message is not None:
+                    if count % 1000 == 0 and should_stop():
+                        raise RecoveryAbortedError(str(path))
+                    type_name = message.schema_name.removeprefix(SCHEMA_PREFIX)
+                    writer.write(
+                        message.topic,
+                        message.payload,
+                        type_name=type_name,
+                        seq=message.seq,
+                        t_pub_ns=message.publish_time_ns,
+                        # log_time = wall + (t_recv - mono): the recorded log_time exactly
+                        t_recv_ns=message.log_time_ns - wall + mono,
+                    )
+                    count += 1
+                    last = message.log_time_ns if last is None else max(last, message.log_time_ns)
+                    message = next(reader, None)
+                gap_ns = None if last is None else resumed_wall_ns - last
+                writer.add_metadata(
+                    RECOVERY_METADATA,
+                    {
+                        "recovered_messages": str(count),
+                        "corrupt_chunks": str(reader.corrupt_chunks),
+                        "lost_messages": str(reader.lost_messages),
+                        "cut_off": reader.problem,
+                        "last_log_time_ns": "" if last is None else str(last),
+                        "resumed_wall_ns": str(resumed_wall_ns),
+                        "gap_ns": "" if gap_ns is None else str(gap_ns),
+                        "continued_in": continued_in,
+                        "recovered_wall_ns": str(time.time_ns()),
+                    },
+                )
+        _verify(scratch, count)
+        kept: Path | None = None
+        if reader.corrupt_chunks or reader.lost_messages:
+            kept = path.with_name(path.name + ".partial")
+            kept.unlink(missing_ok=True)
+            os.link(path, kept)  # the crashed bytes stay, under another name
+        os.replace(scratch, path)
+        _fsync_dir(path.parent)
+    except (OSError, ValueError) as error:
+        raise RecordingError(f"{path}: cannot recover: {error}") from None
+    finally:
+        scratch.unlink(missing_ok=True)
+    return RecoveryReport(
+        path=path,
+        messages=count,
+        corrupt_chunks=reader.corrupt_chunks,
+        lost_messages=reader.lost_messages,
+        last_log_time_ns=last,
+        resumed_wall_ns=resumed_wall_ns,
+        gap_ns=gap_ns,
+        problem=reader.problem,
+        kept_original=kept,
     )
 
 
 __all__ = [
+    "RECOVERY_METADATA",
+    "RESTART_METADATA",
     "RecordedMessage",
+    "RecoveryAbortedError",
+    "RecoveryReport",
     "RecordingError",
     "RecordingReader",
     "RecordingSummary",
     "RecordingWriter",
     "TopicSummary",
+    "damage_report",
     "inspect_recording",
+    "is_complete",
     "iter_recording",
+    "make_private_dir",
+    "opened_wall_ns",
+    "recover_recording",
+    "session_files",
     "unused_path",
 ]

@@ -1,9 +1,15 @@
 """Replay: republishes a recorded session on this node's pub socket, with its original timing.
 
 Subscribes: nothing. Publishes: every recorded message whose topic starts with one of
-``topics`` and with none of ``exclude``, under its recorded topic, with its recorded payload
-byte for byte (original ``seq``, ``t_pub_ns`` and ``t_sensor_ns``), so every node runs
-unchanged on a recorded session; plus ``heartbeat/<name>`` (counter ``replayed``).
+``topics`` and with none of ``exclude``, under its recorded topic, with its recorded content
+(original ``seq``, ``t_pub_ns``, ``t_sensor_ns`` and body), so every node runs unchanged on
+a recorded session; plus ``heartbeat/<name>`` (counter ``replayed``).
+
+Epoch: each message is re-encoded with this node's own publisher ``epoch`` (``nav.roster``)
+in place of the recorded one: under a supervisor, subscribers trust only the epochs on its
+roster, and the recorded publishers are not running. The recording keeps the original
+epochs. A recorded payload that does not decode is counted (``refused``) and skipped:
+nothing unvalidated is republished.
 Control: ``ping``, ``status``, ``play`` (start now), ``replay`` -> ``{"path", "state",
 "replayed", "passes"}``.
 
@@ -28,8 +34,12 @@ as the recording and every live consumer (nav, render, headset) calls it STALE. 
 NavState, SceneUpdate) is decoded and re-encoded with ``t_pub_ns`` = now and ``t_sensor_ns``
 = now minus its recorded sample-to-publish delay, keeping its ``seq``: downstream nodes
 see a session happening now, with its original latency. Messages that fail to decode are
-counted (``live_clock_refused``) and skipped: an unreadable pose is never republished as
-current. The recording itself is never touched.
+counted (``refused``) and skipped: an unreadable pose is never republished as current.
+The recording itself is never touched.
+
+Damage: a corrupt chunk is skipped and reading goes on with the next one; at the end of
+each pass one warning says how many chunks and messages were lost (``nav.recording``). A
+recording with no readable message is one error line and exit 2, before READY.
 
 Excluded by default: ``heartbeat/`` topics. A heartbeat says a process is alive now;
 replaying the recorded ones would show dead processes as running.
@@ -38,10 +48,11 @@ replaying the recorded ones would show dead processes as running.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +70,7 @@ from nav.messages import (
     encode,
 )
 from nav.node import POLL_TIMEOUT_S, NodeRuntime, node_main
-from nav.recording import RecordingError, RecordingReader, iter_recording
+from nav.recording import RecordedMessage, RecordingError, damage_report, iter_recording
 
 log = logging.getLogger(__name__)
 
@@ -95,22 +106,25 @@ class Config:
 _TIMED_TYPES = (TrackerFrame, ToolPose, NavState, SceneUpdate)
 
 
-def restamp(payload: bytes, now_ns: int) -> bytes | None:
-    """``payload`` moved onto the clock ``now_ns`` (see "Clock" above); unchanged if it has
-    no sample time; None if it does not decode.
+def replay_payload(payload: bytes, *, epoch: int, now_ns: int | None = None) -> bytes | None:
+    """A recorded ``payload`` as this replay publishes it; None if it does not decode.
 
-    ``t_sensor_ns`` becomes ``now_ns - (t_pub_ns - t_sensor_ns)`` as recorded, clamped at 0.
+    Always: stamped with ``epoch`` (this publisher's), ``seq`` and body as recorded. With
+    ``now_ns`` (``live_clock``, see "Clock" above): ``t_pub_ns`` becomes ``now_ns`` and a
+    sample's ``t_sensor_ns`` becomes ``now_ns - (t_pub_ns - t_sensor_ns)`` as recorded,
+    clamped at 0; a message without a sample time keeps its recorded ``t_pub_ns``.
     """
     try:
         envelope = decode(payload)
     except MessageError:
         return None
     message = envelope.message
-    if not isinstance(message, _TIMED_TYPES):
-        return payload
-    delay_ns = max(0, envelope.t_pub_ns - message.t_sensor_ns)
-    moved = dataclasses.replace(message, t_sensor_ns=max(0, now_ns - delay_ns))
-    return encode(moved, seq=envelope.seq, t_pub_ns=now_ns)
+    t_pub_ns = envelope.t_pub_ns
+    if now_ns is not None and isinstance(message, _TIMED_TYPES):
+        delay_ns = max(0, envelope.t_pub_ns - message.t_sensor_ns)
+        message = dataclasses.replace(message, t_sensor_ns=max(0, now_ns - delay_ns))
+        t_pub_ns = now_ns
+    return encode(message, seq=envelope.seq, t_pub_ns=t_pub_ns, epoch=epoch)
 
 
 class _Player:
@@ -166,13 +180,13 @@ class _Player:
             self.service()
             self.stop.wait(POLL_TIMEOUT_S)
 
-    def play_pass(self, reader: RecordingReader) -> int:
-        """Publish one pass over ``reader`` on schedule; returns how many were published."""
+    def play_pass(self, messages: Iterable[RecordedMessage]) -> int:
+        """Publish one pass over ``messages`` on schedule; returns how many were published."""
         speed = self.cfg.speed
         origin_log_ns: int | None = None
         t_play_ns = 0
         published = 0
-        for message in reader:
+        for message in messages:
             if any(message.topic.startswith(prefix) for prefix in self.cfg.exclude):
                 continue
             if origin_log_ns is None:
@@ -184,13 +198,14 @@ class _Player:
                     return published
             if self.stop.is_set():
                 return published
-            payload = message.payload
-            if self.cfg.live_clock:
-                moved = restamp(message.payload, time.monotonic_ns())
-                if moved is None:
-                    self.runtime.counters["live_clock_refused"] += 1
-                    continue
-                payload = moved
+            payload = replay_payload(
+                message.payload,
+                epoch=self.pub.epoch,
+                now_ns=time.monotonic_ns() if self.cfg.live_clock else None,
+            )
+            if payload is None:
+                self.runtime.counters["refused"] += 1
+                continue
             self.pub.publish_raw(message.topic, payload)
             published += 1
             self.replayed += 1
@@ -208,6 +223,16 @@ def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
     except RecordingError as error:
         log.error("%s: %s", spec.name, error)
         return 2
+    # Read up to the first message before READY: a file with none is an error, not a replay.
+    first = next(reader, None)
+    if first is None and reader.messages_read == 0:
+        damage = damage_report(reader)
+        reader.close()
+        log.error(
+            "%s: %s: no readable message%s", spec.name, cfg.path, f" ({damage})" if damage else ""
+        )
+        return 2
+    messages: Iterable[RecordedMessage] = itertools.chain([] if first is None else [first], reader)
 
     try:
         with NodeRuntime(spec, stop) as runtime:
@@ -220,16 +245,24 @@ def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
             player.state = "playing"
             log.info("%s: playing %s at %gx", spec.name, Path(cfg.path).name, cfg.speed)
             while not stop.is_set():
-                published = player.play_pass(reader)
+                published = player.play_pass(messages)
                 reader.close()
-                if reader.truncated:
-                    log.warning("%s: %s: %s", spec.name, cfg.path, reader.problem)
+                damage = damage_report(reader)
+                if damage and player.passes == 0:
+                    log.warning(
+                        "%s: %s: %d messages read; %s",
+                        spec.name,
+                        cfg.path,
+                        reader.messages_read,
+                        damage,
+                    )
                 if stop.is_set():
                     break
                 player.passes += 1
                 if not cfg.loop or published == 0:  # an empty loop would spin
                     break
                 reader = iter_recording(cfg.path, topics=cfg.topics)
+                messages = reader
             if not stop.is_set():
                 player.state = "finished"
                 log.info("%s: end of %s after %d messages", spec.name, cfg.path, player.replayed)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from mcap.reader import make_reader
 
 from nav import bus
 from nav.launchfile import NodeSpec
@@ -34,7 +35,7 @@ from nav.recording import (
     inspect_recording,
     iter_recording,
 )
-from nav.replay_node import restamp
+from nav.replay_node import replay_payload
 
 REPO = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 20.0
@@ -257,6 +258,21 @@ def play_when_joined(sub: bus.QueueSubscriber, ctl: str, closing: Callable[[Any]
     assert reply.ok, reply.error
 
 
+def as_replayed(recorded: bytes, epoch: int) -> bytes:
+    """The recorded payload as the replay node republishes it: the same, under its epoch."""
+    envelope = decode(recorded)
+    return encode(envelope.message, seq=envelope.seq, t_pub_ns=envelope.t_pub_ns, epoch=epoch)
+
+
+def assert_replayed(got: list[bus.Received], recorded: Sent) -> None:
+    """Every recorded message, in order, re-stamped only with the replay's own epoch."""
+    assert len(got) == len(recorded)
+    epochs = {r.envelope.epoch for r in got}
+    assert len(epochs) == 1 and 0 not in epochs  # one publisher, not the recorded epoch 0
+    (epoch,) = epochs
+    assert [(r.topic, r.payload) for r in got] == [(t, as_replayed(p, epoch)) for t, p in recorded]
+
+
 def write_synthetic(
     path: Path, messages: list[tuple[str, Message, int]], **writer_args: Any
 ) -> Sent:
@@ -367,17 +383,84 @@ def test_every_truncation_of_a_recording_reads_as_a_prefix_without_raising(
     assert first_complete is not None  # the data section ends before the summary
 
 
-def test_corrupt_chunk_ends_reading_there_and_says_so(tmp_path: Path) -> None:
-    path = tmp_path / "s.mcap"
-    written = write_synthetic(path, one_second_session(), chunk_size_bytes=2048, compression="none")
+def chunk_offsets(path: Path) -> list[tuple[int, int]]:
+    """(start, length) of every chunk, from the summary's chunk index (a clean file)."""
+    with open(path, "rb") as file:
+        summary = make_reader(file).get_summary()
+    assert summary is not None
+    return [(c.chunk_start_offset, c.chunk_length) for c in summary.chunk_indexes]
+
+
+def flip_middle_chunk(path: Path) -> None:
+    """Flip 16 bytes in the middle of the middle chunk: its CRC (or zstd frame) fails."""
+    chunks = chunk_offsets(path)
+    assert len(chunks) >= 3
+    start, length = chunks[len(chunks) // 2]
     data = bytearray(path.read_bytes())
-    middle = data.index(written[50][1]) + 40  # inside a stored payload: the chunk CRC fails
-    data[middle : middle + 16] = b"\xff" * 16
+    middle = start + length // 2
+    data[middle : middle + 16] = bytes(b ^ 0xFF for b in data[middle : middle + 16])
     path.write_bytes(bytes(data))
+
+
+def assert_one_gap(got: Sent, written: Sent) -> int:
+    """``got`` is ``written`` with one run of messages missing; returns how many."""
+    head = 0
+    while head < len(got) and got[head] == written[head]:
+        head += 1
+    lost = len(written) - len(got)
+    assert lost > 0 and got[head:] == written[head + lost :]
+    return lost
+
+
+@pytest.mark.parametrize("compression", ["zstd", "none"])
+def test_a_corrupt_chunk_is_skipped_counted_and_reading_goes_on(
+    tmp_path: Path, compression: str
+) -> None:
+    path = tmp_path / "s.mcap"
+    written = write_synthetic(
+        path, one_second_session(), chunk_size_bytes=2048, compression=compression
+    )
+    flip_middle_chunk(path)
     with iter_recording(path) as reader:
         got = [(m.topic, m.payload) for m in reader]
-    assert got == written[: len(got)] and len(got) < len(written)
-    assert reader.truncated and "byte" in reader.problem
+    lost = assert_one_gap(got, written)
+    assert reader.indexed and not reader.truncated
+    assert reader.corrupt_chunks == 1 and reader.lost_messages == lost
+    assert "corrupt chunk at byte" in reader.problem
+    # inspect reads the chunks rather than the summary's statistics (which still say 111).
+    summary = inspect_recording(path)
+    assert summary.message_count == len(written) - lost == len(got)
+    assert (summary.corrupt_chunks, summary.lost_messages) == (1, lost)
+    assert f"1 corrupt chunk(s) skipped, {lost} message(s) lost" in summary.damage
+
+
+def test_a_corrupt_chunk_in_a_crashed_file_is_skipped_and_its_indexed_messages_counted(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.mcap"
+    written = write_synthetic(path, one_second_session(), chunk_size_bytes=2048)
+    chunks = chunk_offsets(path)
+    flip_middle_chunk(path)
+    data = path.read_bytes()
+    last_start, last_length = chunks[-1]
+    path.write_bytes(data[: last_start + last_length])  # no summary: a recorder killed here
+    with iter_recording(path) as reader:
+        got = [(m.topic, m.payload) for m in reader]
+    lost = assert_one_gap(got, written[: len(got) + reader.lost_messages])
+    assert not reader.indexed and reader.truncated
+    assert reader.corrupt_chunks == 1 and reader.lost_messages == lost
+
+
+def test_a_recording_with_every_chunk_corrupt_reads_nothing_and_says_why(tmp_path: Path) -> None:
+    path = tmp_path / "s.mcap"
+    written = write_synthetic(path, one_second_session(), chunk_size_bytes=2048)
+    data = bytearray(path.read_bytes())
+    for start, length in chunk_offsets(path):
+        data[start + length // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    summary = inspect_recording(path)
+    assert summary.message_count == 0
+    assert summary.lost_messages == len(written) and summary.corrupt_chunks > 1
 
 
 def test_completed_chunks_reach_the_file_before_close(tmp_path: Path) -> None:
@@ -445,7 +528,7 @@ def test_a_file_that_is_not_mcap_or_missing_gives_one_line_recording_error(
 
 
 @pytest.mark.slow
-def test_record_then_replay_reproduces_every_message_byte_for_byte(
+def test_record_then_replay_reproduces_every_message_under_the_replays_epoch(
     tmp_path: Path,
     sock_dir: str,
     start_node: Callable[[NodeSpec], NodeProcess],
@@ -492,7 +575,7 @@ def test_record_then_replay_reproduces_every_message_byte_for_byte(
     play_when_joined(sub, rspec.control, closing)
     got, code = replayed_until_exit(replay, sub, len(recorded))
     assert code == 0, replay.stderr()
-    assert [(r.topic, r.payload) for r in got] == recorded
+    assert_replayed(got, recorded)
     assert sub.counters["rejected"] == 0
 
 
@@ -592,28 +675,37 @@ def test_replay_at_double_speed_plays_a_one_second_recording_in_about_half_a_sec
     got, code = replayed_until_exit(replay, sub, len(poses))
     assert code == 0, replay.stderr()
     # Recorded heartbeats are not replayed by default; poses are, in order, unchanged.
-    assert [(r.topic, r.payload) for r in got] == poses
+    assert_replayed(got, poses)
     span_s = (got[-1].t_recv_ns - got[0].t_recv_ns) / 1e9
     assert 0.3 < span_s < 1.5, span_s
 
 
-def test_restamp_moves_sample_time_onto_now_keeping_the_recorded_delay_and_seq() -> None:
-    payload = encode(tracker_frame(3, t_sensor_ns=1_000), seq=41, t_pub_ns=1_700)
-    moved = restamp(payload, now_ns=5_000_000)
+def test_replay_payload_moves_sample_time_onto_now_keeping_the_recorded_delay_and_seq() -> None:
+    payload = encode(tracker_frame(3, t_sensor_ns=1_000), seq=41, t_pub_ns=1_700, epoch=5)
+    moved = replay_payload(payload, epoch=77, now_ns=5_000_000)
     assert moved is not None
     envelope = decode(moved)
     assert isinstance(envelope.message, TrackerFrame)
-    assert (envelope.seq, envelope.t_pub_ns) == (41, 5_000_000)
+    assert (envelope.seq, envelope.t_pub_ns, envelope.epoch) == (41, 5_000_000, 77)
     assert envelope.message.t_sensor_ns == 5_000_000 - 700
     original = decode(payload).message
     assert isinstance(original, TrackerFrame)
     np.testing.assert_array_equal(
         envelope.message.T_tracker_from_tools, original.T_tracker_from_tools
     )
-    # No sample time: unchanged bytes. Undecodable: refused, never republished.
-    beat = encode(heartbeat(1), seq=0, t_pub_ns=5)
-    assert restamp(beat, now_ns=9) == beat
-    assert restamp(b"\xc1 garbage", now_ns=9) is None
+    # No sample time: only the epoch changes. Undecodable: refused, never republished.
+    beat = encode(heartbeat(1), seq=3, t_pub_ns=5, epoch=5)
+    assert replay_payload(beat, epoch=77, now_ns=9) == encode(
+        heartbeat(1), seq=3, t_pub_ns=5, epoch=77
+    )
+    assert replay_payload(b"\xc1 garbage", epoch=77, now_ns=9) is None
+
+
+def test_replay_payload_without_live_clock_changes_only_the_epoch() -> None:
+    payload = encode(tracker_frame(3, t_sensor_ns=1_000), seq=41, t_pub_ns=1_700, epoch=5)
+    assert replay_payload(payload, epoch=77) == encode(
+        tracker_frame(3, t_sensor_ns=1_000), seq=41, t_pub_ns=1_700, epoch=77
+    )
 
 
 def test_replay_with_live_clock_delivers_samples_that_are_fresh_now(
