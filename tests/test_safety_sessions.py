@@ -25,8 +25,11 @@ from tests.test_headset_client import (
     step_until,
     tracker_spec,
 )
+from tests.test_igtl_nodes import RawClient, counters_until, server_port, sim_spec
+from tests.test_igtl_nodes import server_spec as igtl_server_spec
 from tests.test_render_node import Client, Listener
 from tests.test_render_node import render_spec as render_node_spec
+from tracking import igtl_codec as igtl
 
 MS = 1_000_000
 
@@ -209,3 +212,104 @@ def test_telemetry_is_recorded_only_under_the_name_its_session_announced(
     assert list(genuine.message.frame_numbers) == [2]
     assert counters["telemetry_forged"] == 1 and counters["telemetry_received"] == 1
     assert render.terminate() == 0
+
+
+# --- items 5 and 12: the OpenIGTLink server ------------------------------------------------
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.fixture
+def ball_model(tmp_path: Path) -> Path:
+    """A 1.8 MB POLYDATA reply (icosphere, 81 920 triangles)."""
+    trimesh = pytest.importorskip("trimesh")
+    path = tmp_path / "ball.ply"
+    trimesh.creation.icosphere(subdivisions=6, radius=50.0).export(path)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="RSS is read from /proc")
+def test_a_flood_of_get_polydata_from_a_client_that_never_reads_does_not_grow_the_server(
+    ipc: Path, ball_model: Path, node_processes: list[NodeProcess]
+) -> None:
+    spec = igtl_server_spec(ipc, sim_spec(ipc), models=[f"Ball={ball_model}"])
+    node_processes.append(server := start_node(spec))
+    n_requests = 120  # 216 MB of replies: the old per-client limit was 256 MiB
+    flooder = RawClient(server_port(spec), rcvbuf=4096)
+    try:
+        counters_until(spec, lambda c: c.get("igtl_accepted", 0) == 1)
+        rss_before = _rss_bytes(server.process.pid)
+        request = igtl.encode(igtl.IgtlMessage("Ball", igtl.Query("GET_POLYDATA")))
+        flooder.sock.sendall(request * n_requests)
+        counters_until(
+            spec,
+            lambda c: c.get("igtl_requests", 0) >= n_requests or c.get("igtl_requests_held", 0),
+        )
+        growth_mb = (_rss_bytes(server.process.pid) - rss_before) / 1e6
+        # A client that reads after all still gets its answers, in order.
+        replies = flooder.receive_until(lambda m: len(m) >= 5, timeout_s=30)
+    finally:
+        flooder.close()
+    print(f"server RSS growth after {n_requests} GET_POLYDATA: {growth_mb:.1f} MB")
+    # The budget (4 MiB) plus one 1.8 MB reply: ~6 MB; a 10x margin.
+    assert growth_mb < 60, growth_mb
+    assert all(isinstance(m.body, igtl.PolyData) and m.device_name == "Ball" for m in replies)
+    closed = counters_until(spec, lambda c: c.get("igtl_clients", 1) == 0)
+    assert closed["igtl_client_closed"] == 1
+    assert server.terminate() == 0
+
+
+@pytest.mark.slow
+def test_each_client_that_floods_requests_and_leaves_is_counted_closed_exactly_once(
+    ipc: Path, node_processes: list[NodeProcess]
+) -> None:
+    spec = igtl_server_spec(ipc, sim_spec(ipc))
+    node_processes.append(server := start_node(spec))
+    port = server_port(spec)
+    burst = igtl.encode(igtl.IgtlMessage("", igtl.Query("GET_CAPABIL"))) * 1000
+    n_clients = 6
+    for _ in range(n_clients):
+        client = RawClient(port)
+        client.sock.sendall(burst)
+        client.close()  # unread replies: the kernel resets the connection under the server
+    values = counters_until(
+        spec, lambda c: c.get("igtl_accepted", 0) == n_clients and c.get("igtl_clients", 1) == 0
+    )
+    assert values["igtl_client_closed"] == n_clients, values
+    assert server.terminate() == 0
+
+
+@pytest.mark.slow
+def test_idle_clients_holding_every_slot_cannot_lock_slicer_out(
+    ipc: Path, node_processes: list[NodeProcess]
+) -> None:
+    spec = igtl_server_spec(ipc, sim_spec(ipc), max_clients=3, client_idle_s=0.3)
+    node_processes.append(server := start_node(spec))
+    port = server_port(spec)
+    squatters = [RawClient(port) for _ in range(3)]
+    try:
+        active = squatters[0]  # asks for something: not idle, keeps its slot
+        counters_until(spec, lambda c: c.get("igtl_accepted", 0) == 3)
+        time.sleep(0.4)  # the condition under test: the squatters have been silent 0.3 s
+        active.send(igtl.IgtlMessage("", igtl.Query("GET_CAPABIL")))
+        active.receive_until(lambda m: len(m) >= 1)
+        slicer = RawClient(port)
+        slicer.send(igtl.IgtlMessage("", igtl.Query("GET_CAPABIL")))
+        reply = slicer.receive_until(lambda m: len(m) >= 1)  # a refused client is closed
+        values = counters_until(spec, lambda c: c.get("igtl_accepted", 0) == 4)
+        active.send(igtl.IgtlMessage("", igtl.Query("GET_CAPABIL")))
+        active.receive_until(lambda m: len(m) >= 1)  # still connected
+        slicer.close()
+    finally:
+        for squatter in squatters:
+            squatter.close()
+    assert isinstance(reply[0].body, igtl.Capability)
+    assert values["igtl_evicted"] == 1 and values.get("igtl_refused", 0) == 0
+    assert values["igtl_clients"] == 3
+    assert server.terminate() == 0

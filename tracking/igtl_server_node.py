@@ -24,19 +24,32 @@ Requests from clients: ``GET_POLYDATA`` with a device name is answered with that
 Clients: up to ``max_clients`` at once; each has a bounded send queue. A client more than
 ``client_backlog_bytes`` behind loses poses (counted ``igtl_client_dropped``; a pose queued
 behind seconds of others is worthless), and the kernel send buffer is capped at
-``client_sndbuf_bytes`` so that it cannot hide seconds of backlog either. The node loop never
-blocks on a client. A client that disconnects or sends garbage is closed and counted.
+``client_sndbuf_bytes`` so that it cannot hide seconds of backlog either. Requests are
+answered in order while the client's queue is under ``client_reply_budget_bytes`` (4 MiB);
+beyond it the rest wait and the client is not read until they are answered (TCP
+backpressure; ``igtl_requests_held`` counts such episodes), so a client that asks for
+meshes and never reads them costs at most the budget plus one reply. The node loop never
+blocks on a client. A client that disconnects or sends garbage is closed and counted once.
+
+With ``max_clients`` connected, a new client is not refused while one of them is not
+reading (over ``client_backlog_bytes`` queued) or has been silent for ``client_idle_s``
+(30 s; no message since it connected or since its last): the first such, else the one
+silent longest, is closed for it (``igtl_evicted``). Silence alone never closes a client
+while there is room: Slicer may only listen.
 
 Publishes: ``heartbeat/<name>`` with counters ``igtl_clients`` (gauge), ``igtl_accepted``,
 ``igtl_client_closed``, ``igtl_sent_messages``, ``igtl_client_dropped``, ``igtl_refused``
-(``max_clients`` reached), ``rejected_igtl_<kind>`` (bad client messages), ``igtl_requests``.
+(``max_clients`` reached, every client active), ``igtl_evicted``, ``rejected_igtl_<kind>``
+(bad client messages), ``igtl_requests``, ``igtl_requests_held``.
 Subscribes: ``topics`` (default ``pose/``) from ``subscribe``.
 Control: ``ping``, ``status``, ``igtl.info`` -> ``{host, port, clients, models}``.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
+import math
 import socket
 import threading
 import time
@@ -58,7 +71,6 @@ log = logging.getLogger(__name__)
 
 RECV_BYTES = 1 << 16
 MAX_REQUEST_BYTES = 1 << 20  # clients send requests, not data: a small framing limit
-MAX_REPLY_BACKLOG_BYTES = 256 << 20  # meshes queued for one client beyond this: drop it
 CAPABILITIES = ("TRANSFORM", "POLYDATA", "STATUS", "CAPABILITY", "GET_POLYDATA", "GET_CAPABIL")
 
 
@@ -75,6 +87,8 @@ class Config:
     max_clients: int = 8
     client_backlog_bytes: int = 1 << 18
     client_sndbuf_bytes: int = 1 << 16
+    client_reply_budget_bytes: int = 4 << 20
+    client_idle_s: float = 30.0
     models: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -86,8 +100,11 @@ class Config:
             raise ValueError("key 'tracker_frame': must not be empty")
         if not 1 <= self.max_clients <= 64:
             raise ValueError(f"key 'max_clients': {self.max_clients} is outside 1..64")
-        if self.client_backlog_bytes < 1024 or self.client_sndbuf_bytes < 1024:
-            raise ValueError("keys 'client_backlog_bytes', 'client_sndbuf_bytes': >= 1024")
+        for key in ("client_backlog_bytes", "client_sndbuf_bytes", "client_reply_budget_bytes"):
+            if getattr(self, key) < 1024:
+                raise ValueError(f"key {key!r}: {getattr(self, key)} is under 1024")
+        if not (math.isfinite(self.client_idle_s) and self.client_idle_s >= 0):
+            raise ValueError(f"key 'client_idle_s': {self.client_idle_s} (finite, >= 0)")
         self.model_paths()
 
     def model_paths(self) -> dict[str, str]:
@@ -181,13 +198,19 @@ def load_models(paths: dict[str, str]) -> dict[str, igtl.PolyData]:
 
 
 class _Peer:
-    """One connected client: its socket, a bounded send queue, a request decoder."""
+    """One connected client: its socket, a bounded send queue, a request decoder, the
+    requests waiting for the send queue to drain, and when it last said anything."""
 
-    def __init__(self, sock: socket.socket, address: str) -> None:
+    def __init__(self, sock: socket.socket, address: str, now_ns: int) -> None:
         self.sock = sock
+        self.fd = sock.fileno()  # -1 once closed: the key must not depend on it
         self.address = address
         self.out = bytearray()
         self.decoder = igtl.StreamDecoder(max_body_bytes=MAX_REQUEST_BYTES)
+        self.requests: collections.deque[igtl.IgtlMessage] = collections.deque()
+        self.last_heard_ns = now_ns  # its last message, or its connection
+        self.holding = False  # requests wait for the send queue (counted once per episode)
+        self.closed = False
 
     def flush(self) -> None:
         """Send what the kernel takes now; OSError if the connection is gone."""
@@ -217,23 +240,56 @@ class _Server:
                 sock, address = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
+            now_ns = time.monotonic_ns()
             if len(self.peers) >= self.cfg.max_clients:
-                self.counters["igtl_refused"] += 1
-                log.warning("refused client %s: %d clients already", address, len(self.peers))
-                sock.close()
-                continue
+                victim = self.eviction_candidate(now_ns)
+                if victim is None:
+                    self.counters["igtl_refused"] += 1
+                    log.warning(
+                        "refused client %s: %d clients, all active", address, len(self.peers)
+                    )
+                    sock.close()
+                    continue
+                self.counters["igtl_evicted"] += 1
+                silent_s = (now_ns - victim.last_heard_ns) / 1e9
+                why = f"{len(victim.out)} bytes unread, silent {silent_s:.1f} s"
+                self.close_peer(victim, f"evicted for {address[0]}:{address[1]} ({why})")
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.cfg.client_sndbuf_bytes)
-            peer = _Peer(sock, f"{address[0]}:{address[1]}")
-            self.peers[sock.fileno()] = peer
+            peer = _Peer(sock, f"{address[0]}:{address[1]}", now_ns)
+            self.peers[peer.fd] = peer
             self.counters["igtl_accepted"] += 1
             self.counters["igtl_clients"] = len(self.peers)
             log.info("client %s connected (%d now)", peer.address, len(self.peers))
 
+    def eviction_candidate(self, now_ns: int) -> _Peer | None:
+        """The client a new connection replaces when all ``max_clients`` are taken, or None.
+
+        Slicer may only listen (it need not send anything), so silence alone cannot end a
+        connection while there is room. With none left: first a client that does not read
+        (more than ``client_backlog_bytes`` queued), else the one silent longest (no
+        message since it connected or since its last one), if for ``client_idle_s``.
+        """
+        if not self.peers:
+            return None
+        stuck = [p for p in self.peers.values() if len(p.out) > self.cfg.client_backlog_bytes]
+        if stuck:
+            return min(stuck, key=lambda p: p.last_heard_ns)
+        idlest = min(self.peers.values(), key=lambda p: p.last_heard_ns)
+        if now_ns - idlest.last_heard_ns >= self.cfg.client_idle_s * 1e9:
+            return idlest
+        return None
+
     def close_peer(self, peer: _Peer, why: str) -> None:
-        self.peers.pop(peer.sock.fileno(), None)
+        """Close and count a client, once (a second call, e.g. from a later send, is a no-op)."""
+        if peer.closed:
+            return
+        peer.closed = True
+        self.peers.pop(peer.fd, None)
         peer.sock.close()
+        peer.out.clear()
+        peer.requests.clear()
         self.counters["igtl_client_closed"] += 1
         self.counters["igtl_clients"] = len(self.peers)
         log.info("client %s closed: %s (%d left)", peer.address, why, len(self.peers))
@@ -249,10 +305,16 @@ class _Server:
             self.send(peer)
 
     def send(self, peer: _Peer) -> None:
+        """Flush what the kernel takes; then answer held requests if there is room now."""
+        if peer.closed:
+            return
         try:
             peer.flush()
         except OSError as error:
             self.close_peer(peer, str(error))
+            return
+        if peer.requests and len(peer.out) < self.cfg.client_reply_budget_bytes:
+            self.serve_requests(peer)
 
     def read(self, peer: _Peer) -> None:
         try:
@@ -273,10 +335,35 @@ class _Server:
                     self.close_peer(peer, f"unreadable request: {item}")
                     return
                 continue
-            self.request(peer, item)
+            self.counters["igtl_requests"] += 1
+            peer.last_heard_ns = time.monotonic_ns()
+            peer.requests.append(item)
+        self.serve_requests(peer)
+
+    def serve_requests(self, peer: _Peer) -> None:
+        """Answer held requests in order while the client's send queue is under its budget.
+
+        Over budget the rest wait, and the client is not read until they are answered
+        (``_serve_sockets``): TCP then holds its further requests in the kernel, so a
+        client that asks for meshes and never reads them costs at most the budget plus
+        one reply, and a client that reads slowly still gets every answer.
+        """
+        while peer.requests and not peer.closed:
+            if len(peer.out) >= self.cfg.client_reply_budget_bytes:
+                if not peer.holding:
+                    peer.holding = True
+                    self.counters["igtl_requests_held"] += 1
+                    log.warning(
+                        "client %s asks faster than it reads: %d bytes queued, holding "
+                        "its requests",
+                        peer.address,
+                        len(peer.out),
+                    )
+                return
+            self.request(peer, peer.requests.popleft())
+        peer.holding = False
 
     def request(self, peer: _Peer, message: igtl.IgtlMessage) -> None:
-        self.counters["igtl_requests"] += 1
         replies: list[igtl.IgtlMessage] = []
         version = self.cfg.header_version
         stamp = igtl.timestamp_from_ns(time.time_ns())
@@ -296,12 +383,11 @@ class _Server:
         else:
             self.counters["igtl_ignored"] += 1
             return
-        wire = b"".join(igtl.encode(reply) for reply in replies)
-        if len(peer.out) + len(wire) > MAX_REPLY_BACKLOG_BYTES:
-            self.close_peer(peer, "does not read its replies")
-            return
-        peer.out += wire
-        self.send(peer)
+        peer.out += b"".join(igtl.encode(reply) for reply in replies)
+        try:
+            peer.flush()
+        except OSError as error:
+            self.close_peer(peer, str(error))
 
     def publish_frame(self, frame: TrackerFrame) -> None:
         if not self.peers:
@@ -355,7 +441,11 @@ def _serve_sockets(server: _Server, bus_socket: zmq.Socket[bytes]) -> None:
     poller.register(bus_socket, zmq.POLLIN)
     poller.register(server.listener.fileno(), zmq.POLLIN)
     for fd, peer in server.peers.items():
-        poller.register(fd, zmq.POLLIN | (zmq.POLLOUT if peer.out else 0))
+        # A client with requests held (its replies over budget) is not read until they
+        # are answered: backpressure instead of memory.
+        mask = (0 if peer.requests else zmq.POLLIN) | (zmq.POLLOUT if peer.out else 0)
+        if mask:
+            poller.register(fd, mask)
     events = dict(poller.poll(int(POLL_TIMEOUT_S * 1000)))
     if server.listener.fileno() in events:
         server.accept()
