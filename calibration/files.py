@@ -28,7 +28,8 @@ Floats are written with ``repr``, so they read back bit for bit; the file is wri
 a temporary name and renamed, and what is written is first parsed back and validated.
 
 ``[result]`` and ``[errors]`` are checked against the kind's schema (``SCHEMAS``): a
-missing key, an unknown key, a wrong shape or type, or a non-finite number is refused.
+missing key, an unknown key, a wrong shape or type, a non-finite number, or a value a
+kind's check refuses (a pivot tip or pivot point beyond ``MAX_POSITION_MM``, 10 m) is refused.
 ``[input]`` is provenance only (nothing reads it back to compute with), so any key is
 accepted there, but its values must be strings, finite numbers, booleans or flat lists of
 those. Every refusal is one ``CalibrationFileError`` line naming the file and the key, e.g.
@@ -63,6 +64,7 @@ from typing import Any, Final, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from calibration.pivot import MAX_POSITION_MM
 from nav.transforms import Mat4, rigidity_error, rigidity_errors
 
 FORMAT: Final = "ornav-calibration"
@@ -123,6 +125,13 @@ def _positive(a: npt.NDArray[Any]) -> str | None:
     return None if np.all(a > 0) else f"expected values > 0, got {a.tolist()}"
 
 
+def _position(p: npt.NDArray[Any]) -> str | None:
+    size = float(np.max(np.abs(p)))
+    if size <= MAX_POSITION_MM:
+        return None
+    return f"{size:.3g} mm from the origin, beyond the {MAX_POSITION_MM:g} mm limit"
+
+
 def _rigid(T: npt.NDArray[Any]) -> str | None:
     error = rigidity_error(T)
     return None if error <= RIGID_TOLERANCE else f"not a rigid transform (error {error:.3g})"
@@ -145,8 +154,12 @@ class KindSchema:
 SCHEMAS: Final[Mapping[str, KindSchema]] = {
     "pivot": KindSchema(
         result={
-            "p_tip_in_pointer": KeySpec("mm, the tip in the tool's marker frame", (3,)),
-            "p_pivot_in_tracker": KeySpec("mm, the pivot point in the tracker frame", (3,)),
+            "p_tip_in_pointer": KeySpec(
+                "mm, the tip in the tool's marker frame", (3,), check=_position
+            ),
+            "p_pivot_in_tracker": KeySpec(
+                "mm, the pivot point in the tracker frame", (3,), check=_position
+            ),
             "n_inliers": KeySpec(
                 "poses used after outlier rejection", integer=True, required=False, check=_count
             ),
@@ -968,7 +981,8 @@ def read_matrix_dir(
     This is how scikit-surgery stores tracked poses (one ``<timestamp>.txt`` per sample,
     so name order is time order). Numbers in names sort by value (``natural_key``), so
     ``pose_2`` comes before ``pose_10``. Hidden files are skipped; every other file must be a
-    4x4 rigid transform within ``rigid_tolerance`` (see ``nav.transforms.rigidity_error``).
+    4x4 rigid transform within ``rigid_tolerance`` (see ``nav.transforms.rigidity_error``)
+    whose translation is within ``calibration.pivot.MAX_POSITION_MM`` (10 m) of the origin.
     Raises CalibrationFileError naming the directory or the first bad file.
     """
     path = Path(path)
@@ -982,6 +996,13 @@ def read_matrix_dir(
     Ts = np.empty((len(files), 4, 4))
     for i, file in enumerate(files):
         Ts[i] = read_matrix_file(file)
+    far = np.flatnonzero(np.max(np.abs(Ts[:, :3, 3]), axis=1) > MAX_POSITION_MM)
+    if far.size:
+        i = int(far[0])
+        raise CalibrationFileError(
+            f"{files[i]}: translation {float(np.max(np.abs(Ts[i, :3, 3]))):.3g} mm is beyond "
+            f"the {MAX_POSITION_MM:g} mm limit (a unit error or a corrupt file?)"
+        )
     errors = rigidity_errors(Ts)
     bad = np.flatnonzero(~(errors <= rigid_tolerance))
     if bad.size:

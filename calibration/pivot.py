@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import Final, Literal, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -47,6 +47,15 @@ BoolArray: TypeAlias = npt.NDArray[np.bool_]
 
 
 _SAMPLE_CHUNK = 64  # RANSAC hypotheses scored at once: bounds memory at 64 x N x 3 floats
+
+MAX_POSITION_MM: Final = 1e4
+"""The largest pose translation, tip offset or pivot point a pivot calibration accepts, mm.
+
+Ten metres: no tracker measures a tool that far away and no pointer is that long, yet a
+pose stack carrying such translations (a unit error, a corrupt file) solves without
+complaint into a tip 1e308 mm long. Poses beyond it are refused as ``bad_input``, a
+result beyond it as ``degenerate``.
+"""
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -136,6 +145,20 @@ def _check_parameter(name: str, value: float, *, minimum: float = 0.0) -> None:
         raise CalibrationError("bad_input", f"{name} must be a finite number >= {minimum}")
 
 
+def _check_translations(Ts: FloatArray) -> None:
+    """Refuse a pose whose translation is beyond :data:`MAX_POSITION_MM` (``bad_input``)."""
+    if not len(Ts):
+        return
+    distances = np.max(np.abs(Ts[:, :3, 3]), axis=1)
+    worst = int(np.argmax(distances))
+    if distances[worst] > MAX_POSITION_MM:
+        raise CalibrationError(
+            "bad_input",
+            f"pose[{worst}] has a translation of {distances[worst]:.3g} mm, beyond the "
+            f"{MAX_POSITION_MM:g} mm limit (a unit error or a corrupt file?)",
+        )
+
+
 def _check_count(n: int, min_poses: int, what: str = "poses") -> None:
     if n < min_poses:
         raise CalibrationError("too_few_poses", f"only {n} {what}, need at least {min_poses}")
@@ -218,6 +241,14 @@ def _result(
             "degenerate",
             f"the pivot system has rank {fit.rank}, need 6: the poses do not determine the tip",
         )
+    for name, vector in (("tip", fit.x[:3]), ("pivot point", fit.x[3:])):
+        size = float(np.max(np.abs(vector)))
+        if not size <= MAX_POSITION_MM:  # NaN fails too
+            raise CalibrationError(
+                "degenerate",
+                f"the {name} comes out {size:.3g} mm from the origin, beyond the "
+                f"{MAX_POSITION_MM:g} mm limit: the poses do not determine a tip",
+            )
     norms = np.linalg.norm(fit.residuals, axis=1)
     rms = math.sqrt(float(np.mean(fit.residuals**2)))
     if max_rms_mm is not None and rms > max_rms_mm:
@@ -265,15 +296,17 @@ def pivot_calibration(
     leaves the tip's component along the plane's normal unobservable.
 
     Raises CalibrationError with ``kind``:
-    ``bad_input`` (shape, non-finite or non-rigid pose, bad parameter),
+    ``bad_input`` (shape, non-finite or non-rigid pose, a translation beyond
+    :data:`MAX_POSITION_MM`, bad parameter),
     ``too_few_poses`` (N < ``min_poses``),
     ``not_enough_rotation`` (``rotation_spread_deg < min_rotation_deg`` or
     ``weakest_rotation_deg < min_weakest_rotation_deg``),
-    ``degenerate`` (the system's numerical rank is below 6; reachable when the
-    rotation gates are set to 0),
+    ``degenerate`` (the system's numerical rank is below 6, reachable when the
+    rotation gates are set to 0; or a tip or pivot point beyond :data:`MAX_POSITION_MM`),
     ``error_above_threshold`` (``rms_error_mm > max_rms_mm``).
     """
     Ts = check_pose_stack(T_tracker_from_pointer)
+    _check_translations(Ts)
     _check_parameter("min_poses", min_poses, minimum=1)
     _check_parameter("min_rotation_deg", min_rotation_deg)
     _check_parameter("min_weakest_rotation_deg", min_weakest_rotation_deg)
@@ -401,6 +434,7 @@ def pivot_calibration_ransac(
     than ``min_inlier_fraction`` of the poses are inliers.
     """
     Ts = check_pose_stack(T_tracker_from_pointer)
+    _check_translations(Ts)
     _check_parameter("inlier_threshold_mm", inlier_threshold_mm)
     _check_parameter("iterations", iterations, minimum=1)
     _check_parameter("sample_size", sample_size, minimum=3)
@@ -499,13 +533,14 @@ def spin_calibration(
     degrees of spin (the default gate) pins the axis well, and a quarter turn
     is easy by hand.
 
-    Raises CalibrationError: ``bad_input``; ``too_few_poses``;
+    Raises CalibrationError: ``bad_input`` (as :func:`pivot_calibration`); ``too_few_poses``;
     ``not_enough_rotation`` (``spin_range_deg < min_spin_deg``);
     ``error_above_threshold`` (``axis_spread_deg > max_axis_spread_deg``);
     ``degenerate`` (the poses do not turn, so no axis is singled out;
     reachable with ``min_spin_deg=0``).
     """
     Ts = check_pose_stack(T_tracker_from_pointer)
+    _check_translations(Ts)
     _check_parameter("min_poses", min_poses, minimum=1)
     _check_parameter("min_spin_deg", min_spin_deg)
     if max_axis_spread_deg is not None:

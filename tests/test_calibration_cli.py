@@ -129,6 +129,70 @@ def test_a_refused_calibration_is_one_line_with_its_reason_and_writes_nothing(
     assert not out.exists()
 
 
+def test_poses_moved_1e308_mm_are_one_line_naming_the_file_not_a_300_digit_tip(
+    tmp_path: Path,
+) -> None:
+    poses = tmp_path / "poses"
+    poses.mkdir()
+    for source in sorted(shared_data(PIVOT_DIR).iterdir()):
+        T = np.loadtxt(source)
+        T[0, 3] += 1e308
+        np.savetxt(poses / source.name, T, fmt="%.17g")
+    out = tmp_path / "x.toml"
+    result = _ornav("calibrate", "pivot", "--input", str(poses), "--out", str(out))
+    line = _one_error_line(result)
+    first = sorted(poses.iterdir())[0]
+    assert line == (
+        f"ornav: {first}: translation 1e+308 mm is beyond the 10000 mm limit "
+        "(a unit error or a corrupt file?)"
+    )
+    assert result.stdout == "" and not out.exists()
+
+
+def test_a_tip_solved_beyond_ten_metres_is_refused_not_printed(tmp_path: Path) -> None:
+    """Rotations about one axis (a 1e-6 rad wobble) with the gates off: the tip comes out 64 m."""
+    rng = np.random.default_rng(0)
+    p_tip, p_pivot = np.array([0.0, 0.0, 150.0]), np.array([10.0, 20.0, -1000.0])
+    Ts = []
+    for i in range(60):
+        R = axis_angle_to_matrix(
+            [1.0, 0.0, 0.0], math.radians(40.0) * math.sin(i / 60 * 2 * math.pi)
+        )
+        R = R @ axis_angle_to_matrix([0.0, 1.0, 0.0], 1e-6 * math.cos(i))
+        Ts.append(make_rigid(R, p_pivot - R @ p_tip + rng.normal(scale=0.3, size=3)))
+    _write_poses(tmp_path / "poses", np.array(Ts))
+    out = tmp_path / "x.toml"
+    result = _ornav(
+        "calibrate", "pivot", "--input", str(tmp_path / "poses"), "--out", str(out),
+        "--min-rotation-deg", "0", "--min-weakest-rotation-deg", "0",
+    )  # fmt: skip
+    line = _one_error_line(result)
+    assert line.startswith("ornav: pivot calibration refused (degenerate): the tip comes out ")
+    assert "beyond the 10000 mm limit" in line
+    assert result.stdout == "" and not out.exists()
+
+
+def test_a_pivot_file_with_a_tip_beyond_ten_metres_is_refused_where_it_is_read(
+    tmp_path: Path,
+) -> None:
+    pivot = tmp_path / "pivot.toml"
+    pivot.write_text(
+        'format = "ornav-calibration"\nversion = 1\ncreated = 2026-05-09T07:35:25Z\n'
+        'kind = "pivot"\nmethod = "algebraic"\n[input]\n[result]\n'
+        "p_tip_in_pointer = [0.0, 0.0, 1e308]\np_pivot_in_tracker = [0.0, 0.0, -1000.0]\n"
+        "[errors]\nrms_error_mm = 0.1\nmean_residual_norm_mm = 0.2\nmax_residual_norm_mm = 0.3\n"
+    )
+    spin = tmp_path / "spin"
+    _write_poses(spin, np.stack([make_rigid(np.eye(3), [0.0, 0.0, -1000.0])] * 3))
+    line = _one_error_line(
+        _ornav("calibrate", "spin", "--input", str(spin), "--tip-from", str(pivot))
+    )
+    assert line == (
+        f"ornav: {pivot}: key 'result.p_tip_in_pointer': 1e+308 mm from the origin, "
+        "beyond the 10000 mm limit"
+    )
+
+
 def test_camera_from_the_real_chessboard_views_writes_toml_and_opencv_yml(tmp_path: Path) -> None:
     out, yml = tmp_path / "camera.toml", tmp_path / "camera.yml"
     result = _ornav(

@@ -23,6 +23,7 @@ from scipy.spatial.transform import Rotation
 
 from calibration.errors import CALIBRATION_ERROR_KINDS, CalibrationError
 from calibration.pivot import (
+    MAX_POSITION_MM,
     pivot_calibration,
     pivot_calibration_ransac,
     spin_calibration,
@@ -335,6 +336,53 @@ def test_pivot_reports_a_rank_deficient_system_as_degenerate_when_gates_are_off(
     assert "rank 3" in str(info.value)
 
 
+def _moved(Ts: FloatArray, x_mm: float) -> FloatArray:
+    """The poses with every translation moved by ``x_mm`` along the tracker's x."""
+    moved = np.array(Ts)
+    moved[:, 0, 3] += x_mm
+    return moved
+
+
+@seeded
+@given(exponent=st.floats(4.1, 308.0), sign=st.sampled_from([-1.0, 1.0]))
+def test_pivot_refuses_poses_beyond_ten_metres_whatever_the_distance(
+    exponent: float, sign: float
+) -> None:
+    """1e308 mm used to solve into a tip 1e308 mm long, printed with 300 digits."""
+    Ts = _moved(well_spread_poses(), sign * 10.0**exponent)
+    for calibrate in (pivot_calibration, pivot_calibration_ransac):
+        with pytest.raises(CalibrationError) as info:
+            calibrate(Ts)
+        assert info.value.kind == "bad_input"
+        assert f"beyond the {MAX_POSITION_MM:g} mm limit" in str(info.value)
+
+
+def test_pivot_about_a_pivot_point_nine_metres_away_is_still_solved() -> None:
+    rng = np.random.default_rng(3)
+    p_tip, p_pivot = random_tip(rng), np.array([0.0, 0.0, -9000.0])
+    Ts = pivot_poses(rng, n=60, p_tip=p_tip, p_pivot=p_pivot, max_angle_deg=40.0)
+    result = pivot_calibration(Ts)
+    np.testing.assert_allclose(result.p_tip_in_pointer, p_tip, atol=1e-6)
+    np.testing.assert_allclose(result.p_pivot_in_tracker, p_pivot, atol=1e-6)
+
+
+def test_pivot_refuses_a_tip_beyond_ten_metres_from_poses_turning_about_one_axis() -> None:
+    """Gates off, a wobble of 1e-6 rad keeps rank 6, and 0.3 mm noise throws the tip 64 m."""
+    rng = np.random.default_rng(0)
+    p_tip, p_pivot = np.array([0.0, 0.0, 150.0]), np.array([10.0, 20.0, -1000.0])
+    Ts = []
+    for i in range(60):
+        R = axis_angle_to_matrix(
+            [1.0, 0.0, 0.0], math.radians(40.0) * math.sin(i / 60 * 2 * math.pi)
+        )
+        R = R @ axis_angle_to_matrix([0.0, 1.0, 0.0], 1e-6 * math.cos(i))
+        Ts.append(make_rigid(R, p_pivot - R @ p_tip + rng.normal(scale=0.3, size=3)))
+    with pytest.raises(CalibrationError) as info:
+        pivot_calibration(np.array(Ts), min_rotation_deg=0.0, min_weakest_rotation_deg=0.0)
+    assert info.value.kind == "degenerate"
+    assert str(info.value).startswith("the tip comes out 6.4e+04 mm from the origin, beyond")
+
+
 def test_pivot_refuses_an_rms_error_above_the_limit() -> None:
     Ts = well_spread_poses(noise_mm=2.7)
     with pytest.raises(CalibrationError) as info:
@@ -353,6 +401,7 @@ def test_pivot_refuses_an_rms_error_above_the_limit() -> None:
         (lambda Ts: np.where(np.arange(4) == 3, np.nan, Ts), "non-finite"),
         (lambda Ts: Ts * np.array([1.01, 1.0, 1.0, 1.0])[:, None], "not a rigid transform"),
         (lambda Ts: "not poses", "not a numeric array"),
+        (lambda Ts: _moved(Ts, 1e308), "pose[0] has a translation of 1e+308 mm, beyond the 10000"),
     ],
 )
 def test_pivot_and_spin_refuse_malformed_poses_as_bad_input(
