@@ -9,8 +9,10 @@ PLUS -> MCAP. Each PLUS frame becomes the ``TrackerFrame`` messages that
 per other target frame, e.g. ``pose/plus_reference`` for ``ProbeToReference``), exactly
 what ``tracking.plus_file_node`` publishes, so a converted file replays like a recorded
 session. Clocks: ``t_sensor_ns = PLUS Timestamp (ns) + clock_offset_ns``, where the offset is
-0 (the PLUS clock is kept as it is) unless a timestamp is negative, in which case the
-earliest maps to 0. ``t_pub_ns`` and the receive time are ``t_sensor_ns`` too (nothing was
+0: the PLUS clock is kept as it is. (Frames with a negative, non-finite, backward or
+jumping timestamp are skipped and counted by the reader, ``tracking.plus_sequence``, so the
+recording spans only the file's real time range; the offset stays for older recordings.)
+``t_pub_ns`` and the receive time are ``t_sensor_ns`` too (nothing was
 received: the file replays on its sensor timing). ``log_time`` is anchored at the PLUS
 file's modification time minus its duration (PLUS files carry no wall clock, so the date
 is an estimate). ``frame_number`` is PLUS's ``FrameNumber``, or the frame's position when
@@ -489,9 +491,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary(path: str | Path, tracker: str = DEFAULT_TRACKER) -> PlusSummary:
+def _summary(
+    path: str | Path, tracker: str = DEFAULT_TRACKER, *, log_problems: bool = True
+) -> PlusSummary:
     try:
-        return summarize_plus_sequence(path, tracker=tracker)
+        return summarize_plus_sequence(path, tracker=tracker, log_problems=log_problems)
     except PlusSequenceError as error:
         raise _user_error(error) from None
 
@@ -541,7 +545,7 @@ def cmd_replay_plus(args: argparse.Namespace) -> int:
     from tracking import plus_file_node
 
     check_playback_args(args)
-    summary = _summary(args.file)
+    summary = _summary(args.file, log_problems=False)  # the node reads it again, and logs
     log.info(
         "replaying %s (%d PLUS frames) on %s at %gx",
         args.file,

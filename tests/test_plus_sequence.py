@@ -2,7 +2,7 @@
 
 Real files come from ../shared/data/PlusLibData/TestImages (skipped when absent); synthetic
 sequences from hypothesis cover what those files do not (other target frames, every
-status, missing optional fields, non-monotonic clocks).
+status, missing optional fields); hand-broken files the timestamps PLUS should never write.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import math
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,7 +24,7 @@ from hypothesis import strategies as st
 
 from nav.convert import ConvertError, convert
 from nav.messages import ToolStatus, TrackerFrame, decode, encode
-from nav.recording import RecordingWriter, iter_recording
+from nav.recording import RecordingWriter, inspect_recording, iter_recording
 from nav.transforms import pose_from_quat
 from tests.conftest import REPO, shared_data
 from tracking.plus_sequence import (
@@ -86,7 +87,11 @@ def plus_frames(draw: st.DrawFn, *, statuses: tuple[str, ...] = PLUS_STATUSES) -
     with_unfiltered = draw(st.booleans())
     with_numbers = draw(st.booleans())
     frames = []
+    # Timestamps move forward by at most 1000 s: the reader skips a frame that goes back
+    # or jumps an hour (tracking.plus_sequence, "Timestamps").
+    t_ns = draw(st.integers(0, 10**16))
     for i in range(n):
+        t_ns += draw(st.integers(0, 10**12)) if i else 0
         present = [name for name in names if draw(st.integers(0, 9)) > 0]
         status = {name: draw(st.sampled_from(statuses)) for name in present}
         matrices = {name: draw(rigid()) for name in present}
@@ -96,7 +101,7 @@ def plus_frames(draw: st.DrawFn, *, statuses: tuple[str, ...] = PLUS_STATUSES) -
                 i,
                 matrices,
                 status,
-                draw(st.integers(0, 10**16)),
+                t_ns,
                 unfiltered_timestamp_ns=draw(st.integers(0, 10**16)) if with_unfiltered else None,
                 frame_number=draw(st.integers(0, 2**40)) if with_numbers else None,
                 fields=fields if draw(st.booleans()) else {},
@@ -376,8 +381,8 @@ def test_statuses_and_matrices_the_bus_cannot_carry_survive_plus_to_mcap_to_plus
                 "ProbeToReference": np.eye(4),
             },
             {"ImageToProbe": "OK", "StylusToTracker": "REQ_TIMEOUT", "ProbeToReference": "OK"},
-            -2_000_000_000 + i * 25_000_000,  # a clock that starts before 0
-            unfiltered_timestamp_ns=-1_990_000_000 + i * 25_000_000,
+            2_000_000_000 + i * 25_000_000,
+            unfiltered_timestamp_ns=-1_990_000_000 + i * 25_000_000,  # only kept, not used
             frame_number=100 + 2 * i,
         )
         for i in range(5)
@@ -390,7 +395,7 @@ def test_statuses_and_matrices_the_bus_cannot_carry_survive_plus_to_mcap_to_plus
         for m in iter_recording(tmp_path / "s.mcap")
         if m.topic == "pose/plus"
     ]
-    assert sensor[0] == 0 and np.all(np.diff(sensor) == 25_000_000)  # earliest maps to 0
+    assert sensor[0] == 2_000_000_000 and np.all(np.diff(sensor) == 25_000_000)
     convert(tmp_path / "s.mcap", tmp_path / "b.seq.nrrd")
     _same(frames, read_plus_sequence(tmp_path / "b.seq.nrrd")[1])
 
@@ -615,3 +620,171 @@ def test_a_transform_field_that_is_not_from_to_and_its_status_are_kept_as_plain_
     }
     write_plus_sequence(tmp_path / "again.igs.nrrd", got)
     _same(got, read_plus_sequence(tmp_path / "again.igs.nrrd")[1])
+
+
+# --- timestamps PLUS should never write (issue 10, item 9) ---------------------------
+
+
+def test_plus_seconds_text_out_of_int64_range_is_a_value_error_not_a_decimal_overflow() -> None:
+    for bad in ("1e999999", "-1e999999", "1e10", "9223372037"):
+        with pytest.raises(ValueError, match="out of range"):
+            parse_seconds_ns(bad)
+    assert parse_seconds_ns("9223372036") == 9_223_372_036_000_000_000
+
+
+def _five(tmp_path: Path) -> tuple[Path, list[PlusFrame]]:
+    frames = [
+        _frame(i, {"StylusToTracker": np.eye(4)}, {"StylusToTracker": "OK"}, (10 + i) * 10**8)
+        for i in range(5)
+    ]
+    path = tmp_path / "five.igs.mha"
+    write_plus_sequence(path, frames)
+    return path, frames
+
+
+@pytest.mark.parametrize(
+    ("stamp", "why"),
+    [
+        ("1e999999", "out of range"),
+        ("nan", "not finite"),
+        ("-inf", "not finite"),
+        ("-5", "negative"),
+        ("1.05", "comes before the previous frame's 1.100000 s"),
+        ("1000000", "after the previous frame's"),
+    ],
+)
+def test_a_frame_with_an_unusable_timestamp_is_skipped_and_reported_in_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, stamp: str, why: str
+) -> None:
+    path, frames = _five(tmp_path)
+    text = path.read_text()
+    assert "Seq_Frame0002_Timestamp = 1.200000\n" in text
+    key = "Seq_Frame0002_Timestamp = "
+    path.write_text(text.replace(f"{key}1.200000", f"{key}{stamp}"))
+    with caplog.at_level(logging.WARNING), open_plus_sequence(path) as reader:
+        got = list(reader)
+    _same([frames[i] for i in (0, 1, 3, 4)], got)
+    assert (reader.skipped, reader.bad_timestamps) == (1, 1)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1, lines
+    assert "1 frame(s) skipped for an unusable Timestamp" in lines[0]
+    assert "the first is frame 2" in lines[0] and why in lines[0]
+
+
+def test_a_file_with_no_usable_timestamp_is_refused_in_one_line(tmp_path: Path) -> None:
+    path, _frames = _five(tmp_path)
+    text = path.read_text()
+    for i in range(5):
+        key = f"Seq_Frame000{i}_Timestamp = "
+        text = text.replace(f"{key}1.{i}00000", f"{key}-{i + 1}")
+    path.write_text(text)
+    with pytest.raises(PlusSequenceError) as caught:
+        summarize_plus_sequence(path)
+    message = str(caught.value)
+    assert "\n" not in message and "no frame has a usable Timestamp" in message
+    assert "5 frame(s) skipped" in message and "frame 0" in message
+    result = _ornav("convert", str(path), str(tmp_path / "none.mcap"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("ornav: ") and len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "none.mcap").exists()
+
+
+NWIRE_FIRST_S, NWIRE_LAST_S = 345.627957, 355.783014
+
+
+def _nwire_with_bad_stamps(tmp_path: Path) -> Path:
+    """The real NwirePhantomFreehand file with frame 5 at 1e999999 s, frame 10 at -5 s and
+    frame 20 back at the first frame's time: 94 good frames, the real range kept."""
+    text = shared_data(f"{NWIRE}.igs.mha").read_bytes()
+    for index, stamp in ((5, b"1e999999"), (10, b"-5"), (20, b"345.627957")):
+        key = b"Seq_Frame%04d_Timestamp = " % index
+        at = text.index(key) + len(key)
+        end = text.index(b"\n", at)
+        text = text[:at] + stamp + text[end:]
+    path = tmp_path / "bad-stamps.igs.mha"
+    path.write_bytes(text)
+    return path
+
+
+def _one_warning(stderr: str) -> str:
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if "unusable Timestamp" in line]
+    assert len(lines) == 1, stderr
+    assert "3 frame(s) skipped" in lines[0] and "the first is frame 5" in lines[0]
+    return lines[0]
+
+
+def test_ornav_inspect_of_bad_plus_timestamps_counts_them_and_shows_the_real_range(
+    tmp_path: Path,
+) -> None:
+    result = _ornav("inspect", str(_nwire_with_bad_stamps(tmp_path)))
+    assert result.returncode == 0, result.stderr
+    _one_warning(result.stderr)
+    assert "94 frames (3 broken, skipped), 10.16 s" in result.stdout
+    assert "unusable Timestamp" in result.stdout
+
+
+def test_ornav_convert_of_bad_plus_timestamps_spans_only_the_real_time_range(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "n.mcap"
+    result = _ornav("convert", str(_nwire_with_bad_stamps(tmp_path)), str(out))
+    assert result.returncode == 0, result.stderr
+    _one_warning(result.stderr)
+    assert "94 frames, 94 messages, 3 broken frames skipped" in result.stdout
+    sensor = [
+        decode(m.payload).message.t_sensor_ns  # type: ignore[union-attr]
+        for m in iter_recording(out)
+    ]
+    assert len(sensor) == 94 and sensor == sorted(sensor)
+    assert (sensor[0], sensor[-1]) == (
+        parse_seconds_ns(str(NWIRE_FIRST_S)),
+        parse_seconds_ns(str(NWIRE_LAST_S)),
+    )
+    assert inspect_recording(out).duration_s == pytest.approx(NWIRE_LAST_S - NWIRE_FIRST_S)
+
+
+def test_ornav_replay_of_bad_plus_timestamps_plays_the_good_frames_and_warns_once(
+    tmp_path: Path,
+) -> None:
+    sock = Path(tempfile.mkdtemp(prefix="ornav-plus-", dir="/tmp"))
+    try:
+        result = _ornav(
+            "replay", str(_nwire_with_bad_stamps(tmp_path)), "--pub", f"ipc://{sock}/r.pub",
+            "--speed", "50", "--start-delay", "0",
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(sock, ignore_errors=True)
+    assert result.returncode == 0, result.stderr
+    _one_warning(result.stderr)
+    assert "94 PLUS frames" in result.stderr
+
+
+def test_ornav_calibrate_pivot_from_plus_with_bad_timestamps_uses_the_other_samples(
+    tmp_path: Path,
+) -> None:
+    from tests.test_calibration_pivot import pivot_poses
+
+    rng = np.random.default_rng(3)
+    p_tip, p_pivot = np.array([1.0, 2.0, -150.0]), np.array([10.0, -40.0, -1200.0])
+    Ts = pivot_poses(rng, n=60, p_tip=p_tip, p_pivot=p_pivot, max_angle_deg=35.0)
+    frames = [
+        _frame(i, {"StylusToReference": T}, {"StylusToReference": "OK"}, 10**9 + i * 20_000_000)
+        for i, T in enumerate(Ts)
+    ]
+    path = tmp_path / "pivot.igs.mha"
+    write_plus_sequence(path, frames)
+    text = path.read_text()
+    for index, stamp in ((5, "1e999999"), (10, "-5"), (20, "1.000000")):
+        key = f"Seq_Frame{index:04d}_Timestamp = "
+        at = text.index(key) + len(key)
+        text = text[:at] + stamp + text[text.index("\n", at) :]
+    path.write_text(text)
+    out = tmp_path / "pivot.toml"
+    result = _ornav(
+        "calibrate", "pivot", "--input", str(path), "--transform", "StylusToReference",
+        "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    _one_warning(result.stderr)
+    assert "n_poses = 57" in out.read_text()

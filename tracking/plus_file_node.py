@@ -7,7 +7,9 @@ Publishes:
 - ``pose/<tracker>_<frame>``: the transforms of that frame into another PLUS frame
   (``ProbeToReference`` -> tool ``probe`` of ``<tracker>_reference``), when there are any
   (names and frames: ``tracking.plus_sequence``);
-- ``heartbeat/<name>``: counters ``frames``, ``skipped`` (broken frames), ``downgraded``
+- ``heartbeat/<name>``: counters ``frames``, ``skipped`` (broken frames, and frames with a
+  non-finite, negative, backward or jumping timestamp: ``tracking.plus_sequence``; the
+  log says how many, once), ``downgraded``
   (OK transforms that were not rigid), ``passes``; rates ``tool/<tool>`` counting OK
   samples (``tool/<tool>_in_<frame>`` for the other frames, when that fits a heartbeat key).
 Subscribes: nothing.
@@ -171,7 +173,8 @@ class _Player:
         t_start_ns = time.monotonic_ns()
         next_fast_ns = t_start_ns
         first_ns: int | None = None
-        with open_plus_sequence(cfg.path, log_problems=self.passes == 0) as reader:
+        # run() read the whole file first and logged its problems: not again on each pass.
+        with open_plus_sequence(cfg.path, log_problems=False) as reader:
             for position, frame in enumerate(reader):
                 if cfg.timing == "original":
                     first_ns = frame.timestamp_ns if first_ns is None else first_ns

@@ -59,9 +59,19 @@ error: every tool gets ``fit_error_mm`` NaN ("not measured"). Invalid tools are 
 Bad input: a file that is not a sequence header, a header cut off before its end (a
 truncated file), binary or overlong lines, or frames out of order raise
 ``PlusSequenceError`` with one line naming the file and the byte offset. A frame whose own
-fields are broken (a matrix of 15 numbers, an unparsable timestamp, no timestamp, a
-status with no matrix, a field given twice) is skipped, counted in ``skipped`` and logged;
-the frames around it are read. Nothing here guesses a pose.
+fields are broken (a matrix of 15 numbers, no timestamp, a status with no matrix, a field
+given twice) is skipped, counted in ``skipped`` and logged; the frames around it are read.
+Nothing here guesses a pose.
+
+Timestamps: a frame whose ``Timestamp`` is not a finite number (``nan``, ``1e999999``),
+beyond what int64 ns holds (``MAX_TIMESTAMP_S``), negative, earlier than the frame read
+before it, or more than ``MAX_FRAME_GAP_S`` after it (a PLUS buffer is one continuous
+capture: an hour's jump is a corrupt stamp, not a pause) is skipped too, counted in
+``skipped`` and ``bad_timestamps``, and reported once at the end of the file in one line
+with the count and the first such frame; the frames around it are read. Every consumer
+(inspect, replay, convert, calibrate) therefore sees frames whose timestamps only move
+forward within the file's real time range. A file none of whose frames has a usable
+timestamp raises ``PlusSequenceError`` at its end.
 """
 
 from __future__ import annotations
@@ -96,6 +106,8 @@ DEFAULT_TRACKER_FRAME: Final = "Tracker"  # PLUS's name for the tracker's measur
 MAX_LINE_BYTES: Final = 64 * 1024  # a 4x4 matrix line is ~200 bytes; longer is not a header
 MAX_PROBLEMS: Final = 20  # distinct problems remembered per file
 MAX_SKIP_LOGS: Final = 5  # skipped frames logged one by one, then only counted
+MAX_TIMESTAMP_S: Final = Decimal(2**63 - 1) / 1_000_000_000  # int64 ns, the bus's limit
+MAX_FRAME_GAP_S: Final = 3600.0  # between consecutive frames of one PLUS capture
 
 FRAME_PREFIX: Final = "Seq_Frame"
 TRANSFORM_SUFFIX: Final = "Transform"
@@ -247,7 +259,8 @@ def tool_status(plus_status: str) -> ToolStatus:
 def parse_seconds_ns(text: str) -> int:
     """PLUS seconds text (``345.627957``) -> integer ns, exactly (beyond 9 decimals: rounded).
 
-    Raises ValueError for text that is not a finite decimal number.
+    Raises ValueError for text that is not a finite decimal number, or one whose magnitude
+    exceeds ``MAX_TIMESTAMP_S`` (it would not fit int64 ns).
     """
     try:
         value = Decimal(text.strip())
@@ -255,6 +268,8 @@ def parse_seconds_ns(text: str) -> int:
         raise ValueError(f"{text[:40]!r} is not a number") from None
     if not value.is_finite():
         raise ValueError(f"{text[:40]!r} is not finite")
+    if abs(value) > MAX_TIMESTAMP_S:  # checked first: scaling 1e999999 overflows Decimal
+        raise ValueError(f"{text[:40]!r} is out of range (over {MAX_TIMESTAMP_S:.0f} s)")
     return int((value * 1_000_000_000).to_integral_value())
 
 
@@ -356,6 +371,10 @@ class _BadFrameError(Exception):
     """One frame's own fields are broken; the frame is skipped, reading goes on."""
 
 
+class _BadTimestampError(_BadFrameError):
+    """The frame's Timestamp is unusable: skipped and reported in one line per file."""
+
+
 def _transform_of(field_name: str) -> str | None:
     """``StylusToTrackerTransform[Status]`` -> ``StylusToTracker``; None for other fields."""
     for suffix in (STATUS_SUFFIX, TRANSFORM_SUFFIX):
@@ -401,7 +420,9 @@ class PlusSequenceReader(Iterator[PlusFrame]):
     """Streams the frames of a PLUS sequence file; see ``open_plus_sequence``.
 
     ``header`` holds the global fields read so far (all of them once iteration ends).
-    After iteration: ``frames_read``, ``skipped`` (broken frames left out), ``problems``
+    After iteration: ``frames_read``, ``skipped`` (broken frames left out, those with a bad
+    timestamp included), ``bad_timestamps`` (those), ``first_bad_timestamp`` ((frame index,
+    why) of the first), ``problems``
     (distinct one-line notes, e.g. a transform without status), ``header_bytes`` (where the
     header ends: nothing after it was read).
     """
@@ -423,6 +444,9 @@ class PlusSequenceReader(Iterator[PlusFrame]):
         self.log_problems = log_problems
         self.frames_read = 0
         self.skipped = 0
+        self.bad_timestamps = 0
+        self.first_bad_timestamp: tuple[int, str] | None = None
+        self._last_timestamp_ns: int | None = None
         self.problems: list[str] = []
         self.header_bytes: int | None = None
         self._offset = 0
@@ -628,14 +652,52 @@ class PlusSequenceReader(Iterator[PlusFrame]):
         seen = self.frames_read + self.skipped
         if declared is not None and declared != seen:
             self._note(f"the header declares {declared} frames, it holds {seen}")
-        if self.skipped and self.log_problems:
-            log.warning("%s: %d broken frame(s) skipped", self.path, self.skipped)
+        if self.first_bad_timestamp is not None:
+            index, why = self.first_bad_timestamp
+            report = (
+                f"{self.bad_timestamps} frame(s) skipped for an unusable Timestamp (not "
+                "finite, out of range, negative, going back or jumping over "
+                f"{MAX_FRAME_GAP_S:.0f} s); the first is frame {index}: {why}"
+            )
+            if self.frames_read == 0:
+                raise self._error(f"no frame has a usable Timestamp: {report}")
+            self._note(report)
+        broken = self.skipped - self.bad_timestamps
+        if broken and self.log_problems:
+            log.warning("%s: %d broken frame(s) skipped", self.path, broken)
+
+    def _bad_timestamp(self, index: int, why: str) -> None:
+        self.skipped += 1
+        self.bad_timestamps += 1
+        if self.first_bad_timestamp is None:
+            self.first_bad_timestamp = (index, why)
+
+    def _check_time(self, frame: PlusFrame) -> None:
+        """Raise _BadTimestampError unless ``frame`` moves the clock forward plausibly."""
+        t = frame.timestamp_ns
+        last = self._last_timestamp_ns
+        if t < 0:
+            raise _BadTimestampError(f"Timestamp {format_seconds(t)} s is negative")
+        if last is not None and t < last:
+            raise _BadTimestampError(
+                f"Timestamp {format_seconds(t)} s comes before the previous frame's "
+                f"{format_seconds(last)} s"
+            )
+        if last is not None and t - last > MAX_FRAME_GAP_S * 1e9:
+            raise _BadTimestampError(
+                f"Timestamp {format_seconds(t)} s is {(t - last) / 1e9:.0f} s after the "
+                "previous frame's"
+            )
 
     def _frame(self, index: int, fields: Mapping[str, str], broken: str) -> PlusFrame | None:
         try:
             if broken:
                 raise _BadFrameError(broken)
             frame = self._build(index, fields)
+            self._check_time(frame)
+        except _BadTimestampError as error:
+            self._bad_timestamp(index, str(error))
+            return None
         except _BadFrameError as error:
             self.skipped += 1
             if self.log_problems and self.skipped <= MAX_SKIP_LOGS:
@@ -644,6 +706,7 @@ class PlusSequenceReader(Iterator[PlusFrame]):
                     log.warning("%s: further skipped frames are only counted", self.path)
             return None
         self.frames_read += 1
+        self._last_timestamp_ns = frame.timestamp_ns
         return frame
 
     def _build(self, index: int, fields: Mapping[str, str]) -> PlusFrame:
@@ -666,7 +729,10 @@ class PlusSequenceReader(Iterator[PlusFrame]):
             if transform is not None:
                 self._note(f"{name}: not a <From>To<To> transform, kept as a plain field")
             if name == TIMESTAMP:
-                timestamp_ns = _parse_time(value, TIMESTAMP)
+                try:
+                    timestamp_ns = _parse_time(value, TIMESTAMP)
+                except _BadFrameError as error:
+                    raise _BadTimestampError(str(error)) from None
             elif name == UNFILTERED_TIMESTAMP:
                 unfiltered_ns = _parse_time(value, UNFILTERED_TIMESTAMP)
             elif name == FRAME_NUMBER:
@@ -989,17 +1055,20 @@ def summarize_plus_sequence(
     *,
     tracker: str = DEFAULT_TRACKER,
     tracker_frame: str = DEFAULT_TRACKER_FRAME,
+    log_problems: bool = True,
 ) -> PlusSummary:
     """Read a whole sequence header once: counts, times, transforms and their mapping.
 
     Raises PlusSequenceError for a file that cannot be read to its end, or whose transform
     names do not map onto ornav tools (so a node or a conversion fails before it starts).
+    ``log_problems=False``: the problems are only in the summary (a caller that reads the
+    file again, and logs then).
     """
     path = Path(path)
     counts: dict[str, dict[str, int]] = {}
     first = last = lowest = None
     unfiltered = numbers = False
-    with open_plus_sequence(path) as reader:
+    with open_plus_sequence(path, log_problems=log_problems) as reader:
         for frame in reader:
             t = frame.timestamp_ns
             first = t if first is None else first
