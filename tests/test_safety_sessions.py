@@ -9,17 +9,31 @@ only under the name its session announced.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zmq
 
-from nav.messages import ClockPing, HeadsetTelemetry, Message, OverlayState, Reply, decode
+from nav.case import load_case
+from nav.messages import (
+    ClockPing,
+    HeadsetTelemetry,
+    Message,
+    OverlayState,
+    Reply,
+    SceneUpdate,
+    decode,
+)
+from nav.phantom import SHIPPED_PHANTOM_DIR
+from render.assets import build_assets
 from render.headset_client import ClientConfig, HeadsetClient, Phase
 from tests.conftest import NodeProcess, start_node
 from tests.test_headset_client import (
     RATE_HZ,
+    FakeServer,
+    _update,
     nav_spec,
     render_spec,
     step_until,
@@ -313,3 +327,37 @@ def test_idle_clients_holding_every_slot_cannot_lock_slicer_out(
     assert values["igtl_evicted"] == 1 and values.get("igtl_refused", 0) == 0
     assert values["igtl_clients"] == 3
     assert server.terminate() == 0
+
+
+# --- item 1: the ordering rule, update by update ----------------------------------------------
+
+
+def test_updates_are_ordered_by_publish_time_so_frame_numbers_may_restart_and_snapshots_lose(
+    ipc: Path,
+) -> None:
+    assets = build_assets(load_case(SHIPPED_PHANTOM_DIR))
+    server = FakeServer(ipc, assets)
+    client = HeadsetClient(ClientConfig(endpoint=server.session_endpoint, name="order"))
+    try:
+        step_until(client, lambda: client.phase is Phase.LIVE and client.stats.frames > 3)
+        server.publishing.clear()
+        assert client.welcome is not None and client.session is not None
+        t = time.monotonic_ns() + 10**9  # after anything the fake server published
+
+        def update(frame: int) -> SceneUpdate:
+            return replace(
+                _update(frame_number=frame, session=client.session or "", names=assets.names),
+                scene_version=client.welcome.scene_version if client.welcome else 0,
+            )
+
+        client._on_scene_update(update(5000), t, t_pub_ns=t, live=True)
+        assert client.latest is not None and client.latest.frame_number == 5000
+        # The tracker restarted: frame 1, published later. Taken.
+        client._on_scene_update(update(1), t + 1, t_pub_ns=t + 1, live=True)
+        assert client.latest.frame_number == 1
+        # A snapshot served before that (higher frame number): it must not undo it.
+        client._on_session_message(update(5001), t + 2, t)
+        assert client.latest.frame_number == 1 and client.stats.out_of_order == 1
+    finally:
+        client.close()
+        server.close()
