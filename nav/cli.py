@@ -125,13 +125,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             topic.topic, topic.schema_name, str(topic.message_count), f"{topic.rate_hz:.1f}"
         )
     start = summary.start_wall.isoformat(timespec="seconds") if summary.start_wall else "-"
-    lines = [f"{summary.message_count} messages, {summary.duration_s:.2f} s from {start}"]
-    lines += [f"DAMAGED: {summary.damage}"] if summary.damage else []
-    lines += _recording_notes(summary.notes)
-    table.caption = "\n".join(lines)
+    table.caption = f"{summary.message_count} messages, {summary.duration_s:.2f} s from {start}"
     if summary.message_count == 0 and summary.damage:
         raise UserError(f"{summary.path}: no readable message ({summary.damage})")
-    Console(width=120).print(table)
+    console = Console(width=120)
+    console.print(table)
+    # Not in the caption: rich wraps that to the table's width, and these must read whole.
+    notes = [f"DAMAGED: {summary.damage}"] if summary.damage else []
+    for line in notes + _recording_notes(summary.notes):
+        console.print(line, soft_wrap=True, highlight=False)
     return 0
 
 
