@@ -506,6 +506,10 @@ def test_config_stores_array_likes_as_hashable_tuples() -> None:
         lambda s: s.trace([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]]),
         lambda s: s.trace(PATH, speed_mm_s=0.0),
         lambda s: s.trace(PATH, speed_mm_s=float("inf")),
+        # Finite arguments whose script never ends: the legs' lengths or times overflow.
+        lambda s: s.trace([[0.0, 0.0, 0.0], [1e300, 1e300, 0.0]]),
+        lambda s: s.trace(PATH, speed_mm_s=1e-320),
+        lambda s: s.touch(FIDUCIALS, dwell_s=1e308, travel_s=1e308),
     ],
 )
 def test_invalid_script_segment_raises_value_error(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from nav import bus
 from nav.launchfile import NodeSpec
@@ -141,4 +143,50 @@ def test_tool_occlude_command_puts_the_reference_out_of_view_for_its_duration(
     assert 60 <= last - first + 1 <= 90
     assert not out[-1]
     assert all(s is ToolStatus.OK for s in pointer)
+    assert node.terminate() == 0
+
+
+def test_pointer_and_occlude_commands_refuse_out_of_range_arguments_one_line_each(
+    ipc_dir: Path, node_processes: list[NodeProcess]
+) -> None:
+    """Each bad argument is a Reply error naming it; the node keeps its script and runs on.
+
+    Before: ``travel_s = 1e308`` and an unknown ``duration_s`` were accepted, and a speed of
+    1e-320 mm/s made the reply's duration inf, which the client could not even decode.
+    """
+    node = start_node(_spec(ipc_dir, dropout_rate_hz=0.0))
+    node_processes.append(node)
+    client = bus.CommandClient(node.spec.control or "")
+    sub = bus.QueueSubscriber([node.spec.pub or ""], ["pose/sim"])
+    poly = [[0.0, 0.0, 0.0], [50.0, 0.0, 0.0]]
+    bad: list[tuple[str, dict[str, object], str]] = [
+        ("pointer.trace", {"polyline": poly, "duration_s": 5.0}, "unknown argument 'duration_s'"),
+        ("pointer.trace", {"polyline": poly, "duration_s": math.inf}, "not finite"),
+        ("pointer.trace", {"polyline": poly, "speed_mm_s": 1e-320}, "'speed_mm_s' must be in"),
+        ("pointer.trace", {"polyline": poly, "speed_mm_s": 1e6}, "'speed_mm_s' must be in"),
+        ("pointer.trace", {"polyline": poly, "travel_s": 1e308}, "'travel_s' must be in"),
+        ("pointer.trace", {"polyline": [[0, 0, 0], [1e300, 0, 0]]}, "1e+300 mm, beyond"),
+        ("pointer.trace", {"polyline": [[0, 0, 0], [9000, 0, 0]], "speed_mm_s": 0.1}, "would last"),
+        ("pointer.trace", {"polyline": [[0.0, 0.0, float(i)] for i in range(10_001)]}, "at most"),
+        ("pointer.touch", {"points": [[0, 0, 0]], "dwell_s": 1e308}, "'dwell_s' must be in"),
+        ("pointer.touch", {"points": [[0, 0, 0]], "travel_s": 1e-320}, "'travel_s' must be in"),
+        ("pointer.touch", {"points": [[0, 0, "x"]]}, "'points' must be a list of [x, y, z]"),
+        ("pointer.rest", {"for_s": 1.0}, "unknown argument 'for_s'; pointer.rest takes no"),
+        ("tool.occlude", {"tool": "reference", "duration_s": 1e308}, "'duration_s' must be in"),
+        ("tool.occlude", {"tool": "reference", "duration_s": 0.0}, "'duration_s' must be in"),
+    ]
+    try:
+        good = client.call("pointer.trace", polyline=poly, speed_mm_s=25.0, travel_s=0.5)
+        assert good.ok, good.error
+        assert float(good.result["duration_s"]) == pytest.approx(2.5)  # type: ignore[arg-type]
+        for name, args, words in bad:
+            reply = client.call(name, **args)  # type: ignore[arg-type]
+            assert not reply.ok, (name, args, reply.result)
+            assert words in reply.error and "\n" not in reply.error, (name, args, reply.error)
+        _frames(sub, 5)  # still publishing
+        again = client.call("pointer.trace", polyline=poly, speed_mm_s=25.0, travel_s=0.5)
+        assert again.ok, again.error
+    finally:
+        client.close()
+        sub.close()
     assert node.terminate() == 0

@@ -401,6 +401,8 @@ class PointerScript:
             t = 0.0
             for k, seg in enumerate(self.segments):
                 t, p_prev = _append_segment(pieces, seg, segment=k, t=t, p_prev=p_prev)
+            if not math.isfinite(t):  # a 1e300 mm polyline, or a speed of 1e-320 mm/s
+                raise ValueError(f"the script would last {t} s: its times must be finite")
         object.__setattr__(self, "_pieces", tuple(pieces))
         object.__setattr__(self, "_starts", tuple(p.t0 for p in pieces))
 

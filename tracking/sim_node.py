@@ -11,6 +11,11 @@ travel_s}, ``pointer.trace`` {polyline: [[x, y, z], ...], speed_mm_s, travel_s},
 ``pointer.rest`` {}; each replies with the script's start and duration in sim seconds.
 ``tool.occlude`` {tool, duration_s}: that tool is OUT_OF_VIEW from the next sample for
 ``duration_s`` (tests and demos lose the reference on cue); replies with the interval.
+Arguments are checked before anything changes, and a bad one is a ``Reply`` error naming
+it: an unknown key; ``dwell_s``, ``travel_s`` outside [``MIN_STEP_S``, ``MAX_SCRIPT_S``];
+``speed_mm_s`` outside [``MIN_SPEED_MM_S``, ``MAX_SPEED_MM_S``]; more than
+``MAX_SCRIPT_POINTS`` points or a coordinate beyond ``MAX_POSITION_MM``; a script that
+would last longer than ``MAX_SCRIPT_S``; ``duration_s`` outside (0, ``MAX_OCCLUDE_S``].
 
 Samples are scheduled on the monotonic clock at ``t0 + k / rate_hz``; ``t_sensor_ns`` is
 the clock read when the sample is taken, not the schedule, so latency figures are honest.
@@ -38,6 +43,19 @@ MIN_RATE_HZ = 30.0
 MAX_RATE_HZ = 1000.0
 MAX_LAG_PERIODS = 5
 MAX_OCCLUDE_S = 3600.0
+MAX_SCRIPT_S = 3600.0  # a scripted touch or trace; a longer one is a typo, not a test
+MIN_STEP_S = 1e-3  # a dwell or travel shorter than one sample at 1 kHz is no motion at all
+MIN_SPEED_MM_S = 0.1
+MAX_SPEED_MM_S = 1000.0  # a metre a second: faster than any hand traces a surface
+MAX_SCRIPT_POINTS = 10_000
+MAX_POSITION_MM = 1e4  # reference frame: 10 m, beyond any tracker's working volume
+COMMAND_ARGS: dict[str, tuple[str, ...]] = {
+    "pointer.touch": ("points", "dwell_s", "travel_s"),
+    "pointer.trace": ("polyline", "speed_mm_s", "travel_s"),
+    "pointer.rest": (),
+    "tool.occlude": ("tool", "duration_s"),
+}
+"""The arguments each control command takes; any other key is refused."""
 
 
 @dataclass(frozen=True)
@@ -77,18 +95,48 @@ class Config:
         )
 
 
+def _check_args(command: Command) -> Mapping[str, JsonValue]:
+    """The command's arguments, if every key is one it takes; ValueError naming the first not."""
+    allowed = COMMAND_ARGS[command.name]
+    for key in command.args:
+        if key not in allowed:
+            takes = ", ".join(allowed) if allowed else "no arguments"
+            raise ValueError(f"unknown argument {key!r}; {command.name} takes {takes}")
+    return command.args
+
+
 def _points_arg(args: Mapping[str, JsonValue], key: str) -> npt.NDArray[np.float64]:
     value = args.get(key)
     if not isinstance(value, list):
         raise ValueError(f"{key!r} must be a list of [x, y, z] points in mm")
-    return np.asarray(value, dtype=np.float64)  # PointerScript checks the shape
+    if len(value) > MAX_SCRIPT_POINTS:
+        raise ValueError(f"{key!r} has {len(value)} points, at most {MAX_SCRIPT_POINTS}")
+    try:
+        points = np.asarray(value, dtype=np.float64)  # PointerScript checks the shape
+    except (TypeError, ValueError):
+        raise ValueError(f"{key!r} must be a list of [x, y, z] points in mm") from None
+    largest = float(np.max(np.abs(points))) if points.size else 0.0
+    if not largest <= MAX_POSITION_MM:  # NaN fails too
+        raise ValueError(
+            f"{key!r} has a coordinate of {largest:.3g} mm, beyond {MAX_POSITION_MM:g} mm"
+        )
+    return points
 
 
-def _float_arg(args: Mapping[str, JsonValue], key: str, default: float) -> float:
+def _float_arg(
+    args: Mapping[str, JsonValue], key: str, default: float, *, low: float, high: float
+) -> float:
+    """A number in [low, high] (NaN and inf are outside); ValueError naming ``key`` if not."""
     value = args.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{key!r} must be a number")
+    if not low <= value <= high:
+        raise ValueError(f"{key!r} must be in [{low:g}, {high:g}], got {value!r}")
     return float(value)
+
+
+def _step_s(args: Mapping[str, JsonValue], key: str, default: float) -> float:
+    return _float_arg(args, key, default, low=MIN_STEP_S, high=MAX_SCRIPT_S)
 
 
 class _PointerControl:
@@ -105,6 +153,10 @@ class _PointerControl:
         return tuple(o for o in self.tracker.forced_occlusions if o[2] > self.now_s)
 
     def _start(self, script: PointerScript) -> Reply:
+        if not script.duration_s <= MAX_SCRIPT_S:
+            raise ValueError(
+                f"the script would last {script.duration_s:.3g} s, more than {MAX_SCRIPT_S:g} s"
+            )
         self.tracker = SimulatedTracker(
             self.sim_cfg,
             script,
@@ -114,33 +166,37 @@ class _PointerControl:
         return Reply(ok=True, result={"start_s": self.now_s, "duration_s": script.duration_s})
 
     def touch(self, command: Command) -> Reply:
-        args = command.args
+        args = _check_args(command)
         script = PointerScript().touch(
             _points_arg(args, "points"),
-            dwell_s=_float_arg(args, "dwell_s", 1.0),
-            travel_s=_float_arg(args, "travel_s", 1.5),
+            dwell_s=_step_s(args, "dwell_s", 1.0),
+            travel_s=_step_s(args, "travel_s", 1.5),
         )
         return self._start(script)
 
     def trace(self, command: Command) -> Reply:
-        args = command.args
+        args = _check_args(command)
         script = PointerScript().trace(
             _points_arg(args, "polyline"),
-            speed_mm_s=_float_arg(args, "speed_mm_s", 20.0),
-            travel_s=_float_arg(args, "travel_s", 1.5),
+            speed_mm_s=_float_arg(
+                args, "speed_mm_s", 20.0, low=MIN_SPEED_MM_S, high=MAX_SPEED_MM_S
+            ),
+            travel_s=_step_s(args, "travel_s", 1.5),
         )
         return self._start(script)
 
-    def rest(self, _command: Command) -> Reply:
+    def rest(self, command: Command) -> Reply:
+        _check_args(command)
         self.tracker = SimulatedTracker(self.sim_cfg, forced_occlusions=self._live_occlusions())
         return Reply(ok=True, result={"start_s": self.now_s, "duration_s": 0.0})
 
     def occlude(self, command: Command) -> Reply:
-        tool = command.args.get("tool")
+        args = _check_args(command)
+        tool = args.get("tool")
         if not isinstance(tool, str) or tool not in self.tracker.tools:
             raise ValueError(f"'tool' must be one of {list(self.tracker.tools)}, got {tool!r}")
-        duration_s = _float_arg(command.args, "duration_s", 1.0)
-        if not 0.0 < duration_s <= MAX_OCCLUDE_S:
+        duration_s = _float_arg(args, "duration_s", 1.0, low=0.0, high=MAX_OCCLUDE_S)
+        if not duration_s > 0.0:
             raise ValueError(f"'duration_s' must be in (0, {MAX_OCCLUDE_S:g}], got {duration_s}")
         # From the next sample on: now_s is the sim time of the one already published.
         start_s = self.now_s + 1e-9
