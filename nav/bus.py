@@ -124,7 +124,7 @@ class Received:
         return self.envelope.message
 
 
-def _bind(sock: zmq.Socket[bytes], endpoint: str) -> str:
+def bind(sock: zmq.Socket[bytes], endpoint: str) -> str:
     """Bind, or raise ``BindError`` naming the endpoint; returns the endpoint really bound."""
     try:
         sock.bind(endpoint)
@@ -163,7 +163,7 @@ class Publisher:
         _harden(self._sock, max_inbound_bytes=MAX_SUBSCRIPTION_BYTES)
         self._sock.setsockopt(zmq.SNDHWM, sndhwm)
         _secure(self._sock, endpoint, keys, server=True)
-        self.endpoint: str = _bind(self._sock, endpoint)
+        self.endpoint: str = bind(self._sock, endpoint)
         self.epoch = roster.own_epoch() if epoch is None else epoch
         self._seq: dict[str, int] = {}
         self.counters = Counters()
@@ -359,7 +359,7 @@ class CommandServer:
         _harden(self._sock, max_inbound_bytes=MAX_PAYLOAD_BYTES)
         self._sock.setsockopt(zmq.RCVHWM, CONTROL_RCVHWM)
         _secure(self._sock, endpoint, keys, server=True)
-        self.endpoint: str = _bind(self._sock, endpoint)
+        self.endpoint: str = bind(self._sock, endpoint)
         self._seq = 0
         self.counters = Counters()
 

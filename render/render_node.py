@@ -300,8 +300,7 @@ class HeadsetServer:
                 "%s is unencrypted: headset sessions have no CurveZMQ keys yet",
                 cfg.headset_endpoint,
             )
-        sock.bind(cfg.headset_endpoint)
-        self.endpoint: str = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.endpoint: str = bus.bind(sock, cfg.headset_endpoint)  # BindError: exit 3
         self.sock = sock
 
     def close(self) -> None:
