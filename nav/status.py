@@ -9,11 +9,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from nav.supervisor import NodeState, Supervisor, ToolState
 
-HEARTBEAT_LATE_S = 2.0  # a running node silent this long is shown as late
+HEARTBEAT_LATE_S = 2.0  # a running node silent this long is shown as late (its own limit wins)
 POSE_STALE_MS = 100.0  # the overlay's stale threshold (ARCHITECTURE: flagged at 100 ms)
 NAV_SILENT_MS = 500.0  # the nav node publishes at least every 50 ms, even without frames
 
@@ -31,6 +32,10 @@ class NodeRow:
     heartbeat_age_s: float | None
     latency_ms: dict[str, float]
     counters: dict[str, int]
+    reason: str = ""  # why it last died or was restarted ("no heartbeat for 2.1 s ...")
+    bind_failure: str = ""  # "tracker: cannot bind tcp://...: Address already in use ..."
+    watchdog_restarts: int = 0
+    heartbeat_timeout_s: float = HEARTBEAT_LATE_S
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,10 @@ def _node_row(node: NodeState, now_ns: int) -> NodeRow:
         heartbeat_age_s=age,
         latency_ms=dict(hb.latency_ms) if hb else {},
         counters=dict(hb.counters) if hb else {},
+        reason=node.reason,
+        bind_failure=node.bind_failure,
+        watchdog_restarts=node.watchdog_restarts,
+        heartbeat_timeout_s=node.spec.heartbeat_timeout_s,
     )
 
 
@@ -160,7 +169,7 @@ def render(status: StackStatus) -> Table:
     for row in status.nodes:
         state = row.state if row.exit_code is None else f"{row.state} ({row.exit_code})"
         late = row.state == "running" and (
-            row.heartbeat_age_s is None or row.heartbeat_age_s > HEARTBEAT_LATE_S
+            row.heartbeat_age_s is None or row.heartbeat_age_s > row.heartbeat_timeout_s
         )
         table.add_row(
             row.name,
@@ -192,7 +201,7 @@ def render(status: StackStatus) -> Table:
                 "",
                 _fmt(tool.pose_age_ms, ".1f"),
             )
-    caption = []
+    caption = problem_lines(status)
     if status.navigation:
         colour = "green" if status.navigation == "OK" else "red"
         caption.append(f"navigation: [{colour}]{status.navigation}[/]")
@@ -205,6 +214,19 @@ def render(status: StackStatus) -> Table:
     if caption:
         table.caption = "\n".join(caption)
     return table
+
+
+def problem_lines(status: StackStatus) -> list[str]:
+    """One marked-up line per node with a problem: bold red while it is not running."""
+    lines = []
+    for row in status.nodes:
+        if row.bind_failure and row.state != "running":
+            lines.append(f"[bold red]{escape(row.bind_failure)}[/]")
+        elif row.reason:
+            colour = "yellow" if row.state == "running" else "bold red"
+            restarted = f" (restarted {row.restarts}x)" if row.restarts else ""
+            lines.append(f"[{colour}]{row.name}: {escape(row.reason)}{restarted}[/]")
+    return lines
 
 
 def summary(status: StackStatus) -> dict[str, Any]:
@@ -221,6 +243,8 @@ def summary(status: StackStatus) -> dict[str, Any]:
             row.tool: {k: v for k, v in asdict(row).items() if k != "tool"} for row in status.tools
         },
         "restarts": sum(row.restarts for row in status.nodes),
+        "watchdog_restarts": sum(row.watchdog_restarts for row in status.nodes),
+        "bind_failures": [row.bind_failure for row in status.nodes if row.bind_failure],
         "rejected": sum(row.rejected for row in status.nodes),
         "latency_ms": status.end_to_end_latency_ms,
         "navigation": status.navigation,

@@ -9,9 +9,24 @@
 - A node that dies is never hidden: it is logged with its exit code, shown as dead, and
   restarted only if its policy is ``on-failure``, the exit code is non-zero and the limit
   is not reached (after ``delay_s``). Each restart is counted.
+- A node that exits with ``EXIT_BIND_FAILED`` could not bind an endpoint it must own
+  (another process holds it): one ERROR line names the node and the endpoint, and the
+  status table and summary keep it.
+- Watchdog: once a node has sent a heartbeat, one older than its ``heartbeat_timeout_s``
+  means it is wedged; the supervisor says why, stops it (the escalation below) and
+  restarts it under its policy.
+- Trust: every start of a node gets a fresh publisher epoch (``nav.roster``), listed in
+  ``<ipc_dir>/roster.json`` before the child starts and removed the moment it exits, so
+  subscribers drop a stranger on its port (or the dead process's queued messages) until
+  the supervisor's own restart. Children get ``ORNAV_EPOCH``, ``ORNAV_ROSTER`` and
+  ``ORNAV_SUPERVISOR_PID``: they stop when the supervisor dies (``nav.node``). Start and
+  tick the supervisor from the main thread: Linux's parent-death signal fires when the
+  thread that forked a child exits.
 - Stop: reverse order; SIGINT, then SIGTERM, then SIGKILL, ``stop_grace_s`` apart.
 
-Node output: stdout carries only the READY line; stderr goes to ``<run_dir>/logs/<node>.log``.
+Files: the ipc directory must not be writable by others (it holds the roster); a dead
+node's ipc socket files in it are removed. Node output: stdout carries only the READY line;
+stderr goes to ``<run_dir>/logs/<node>.log`` (mode 0600; directories created 0700).
 """
 
 from __future__ import annotations
@@ -19,21 +34,29 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import re
 import signal
+import stat
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO
 
-from nav import bus
-from nav.launchfile import LaunchSpec, NodeSpec
+from nav import bus, roster
+from nav.launchfile import LaunchSpec, NodeSpec, bound_endpoints
 from nav.messages import Heartbeat, NavState, ToolStatus, TrackerFrame
-from nav.node import HEARTBEAT_TOPIC_PREFIX
+from nav.node import EXIT_BIND_FAILED, HEARTBEAT_TOPIC_PREFIX, SUPERVISOR_PID_ENV
 
 log = logging.getLogger(__name__)
+
+ROSTER_NAME = "roster.json"
+# What nav.node writes to stderr when a bind fails ("ornav: tracker: cannot bind X: why").
+_CANNOT_BIND = re.compile(r"cannot bind (\S+): (.+?)\s*$")
+_ADDR_SUFFIX = re.compile(r"\s*\(addr='[^']*'\)$")
 
 TICK_S = 0.1
 # Nodes multiply small matrices: BLAS worker threads only contend for the cores with the
@@ -46,6 +69,35 @@ class StartupError(RuntimeError):
     """A node could not be started; the message is one line for the user."""
 
 
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` and its missing parents with mode 0700; existing ones keep their mode."""
+    missing: list[Path] = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700, exist_ok=True)
+
+
+def open_private(path: Path, *, append: bool = False) -> int:
+    """Open ``path`` for writing as mode 0600 (also an existing file); returns the fd.
+
+    Missing parent directories are created 0700. Logs and summaries name a case and a
+    run: not for other users of the machine.
+    """
+    make_private_dir(path.parent)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    os.fchmod(fd, 0o600)  # an older file of that name may have been world-readable
+    return fd
+
+
+def write_private_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, mode 0600 (see ``open_private``)."""
+    with os.fdopen(open_private(path), "w", encoding="utf-8") as out:
+        out.write(text)
+
+
 @dataclass
 class NodeState:
     """What the supervisor knows of one node (a row of the status table)."""
@@ -55,6 +107,11 @@ class NodeState:
     pid: int | None = None
     exit_code: int | None = None
     restarts: int = 0
+    epoch: int | None = None  # on the roster while this process runs
+    reason: str = ""  # why it last died or was restarted, for the table and summary
+    bind_failure: str = ""  # the last "cannot bind" line, kept for the summary
+    watchdog_restarts: int = 0  # times the heartbeat watchdog stopped it
+    log_offset: int = 0  # where this process's lines start in its log
     t_started_ns: int | None = None
     restart_at_ns: int | None = None
     heartbeat: Heartbeat | None = None
@@ -96,6 +153,8 @@ class Supervisor:
         self.nav_state: NavState | None = None  # the newest, if a nav node runs
         self.t_nav_state_ns = 0  # when it arrived (monotonic)
         self.log_dir = launch.run_dir / "logs"
+        self.roster_path = (launch.ipc_dir / ROSTER_NAME).absolute()
+        self.epochs: dict[str, int] = {}  # node -> epoch of the process running now
         self._monitor: bus.LatestSubscriber | None = None
         self.t_start_ns = time.monotonic_ns()
         # Called with every state-change line after it is logged (tests collect them).
@@ -110,10 +169,22 @@ class Supervisor:
 
     def start(self) -> None:
         """Start every node in file order; StartupError (nodes already started are stopped)."""
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.launch.ipc_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.log_dir)
+        ipc_dir = self.launch.ipc_dir
+        make_private_dir(ipc_dir)
+        mode = ipc_dir.stat().st_mode
+        if mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise StartupError(
+                f"{self.launch.path}: ipc directory {ipc_dir} is writable by other users "
+                f"(mode {stat.S_IMODE(mode):o}): the roster of trusted publishers lives there"
+            )
+        self._write_roster()
         pubs = [spec.pub for spec in self.launch.nodes if spec.pub]
-        self._monitor = bus.LatestSubscriber(pubs, (HEARTBEAT_TOPIC_PREFIX, "pose/", "nav/state"))
+        self._monitor = bus.LatestSubscriber(
+            pubs,
+            (HEARTBEAT_TOPIC_PREFIX, "pose/", "nav/state"),
+            trust=roster.RosterTrust(self.roster_path),
+        )
         try:
             for node in self.nodes.values():
                 self._start_node(node)
@@ -122,22 +193,43 @@ class Supervisor:
             raise
 
     def _start_node(self, node: NodeState) -> None:
+        """Start one node and wait for READY; StartupError leaves it dead and off the roster."""
         spec = node.spec
+        if threading.current_thread() is not threading.main_thread():
+            log.warning("%s started off the main thread: PDEATHSIG may fire early", spec.name)
         node.state = "starting"
         node.stdout_lines = queue.Queue()
-        log_file = open(self.log_dir / node.log_path_name, "ab")  # noqa: SIM115 (child owns it)
+        node.bind_failure = ""
+        # The epoch is on the roster before the child can publish its first message.
+        node.epoch = roster.new_epoch()
+        self.epochs[spec.name] = node.epoch
+        self._write_roster()
+        env = {
+            **_NODE_ENV_DEFAULTS,
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            roster.EPOCH_ENV: str(node.epoch),
+            roster.ROSTER_ENV: str(self.roster_path),
+            SUPERVISOR_PID_ENV: str(os.getpid()),
+        }
+        log_fd = open_private(self.log_dir / node.log_path_name, append=True)
         try:
+            node.log_offset = os.fstat(log_fd).st_size
             node.process = subprocess.Popen(
                 [self.python, "-m", spec.module, "--spec-json", spec.to_json()],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
-                stderr=log_file,
+                stderr=log_fd,
                 text=True,
                 start_new_session=True,
-                env={**_NODE_ENV_DEFAULTS, **os.environ, "PYTHONUNBUFFERED": "1"},
+                env=env,
             )
+        except OSError as error:
+            self._forget(node)
+            node.state = "dead"
+            raise StartupError(f"{self.launch.path}: node {spec.name!r}: {error}") from None
         finally:
-            log_file.close()
+            os.close(log_fd)  # the child has its own copy
         assert node.process.stdout is not None
         threading.Thread(
             target=_pump_stdout, args=(node.process.stdout, node.stdout_lines), daemon=True
@@ -146,7 +238,14 @@ class Supervisor:
         node.exit_code = None
         node.heartbeat = None
         node.t_heartbeat_ns = None
-        self._wait_ready(node)
+        try:
+            self._wait_ready(node)
+        except StartupError:
+            if node.process.poll() is None:  # never ready: it must not linger
+                node.exit_code = self._terminate(node)
+            self._forget(node)
+            node.state = "dead"
+            raise
         node.state = "running"
         node.t_started_ns = time.monotonic_ns()
         self._event(f"{spec.name} ready (pid {node.pid})")
@@ -170,6 +269,9 @@ class Supervisor:
                 code = node.process.wait()
                 node.exit_code = code
                 node.state = "dead"
+                if code == EXIT_BIND_FAILED:
+                    node.bind_failure = self._bind_failure(node)
+                    raise StartupError(f"{self.launch.path}: {node.bind_failure}")
                 raise StartupError(
                     f"{self.launch.path}: node {spec.name!r} exited with code {code} before "
                     f"READY: {self.last_log_line(node)}"
@@ -178,14 +280,36 @@ class Supervisor:
                 return
             log.warning("%s wrote to stdout before READY: %s", spec.name, line[:200])
 
+    def _log_lines(self, node: NodeState) -> list[str] | None:
+        """The non-empty lines the node's current process wrote to its log; None: no log."""
+        try:
+            with (self.log_dir / node.log_path_name).open("rb") as log_file:
+                log_file.seek(node.log_offset)
+                text = log_file.read().decode(errors="replace")
+        except OSError:
+            return None
+        return [line for line in text.splitlines() if line.strip()]
+
     def last_log_line(self, node: NodeState) -> str:
         """The last non-empty line of a node's log (why it died, usually)."""
-        try:
-            lines = (self.log_dir / node.log_path_name).read_text(errors="replace").splitlines()
-        except OSError:
+        lines = self._log_lines(node)
+        if lines is None:
             return "(no log)"
-        lines = [line for line in lines if line.strip()]
         return lines[-1][-300:] if lines else "(empty log)"
+
+    def _bind_failure(self, node: NodeState) -> str:
+        """The one line for a node that exited with EXIT_BIND_FAILED, naming the endpoint."""
+        name = node.spec.name
+        for line in reversed(self._log_lines(node) or []):
+            match = _CANNOT_BIND.search(line)
+            if match:
+                endpoint = match.group(1)
+                # pyzmq's strerror repeats the endpoint: "... in use (addr='tcp://...')"
+                why = _ADDR_SUFFIX.sub("", match.group(2))[:200]
+                holder = " — another process holds it" if "in use" in why.lower() else ""
+                return f"{name}: cannot bind {endpoint}: {why}{holder}"
+        endpoints = ", ".join(bound_endpoints(node.spec).values()) or "its endpoints"
+        return f"{name}: cannot bind one of {endpoints} (exit code {EXIT_BIND_FAILED})"
 
     # --- watch --------------------------------------------------------------------------
 
@@ -225,60 +349,127 @@ class Supervisor:
                 try:
                     self._start_node(node)
                 except StartupError as error:
-                    self._event(f"{node.spec.name} restart failed: {error}", level=logging.WARNING)
-                    self._after_exit(node, node.exit_code if node.exit_code is not None else 1)
+                    if node.bind_failure:
+                        node.reason = node.bind_failure
+                        self._event(node.bind_failure, level=logging.ERROR)
+                    else:
+                        node.reason = f"restart failed: {error}"
+                        self._event(
+                            f"{node.spec.name} restart failed: {error}", level=logging.WARNING
+                        )
+                    failed = node.exit_code if node.exit_code is not None else 1
+                    self._after_exit(node, failed, explained=True)
             return
         if node.state != "running" or node.process is None:
             return
         code = node.process.poll()
-        if code is None:
+        if code is not None:
+            self._after_exit(node, code)
             return
-        self._after_exit(node, code)
+        self._watchdog(node, now_ns)
 
-    def _after_exit(self, node: NodeState, code: int) -> None:
+    def _watchdog(self, node: NodeState, now_ns: int) -> None:
+        """Stop and restart (by policy) a node whose last heartbeat is older than its limit."""
+        if node.t_heartbeat_ns is None:  # none yet: a node may take a while to its first
+            return
+        spec = node.spec
+        age_s = (now_ns - node.t_heartbeat_ns) / 1e9
+        if age_s <= spec.heartbeat_timeout_s:
+            return
+        limit_s = spec.heartbeat_timeout_s
+        limit = f"{limit_s:.1f}" if round(limit_s, 1) == limit_s else f"{limit_s:g}"
+        reason = f"no heartbeat for {age_s:.1f} s (limit {limit} s)"
+        action = "restarting" if self._may_restart(node) else "stopping it, no restart left"
+        self._event(f"{spec.name}: {reason}: {action}", level=logging.WARNING)
+        node.reason = reason
+        node.watchdog_restarts += 1
+        self._after_exit(node, self._terminate(node), explained=True)
+
+    def _may_restart(self, node: NodeState) -> bool:
+        policy = node.spec.restart
+        return policy.policy == "on-failure" and node.restarts < policy.limit
+
+    def _after_exit(self, node: NodeState, code: int, *, explained: bool = False) -> None:
+        """Record an exit; ``explained``: the reason is already logged, and it is a failure."""
         spec = node.spec
         node.exit_code = code
-        if code == 0:
+        self._forget(node)
+        if code == 0 and not explained:
             node.state = "exited"
             self._event(f"{spec.name} exited with code 0")
             return
         node.state = "dead"
-        why = f"killed by {signal.Signals(-code).name}" if code < 0 else self.last_log_line(node)
-        self._event(f"{spec.name} died with exit code {code}: {why}", level=logging.WARNING)
-        policy = spec.restart
-        if policy.policy == "on-failure" and node.restarts < policy.limit:
+        if explained:
+            pass
+        elif code == EXIT_BIND_FAILED:
+            node.bind_failure = node.reason = self._bind_failure(node)
+            self._event(node.bind_failure, level=logging.ERROR)
+        else:
+            why = (
+                f"killed by {signal.Signals(-code).name}" if code < 0 else self.last_log_line(node)
+            )
+            node.reason = f"died with exit code {code}: {why}"
+            self._event(f"{spec.name} died with exit code {code}: {why}", level=logging.WARNING)
+        if self._may_restart(node):
             node.state = "restarting"
-            node.restart_at_ns = time.monotonic_ns() + int(policy.delay_s * 1e9)
+            node.restart_at_ns = time.monotonic_ns() + int(spec.restart.delay_s * 1e9)
+
+    def _forget(self, node: NodeState) -> None:
+        """Its process is gone: take its epoch off the roster and remove its ipc sockets."""
+        if self.epochs.pop(node.spec.name, None) is not None:
+            self._write_roster()
+        node.epoch = None
+        ipc_dir = self.launch.ipc_dir.resolve()
+        for endpoint in bound_endpoints(node.spec).values():
+            if not endpoint.startswith("ipc://"):
+                continue
+            path = Path(endpoint[len("ipc://") :])
+            try:
+                # Only sockets in this run's own directory: a path elsewhere may be another's.
+                if path.resolve().parent == ipc_dir and path.is_socket():
+                    path.unlink()
+            except OSError as error:
+                log.debug("cannot remove %s: %s", path, error)
+
+    def _write_roster(self) -> None:
+        roster.write_roster(self.roster_path, self.epochs)
 
     # --- stop ---------------------------------------------------------------------------
 
     def stop(self) -> None:
         """Stop every live node in reverse order: SIGINT, SIGTERM, SIGKILL, grace apart."""
-        grace_s = self.launch.stop_grace_s
         for node in reversed(list(self.nodes.values())):
             process = node.process
             if process is None or process.poll() is not None:
                 if node.state == "restarting":
                     node.state = "dead"
+                if process is not None:
+                    self._forget(node)
                 continue
-            code: int | None = None
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-                try:
-                    process.send_signal(sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    code = process.wait(timeout=grace_s)
-                    break
-                except subprocess.TimeoutExpired:
-                    if sig != signal.SIGKILL:
-                        log.warning("%s ignored %s; escalating", node.spec.name, sig.name)
-            node.exit_code = code if code is not None else process.wait()
+            node.exit_code = self._terminate(node)
             node.state = "stopped"
+            self._forget(node)
             self._event(f"{node.spec.name} stopped (exit code {node.exit_code})")
         if self._monitor is not None:
             self._monitor.close()
             self._monitor = None
+
+    def _terminate(self, node: NodeState) -> int:
+        """SIGINT, then SIGTERM, then SIGKILL, ``stop_grace_s`` apart; the exit code."""
+        process = node.process
+        assert process is not None
+        grace_s = self.launch.stop_grace_s
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+            try:
+                process.send_signal(sig)
+            except ProcessLookupError:
+                break
+            try:
+                return process.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                if sig != signal.SIGKILL:
+                    log.warning("%s ignored %s; escalating", node.spec.name, sig.name)
+        return process.wait()
 
     def all_running(self) -> bool:
         return all(node.state == "running" for node in self.nodes.values())

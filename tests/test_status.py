@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from rich.console import Console
 
 from nav.status import NodeRow, StackStatus, ToolRow, render, summary
@@ -67,3 +69,26 @@ def test_fixed_rate_schedule_keeps_its_grid_and_skips_ahead_only_when_far_behind
     assert advance_schedule(0, period_ns=period, now_ns=3 * period) == (period, False)
     next_ns, overrun = advance_schedule(0, period_ns=period, now_ns=20 * period + 400)
     assert overrun and next_ns % period == 0 and 15 * period <= next_ns <= 20 * period
+
+
+def test_a_bind_failure_is_one_red_line_and_in_the_summary() -> None:
+    line = "tracker: cannot bind tcp://127.0.0.1:5555: Address already in use — another ..."
+    status = _status(pose_age_ms=5.0, state="dead", exit_code=3)
+    row = replace(status.nodes[0], bind_failure=line, reason=line)
+    failed = replace(status, nodes=(row,))
+    console = Console(record=True, width=200)
+    console.print(render(failed))
+    assert line in console.export_text()
+    assert summary(failed)["bind_failures"] == [line]
+    assert summary(failed)["nodes"]["tracker"]["bind_failure"] == line
+
+
+def test_a_watchdog_restart_shows_its_reason_while_the_node_runs_again() -> None:
+    status = _status(pose_age_ms=5.0)
+    row = replace(
+        status.nodes[0], reason="no heartbeat for 2.1 s (limit 2.0 s)", watchdog_restarts=1
+    )
+    restarted = replace(status, nodes=(row,))
+    assert "tracker: no heartbeat for 2.1 s (limit 2.0 s) (restarted 1x)" in _text(restarted)
+    assert summary(restarted)["watchdog_restarts"] == 1
+    assert "no heartbeat" not in _text(status)
