@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import signal
 import sys
 import tempfile
@@ -25,9 +26,9 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from nav import status as stack_status
-from nav.launchfile import LaunchError, load
+from nav.launchfile import LaunchError, LaunchSpec, load
 from nav.recording import RecordingError, inspect_recording
-from nav.supervisor import StartupError, Supervisor
+from nav.supervisor import StartupError, Supervisor, write_private_text
 from tracking.plus_sequence import is_plus_path
 
 log = logging.getLogger("ornav")
@@ -46,11 +47,20 @@ def _default_run_dir(stack: str) -> Path:
 def cmd_launch(args: argparse.Namespace) -> int:
     launch_path = Path(args.launch_file)
     run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(launch_path.stem)
-    ipc_dir = Path(tempfile.mkdtemp(prefix="ornav-"))  # short: Unix socket paths <= 107 bytes
-    launch = load(launch_path, run_dir=run_dir.resolve(), ipc_dir=ipc_dir)
     if args.duration is not None and args.duration <= 0:
         raise UserError(f"--duration must be > 0, got {args.duration}")
+    # Short (Unix socket paths <= 107 bytes) and 0700; it holds the sockets and the roster
+    # of this run only, so it goes on every way out: refused, Ctrl-C, a crash, the end.
+    ipc_dir = Path(tempfile.mkdtemp(prefix="ornav-"))
+    try:
+        launch = load(launch_path, run_dir=run_dir.resolve(), ipc_dir=ipc_dir)
+        return _run_stack(launch, args)
+    finally:
+        shutil.rmtree(ipc_dir, ignore_errors=True)
 
+
+def _run_stack(launch: LaunchSpec, args: argparse.Namespace) -> int:
+    """Start, watch and stop ``launch``; the summary is written even if a node never started."""
     # Off a terminal (CI, logs) the final table goes to stderr at a width that fits it.
     console = Console(stderr=not sys.stdout.isatty(), width=None if sys.stdout.isatty() else 110)
     show_live = sys.stdout.isatty() and not args.no_table
@@ -73,13 +83,18 @@ def cmd_launch(args: argparse.Namespace) -> int:
         "starting %s (%d nodes), run dir %s, ipc sockets in %s",
         launch.path,
         len(launch.nodes),
-        run_dir,
-        ipc_dir,
+        launch.run_dir,
+        launch.ipc_dir,
     )
-    supervisor.start()
     deadline = time.monotonic() + args.duration if args.duration is not None else None
     live = Live(console=console, refresh_per_second=4, transient=False) if show_live else None
+    startup_error = ""
     try:
+        try:
+            supervisor.start()
+        except StartupError as error:  # start() has stopped what it started
+            startup_error = str(error)
+            raise
         if live is not None:
             live.start()
         while not stop_requested and (deadline is None or time.monotonic() < deadline):
@@ -90,24 +105,25 @@ def cmd_launch(args: argparse.Namespace) -> int:
                 )
     finally:
         final = stack_status.snapshot(supervisor, time.monotonic_ns())
-        healthy = supervisor.all_running()
+        healthy = not startup_error and supervisor.all_running()
         if live is not None:
             live.update(stack_status.render(final))
             live.stop()
         if stop_requested:
             log.info("%s received: stopping", stop_requested[0])
         supervisor.stop()
+        if args.summary:
+            report = stack_status.summary(final)
+            for name, node in supervisor.nodes.items():
+                report["nodes"][name]["final_state"] = node.state
+                report["nodes"][name]["exit_code"] = node.exit_code
+            report["healthy"] = healthy
+            if startup_error:
+                report["startup_error"] = startup_error
+            write_private_text(Path(args.summary), json.dumps(report, indent=2) + "\n")
+            log.info("summary written to %s", args.summary)
     if live is None and not args.no_table:
         console.print(stack_status.render(final))
-    if args.summary:
-        report = stack_status.summary(final)
-        for name, node in supervisor.nodes.items():
-            report["nodes"][name]["final_state"] = node.state
-            report["nodes"][name]["exit_code"] = node.exit_code
-        report["healthy"] = healthy
-        Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.summary).write_text(json.dumps(report, indent=2) + "\n")
-        log.info("summary written to %s", args.summary)
     return 0 if healthy else 1
 
 

@@ -80,11 +80,14 @@ from nav.sim_registration import (
     ScriptedRegistrationError,
     SimRegistration,
 )
-from nav.supervisor import Supervisor
+from nav.supervisor import Supervisor, write_private_text
 from nav.transforms import apply
 
 log = logging.getLogger("ornav.demo")
 
+# The shipped stack, found next to the nav package (the repository or the install), not in
+# the current directory: `ornav demo` run from elsewhere must not read another sim.toml.
+DEFAULT_LAUNCH_FILE = Path(__file__).resolve().parent.parent / "launch" / "sim.toml"
 SNAPSHOT_NAME = "snapshot.png"
 HEADSET_SUMMARY_NAME = "headset.json"
 HEADSET_LOG_NAME = "headset.log"
@@ -668,26 +671,28 @@ def _node_report(supervisor: Supervisor, running: Iterable[str]) -> dict[str, di
 def cmd_demo(args: argparse.Namespace) -> int:
     launch_path = Path(args.launch)
     run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir()
-    ipc_dir = Path(tempfile.mkdtemp(prefix="ornav-"))  # short: Unix socket paths <= 107 bytes
+    # Short (Unix socket paths <= 107 bytes) and 0700; removed on every way out.
+    ipc_dir = Path(tempfile.mkdtemp(prefix="ornav-"))
     try:
-        stack = demo_stack(load(launch_path, run_dir=run_dir.resolve(), ipc_dir=ipc_dir))
-        plan = plan_scenario(args.duration, fiducials_available=len(stack.case.fiducials))
-    except (LaunchError, UserError):  # one line from cli.main; nothing was started
-        ipc_dir.rmdir()
-        raise
-    except ValueError as error:  # the plan: a duration too short for the scenario
-        ipc_dir.rmdir()
-        raise UserError(str(error)) from None
-    stale = previous_outputs(stack)
-    if stale:
-        log.info(
-            "clearing the previous demo's outputs in %s: %s",
-            run_dir,
-            ", ".join(str(p.relative_to(stack.launch.run_dir.resolve())) for p in stale),
-        )
-        for path in stale:
-            path.unlink()
-    return DemoRun(stack=stack, plan=plan, args=args).run()
+        try:
+            stack = demo_stack(load(launch_path, run_dir=run_dir.resolve(), ipc_dir=ipc_dir))
+            plan = plan_scenario(args.duration, fiducials_available=len(stack.case.fiducials))
+        except LaunchError:  # one line from cli.main; nothing was started
+            raise
+        except ValueError as error:  # the plan: a duration too short for the scenario
+            raise UserError(str(error)) from None
+        stale = previous_outputs(stack)
+        if stale:
+            log.info(
+                "clearing the previous demo's outputs in %s: %s",
+                run_dir,
+                ", ".join(str(p.relative_to(stack.launch.run_dir.resolve())) for p in stale),
+            )
+            for path in stale:
+                path.unlink()
+        return DemoRun(stack=stack, plan=plan, args=args).run()
+    finally:
+        shutil.rmtree(ipc_dir, ignore_errors=True)  # the sockets and roster of this run only
 
 
 class DemoRun:
@@ -873,8 +878,7 @@ class DemoRun:
         summary["launch_file"] = str(self.stack.launch.path)
         self.console.print(summary_table(summary))
         if self.summary_path is not None:
-            self.summary_path.parent.mkdir(parents=True, exist_ok=True)
-            self.summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+            write_private_text(self.summary_path, json.dumps(summary, indent=2) + "\n")
             log.info("summary written to %s", self.summary_path)
         if self.stop_requested:
             return 130
@@ -895,7 +899,9 @@ def add_demo_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
     parser.add_argument("--run-dir", help="logs, recording, snapshot (default runs/demo-<time>)")
     parser.add_argument("--summary", help="write the summary as JSON here")
     parser.add_argument(
-        "--launch", default="launch/sim.toml", help="the stack to run (default %(default)s)"
+        "--launch",
+        default=str(DEFAULT_LAUNCH_FILE),
+        help="the stack to run (default: the shipped %(default)s)",
     )
     parser.add_argument(
         "--no-progress", action="store_true", help="no live display: one log line per phase"
