@@ -86,7 +86,6 @@ def _run_stack(launch: LaunchSpec, args: argparse.Namespace) -> int:
         launch.run_dir,
         launch.ipc_dir,
     )
-    deadline = time.monotonic() + args.duration if args.duration is not None else None
     live = Live(console=console, refresh_per_second=4, transient=False) if show_live else None
     startup_error = ""
     try:
@@ -95,6 +94,8 @@ def _run_stack(launch: LaunchSpec, args: argparse.Namespace) -> int:
         except StartupError as error:  # start() has stopped what it started
             startup_error = str(error)
             raise
+        # --duration counts from a running stack, not from the first start.
+        deadline = time.monotonic() + args.duration if args.duration is not None else None
         if live is not None:
             live.start()
         while not stop_requested and (deadline is None or time.monotonic() < deadline):
