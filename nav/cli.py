@@ -229,6 +229,7 @@ def run_playback(
         stop.set()
         worker.join(5.0)
         client.close()
+        shutil.rmtree(ipc_dir, ignore_errors=True)  # only this run's control socket
     return result[0] if result else 1
 
 

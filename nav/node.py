@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -235,20 +236,50 @@ def node_main(
 ) -> int:
     """Parse arguments, build the config, install signal handlers, run, map errors to codes."""
     args = _parse_args(argv, description)
+    made_run_dir: Path | None = None
     try:
-        if args.spec_json:
-            spec = NodeSpec.from_json(args.spec_json)
-        else:
-            run_dir = args.run_dir or tempfile.mkdtemp(prefix="ornav-")
-            spec = load(args.launch, run_dir=run_dir, check_modules=False).node(args.node)
-        cfg = node_config(spec)
-    except (LaunchError, ConfigError, KeyError, ValueError) as error:
-        print(f"ornav: {error}", file=sys.stderr)
-        return 2
+        try:
+            if args.spec_json:
+                spec = NodeSpec.from_json(args.spec_json)
+            else:
+                if not args.run_dir:
+                    made_run_dir = Path(tempfile.mkdtemp(prefix="ornav-"))
+                run_dir = args.run_dir or str(made_run_dir)
+                spec = load(args.launch, run_dir=run_dir, check_modules=False).node(args.node)
+            cfg = node_config(spec)
+        except (LaunchError, ConfigError, KeyError, ValueError) as error:
+            print(f"ornav: {error}", file=sys.stderr)
+            return 2
+        return _run_node(run, cfg, spec, args.log_level)
+    finally:
+        if made_run_dir is not None:
+            _remove_if_empty(made_run_dir)
+
+
+def _remove_if_empty(run_dir: Path) -> None:
+    """Remove a run directory this process made, unless it holds outputs (kept, and said).
+
+    Its ipc socket files are this node's own endpoints, dead once it stops: removed first.
+    """
+    for entry in run_dir.iterdir():
+        if entry.is_socket():
+            entry.unlink(missing_ok=True)
+    try:
+        run_dir.rmdir()
+    except OSError:
+        print(f"ornav: outputs kept in {run_dir}", file=sys.stderr)
+
+
+def _run_node(
+    run: Callable[[Any, NodeSpec, threading.Event], int],
+    cfg: Any,
+    spec: NodeSpec,
+    log_level: str,
+) -> int:
     # Under `python -m` a node module's logger is "__main__": name the node instead.
     logging.basicConfig(
         stream=sys.stderr,
-        level=args.log_level.upper(),
+        level=log_level.upper(),
         format=f"%(asctime)s %(levelname)s {spec.name}[%(process)d] %(name)s: %(message)s",
     )
 

@@ -65,7 +65,7 @@ def test_inspect_prints_topics_counts_and_rates(demo_run: Path) -> None:
 
 @pytest.mark.slow
 def test_replay_command_republishes_the_recording_byte_for_byte(
-    demo_run: Path, ipc_dir: Path
+    demo_run: Path, ipc_dir: Path, tmp_path: Path
 ) -> None:
     recording = demo_run / "session.mcap"
     expected = [m.payload for m in iter_recording(recording) if m.topic == "pose/sim"]
@@ -80,6 +80,7 @@ def test_replay_command_republishes_the_recording_byte_for_byte(
         stderr=subprocess.PIPE,
         text=True,
         cwd=REPO,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
     )  # fmt: skip
     received: list[bytes] = []
     try:
@@ -98,6 +99,29 @@ def test_replay_command_republishes_the_recording_byte_for_byte(
         return encode(envelope.message, seq=envelope.seq, t_pub_ns=envelope.t_pub_ns)
 
     assert [unstamped(p) for p in received] == [unstamped(p) for p in expected]
+    assert list(tmp_path.glob("ornav-*")) == []  # its control socket's directory is gone
+
+
+def test_a_node_run_by_hand_leaves_no_empty_temp_run_dir(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tracking.sim_node", "--launch", "launch/sim.toml",
+         "--node", "tracker"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().startswith("READY tracker ")
+        assert len(list(tmp_path.glob("ornav-*"))) == 1  # its {run_dir}, while it runs
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert list(tmp_path.glob("ornav-*")) == []
 
 
 def test_replay_of_a_file_that_is_not_mcap_is_one_line(tmp_path: Path) -> None:
