@@ -585,13 +585,28 @@ class RegistrationResult:
     """A registration event, published reliably on ``nav/registration``.
 
     ``state``: "proposed" (computed, awaiting accept), "accepted", "rejected", or "restored"
-    (reloaded from disk at start; ``needs_verification`` until confirmed).
+    (reloaded from disk at start; ``needs_verification`` until confirmed). ``method``:
+    "points" (fiducials) or "surface" (a traced organ surface).
     ``T_reference_from_image`` (4, 4) maps the case model into the patient reference frame.
     ``fiducial_errors_mm`` (N,) per fiducial; ``fre_mm`` their RMS. For ``method``
     "surface" they are each traced point's distance to the organ surface and their RMS
     over the inliers (not an FRE: a surface fit has no paired points). ``predicted_tre_mm``
     (T,) at the case targets (FW&M 1998 eq. 46): the accuracy figure to show.
     ``true_tre_mm`` (T,) against a known ground truth (simulation), NaN when none.
+
+    The facts a consumer needs so it never re-derives them (a headset's confidence
+    colours are the same eq. 46 as ``predicted_tre_mm``):
+
+    - ``fle_mm``: the FLE (RMS, mm) ``predicted_tre_mm`` was computed with (for "surface",
+      the point noise it was scaled by); NaN: unknown.
+    - ``fiducial_labels`` (N,): the case fiducials used, aligned with
+      ``fiducial_errors_mm`` (a registration may use any subset, in any order); empty for
+      "surface" or when unknown.
+    - ``case_id``: the content id of the case registered (``nav.navigation.case_id``, 64
+      hex); "" when unknown. A consumer must not draw another case's models under it.
+
+    The three are optional on decode: payloads recorded before them read as NaN, () and
+    "" (unknown), so a consumer falls back to what it can vouch for.
     """
 
     TYPE: ClassVar[str] = "RegistrationResult"
@@ -605,8 +620,12 @@ class RegistrationResult:
     target_names: tuple[str, ...]
     predicted_tre_mm: FloatArray
     true_tre_mm: FloatArray
+    fle_mm: float = math.nan
+    fiducial_labels: tuple[str, ...] = ()
+    case_id: str = ""
 
     STATES: ClassVar[frozenset[str]] = frozenset({"proposed", "accepted", "rejected", "restored"})
+    MAX_LABEL_LEN: ClassVar[int] = 64
 
     def to_body(self) -> dict[str, Any]:
         return {
@@ -622,6 +641,9 @@ class RegistrationResult:
             "target_names": list(self.target_names),
             "predicted_tre_mm": encode_array(np.asarray(self.predicted_tre_mm, np.float64)),
             "true_tre_mm": encode_array(np.asarray(self.true_tre_mm, np.float64)),
+            "fle_mm": float(self.fle_mm),
+            "fiducial_labels": list(self.fiducial_labels),
+            "case_id": self.case_id,
         }
 
     @classmethod
@@ -635,6 +657,14 @@ class RegistrationResult:
             raise MessageError("invalid", "T_reference_from_image is not rigid")
         targets = _names(body, "target_names")
         n_targets = (len(targets),)
+        errors = decode_array(body, "fiducial_errors_mm", dtype="<f8", shape=(None,))
+        fle_mm = float(_get(body, "fle_mm", (int, float))) if "fle_mm" in body else math.nan
+        if math.isinf(fle_mm) or fle_mm < 0:
+            raise MessageError("invalid", f"fle_mm {fle_mm} is not NaN or >= 0")
+        labels = cls._labels(body, len(errors))
+        case_id = _get(body, "case_id", str) if "case_id" in body else ""
+        if case_id and not _SHA256.fullmatch(case_id):
+            raise MessageError("invalid", f"case_id {case_id[:80]!r} is not 64 hex digits")
         return cls(
             registration_id=_time_ns(body, "registration_id"),
             state=state,
@@ -642,13 +672,32 @@ class RegistrationResult:
             needs_verification=_get(body, "needs_verification", bool),
             T_reference_from_image=T,
             fre_mm=_finite_float(body, "fre_mm"),
-            fiducial_errors_mm=decode_array(body, "fiducial_errors_mm", dtype="<f8", shape=(None,)),
+            fiducial_errors_mm=errors,
             target_names=targets,
             predicted_tre_mm=decode_array(body, "predicted_tre_mm", dtype="<f8", shape=n_targets),
             true_tre_mm=decode_array(
                 body, "true_tre_mm", dtype="<f8", shape=n_targets, allow_nan=True
             ),
+            fle_mm=fle_mm,
+            fiducial_labels=labels,
+            case_id=case_id,
         )
+
+    @classmethod
+    def _labels(cls, body: Mapping[str, Any], n_errors: int) -> tuple[str, ...]:
+        # Case markups labels are free text (Slicer writes "F-1", a user "Fiducial #1"):
+        # printable, not empty, bounded; none, or one per fiducial error.
+        raw = _get(body, "fiducial_labels", list) if "fiducial_labels" in body else []
+        if raw and len(raw) != n_errors:
+            raise MessageError(
+                "invalid", f"{len(raw)} fiducial_labels for {n_errors} fiducial errors"
+            )
+        for label in raw:
+            if not (
+                type(label) is str and 0 < len(label) <= cls.MAX_LABEL_LEN and label.isprintable()
+            ):
+                raise MessageError("invalid", f"fiducial label {str(label)[:80]!r} is not valid")
+        return tuple(raw)
 
 
 # --- headset protocol (docs/headset-protocol.md) -------------------------------------

@@ -8,7 +8,9 @@ Publishes:
   stale, so a consumer sees STALE (or REFERENCE_LOST / UNREGISTERED, whichever applies
   first, see ``nav/navigation.py``) within ``stale_after_ms`` + ~1 ms of the last frame;
 - ``nav/registration`` (``RegistrationResult``): on every registration event (proposed,
-  accepted, rejected, restored, verified), and the bus being PUB/SUB, "reliable" here
+  accepted, rejected, restored, verified), with the facts a consumer must not re-derive:
+  the FLE its predicted TRE used, the labels of the fiducials used, and the case id
+  (``navigation.case_id``). The bus being PUB/SUB, "reliable" here
   means re-published: every ``REGISTRATION_REPUBLISH_S`` the node publishes the active
   registration again, then the pending proposal if any, so a late joiner has both within
   a second. Consumers key on ``registration_id`` and ``state``;
@@ -69,7 +71,8 @@ Control (each reply is ``ok`` with a result, or a one-line error):
 - ``case.load`` {path}: load another case (blocks the loop while its meshes are read);
   drops every registration, then restores ``registration_file`` if it is for that case.
 
-Start-up: when ``registration_file`` exists and holds a registration of this case, it is
+Start-up: when ``registration_file`` exists and holds a registration of this case (its
+name and targets, and its case id and fiducial labels where the file records them), it is
 restored as "restored" with ``needs_verification`` (the patient or the reference may
 have moved while the node was down) until ``registration.verify``. A corrupt or foreign
 file is logged and ignored: the node starts unregistered.
@@ -249,6 +252,7 @@ def _summary(registration: Registration | None) -> JsonValue:
     errors = registration.fiducial_errors_mm
     if registration.method == "points":
         summary["fiducial_errors_mm"] = [float(e) for e in errors]
+        summary["fiducial_labels"] = list(registration.fiducial_labels)
     else:
         # One residual per traced point (thousands): the message and the file carry them
         # all; a reply (and a status poll) carries their distribution.
@@ -460,6 +464,7 @@ class _Navigator:
         proposal = register_fiducials(
             p_image_fiducials=self.case.fiducials.points_lps[:k],
             p_reference_fiducials=p_reference,
+            fiducial_labels=self.case.fiducials.labels[:k],
             geometry=self.geometry,
             fle_mm=self.cfg.fle_mm,
             registration_id=self._new_id(),
@@ -664,6 +669,7 @@ class _Navigator:
             ok=True,
             result={
                 "case": self.case.name,
+                "case_id": self.geometry.case_id,
                 "collecting": collector is not None,
                 "method": (
                     None
@@ -686,12 +692,18 @@ class _Navigator:
             raise ValueError("'path' must name a case folder")
         case = load_case(path)  # CaseError (a ValueError): a reply error, nothing changes
         self._set_case(case)
-        log.info("case %r loaded from %s; registration cleared", case.name, path)
+        log.info(
+            "case %r (id %s) loaded from %s; registration cleared",
+            case.name,
+            self.geometry.case_id[:12],
+            path,
+        )
         self.restore()
         return Reply(
             ok=True,
             result={
                 "case": case.name,
+                "case_id": self.geometry.case_id,
                 "fiducials": list(case.fiducials.labels),
                 "targets": list(case.targets.labels),
                 "critical": list(self.geometry.critical_names),
@@ -715,6 +727,18 @@ class _Navigator:
                 )
             if stored.registration.target_names != self.geometry.target_names:
                 raise RegistrationFileError(path, "its targets are not this case's targets")
+            stored_id = stored.registration.case_id
+            if stored_id and stored_id != self.geometry.case_id:
+                raise RegistrationFileError(
+                    path,
+                    f"case {stored.case_name!r} has changed since it was registered "
+                    f"(case id {stored_id[:12]}..., now {self.geometry.case_id[:12]}...)",
+                )
+            unknown = set(stored.registration.fiducial_labels) - set(self.case.fiducials.labels)
+            if unknown:
+                raise RegistrationFileError(
+                    path, f"fiducial {sorted(unknown)[0]!r} is not one of this case's"
+                )
         except RegistrationFileError as error:
             self.counters["registration_file_refused"] += 1
             log.warning("registration file ignored, starting unregistered: %s", error)
@@ -723,7 +747,9 @@ class _Navigator:
         truth = true_tre_mm(
             restored.T_reference_from_image, self.truth, self.geometry.p_image_targets
         )
-        self.active = replace(restored, true_tre_mm=truth)
+        # A file from before case ids was checked by name and targets: from here on it
+        # travels as a registration of this case.
+        self.active = replace(restored, true_tre_mm=truth, case_id=self.geometry.case_id)
         self._last_id = max(self._last_id, restored.registration_id)
         self._emit(self.active)
         log.info(

@@ -39,7 +39,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import math
+import re
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -70,6 +72,7 @@ _IDENTITY = np.eye(4)
 _IDENTITY.setflags(write=False)
 _NAN3 = np.full(3, np.nan)
 _NAN3.setflags(write=False)
+_CASE_ID = re.compile(r"[0-9a-f]{64}")
 
 
 def _frozen(a: npt.ArrayLike, shape: tuple[int | None, ...], name: str) -> FloatArray:
@@ -86,10 +89,41 @@ def _frozen(a: npt.ArrayLike, shape: tuple[int | None, ...], name: str) -> Float
 # --- the case's geometry, prepared once -------------------------------------------------
 
 
+def case_id(case: Case) -> str:
+    """The content id of ``case`` (64 hex): SHA-256 of what registration and navigation use.
+
+    It covers the case name, each structure's name, role, critical flag, vertices and
+    triangles (``image`` frame, as loaded), and the fiducials and targets (labels and LPS
+    points), each length-prefixed. So two loads of the same files give the same id
+    wherever they are read (the nav and render nodes each load their ``case`` folder), and
+    any change to a mesh or a markup gives another: a registration carries it
+    (``RegistrationResult.case_id``) and the render node draws no other case's models
+    under it. Colours and opacity are left out: they change how a model looks, not where.
+    Reading the same files with another trimesh version could merge vertices differently
+    and so change the id: a mismatch is then refused, never drawn.
+    """
+    digest = hashlib.sha256()
+
+    def add(data: bytes) -> None:
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+
+    add(case.name.encode())
+    for structure in case.structures:
+        add(f"{structure.name}\0{structure.role}\0{int(structure.critical)}".encode())
+        add(np.ascontiguousarray(structure.mesh.vertices, dtype="<f8").tobytes())
+        add(np.ascontiguousarray(structure.mesh.faces, dtype="<i8").tobytes())
+    for markups in (case.fiducials, case.targets):
+        add("\0".join(markups.labels).encode())
+        add(np.ascontiguousarray(markups.points_lps, dtype="<f8").tobytes())
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True, eq=False)
 class CaseGeometry:
     """What navigation measures against, in the ``image`` frame (LPS, mm), built once per case.
 
+    ``case_id``: :func:`case_id` of the case.
     ``p_image_targets`` (T, 3) aligns with ``target_names``; ``critical_names`` (C) are the
     case's critical structures, each with an Open3D ``RaycastingScene`` (a BVH over its
     triangles) for the tip-to-surface distance. Open3D works in float32: coordinates of a
@@ -99,6 +133,7 @@ class CaseGeometry:
     """
 
     case_name: str
+    case_id: str
     target_names: tuple[str, ...]
     p_image_targets: Points
     critical_names: tuple[str, ...]
@@ -128,6 +163,7 @@ class CaseGeometry:
             scenes.append(scene)
         return cls(
             case_name=case.name,
+            case_id=case_id(case),
             target_names=case.targets.labels,
             p_image_targets=_frozen(case.targets.points_lps, (None, 3), "targets"),
             critical_names=tuple(s.name for s in case.critical_structures),
@@ -181,6 +217,9 @@ class Registration:
     ``registration_id``: unique per registration (the node uses wall-clock ns).
     ``method``: "points" (fiducials) or "surface"; for "surface" the "fiducial" fields are
     the traced points' residuals and their RMS (see :func:`register_organ_surface`).
+    ``fiducial_labels`` (N,): the case fiducials used, aligned with ``fiducial_errors_mm``;
+    empty for "surface", or unknown (a file written before they were stored).
+    ``case_id``: :func:`case_id` of the case registered, "" unknown.
     """
 
     registration_id: int
@@ -194,6 +233,8 @@ class Registration:
     predicted_tre_mm: FloatArray
     true_tre_mm: FloatArray
     needs_verification: bool = False
+    fiducial_labels: tuple[str, ...] = ()
+    case_id: str = ""
 
     def __post_init__(self) -> None:
         if self.state not in REGISTRATION_STATES:
@@ -221,6 +262,14 @@ class Registration:
             np.isfinite(self.predicted_tre_mm)
         ):
             raise ValueError("fiducial errors and predicted TRE must be finite")
+        labels = tuple(self.fiducial_labels)
+        if labels and len(labels) != len(self.fiducial_errors_mm):
+            raise ValueError(
+                f"{len(labels)} fiducial labels for {len(self.fiducial_errors_mm)} fiducial errors"
+            )
+        object.__setattr__(self, "fiducial_labels", labels)
+        if self.case_id and not _CASE_ID.fullmatch(self.case_id):
+            raise ValueError(f"case_id {self.case_id[:80]!r} is not 64 hex digits")
 
     @property
     def active(self) -> bool:
@@ -255,6 +304,9 @@ class Registration:
             target_names=self.target_names,
             predicted_tre_mm=self.predicted_tre_mm,
             true_tre_mm=self.true_tre_mm,
+            fle_mm=self.fle_mm,
+            fiducial_labels=self.fiducial_labels,
+            case_id=self.case_id,
         )
 
 
@@ -277,6 +329,7 @@ def register_fiducials(
     *,
     p_image_fiducials: npt.ArrayLike,
     p_reference_fiducials: npt.ArrayLike,
+    fiducial_labels: Sequence[str],
     geometry: CaseGeometry,
     fle_mm: float,
     registration_id: int,
@@ -285,10 +338,16 @@ def register_fiducials(
     """Paired-point registration of the case fiducials to their measured positions: "proposed".
 
     ``p_image_fiducials`` (N, 3) from the case, ``p_reference_fiducials`` (N, 3) the same
-    fiducials touched with the pointer, in the reference frame (mm). Predicted TRE at the
-    case targets with ``fle_mm`` (FW&M 1998 eq. 46); true TRE when a ground truth is given.
-    Raises ``RegistrationError`` (a ValueError) for too few, collinear or mismatched points.
+    fiducials touched with the pointer, in the reference frame (mm); ``fiducial_labels``
+    (N,) their case labels, carried with the result so a consumer finds their positions.
+    Predicted TRE at the case targets with ``fle_mm`` (FW&M 1998 eq. 46), which the result
+    carries too; true TRE when a ground truth is given. Raises ``RegistrationError`` (a
+    ValueError) for too few, collinear or mismatched points, ValueError for a label count
+    that is not N.
     """
+    labels = tuple(fiducial_labels)
+    if len(labels) != len(np.asarray(p_reference_fiducials).reshape(-1, 3)):
+        raise ValueError(f"{len(labels)} fiducial labels for the fiducials given")
     result = register_paired_points(p_image_fiducials, p_reference_fiducials, fle_mm=fle_mm)
     targets = geometry.p_image_targets
     predicted = result.predicted_tre_mm(targets) if len(targets) else np.zeros(0, dtype=np.float64)
@@ -303,6 +362,8 @@ def register_fiducials(
         target_names=geometry.target_names,
         predicted_tre_mm=np.asarray(predicted, dtype=np.float64),
         true_tre_mm=true_tre_mm(result.T_patient_from_model, truth_T_reference_from_image, targets),
+        fiducial_labels=labels,
+        case_id=geometry.case_id,
     )
 
 
@@ -408,6 +469,7 @@ def register_organ_surface(
         target_names=geometry.target_names,
         predicted_tre_mm=np.asarray(predicted, dtype=np.float64),
         true_tre_mm=true_tre_mm(result.T_patient_from_model, truth_T_reference_from_image, targets),
+        case_id=geometry.case_id,
     )
     return SurfaceRegistration(registration=registration, surface=result)
 

@@ -4,8 +4,9 @@ One JSON file (the launch file puts it at ``{run_dir}/registration.json``)::
 
     {
       "format": "ornav-registration",
-      "version": 1,
+      "version": 2,
       "case": "phantom",                      # the case it registers; another case refuses it
+      "case_id": "3f1c...",                   # nav.navigation.case_id of it (64 hex), or ""
       "created_unix_s": 1764080000.123,       # wall clock at accept (for people)
       "registration_id": 1764080000123456789,
       "method": "points",                     # or "surface": then the "fiducial" errors
@@ -13,6 +14,7 @@ One JSON file (the launch file puts it at ``{run_dir}/registration.json``)::
       "T_reference_from_image": [[r00, r01, r02, tx], ..., [0, 0, 0, 1]],   # mm
       "fre_mm": 0.07,
       "fiducial_errors_mm": [0.05, ...],
+      "fiducial_labels": ["F-1", ...],        # the case fiducials used, aligned; [] for surface
       "fle_mm": 0.25,
       "target_names": ["tumor_centre", ...],
       "predicted_tre_mm": [0.12, ...]
@@ -21,6 +23,10 @@ One JSON file (the launch file puts it at ``{run_dir}/registration.json``)::
 Floats are written with Python's ``repr`` (the json module's default), so they read back
 bit for bit. The file is written to a temporary name in the same folder, flushed to disk,
 then renamed over the old one: a crash leaves the old file or the new one, never half.
+
+Version 1 files (before ``case_id`` and ``fiducial_labels``) still load, with both
+unknown ("" and ()): the nav node then checks the case by name and targets only, and a
+consumer that needs the labels (the render node's confidence colours) says it has none.
 
 Reading is strict: a missing or unknown key, a wrong type, a non-finite number, a matrix
 that is not rigid, or mismatched lengths raise :class:`RegistrationFileError` (one line
@@ -45,7 +51,8 @@ import numpy as np
 from nav.navigation import Registration
 
 FORMAT: Final = "ornav-registration"
-VERSION: Final = 1
+VERSION: Final = 2
+READ_VERSIONS: Final = (1, 2)
 MAX_FILE_BYTES: Final = 1 << 20
 
 _KEYS: Final = frozenset(
@@ -64,6 +71,7 @@ _KEYS: Final = frozenset(
         "predicted_tre_mm",
     }
 )
+_KEYS_SINCE_2: Final = frozenset({"case_id", "fiducial_labels"})
 
 
 class RegistrationFileError(ValueError):
@@ -90,12 +98,14 @@ def to_json(registration: Registration, *, case_name: str, created_unix_s: float
         "format": FORMAT,
         "version": VERSION,
         "case": case_name,
+        "case_id": registration.case_id,
         "created_unix_s": float(created_unix_s),
         "registration_id": int(registration.registration_id),
         "method": registration.method,
         "T_reference_from_image": registration.T_reference_from_image.tolist(),
         "fre_mm": registration.fre_mm,
         "fiducial_errors_mm": registration.fiducial_errors_mm.tolist(),
+        "fiducial_labels": list(registration.fiducial_labels),
         "fle_mm": registration.fle_mm,
         "target_names": list(registration.target_names),
         "predicted_tre_mm": registration.predicted_tre_mm.tolist(),
@@ -160,17 +170,28 @@ def from_json(text: str, *, path: str | os.PathLike[str] = "<registration>") -> 
         raise RegistrationFileError(where, f"not valid JSON: {error}") from None
     if not isinstance(document, dict):
         raise RegistrationFileError(where, "expected a JSON object")
-    unknown = sorted(set(document) - _KEYS)
+    if document.get("format") != FORMAT:
+        raise RegistrationFileError(where, f"format is {document.get('format')!r}, not {FORMAT!r}")
+    version = document.get("version")
+    if type(version) is not int or version not in READ_VERSIONS:
+        raise RegistrationFileError(
+            where, f"version {version!r}: this reader knows {', '.join(map(str, READ_VERSIONS))}"
+        )
+    keys = _KEYS | (_KEYS_SINCE_2 if version >= 2 else frozenset())
+    unknown = sorted(set(document) - keys)
     if unknown:
         raise RegistrationFileError(where, f"unknown key {unknown[0]!r}")
-    missing = sorted(_KEYS - set(document))
+    missing = sorted(keys - set(document))
     if missing:
         raise RegistrationFileError(where, f"missing key {missing[0]!r}")
-    if document["format"] != FORMAT:
-        raise RegistrationFileError(where, f"format is {document['format']!r}, not {FORMAT!r}")
-    version = document["version"]
-    if type(version) is not int or version != VERSION:
-        raise RegistrationFileError(where, f"version {version!r}: this reader knows {VERSION}")
+    labels = document.get("fiducial_labels", [])
+    if not isinstance(labels, list) or not all(isinstance(n, str) and n for n in labels):
+        raise RegistrationFileError(
+            where, "key 'fiducial_labels': expected a list of non-empty strings"
+        )
+    case_id = document.get("case_id", "")
+    if not isinstance(case_id, str):
+        raise RegistrationFileError(where, "key 'case_id': expected a string")
     registration_id = document["registration_id"]
     if type(registration_id) is not int:
         raise RegistrationFileError(where, "key 'registration_id': expected an integer")
@@ -204,8 +225,10 @@ def from_json(text: str, *, path: str | os.PathLike[str] = "<registration>") -> 
             predicted_tre_mm=np.array(predicted),
             true_tre_mm=np.full(len(names), np.nan),
             needs_verification=True,
+            fiducial_labels=tuple(labels),
+            case_id=case_id,
         )
-    except ValueError as error:  # not rigid, a negative error, an id out of range
+    except ValueError as error:  # not rigid, a negative error, an id out of range, labels
         raise RegistrationFileError(where, str(error)) from None
     return StoredRegistration(
         case_name=_string(where, document, "case"),

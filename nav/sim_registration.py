@@ -74,6 +74,7 @@ def write_true_registration(path: str | Path, *, registration_id: int = 1) -> No
         target_names=case.targets.labels,
         predicted_tre_mm=np.full(n, 0.2),
         true_tre_mm=np.full(n, np.nan),
+        fiducial_labels=case.fiducials.labels,
     )
     save_registration(path, registration, case_name=case.name, created_unix_s=time.time())
 

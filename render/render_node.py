@@ -25,8 +25,9 @@ Publishes (its bus PUB, ``spec.pub``):
   ``malformed``, ``oversized``, ``version``, ``unknown_type``, ``invalid``, ``protocol``,
   ``no_session``, ``unexpected``, ``unknown_asset``, ``no_scene``, ``sessions_full``,
   ``forged``),
-  ``headset_send_dropped``, ``confidence_assets_built``; latency = tracker
-  ``t_sensor_ns`` -> ``scene/update`` publish, for updates carrying a new sample.
+  ``headset_send_dropped``, ``confidence_assets_built``, ``case_reloads``,
+  ``case_mismatches``; latency = tracker ``t_sensor_ns`` -> ``scene/update`` publish, for
+  updates carrying a new sample.
 
 Headset sessions: a ROUTER socket at ``headset_endpoint``. Hello -> Welcome (or a
 ``Reply`` error on a protocol mismatch), ClockPing -> ClockPong, AssetRequest ->
@@ -46,10 +47,22 @@ cannot block the node: sends never block (ROUTER with ``ROUTER_MANDATORY``, ``SN
 unacknowledged alerts are resent.
 
 Confidence colours: a new accepted or restored point registration rebuilds the organ's
-asset with per-vertex colours of its predicted TRE (``_Confidence``); the new hashes give a
-new ``scene_version``, carried by every later ``SceneUpdate`` and ``Welcome`` (the previous
-assets stay servable to a client mid-fetch). A surface registration restores the plain
-colours. ~4 ms on the phantom's liver (2562 vertices, 8 fiducials), once per registration.
+asset with per-vertex colours of its predicted TRE (``_Confidence``): eq. 46 with the FLE
+and the fiducials (by label, any subset) the registration carries, so the colours and the
+TRE figure are one computation. The new hashes give a new ``scene_version``, carried by
+every later ``SceneUpdate`` and ``Welcome`` (the previous assets stay servable to a client
+mid-fetch). A surface registration, or one that does not carry its FLE and fiducials (a
+recording made before they were sent), restores the plain colours and logs why. ~4 ms on
+the phantom's liver (2562 vertices, 8 fiducials), once per registration.
+
+One case: the node draws the models of the case it loaded (``case``), and a registration
+carries the id of the case it registers (``nav.navigation.case_id``). A registration of
+another case (the nav node ran ``case.load``) makes the node load its ``case`` folder
+again, once per registration: if the folder now holds that case, its assets replace the
+old ones (a new ``scene_version``); if not, the overlay stays HIDDEN under that
+registration (alert CASE_MISMATCH, counter ``case_mismatches``) until a registration of
+the loaded case arrives. A registration not yet seen, or one that names no case, is
+HIDDEN too (CASE_UNCONFIRMED): models of another case are never drawn.
 
 Per-sample cost on the phantom (5 structures): ~32 us for the headset pose, the scene
 update and its encoding (``render/scene.py``), of the 1000 us between samples at 1 kHz.
@@ -68,6 +81,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+import numpy as np
 import zmq
 
 from calibration.files import CalibrationFileError, read_calibration
@@ -99,9 +113,10 @@ from nav.messages import (
     decode,
     encode,
 )
+from nav.navigation import ACTIVE_STATES, case_id
 from nav.node import POLL_TIMEOUT_S, NodeRuntime, node_main
 from nav.phantom import SHIPPED_PHANTOM_DIR
-from nav.registration.paired_point import RegistrationError, predicted_tre_mm
+from nav.registration.confidence import rigid_confidence_mm
 from nav.transforms import Mat4
 from render.assets import (
     DEFAULT_TRIANGLE_BUDGET,
@@ -592,32 +607,20 @@ class _Alerts:
         ]
 
 
-def estimated_fle_mm(result: RegistrationResult) -> float:
-    """The FLE (RMS, mm) a point registration's FRE suggests: an *estimate*.
-
-    Fitzpatrick, West & Maurer 1998: ``<FRE^2> = (1 - 2/N) <FLE^2>`` for N fiducials, so
-    ``FLE ~= FRE / sqrt(1 - 2/N)``. One registration's FRE is a single sample of a
-    random quantity (and FRE does not track TRE case by case), so the FLE, and the
-    error field built from it, is an expected value, not a measurement. ValueError for
-    fewer than 3 fiducials or a non-finite FRE.
-    """
-    n = len(result.fiducial_errors_mm)
-    if n < 3 or not (math.isfinite(result.fre_mm) and result.fre_mm >= 0):
-        raise ValueError(f"no FLE estimate from {n} fiducials, FRE {result.fre_mm}")
-    return float(result.fre_mm) / math.sqrt(1.0 - 2.0 / n)
-
-
 class _Confidence:
-    """The asset set to serve for the newest accepted/restored registration.
+    """The asset set to serve for the newest accepted/restored registration of one case.
 
-    A point registration ("points") colours the organ by the predicted TRE (FW&M 1998
-    eq. 46, :func:`predicted_tre_mm`) at its asset vertices (``image`` frame), from the
-    case fiducials and :func:`estimated_fle_mm`; a surface registration (or none) leaves
-    the plain case colours. Runs once per new registration, off the per-sample path.
+    A point registration ("points") colours the organ by the predicted TRE at its asset
+    vertices (``image`` frame): :func:`rigid_confidence_mm`, eq. 46 with the registration's
+    own FLE and fiducials (by label, any subset). A surface registration, or one without
+    those facts, leaves the plain case colours (logged). A registration of another case
+    changes nothing here (its overlay is hidden). Runs once per new registration, off the
+    per-sample path.
     """
 
     def __init__(self, case: Case, plain: AssetSet, triangle_budget: int) -> None:
         self.case = case
+        self.case_id = case_id(case)
         self.plain = plain
         self.budget = triangle_budget
         self.organ = next((s for s in case.structures if s.role == "organ"), None)
@@ -625,39 +628,41 @@ class _Confidence:
 
     def on_registration(self, result: RegistrationResult) -> AssetSet | None:
         """The new asset set for ``result``, or None when nothing changes."""
-        if result.state not in ("accepted", "restored") or self.organ is None:
+        if result.state not in ACTIVE_STATES or self.organ is None:
             return None
+        if result.case_id != self.case_id:
+            return None  # not this case's: nothing is drawn under it
         if result.registration_id == self.registration_id:
             return None  # republished, or restored -> accepted: same field
         self.registration_id = result.registration_id
-        fiducials = self.case.fiducials.points_lps
         if result.method != "points":
             return self.plain
-        if len(fiducials) != len(result.fiducial_errors_mm):
+        fiducials = self.case.fiducials
+
+        def error_field(vertices: np.ndarray) -> np.ndarray:
+            return rigid_confidence_mm(
+                vertices,
+                fiducial_labels=result.fiducial_labels,
+                fle_mm=result.fle_mm,
+                case_fiducials=fiducials,
+            )
+
+        try:
+            error_field(np.zeros((1, 3)))  # checks the facts and the geometry before building
+        except ValueError as error:  # RegistrationError too
             log.warning(
-                "registration %d: %d fiducial errors for %d case fiducials: plain colours",
+                "registration %d: plain colours, no confidence field: %s",
                 result.registration_id,
-                len(result.fiducial_errors_mm),
-                len(fiducials),
+                error,
             )
             return self.plain
-        try:
-            fle_mm = estimated_fle_mm(result)
-            predicted_tre_mm(fiducials[:1], fiducials, fle_mm=fle_mm)  # checks the geometry
-        except (ValueError, RegistrationError) as error:
-            log.warning("registration %d: no confidence colours: %s", result.registration_id, error)
-            return self.plain
-        return with_confidence(
-            self.plain,
-            self.organ,
-            lambda v: predicted_tre_mm(v, fiducials, fle_mm=fle_mm),
-            triangle_budget=self.budget,
-        )
+        return with_confidence(self.plain, self.organ, error_field, triangle_budget=self.budget)
 
 
 def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
+    case_path = cfg.case or SHIPPED_PHANTOM_DIR
     try:
-        case = load_case(cfg.case or SHIPPED_PHANTOM_DIR)
+        case = load_case(case_path)
         T_display_from_headset = load_display_calibration(cfg.display_calibration)
         t0 = time.perf_counter()
         assets = build_assets(case, triangle_budget=cfg.triangle_budget)
@@ -688,15 +693,17 @@ def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
             counters=counters,
             publish=pub,
         )
+        confidence = _Confidence(case, assets, cfg.triangle_budget)
         scene = SceneState(
             session=session_id,
             scene_version=version,
             structure_names=assets.names,
             T_display_from_headset=T_display_from_headset,
+            case_id=confidence.case_id,
             limits=cfg.limits(),
         )
         alerts = _Alerts(session_id, pub, server, counters)
-        confidence = _Confidence(case, assets, cfg.triangle_budget)
+        log.info("case %r has id %s", case.name, confidence.case_id)
         latest = bus.LatestSubscriber(
             spec.subscribe_endpoints, (cfg.tracker_topic, NAV_STATE_TOPIC)
         )
@@ -712,31 +719,91 @@ def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
 
         last_pub_ns = 0
         last_overlay: OverlayState | None = None
+        last_case_code: str | None = None
+        case_checked_id = 0  # the last registration whose case this node checked
         last_latency_t_ns = 0
         nav_seen = False
         headset_epoch = 0
 
+        def follow_case(result: RegistrationResult) -> None:
+            """Load ``case`` again for an active registration of another case; swap to it
+            if the folder now holds that case, else say (once) why nothing is drawn."""
+            nonlocal confidence, case_checked_id
+            if result.state not in ACTIVE_STATES or result.case_id == confidence.case_id:
+                return
+            if result.registration_id == case_checked_id:
+                return  # republished: checked already
+            case_checked_id = result.registration_id
+            if not result.case_id:
+                log.warning(
+                    "registration %d names no case (recorded before case ids): overlay "
+                    "hidden under it",
+                    result.registration_id,
+                )
+                return
+            t_load = time.perf_counter()
+            try:
+                new_case = load_case(case_path)
+                new_id = case_id(new_case)
+                new_assets = (
+                    build_assets(new_case, triangle_budget=cfg.triangle_budget)
+                    if new_id == result.case_id
+                    else None
+                )
+            except (CaseError, ValueError) as error:
+                new_id, new_assets = f"unreadable ({error})", None
+            if new_assets is None:
+                counters["case_mismatches"] += 1
+                log.warning(
+                    "registration %d is of case id %s, the models here are of case %r "
+                    "(id %s) and %s holds %s: overlay hidden under it",
+                    result.registration_id,
+                    result.case_id[:12],
+                    confidence.case.name,
+                    confidence.case_id[:12],
+                    case_path,
+                    new_id[:12] if len(new_id) == 64 else new_id,
+                )
+                return
+            confidence = _Confidence(new_case, new_assets, cfg.triangle_budget)
+            new_version = scene_version(new_assets)
+            server.swap_assets(new_assets, new_version)
+            scene.set_case(new_id, new_assets.names, new_version)
+            counters["case_reloads"] += 1
+            log.info(
+                "case %r (id %s) reloaded from %s for registration %d: scene %d in %.0f ms",
+                new_case.name,
+                new_id[:12],
+                case_path,
+                result.registration_id,
+                new_version,
+                (time.perf_counter() - t_load) * 1e3,
+            )
+
         def publish_scene(now_ns: int) -> SceneUpdate:
-            nonlocal last_pub_ns, last_overlay
+            nonlocal last_pub_ns, last_overlay, last_case_code
             update = scene.update(now_ns)
+            case_code = scene.case_code(update.registration_id)
             pub.publish(SCENE_TOPIC, update, t_pub_ns=now_ns)
             counters[f"updates_{update.overlay.value}"] += 1
             server.latest_update = update
             last_pub_ns = now_ns
-            if update.overlay is not last_overlay:
+            if update.overlay is not last_overlay or case_code != last_case_code:
                 level = logging.INFO if update.overlay is OverlayState.CURRENT else logging.WARNING
                 log.log(
                     level,
-                    "overlay %s -> %s (status %s, headset %s, age %.0f ms)",
+                    "overlay %s -> %s (status %s, headset %s, age %.0f ms%s)",
                     last_overlay and last_overlay.value,
                     update.overlay.value,
                     update.status.value,
                     "OK" if update.headset_ok else "lost",
                     update.age_ms,
+                    f", registration {update.registration_id}: {case_code}" if case_code else "",
                 )
-                last_overlay = update.overlay
+                last_overlay, last_case_code = update.overlay, case_code
             if nav_seen:  # no alerts about a nav node that has not spoken yet
-                alerts.raise_events(alerts.machine.on_scene(update, now_ns), now_ns)
+                events = alerts.machine.on_scene(update, now_ns, case_code)
+                alerts.raise_events(events, now_ns)
                 alerts.refresh_standing()
             return update
 
@@ -756,6 +823,8 @@ def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
                 if registrations.fileno_socket() in ready:
                     for received in registrations.poll(0):
                         if isinstance(received.message, RegistrationResult):
+                            scene.on_registration(received.message)
+                            follow_case(received.message)
                             events = alerts.machine.on_registration(received.message)
                             alerts.raise_events(events, time.monotonic_ns())
                             t_build = time.perf_counter()

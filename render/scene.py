@@ -31,6 +31,13 @@ OK                             OK              stale_after < age <= hide      ST
 OK                             OK              age <= stale_after (100 ms)    CURRENT
 =============================  ==============  =============================  =========
 
+The models drawn are those of one case (``SceneState.case_id``, ``nav.navigation.case_id``).
+A pose is drawn only under a registration known to be of that case: the render node feeds
+every ``RegistrationResult`` to :meth:`SceneState.on_registration`, and a nav state whose
+registration is of another case, names none (recorded before case ids) or has not been
+seen yet has no pose to draw (HIDDEN, alert CASE_MISMATCH or CASE_UNCONFIRMED): another
+case's models are never drawn under it, whatever the table below says.
+
 Boundaries: an age exactly at a limit is still on the better side (``>`` is the test).
 When the nav status is STALE (no fresh tracker sample) the nav node sends an identity
 pose, so the pose drawn is the last OK ``NavState`` of the same registration, marked
@@ -68,6 +75,8 @@ from nav.transforms import Mat4, invert_rigid
 
 DEFAULT_STALE_AFTER_NS: Final = 100_000_000
 DEFAULT_HIDE_AFTER_NS: Final = 300_000_000
+MAX_KNOWN_REGISTRATIONS: Final = 64
+"""Registration ids whose case a scene remembers (the oldest is forgotten first)."""
 
 _NAN3 = np.full(3, np.nan)
 _NAN3.setflags(write=False)
@@ -123,7 +132,8 @@ def overlay_state(
 class SceneState:
     """The newest inputs and what to draw from them; one per render node.
 
-    ``structure_names`` (S) are the case's asset names, all in the ``image`` frame.
+    ``structure_names`` (S) are the case's asset names, all in the ``image`` frame;
+    ``case_id`` the case they belong to (``nav.navigation.case_id``).
     ``T_display_from_headset`` (4, 4) mm from the display calibration.
     """
 
@@ -131,6 +141,7 @@ class SceneState:
     scene_version: int
     structure_names: tuple[str, ...]
     T_display_from_headset: Mat4
+    case_id: str = ""
     limits: OverlayLimits = field(default_factory=OverlayLimits)
     nav: NavState | None = None
     last_ok_nav: NavState | None = None
@@ -138,12 +149,40 @@ class SceneState:
 
     def __post_init__(self) -> None:
         self.T_display_from_headset = np.array(self.T_display_from_headset, dtype=np.float64)
-        n = len(self.structure_names)
-        self._identities = np.repeat(np.eye(4)[None], n, axis=0)
-        self._identities.setflags(write=False)
+        self.set_case(self.case_id, self.structure_names, self.scene_version)
+        self._registration_cases: dict[int, str] = {}
         self._T_display_from_tracker: Mat4 | None = None
         if self.headset is not None:
             self.on_headset(self.headset)
+
+    def set_case(self, case_id: str, structure_names: tuple[str, ...], scene_version: int) -> None:
+        """Draw another case's models from now on (the render node reloaded its case)."""
+        self.case_id, self.structure_names = case_id, tuple(structure_names)
+        self.scene_version = scene_version
+        self._identities = np.repeat(np.eye(4)[None], len(self.structure_names), axis=0)
+        self._identities.setflags(write=False)
+
+    def on_registration(self, result: RegistrationResult) -> None:
+        """Remember which case ``result``'s registration is of ("" = it does not say)."""
+        cases = self._registration_cases
+        cases.pop(result.registration_id, None)
+        cases[result.registration_id] = result.case_id
+        while len(cases) > MAX_KNOWN_REGISTRATIONS:
+            cases.pop(next(iter(cases)))
+
+    def case_code(self, registration_id: int) -> str | None:
+        """None if registration ``registration_id`` is of the case drawn; else why not.
+
+        CASE_MISMATCH: it is of another case. CASE_UNCONFIRMED: not seen yet, or it names
+        no case (a recording made before case ids). 0 (no registration) is None: nothing
+        is drawn without one anyway.
+        """
+        if registration_id == 0:
+            return None
+        registered = self._registration_cases.get(registration_id)
+        if not registered:
+            return "CASE_UNCONFIRMED"
+        return None if registered == self.case_id else "CASE_MISMATCH"
 
     def on_nav(self, nav: NavState) -> None:
         """Take a new nav state (newer than the last; the caller checks ordering)."""
@@ -165,8 +204,8 @@ class SceneState:
 
     def _drawn(self) -> NavState | None:
         nav = self.nav
-        if nav is None:
-            return None
+        if nav is None or self.case_code(nav.registration_id) is not None:
+            return None  # never another case's models under this registration
         if nav.status is NavStatus.OK:
             return nav
         ok = self.last_ok_nav
@@ -261,6 +300,16 @@ CONDITION_ALERTS: Final[dict[str, AlertEvent]] = {
         AlertSeverity.CRITICAL,
         "Patient reference not tracked: the overlay is hidden",
     ),
+    "CASE_MISMATCH": AlertEvent(
+        "CASE_MISMATCH",
+        AlertSeverity.CRITICAL,
+        "Registration is of another case than the models loaded here: the overlay is hidden",
+    ),
+    "CASE_UNCONFIRMED": AlertEvent(
+        "CASE_UNCONFIRMED",
+        AlertSeverity.WARNING,
+        "The registration's case is not confirmed: the overlay is hidden",
+    ),
     "HEADSET_LOST": AlertEvent(
         "HEADSET_LOST", AlertSeverity.WARNING, "Headset not tracked: the overlay is hidden"
     ),
@@ -274,14 +323,19 @@ CONDITION_ALERTS: Final[dict[str, AlertEvent]] = {
 RECOVERED: Final = AlertEvent("RECOVERED", AlertSeverity.INFO, "Overlay current again")
 
 
-def condition_code(update: SceneUpdate) -> str | None:
-    """Why ``update`` is not a current overlay (a ``CONDITION_ALERTS`` key), or None."""
+def condition_code(update: SceneUpdate, case_code: str | None = None) -> str | None:
+    """Why ``update`` is not a current overlay (a ``CONDITION_ALERTS`` key), or None.
+
+    ``case_code``: :meth:`SceneState.case_code` of the update's registration.
+    """
     if update.overlay is OverlayState.CURRENT:
         return None
     if update.status is NavStatus.UNREGISTERED:
         return "UNREGISTERED"
     if update.status is NavStatus.REFERENCE_LOST:
         return "REFERENCE_LOST"
+    if case_code is not None:
+        return case_code
     if not update.headset_ok:
         return "HEADSET_LOST"
     if update.overlay is OverlayState.HIDDEN:
@@ -293,10 +347,10 @@ def condition_code(update: SceneUpdate) -> str | None:
 class AlertMachine:
     """Alerts from the stream of scene updates and registration events, debounced.
 
-    Conditions (one at a time, worst first): UNREGISTERED, REFERENCE_LOST, HEADSET_LOST,
-    HIDDEN (pose too old), STALE; see :func:`condition_code`. Events: REGISTRATION_ACCEPTED
-    (once per registration id), NEEDS_VERIFICATION (once per restored registration id),
-    RECOVERED.
+    Conditions (one at a time, worst first): UNREGISTERED, REFERENCE_LOST, CASE_MISMATCH,
+    CASE_UNCONFIRMED, HEADSET_LOST, HIDDEN (pose too old), STALE; see :func:`condition_code`.
+    Events: REGISTRATION_ACCEPTED (once per registration id), NEEDS_VERIFICATION (once per
+    restored registration id), RECOVERED.
 
     Debounce, so a flapping marker raises a handful of alerts, not hundreds:
 
@@ -324,10 +378,13 @@ class AlertMachine:
     _verification_id: int = -1
     _needs_verification: bool = False
 
-    def on_scene(self, update: SceneUpdate, now_ns: int) -> list[AlertEvent]:
-        """Alerts due for ``update`` (published at ``now_ns``)."""
+    def on_scene(
+        self, update: SceneUpdate, now_ns: int, case_code: str | None = None
+    ) -> list[AlertEvent]:
+        """Alerts due for ``update`` (published at ``now_ns``; ``case_code`` as for
+        :func:`condition_code`)."""
         events = self._verification(update.registration_id, update.needs_verification)
-        code = condition_code(update)
+        code = condition_code(update, case_code)
         if code is None:
             self._code = None
             if self._episode_open:

@@ -890,8 +890,8 @@ def test_nav_state_ok_with_a_non_rigid_model_pose_is_refused() -> None:
     assert isinstance(out.message, NavState)
 
 
-def test_registration_result_round_trips_and_refuses_an_unknown_state() -> None:
-    result = RegistrationResult(
+def _registration_result(**changes: Any) -> RegistrationResult:
+    fields: dict[str, Any] = dict(
         registration_id=1,
         state="accepted",
         method="points",
@@ -902,12 +902,60 @@ def test_registration_result_round_trips_and_refuses_an_unknown_state() -> None:
         target_names=("tumor_centre",),
         predicted_tre_mm=np.array([0.5]),
         true_tre_mm=np.array([np.nan]),
+        fle_mm=0.25,
+        fiducial_labels=("F-3", "Fiducial #1", "F-7"),
+        case_id="0123456789abcdef" * 4,
     )
+    fields.update(changes)
+    return RegistrationResult(**fields)
+
+
+def test_registration_result_round_trips_and_refuses_an_unknown_state() -> None:
+    result = _registration_result()
     out = decode(encode(result, seq=0, t_pub_ns=0)).message
     assert isinstance(out, RegistrationResult)
     assert out.state == "accepted" and out.fre_mm == 0.31
     assert np.isnan(out.true_tre_mm[0])
+    assert out.fle_mm == 0.25 and out.fiducial_labels == ("F-3", "Fiducial #1", "F-7")
+    assert out.case_id == "0123456789abcdef" * 4 and out.method == "points"
     raw = msgpack.unpackb(encode(result, seq=0, t_pub_ns=0), raw=False)
     raw["body"]["state"] = "maybe"
     with pytest.raises(MessageError):
         decode(msgpack.packb(raw, use_bin_type=True))
+
+
+def test_a_registration_result_recorded_before_its_facts_decodes_with_them_unknown() -> None:
+    raw = msgpack.unpackb(encode(_registration_result(), seq=0, t_pub_ns=0), raw=False)
+    for key in ("fle_mm", "fiducial_labels", "case_id"):
+        del raw["body"][key]
+    out = decode(msgpack.packb(raw, use_bin_type=True)).message
+    assert isinstance(out, RegistrationResult)
+    assert math.isnan(out.fle_mm) and out.fiducial_labels == () and out.case_id == ""
+    # NaN also travels: a registration that does not know its FLE says so.
+    unknown = decode(encode(_registration_result(fle_mm=math.nan), seq=0, t_pub_ns=0)).message
+    assert isinstance(unknown, RegistrationResult) and math.isnan(unknown.fle_mm)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("fle_mm", -0.1, "fle_mm"),
+        ("fle_mm", math.inf, "fle_mm"),
+        ("fle_mm", "0.25", "fle_mm"),
+        ("fiducial_labels", ["F-1", "F-2"], "2 fiducial_labels for 3"),
+        ("fiducial_labels", ["F-1", "", "F-3"], "fiducial label"),
+        ("fiducial_labels", ["F-1", "a\nb", "F-3"], "fiducial label"),
+        ("fiducial_labels", ["F-1", 2, "F-3"], "fiducial label"),
+        ("fiducial_labels", ["F-1", "x" * 65, "F-3"], "fiducial label"),
+        ("fiducial_labels", "F-1", "fiducial_labels"),
+        ("case_id", "phantom", "case_id"),
+        ("case_id", "0123456789ABCDEF" * 4, "case_id"),
+        ("case_id", 7, "case_id"),
+    ],
+)
+def test_registration_result_refuses_bad_facts(key: str, value: Any, problem: str) -> None:
+    raw = msgpack.unpackb(encode(_registration_result(), seq=0, t_pub_ns=0), raw=False)
+    raw["body"][key] = value
+    with pytest.raises(MessageError, match=problem) as caught:
+        decode(msgpack.packb(raw, use_bin_type=True))
+    assert caught.value.kind == "invalid"

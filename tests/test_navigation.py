@@ -8,8 +8,10 @@ triangle (Ericson's region test, written out here) and against a box's closed fo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,17 +23,27 @@ from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
 from nav.case import Case, Markups, Structure, load_case
-from nav.messages import NavState, NavStatus, ToolStatus, TrackerFrame, decode, encode
+from nav.messages import (
+    NavState,
+    NavStatus,
+    RegistrationResult,
+    ToolStatus,
+    TrackerFrame,
+    decode,
+    encode,
+)
 from nav.navigation import (
     CaseGeometry,
     DwellParams,
     FiducialCollector,
     Registration,
+    case_id,
     nav_state,
     register_fiducials,
     tip_in_reference,
 )
 from nav.phantom import SHIPPED_PHANTOM_DIR
+from nav.registration.confidence import rigid_confidence_mm
 from nav.registration.errors import RegistrationError
 from nav.registration.paired_point import predicted_tre_mm
 from nav.registration_store import (
@@ -499,6 +511,7 @@ def test_register_fiducials_recovers_the_truth_and_predicts_tre_at_the_targets(
     registration = register_fiducials(
         p_image_fiducials=p_image,
         p_reference_fiducials=apply(truth, p_image),
+        fiducial_labels=phantom.fiducials.labels,
         geometry=geometry,
         fle_mm=0.25,
         registration_id=5,
@@ -522,17 +535,105 @@ def test_register_fiducials_refuses_collinear_points(geometry: CaseGeometry) -> 
         register_fiducials(
             p_image_fiducials=line,
             p_reference_fiducials=line,
+            fiducial_labels=("a", "b", "c"),
             geometry=geometry,
             fle_mm=0.25,
             registration_id=1,
         )
 
 
+@seeded
+@given(seed=seeds)
+def test_a_fiducial_subset_travels_with_its_labels_fle_and_case_and_gives_the_tre_figure(
+    phantom: Case, geometry: CaseGeometry, seed: int
+) -> None:
+    # Any subset of 3+ fiducials, in any order: the message carries what the consumer
+    # needs, and the confidence field built from it alone (labels -> case positions, the
+    # FLE) is the predicted TRE figure at the targets, not an FLE re-derived from FRE.
+    rng = np.random.default_rng(seed)
+    n = len(phantom.fiducials)
+    rows = rng.permutation(n)[: int(rng.integers(3, n + 1))]
+    labels = tuple(phantom.fiducials.labels[i] for i in rows)
+    p_image = phantom.fiducials.points_lps[rows]
+    truth = _random_pose(rng, max_t_mm=300.0)
+    p_reference = apply(truth, p_image) + rng.normal(scale=0.2, size=p_image.shape)
+    fle_mm = float(rng.uniform(0.1, 2.0))
+    registration = register_fiducials(
+        p_image_fiducials=p_image,
+        p_reference_fiducials=p_reference,
+        fiducial_labels=labels,
+        geometry=geometry,
+        fle_mm=fle_mm,
+        registration_id=9,
+    )
+    message = decode(encode(registration.to_message(), seq=0, t_pub_ns=0)).message
+    assert isinstance(message, RegistrationResult)
+    assert message.fiducial_labels == labels and message.fle_mm == fle_mm
+    assert message.case_id == geometry.case_id == case_id(phantom)
+    assert message.method == "points"
+    field = rigid_confidence_mm(
+        geometry.p_image_targets,
+        fiducial_labels=message.fiducial_labels,
+        fle_mm=message.fle_mm,
+        case_fiducials=phantom.fiducials,
+    )
+    np.testing.assert_allclose(field, message.predicted_tre_mm, rtol=1e-12)
+
+
+def test_register_fiducials_refuses_labels_that_do_not_match_the_points(
+    phantom: Case, geometry: CaseGeometry
+) -> None:
+    p_image = phantom.fiducials.points_lps[:4]
+    with pytest.raises(ValueError, match="3 fiducial labels"):
+        register_fiducials(
+            p_image_fiducials=p_image,
+            p_reference_fiducials=p_image,
+            fiducial_labels=phantom.fiducials.labels[:3],
+            geometry=geometry,
+            fle_mm=0.25,
+            registration_id=1,
+        )
+
+
+def test_case_id_names_the_geometry_and_markups_not_the_folder_or_colours(
+    phantom: Case, tmp_path: Path
+) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(SHIPPED_PHANTOM_DIR, copy)
+    toml = copy / "case.toml"
+    text = toml.read_text()
+    assert "opacity = 0.35" in text
+    toml.write_text(text.replace("opacity = 0.35", "opacity = 0.5"))
+    assert case_id(load_case(copy)) == case_id(phantom)  # another folder, another look
+    assert len(case_id(phantom)) == 64 and int(case_id(phantom), 16) >= 0
+    moved = dataclasses.replace(
+        phantom,
+        targets=Markups(phantom.targets.labels, phantom.targets.points_lps + [0.0, 0.0, 0.01]),
+    )
+    assert case_id(moved) != case_id(phantom)  # a target 0.01 mm away is another case
+    renamed = dataclasses.replace(phantom, name="phantom2")
+    assert case_id(renamed) != case_id(phantom)
+    liver = phantom.structure("liver")
+    shifted = liver.mesh.copy()
+    shifted.vertices[0] += 0.001
+    other = dataclasses.replace(
+        phantom,
+        structures=tuple(
+            dataclasses.replace(s, mesh=shifted) if s is liver else s for s in phantom.structures
+        ),
+    )
+    assert case_id(other) != case_id(phantom)
+
+
 def test_registration_file_round_trip_restores_bit_for_bit_needing_verification(
     tmp_path: Path, geometry: CaseGeometry
 ) -> None:
     rng = np.random.default_rng(11)
-    accepted = _registration(geometry, _random_pose(rng, max_t_mm=200.0))
+    accepted = dataclasses.replace(
+        _registration(geometry, _random_pose(rng, max_t_mm=200.0)),
+        fiducial_labels=tuple(f"F-{i}" for i in range(8)),
+        case_id=geometry.case_id,
+    )
     path = tmp_path / "registration.json"
     save_registration(path, accepted, case_name="phantom", created_unix_s=1.7e9)
     stored = load_registration(path)
@@ -544,7 +645,23 @@ def test_registration_file_round_trip_restores_bit_for_bit_needing_verification(
     np.testing.assert_array_equal(restored.fiducial_errors_mm, accepted.fiducial_errors_mm)
     assert (restored.registration_id, restored.fre_mm, restored.fle_mm) == (42, 0.1, 0.25)
     assert restored.target_names == accepted.target_names
+    assert restored.fiducial_labels == accepted.fiducial_labels
+    assert restored.case_id == geometry.case_id
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_a_version_1_registration_file_still_loads_with_its_labels_and_case_unknown(
+    geometry: CaseGeometry,
+) -> None:
+    document = _good_document(geometry)
+    document.update(version=1)
+    del document["fiducial_labels"], document["case_id"]
+    restored = from_json(json.dumps(document)).registration
+    assert (restored.fiducial_labels, restored.case_id) == ((), "")
+    assert restored.fle_mm == 0.25 and restored.state == "restored"
+    document["case_id"] = geometry.case_id  # version 1 has no such key
+    with pytest.raises(RegistrationFileError, match="unknown key 'case_id'"):
+        from_json(json.dumps(document))
 
 
 def _good_document(geometry: CaseGeometry) -> dict[str, object]:
@@ -558,7 +675,13 @@ def _good_document(geometry: CaseGeometry) -> dict[str, object]:
     [
         (lambda d: d.pop("fre_mm"), "missing key 'fre_mm'"),
         (lambda d: d.update(extra=1), "unknown key 'extra'"),
-        (lambda d: d.update(version=2), "version 2"),
+        (lambda d: d.update(version=3), "version 3"),
+        (lambda d: d.pop("case_id"), "missing key 'case_id'"),
+        (lambda d: d.update(case_id=7), "case_id"),
+        (lambda d: d.update(case_id="abc"), "64 hex"),
+        (lambda d: d.update(fiducial_labels="F-1"), "fiducial_labels"),
+        (lambda d: d.update(fiducial_labels=["F-1", ""]), "fiducial_labels"),
+        (lambda d: d.update(fiducial_labels=["F-1", "F-2"]), "2 fiducial labels for 8"),
         (lambda d: d.update(format="something"), "format"),
         (lambda d: d.update(fre_mm="0.1"), "fre_mm"),
         (lambda d: d.update(fle_mm=True), "fle_mm"),

@@ -29,6 +29,7 @@ from scipy.spatial import cKDTree
 from scipy.stats import spearmanr
 
 import nav.registration.deformable as deformable
+from nav.case import Markups
 from nav.registration.confidence import (
     combined_confidence_mm,
     deformable_confidence_mm,
@@ -452,13 +453,30 @@ def test_module_docstring_example() -> None:
 # -- confidence ------------------------------------------------------------------------------
 
 
-def test_rigid_confidence_is_the_eq46_field() -> None:
+def test_rigid_confidence_takes_the_fiducials_used_by_label_and_refuses_missing_facts() -> None:
+    # A registration of fiducials 4, 0 and 2 of six: the field is eq. 46 over those three
+    # case positions with the registration's FLE, whatever their order.
     rng = np.random.default_rng(0)
-    fiducials = rng.normal(scale=50.0, size=(6, 3))
+    case = Markups(tuple(f"F-{i}" for i in range(6)), rng.normal(scale=50.0, size=(6, 3)))
+    used = case.points_lps[[4, 0, 2]]
     T = make_rigid(axis_angle_to_matrix([0.0, 0.0, 1.0], 0.3), [10.0, 0.0, 5.0])
-    result = register_paired_points(fiducials, apply(T, fiducials), fle_mm=1.0)
+    result = register_paired_points(used, apply(T, used), fle_mm=1.5)
     v, _ = liver()
-    np.testing.assert_array_equal(rigid_confidence_mm(v, result), tre_field_mm(v, result))
+    field = rigid_confidence_mm(
+        v, fiducial_labels=("F-4", "F-0", "F-2"), fle_mm=1.5, case_fiducials=case
+    )
+    np.testing.assert_allclose(field, tre_field_mm(v, result), rtol=1e-12)
+    for labels, fle_mm, problem in (
+        (("F-4", "F-0", "F-2"), math.nan, "no FLE"),
+        ((), 1.5, "names no fiducials"),
+        (("F-4", "F-9", "F-2"), 1.5, "lacks fiducial 'F-9'"),
+        (("F-4", "F-0"), 1.5, "only 2 fiducials"),
+    ):
+        with pytest.raises(ValueError, match=problem):
+            rigid_confidence_mm(v, fiducial_labels=labels, fle_mm=fle_mm, case_fiducials=case)
+    twice = Markups(("F-0", "F-0", "F-1"), case.points_lps[:3])
+    with pytest.raises(ValueError, match="holds 2 times"):
+        rigid_confidence_mm(v, fiducial_labels=("F-0", "F-1"), fle_mm=1.0, case_fiducials=twice)
 
 
 def test_deformable_confidence_ranks_the_true_error() -> None:

@@ -8,6 +8,7 @@ navigates at once (restored: OK, needing verification) and the overlay can be CU
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import signal
 import tempfile
@@ -46,9 +47,11 @@ from nav.messages import (
     decode,
     encode,
 )
+from nav.navigation import Registration, case_id
 from nav.phantom import SHIPPED_PHANTOM_DIR
 from nav.registration.paired_point import predicted_tre_mm
-from nav.sim_registration import write_true_registration
+from nav.registration_store import save_registration
+from nav.sim_registration import SIM_T_REFERENCE_FROM_IMAGE, write_true_registration
 from render.assets import build_assets, confidence_rgba, glb_vertex_rgba, load_glb
 from tests.conftest import NodeProcess, start_node
 
@@ -95,9 +98,15 @@ def render_spec(ipc_dir: Path, **params: object) -> NodeSpec:
     )
 
 
-def start_stack(ipc_dir: Path, **render_params: object) -> Stack:
+def start_stack(
+    ipc_dir: Path, *, case: str = "", write_registration: bool = True, **render_params: object
+) -> Stack:
+    """Tracker, nav and render nodes; nav and render on ``case`` ("" = the phantom), nav
+    restoring ``ipc_dir/registration.json`` (the simulation's truth unless
+    ``write_registration`` is False: the caller wrote it)."""
     registration_file = ipc_dir / "registration.json"
-    write_true_registration(registration_file, registration_id=424242)
+    if write_registration:
+        write_true_registration(registration_file, registration_id=424242)
     tracker = start_node(
         NodeSpec(
             name="tracker",
@@ -116,10 +125,10 @@ def start_stack(ipc_dir: Path, **render_params: object) -> Stack:
             control=f"ipc://{ipc_dir}/nav.ctl",
             subscribe=("tracker",),
             subscribe_endpoints=(f"ipc://{ipc_dir}/tracker.pub",),
-            params={"registration_file": str(registration_file)},
+            params={"registration_file": str(registration_file), "case": case},
         )
     )
-    render = start_node(render_spec(ipc_dir, **render_params))
+    render = start_node(render_spec(ipc_dir, case=case, **render_params))
     return Stack(ipc_dir, tracker, nav, render)
 
 
@@ -300,10 +309,10 @@ def test_a_point_registration_colours_the_organ_by_its_predicted_error(stack: St
         colours = glb_vertex_rgba(data.data)
         vertices = load_glb(data.data).vertices
         assert colours is not None
-        n = len(case.fiducials)
-        fle = 0.1 / np.sqrt(1 - 2 / n)  # write_true_registration: FRE 0.1 mm
+        # The FLE the registration carries (write_true_registration: 0.25 mm), not one
+        # re-derived from its FRE.
         tre = predicted_tre_mm(
-            case.structure("liver").mesh.vertices, case.fiducials.points_lps, fle_mm=fle
+            case.structure("liver").mesh.vertices, case.fiducials.points_lps, fle_mm=0.25
         )
         assert len(colours) == len(tre) and len(vertices) > 0
         np.testing.assert_allclose(
@@ -423,6 +432,156 @@ def test_a_client_that_stops_reading_cannot_block_the_node(stack: Stack) -> None
         stalled.close()
         heartbeats.close()
         updates.close()
+
+
+# --- facts on the wire: the fiducials used, their FLE, the case --------------------------
+
+
+def _save_registration(
+    path: Path,
+    *,
+    registration_id: int,
+    case_folder: Path = SHIPPED_PHANTOM_DIR,
+    labels: tuple[str, ...] | None = None,
+    fle_mm: float = 0.25,
+) -> None:
+    """A registration file of the simulation's truth for the case in ``case_folder``, from
+    the fiducials ``labels`` (None: all), bound to that case's id."""
+    case = load_case(case_folder)
+    labels = case.fiducials.labels if labels is None else labels
+    n = len(case.targets)
+    registration = Registration(
+        registration_id=registration_id,
+        state="accepted",
+        method="points",
+        T_reference_from_image=SIM_T_REFERENCE_FROM_IMAGE,
+        fre_mm=0.1,
+        fiducial_errors_mm=np.full(len(labels), 0.1),
+        fle_mm=fle_mm,
+        target_names=case.targets.labels,
+        predicted_tre_mm=np.full(n, 0.2),
+        true_tre_mm=np.full(n, np.nan),
+        fiducial_labels=labels,
+        case_id=case_id(case),
+    )
+    save_registration(path, registration, case_name=case.name, created_unix_s=time.time())
+
+
+def test_a_registration_from_a_fiducial_subset_is_coloured_with_its_own_fle_and_fiducials(
+    ipc_dir: Path, node_processes: list[NodeProcess]
+) -> None:
+    # Four of the eight fiducials, out of case order, FLE 1.5 mm: the render node used to
+    # find 4 errors for 8 case fiducials and fall back to plain colours (and, with all
+    # eight, took FLE from FRE instead of the FLE the TRE figure was computed with).
+    case = load_case(SHIPPED_PHANTOM_DIR)
+    labels = tuple(case.fiducials.labels[i] for i in (6, 0, 3, 4))
+    _save_registration(ipc_dir / "registration.json", registration_id=31, labels=labels, fle_mm=1.5)
+    stack = start_stack(ipc_dir, write_registration=False)
+    node_processes += [stack.tracker, stack.nav, stack.render]
+    heartbeats = Listener(stack.render_pub, ("heartbeat/render",))
+    client = Client(stack.headset_endpoint)
+    try:
+        heartbeats.heartbeat(lambda c: c.get("confidence_assets_built", 0) >= 1, timeout_s=10)
+        welcome = client.hello()
+        liver = next(a for a in welcome.assets if a.name == "liver")
+        data = client.request(AssetRequest(liver.sha256))
+        assert isinstance(data, AssetData)
+        colours = glb_vertex_rgba(data.data)
+        assert colours is not None
+        rows = [case.fiducials.labels.index(label) for label in labels]
+        tre = predicted_tre_mm(
+            case.structure("liver").mesh.vertices, case.fiducials.points_lps[rows], fle_mm=1.5
+        )
+        assert tre.min() < 1.0 and tre.max() > 3.0  # green to red: the colours tell
+        np.testing.assert_allclose(
+            colours * 255, confidence_rgba(tre, case.structure("liver").opacity), atol=0.5
+        )
+    finally:
+        client.close()
+        heartbeats.close()
+    assert stack.render.terminate() == 0
+
+
+def _move_first_target(case_folder: Path, dz_mm: float) -> None:
+    path = case_folder / "targets.mrk.json"
+    document = json.loads(path.read_text())
+    document["markups"][0]["controlPoints"][0]["position"][2] += dz_mm
+    path.write_text(json.dumps(document))
+
+
+def test_a_registration_of_another_case_reloads_the_case_or_hides_the_overlay(
+    ipc_dir: Path, node_processes: list[NodeProcess], tmp_path: Path
+) -> None:
+    # The nav node's case.load used to reach no one: the render node drew its old models
+    # under the new case's registration.
+    case_a, case_b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(SHIPPED_PHANTOM_DIR, case_a)
+    registration_file = ipc_dir / "registration.json"
+    _save_registration(registration_file, registration_id=1001, case_folder=case_a)
+    stack = start_stack(ipc_dir, case=str(case_a), write_registration=False)
+    node_processes += [stack.tracker, stack.nav, stack.render]
+    nav = bus.CommandClient(stack.nav.spec.control or "")
+    listener = Listener(stack.render_pub, ("scene/", "heartbeat/render"))
+
+    def current(registration_id: int) -> Callable[[bus.Received], bool]:
+        return lambda r: (
+            isinstance(r.message, SceneUpdate)
+            and r.message.overlay is OverlayState.CURRENT
+            and r.message.registration_id == registration_id
+        )
+
+    def load(folder: Path, registration_id: int) -> None:
+        _save_registration(registration_file, registration_id=registration_id, case_folder=folder)
+        reply = nav.call("case.load", path=str(folder), timeout_s=10.0)
+        assert reply.ok and reply.result["restored"], reply
+        assert reply.result["case_id"] == case_id(load_case(folder))
+
+    try:
+        listener.wait_for(current(1001), timeout_s=10, what="CURRENT under 1001")
+        # 1. The case changed in the folder the render node reads: it follows.
+        _move_first_target(case_a, 1.0)
+        load(case_a, 1002)
+        listener.wait_for(current(1002), timeout_s=10, what="CURRENT under 1002")
+        counters = listener.heartbeat(lambda c: c.get("case_reloads", 0) >= 1)
+        assert counters["case_reloads"] == 1 and counters.get("case_mismatches", 0) == 0
+        # 2. A case the render node cannot read: never drawn, HIDDEN with the reason.
+        shutil.copytree(case_a, case_b)
+        _move_first_target(case_b, 1.0)
+        load(case_b, 1003)
+        under_b = [
+            r.message
+            for r in listener.collect(1.0)
+            if isinstance(r.message, SceneUpdate) and r.message.registration_id == 1003
+        ]
+        assert len(under_b) > 10
+        assert all(u.overlay is OverlayState.HIDDEN for u in under_b)
+        # ... though navigation is fine: the case is not.
+        assert sum(u.status is NavStatus.OK for u in under_b) > 10
+        # A headset joining now is told why (the standing alert; it may have been raised
+        # first when the reload in step 1 left the old registration's last state behind).
+        client = Client(stack.headset_endpoint)
+        try:
+            client.hello()
+            deadline = time.monotonic() + 5.0
+            while not any(a.code == "CASE_MISMATCH" for a in client.alerts):
+                assert time.monotonic() < deadline, [a.code for a in client.alerts]
+                alert = client.receive(deadline - time.monotonic())
+                if isinstance(alert, Alert):
+                    client.alerts.append(alert)
+        finally:
+            client.close()
+        mismatch = next(a for a in client.alerts if a.code == "CASE_MISMATCH")
+        assert mismatch.severity.value == "CRITICAL"
+        counters = listener.heartbeat(lambda c: c.get("case_mismatches", 0) >= 1)
+        assert counters["case_reloads"] == 1
+        # 3. Back to the case it has: drawn again.
+        load(case_a, 1004)
+        listener.wait_for(current(1004), timeout_s=10, what="CURRENT under 1004")
+    finally:
+        nav.close()
+        listener.close()
+    assert stack.render.terminate() == 0
+    assert stack.nav.terminate() == 0
 
 
 # --- safety when a producer dies ------------------------------------------------------

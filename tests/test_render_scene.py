@@ -24,6 +24,7 @@ from nav.messages import (
 from nav.transforms import axis_angle_to_matrix, invert_rigid, make_rigid
 from render.render_node import load_display_calibration
 from render.scene import (
+    MAX_KNOWN_REGISTRATIONS,
     AlertMachine,
     HeadsetSample,
     OverlayLimits,
@@ -37,6 +38,8 @@ MS = 1_000_000
 T0 = 10_000 * MS  # a sensor time well after the clock's origin
 STRUCTURES = ("liver", "tumor", "portal_vein")
 SIM_DISPLAY = load_display_calibration("")  # the shipped simulated headset's calibration
+CASE = "c" * 64  # the case whose models the scene draws
+OTHER_CASE = "d" * 64
 
 
 def rigid(axis: tuple[float, float, float], angle_deg: float, t: tuple[float, ...]) -> np.ndarray:
@@ -82,7 +85,8 @@ def headset(
 
 
 def state(T_display_from_headset: np.ndarray | None = None) -> SceneState:
-    return SceneState(
+    """A scene of ``CASE`` that has seen registrations 2, 7 and 8, all of ``CASE``."""
+    s = SceneState(
         session=SESSION,
         scene_version=5,
         structure_names=STRUCTURES,
@@ -91,7 +95,11 @@ def state(T_display_from_headset: np.ndarray | None = None) -> SceneState:
             if T_display_from_headset is None
             else T_display_from_headset
         ),
+        case_id=CASE,
     )
+    for registration_id in (2, 7, 8):
+        s.on_registration(_registration("accepted", registration_id))
+    return s
 
 
 def roundtrip(update: SceneUpdate) -> SceneUpdate:
@@ -366,7 +374,9 @@ def test_headset_lost_and_unregistered_are_their_own_codes() -> None:
     assert [e.code for e in first + second] == ["UNREGISTERED", "HEADSET_LOST"]
 
 
-def _registration(state_: str, registration_id: int, needs: bool = False) -> RegistrationResult:
+def _registration(
+    state_: str, registration_id: int, needs: bool = False, case_id: str = CASE
+) -> RegistrationResult:
     return RegistrationResult(
         registration_id=registration_id,
         state=state_,
@@ -378,6 +388,7 @@ def _registration(state_: str, registration_id: int, needs: bool = False) -> Reg
         target_names=(),
         predicted_tre_mm=np.zeros(0),
         true_tre_mm=np.zeros(0),
+        case_id=case_id,
     )
 
 
@@ -400,3 +411,82 @@ def test_registration_events_alert_once_though_the_nav_node_republishes_them() -
     assert "NEEDS_VERIFICATION" in machine.standing_codes()
     machine.on_scene(_update(OverlayState.CURRENT, registration_id=2), T0 + MS)
     assert "NEEDS_VERIFICATION" not in machine.standing_codes()
+
+
+# --- one case ----------------------------------------------------------------------------
+
+
+def test_a_registration_of_another_case_is_never_drawn_until_the_case_is_loaded() -> None:
+    s = state()
+    s.on_headset(headset())
+    s.on_nav(nav(t_sensor_ns=T0))
+    assert s.update(T0).overlay is OverlayState.CURRENT
+    # The nav node loaded another case and registered it: registration 9 of OTHER_CASE.
+    s.on_registration(_registration("accepted", 9, case_id=OTHER_CASE))
+    s.on_nav(nav(t_sensor_ns=T0 + MS, registration_id=9))
+    hidden = roundtrip(s.update(T0 + MS))
+    assert (hidden.overlay, hidden.status) == (OverlayState.HIDDEN, NavStatus.OK)
+    assert hidden.registration_id == 9
+    np.testing.assert_array_equal(
+        hidden.T_display_from_structures, np.repeat(np.eye(4)[None], 3, 0)
+    )
+    assert np.isnan(hidden.p_tip_display).all()
+    assert s.case_code(9) == "CASE_MISMATCH" and s.transition_times_ns() == ()
+    # Its STALE state does not bring back the old case's pose either.
+    s.on_nav(nav(NavStatus.STALE, t_sensor_ns=T0 + MS, registration_id=9))
+    assert s.update(T0 + 2 * MS).overlay is OverlayState.HIDDEN
+    # The render node loaded that case: drawn, with its structures and scene version.
+    s.set_case(OTHER_CASE, ("liver", "tumor"), 6)
+    s.on_nav(nav(t_sensor_ns=T0 + 3 * MS, registration_id=9))
+    shown = roundtrip(s.update(T0 + 3 * MS))
+    assert shown.overlay is OverlayState.CURRENT
+    assert (shown.structure_names, shown.scene_version) == (("liver", "tumor"), 6)
+    assert shown.T_display_from_structures.shape == (2, 4, 4)
+    # ... and now a registration of the first case is the foreign one.
+    s.on_nav(nav(t_sensor_ns=T0 + 4 * MS, registration_id=7))
+    assert (
+        s.update(T0 + 4 * MS).overlay is OverlayState.HIDDEN and s.case_code(7) == "CASE_MISMATCH"
+    )
+
+
+def test_an_unseen_or_caseless_registration_is_hidden_until_its_case_is_confirmed() -> None:
+    s = state()
+    s.on_headset(headset())
+    s.on_nav(nav(t_sensor_ns=T0, registration_id=10))  # its RegistrationResult not yet here
+    assert s.update(T0).overlay is OverlayState.HIDDEN
+    assert s.case_code(10) == "CASE_UNCONFIRMED"
+    s.on_registration(_registration("restored", 10, case_id=""))  # recorded before case ids
+    assert s.update(T0).overlay is OverlayState.HIDDEN
+    assert s.case_code(10) == "CASE_UNCONFIRMED"
+    s.on_registration(_registration("restored", 10))
+    assert s.update(T0).overlay is OverlayState.CURRENT and s.case_code(10) is None
+    assert s.case_code(0) is None  # no registration: UNREGISTERED says it already
+
+
+def test_the_scene_remembers_a_bounded_number_of_registrations() -> None:
+    s = state()
+    for registration_id in range(100, 100 + MAX_KNOWN_REGISTRATIONS):
+        s.on_registration(_registration("proposed", registration_id))
+    assert s.case_code(100) is None
+    s.on_registration(_registration("proposed", 1000))
+    assert s.case_code(2) == "CASE_UNCONFIRMED"  # the oldest is forgotten
+    assert s.case_code(1000) is None and s.case_code(100 + MAX_KNOWN_REGISTRATIONS - 1) is None
+
+
+def test_a_case_mismatch_raises_its_own_critical_alert_then_recovered() -> None:
+    machine = AlertMachine()
+    s = state()
+    s.on_headset(headset())
+    s.on_registration(_registration("accepted", 9, case_id=OTHER_CASE))
+    s.on_nav(nav(t_sensor_ns=T0, registration_id=9))
+    hidden = s.update(T0)
+    events = machine.on_scene(hidden, T0, s.case_code(hidden.registration_id))
+    assert [(e.code, e.severity) for e in events] == [("CASE_MISMATCH", AlertSeverity.CRITICAL)]
+    assert machine.standing_codes() == ("CASE_MISMATCH",)
+    s.on_headset(headset(t_sensor_ns=T0 + 600 * MS))
+    s.on_nav(nav(t_sensor_ns=T0 + 600 * MS, registration_id=7))
+    current = s.update(T0 + 600 * MS)
+    assert current.overlay is OverlayState.CURRENT
+    later = machine.on_scene(current, T0 + 600 * MS, s.case_code(current.registration_id))
+    later += machine.on_scene(current, T0 + 1200 * MS, s.case_code(current.registration_id))
+    assert [e.code for e in later] == ["RECOVERED"]

@@ -6,10 +6,14 @@ overlay can be trusted and where it cannot. It is an *estimate* of the error mag
 
 Rigid (fiducials). :func:`rigid_confidence_mm` is the expected RMS target registration
 error of Fitzpatrick, West & Maurer (IEEE TMI 17(5):694-702, 1998, eq. 46) at every
-vertex, computed by :func:`nav.registration.paired_point.tre_field_mm` from the fiducial
-configuration and the fiducial localisation error; it is smallest at the fiducials'
-centroid and grows away from it, fastest along the direction in which the fiducials are
-least spread. It assumes a rigid organ: it says nothing about deformation.
+vertex (:func:`nav.registration.paired_point.predicted_tre_mm`), from the facts a
+registration carries on the wire: the labels of the fiducials it used (any subset) and
+the fiducial localisation error its predicted TRE was computed with. So the colours and
+the TRE figure shown next to them are one computation, never an FLE re-derived from the
+FRE. It is smallest at the fiducials' centroid and grows away from it, fastest along the
+direction in which the fiducials are least spread. It assumes a rigid organ: it says
+nothing about deformation. (With a ``PairedPointResult`` in hand,
+:func:`nav.registration.paired_point.tre_field_mm` is the same field.)
 
 Deformable. :func:`deformable_confidence_mm` is the posterior standard deviation of each
 vertex position under the deformable method's own model: a Gaussian-process prior on
@@ -36,27 +40,51 @@ implausible. Read it as a ranking with a rough scale, not a bound.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
-from nav.registration.paired_point import PairedPointResult, tre_field_mm
+from nav.case import Markups
+from nav.registration.paired_point import predicted_tre_mm
 
 FloatArray: TypeAlias = npt.NDArray[np.float64]
 
 
 def rigid_confidence_mm(
-    vertices_model: npt.ArrayLike, paired_point_result: PairedPointResult
+    vertices_image: npt.ArrayLike,
+    *,
+    fiducial_labels: Sequence[str],
+    fle_mm: float,
+    case_fiducials: Markups,
 ) -> FloatArray:
     """Return the predicted RMS TRE (V,) in mm at each vertex of a fiducial registration.
 
-    ``vertices_model`` (V, 3): the mesh vertices in the model frame, mm. This is eq. 46 of
-    Fitzpatrick, West & Maurer 1998 with the result's fiducials and FLE
-    (:func:`nav.registration.paired_point.tre_field_mm`; see there for the assumptions);
-    it is rigid-only and blind to deformation. Raises as ``tre_field_mm`` does.
+    ``vertices_image`` (V, 3): the mesh vertices in the ``image`` frame, mm.
+    ``fiducial_labels`` (N,): the case fiducials the registration used, and ``fle_mm`` the
+    FLE its predicted TRE was computed with (both in ``RegistrationResult``); their
+    positions come from ``case_fiducials``. Eq. 46 of Fitzpatrick, West & Maurer 1998
+    (:func:`nav.registration.paired_point.predicted_tre_mm`; see there for the
+    assumptions): rigid-only and blind to deformation.
+
+    Raises ValueError with one line for an unknown (NaN) or negative FLE, no labels, a
+    label the case lacks or holds twice, and RegistrationError (a ValueError) for fewer
+    than 3 or collinear fiducials.
     """
-    return tre_field_mm(vertices_model, paired_point_result)
+    if math.isnan(fle_mm):
+        raise ValueError("the registration carries no FLE (recorded before it was sent)")
+    if not fiducial_labels:
+        raise ValueError("the registration names no fiducials (recorded before they were sent)")
+    rows: list[int] = []
+    for label in fiducial_labels:
+        where = [i for i, case_label in enumerate(case_fiducials.labels) if case_label == label]
+        if len(where) != 1:
+            problem = "lacks" if not where else f"holds {len(where)} times"
+            raise ValueError(f"the case {problem} fiducial {label!r}")
+        rows.append(where[0])
+    return predicted_tre_mm(vertices_image, case_fiducials.points_lps[rows], fle_mm=fle_mm)
 
 
 def deformable_confidence_mm(
