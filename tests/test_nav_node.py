@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -32,7 +33,7 @@ from nav.messages import (
     ToolStatus,
     TrackerFrame,
 )
-from nav.navigation import Registration
+from nav.navigation import Registration, case_id
 from nav.phantom import SHIPPED_PHANTOM_DIR
 from nav.registration_store import load_registration, save_registration
 from nav.sim_registration import SimRegistration, TouchPlan
@@ -278,6 +279,7 @@ def _write_registration(path: Path, phantom: Case) -> Registration:
         target_names=phantom.targets.labels,
         predicted_tre_mm=np.full(n, 0.2),
         true_tre_mm=np.full(n, np.nan),
+        fiducial_labels=phantom.fiducials.labels,
     )
     save_registration(path, registration, case_name="phantom", created_unix_s=time.time())
     return registration
@@ -295,6 +297,11 @@ def test_stale_within_100_ms_of_the_last_frame_and_a_restart_restores_needing_ve
         assert isinstance(restored.message, RegistrationResult)
         assert restored.message.needs_verification
         assert restored.message.registration_id == 123456789
+        # The file names its fiducials and FLE; it names no case id (as a version 1 file):
+        # checked by name and targets, it travels as a registration of the case loaded.
+        assert restored.message.fle_mm == 0.25
+        assert restored.message.fiducial_labels == phantom.fiducials.labels
+        assert restored.message.case_id == case_id(phantom)
         assert np.all(restored.message.true_tre_mm < 1e-9)  # the truth it was written from
         ok = listener.wait_for(_state_is(NavStatus.OK), timeout_s=5, what="OK state")
         assert isinstance(ok.message, NavState) and ok.message.needs_verification
@@ -408,7 +415,14 @@ def test_pedal_collection_compute_reject_and_the_errors_an_operator_can_meet(
         true_tre = computed["true_tre_mm"]
         assert isinstance(true_tre, dict)
         assert max(float(v) for v in true_tre.values()) < 1.5
-        listener.wait_for(_registration_is("proposed"), timeout_s=5, what="proposal")
+        proposed = listener.wait_for(_registration_is("proposed"), timeout_s=5, what="proposal")
+        # The facts a consumer needs travel with it: the 4 fiducials used, the FLE the
+        # predicted TRE was computed with (the node's fle_mm), the case.
+        assert isinstance(proposed.message, RegistrationResult)
+        assert proposed.message.fiducial_labels == phantom.fiducials.labels[:n]
+        assert proposed.message.fle_mm == 0.25 and proposed.message.method == "points"
+        assert proposed.message.case_id == case_id(phantom)
+        assert computed["fiducial_labels"] == list(phantom.fiducials.labels[:n])
 
         _ok(nav_client.call("registration.reject"))
         listener.wait_for(_registration_is("rejected"), timeout_s=5, what="rejection")
@@ -419,6 +433,7 @@ def test_pedal_collection_compute_reject_and_the_errors_an_operator_can_meet(
 
         loaded = _ok(nav_client.call("case.load", path=str(SHIPPED_PHANTOM_DIR)))
         assert loaded["case"] == "phantom" and loaded["restored"] is False
+        assert loaded["case_id"] == case_id(phantom)
         assert loaded["critical"] == ["portal_vein", "hepatic_vein", "bile_duct"]
         assert _ok(nav_client.call("registration.status"))["collecting"] is False
     finally:
@@ -449,13 +464,33 @@ def test_a_bad_nav_config_is_refused_naming_the_key(params: dict[str, object], k
         node_config(spec)
 
 
+def _not_rigid(document: dict[str, Any]) -> None:
+    document["T_reference_from_image"][0][0] = 2.0
+
+
+def _of_a_changed_case(document: dict[str, Any]) -> None:
+    # Same case name and targets, but the case it registered had other content.
+    document["case_id"] = "0" * 64
+
+
+def _with_a_fiducial_the_case_lacks(document: dict[str, Any]) -> None:
+    document["fiducial_labels"] = [f"F-{i}" for i in range(1, 8)] + ["F-99"]
+
+
+@pytest.mark.parametrize(
+    "corrupt", [_not_rigid, _of_a_changed_case, _with_a_fiducial_the_case_lacks]
+)
 def test_a_corrupt_registration_file_is_ignored_and_the_node_runs_unregistered(
-    ipc_dir: Path, tmp_path: Path, node_processes: list[NodeProcess], phantom: Case
+    ipc_dir: Path,
+    tmp_path: Path,
+    node_processes: list[NodeProcess],
+    phantom: Case,
+    corrupt: Callable[[dict[str, Any]], None],
 ) -> None:
     registration_file = tmp_path / "registration.json"
     _write_registration(registration_file, phantom)
     document = json.loads(registration_file.read_text())
-    document["T_reference_from_image"][0][0] = 2.0  # not rigid
+    corrupt(document)
     registration_file.write_text(json.dumps(document))
     nav = start_node(_nav_spec(ipc_dir, registration_file))  # no tracker at all
     node_processes.append(nav)
