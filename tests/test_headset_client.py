@@ -560,7 +560,9 @@ def test_client_joins_the_render_node_rebuilds_the_scene_and_follows_a_restart(
         step_until(client, lambda: client.events.state is OverlayState.CURRENT, timeout_s=20)
     finally:
         client.close()
-    assert client.reconnects >= 1
+    # Joined the first session and the restarted one (``reconnects`` subtracts scene
+    # reloads, whose number depends on when the restored registration arrives).
+    assert client.stats.joins >= 2
     # Same hashes after the restart: nothing fetched again. The one possible extra is the
     # liver in confidence colours, once the restored registration reached the render node
     # (before or after the client joined: a race this test does not fix).
