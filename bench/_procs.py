@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from nav.launchfile import NodeSpec
+from nav.runtime.launchfile import NodeSpec
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -53,9 +53,9 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 
 from bench._procs import CpuMeter, Processes  # noqa: E402
-from nav import bus  # noqa: E402
-from nav.launchfile import NodeSpec  # noqa: E402
 from nav.messages import TrackerFrame  # noqa: E402
+from nav.runtime import bus  # noqa: E402
+from nav.runtime.launchfile import NodeSpec  # noqa: E402
 from tracking import igtl_codec as igtl  # noqa: E402
 
 N_TOOLS = 6

@@ -5,7 +5,8 @@
 Sections (each prints one table; a failing section is reported and the others still run):
 
 1. End to end, three processes downstream: ``tracking.sim_node`` (6 tools batched in one
-   ``TrackerFrame``, noise on) -> ``nav.relay_node`` "nav" -> ``nav.relay_node`` "render"
+   ``TrackerFrame``, noise on) -> ``nav.runtime.relay_node`` "nav" ->
+   ``nav.runtime.relay_node`` "render"
    -> a ``QueueSubscriber`` in this process, over ipc, at 60, 400 and 1000 Hz. Latency is
    ``t_recv_ns - t_sensor_ns`` (host monotonic clock, system-wide on Linux). The client is
    a *queue* subscriber on purpose: a latest-wins client would quietly skip frames it was
@@ -26,7 +27,7 @@ Sections (each prints one table; a failing section is reported and the others st
    vs six ``ToolPose`` messages, in this process over ipc.
 4. Pose age at a 90 Hz consumer of a 1 kHz tracker: ``LatestSubscriber`` vs a naive
    ``QueueSubscriber`` read one message per tick, both on the same stream at once.
-5. Section 1's stack at 400 Hz with and without ``nav.recorder_node`` subscribed to the
+5. Section 1's stack at 400 Hz with and without ``nav.runtime.recorder_node`` subscribed to the
    tracker: the "without" window is section 1's 400 Hz window; the recorder is then
    started on the same running stack and the next window is measured.
 
@@ -70,9 +71,9 @@ import numpy as np  # noqa: E402
 import zmq  # noqa: E402
 
 from bench._procs import Child, CpuMeter, Processes, StartError  # noqa: E402
-from nav import bus  # noqa: E402
-from nav.launchfile import NodeSpec  # noqa: E402
 from nav.messages import Heartbeat, Message, TrackerFrame, decode, encode  # noqa: E402
+from nav.runtime import bus  # noqa: E402
+from nav.runtime.launchfile import NodeSpec  # noqa: E402
 from tracking.sim_model import SimConfig, SimulatedTracker  # noqa: E402
 
 TARGET_P50_MS = 0.5
@@ -182,7 +183,7 @@ class Stack:
         )
         self.nav = NodeSpec(
             name="nav",
-            module="nav.relay_node",
+            module="nav.runtime.relay_node",
             pub=ep("nav", "pub"),
             control=ep("nav", "ctl"),
             subscribe=("tracker",),
@@ -190,7 +191,7 @@ class Stack:
         )
         self.render = NodeSpec(
             name="render",
-            module="nav.relay_node",
+            module="nav.runtime.relay_node",
             pub=ep("render", "pub"),
             control=ep("render", "ctl"),
             subscribe=("nav",),
@@ -386,13 +387,13 @@ def section_recorder(
     settings: Settings,
 ) -> dict[str, Any]:
     """Start the recorder on the running stack and measure the next window."""
-    if importlib.util.find_spec("nav.recorder_node") is None:
-        progress("[5] nav/recorder_node.py is not there: recorder comparison skipped")
-        return {"failed": "nav/recorder_node.py does not exist (yet)"}
+    if importlib.util.find_spec("nav.runtime.recorder_node") is None:
+        progress("[5] nav/runtime/recorder_node.py is not there: recorder comparison skipped")
+        return {"failed": "nav/runtime/recorder_node.py does not exist (yet)"}
     record_path = ipc_dir / "bench-recording.mcap"
     spec = NodeSpec(
         name="recorder",
-        module="nav.recorder_node",
+        module="nav.runtime.recorder_node",
         pub=f"ipc://{ipc_dir}/{stack.tag}-recorder.pub",
         control=f"ipc://{ipc_dir}/{stack.tag}-recorder.ctl",
         subscribe=("tracker",),

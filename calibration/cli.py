@@ -65,7 +65,7 @@ from calibration.pivot import (
 from calibration.temporal import temporal_calibration
 from nav.cli import UserError
 from nav.frames import is_valid_tool_name
-from nav.launchfile import check_endpoint
+from nav.runtime.launchfile import check_endpoint
 from tracking.plus_sequence import PlusSequenceError, is_plus_path, open_plus_sequence
 
 log = logging.getLogger("ornav.calibrate")

@@ -2,7 +2,7 @@
 
 Not a node: the ``ornav calibrate ... --live TOOL --connect ENDPOINT`` command calls
 ``collect_poses`` in its own process, connected to the tracker's PUB socket like any
-other subscriber. It reads through ``nav.bus`` (so every message is validated before it
+other subscriber. It reads through ``nav.runtime.bus`` (so every message is validated before it
 counts) and keeps only samples whose status is OK.
 
 Subscribes: ``pose/`` — ``TrackerFrame`` on ``pose/<tracker>`` and, if the tracker also
@@ -29,8 +29,8 @@ import numpy.typing as npt
 
 from calibration.errors import CalibrationError
 from calibration.pivot import PivotResult, pivot_calibration
-from nav import bus
 from nav.messages import ToolPose, ToolStatus, TrackerFrame
+from nav.runtime import bus
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ from rich.live import Live
 from rich.logging import RichHandler
 from rich.table import Table
 
-from nav import status as stack_status
-from nav.launchfile import LaunchError, LaunchSpec, load
-from nav.recording import RecordingError, inspect_recording
-from nav.supervisor import StartupError, Supervisor, write_private_text
+from nav.runtime import status as stack_status
+from nav.runtime.launchfile import LaunchError, LaunchSpec, load
+from nav.runtime.recording import RecordingError, inspect_recording
+from nav.runtime.supervisor import StartupError, Supervisor, write_private_text
 from tracking.plus_sequence import is_plus_path
 
 log = logging.getLogger("ornav")
@@ -156,7 +156,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def _recording_notes(notes: Mapping[str, Mapping[str, str]]) -> list[str]:
     """Caption lines for a recording recovered after a crash, or recorded after one."""
-    from nav.recording import RECOVERY_METADATA, RESTART_METADATA
+    from nav.runtime.recording import RECOVERY_METADATA, RESTART_METADATA
 
     def gap(values: Mapping[str, str]) -> str:
         text = values.get("gap_ns", "")
@@ -180,7 +180,7 @@ def _recording_notes(notes: Mapping[str, Mapping[str, str]]) -> list[str]:
 
 def check_playback_args(args: argparse.Namespace) -> None:
     """``--speed`` and ``--pub`` of ``ornav replay``; UserError names the bad one."""
-    from nav.launchfile import check_endpoint
+    from nav.runtime.launchfile import check_endpoint
 
     if not args.speed > 0:
         raise UserError(f"--speed must be > 0, got {args.speed}")
@@ -203,8 +203,8 @@ def run_playback(
     The node runs in a thread with its own control socket; this thread asks it
     ``status_command`` once a second and logs ``describe(result)`` as progress.
     """
-    from nav.bus import CommandClient
-    from nav.launchfile import NodeSpec
+    from nav.runtime.bus import CommandClient
+    from nav.runtime.launchfile import NodeSpec
 
     ipc_dir = Path(tempfile.mkdtemp(prefix="ornav-"))
     spec = NodeSpec(name="replay", module=module, pub=pub, control=f"ipc://{ipc_dir}/replay.ctl")
@@ -238,7 +238,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         from nav.convert import cmd_replay_plus
 
         return cmd_replay_plus(args)
-    from nav import replay_node  # only this command needs the replay node
+    from nav.runtime import replay_node  # only this command needs the replay node
 
     check_playback_args(args)
     summary = inspect_recording(args.file)  # also refuses a non-MCAP file
@@ -255,7 +255,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return run_playback(
         replay_node.run,
         cfg,
-        module="nav.replay_node",
+        module="nav.runtime.replay_node",
         pub=args.pub,
         status_command="replay",
         describe=lambda s: f"{s['state']}: {s['replayed']} messages, pass {s['passes']}",

@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 
 from nav.messages import MessageError, ToolStatus, TrackerFrame, decode, encode
-from nav.recording import (
+from nav.runtime.recording import (
     RecordingError,
     RecordingReader,
     RecordingWriter,

@@ -52,8 +52,6 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from nav import bus
-from nav import status as stack_status
 from nav.case import Case, CaseError, load_case
 from nav.cli import UserError
 from nav.demo_script import (
@@ -69,18 +67,20 @@ from nav.demo_script import (
     nav_plan,
     plan_scenario,
 )
-from nav.launchfile import LaunchError, LaunchSpec, NodeSpec, load
 from nav.messages import NavState, NavStatus
 from nav.messages import decode as decode_message
 from nav.phantom import SHIPPED_PHANTOM_DIR
-from nav.recording import RecordingError, inspect_recording, iter_recording
+from nav.runtime import bus
+from nav.runtime import status as stack_status
+from nav.runtime.launchfile import LaunchError, LaunchSpec, NodeSpec, load
+from nav.runtime.recording import RecordingError, inspect_recording, iter_recording
+from nav.runtime.supervisor import Supervisor, write_private_text
 from nav.sim_registration import (
     Commands,
     RegistrationFigures,
     ScriptedRegistrationError,
     SimRegistration,
 )
-from nav.supervisor import Supervisor, write_private_text
 from nav.transforms import apply
 
 log = logging.getLogger("ornav.demo")
@@ -105,7 +105,7 @@ HEADSET_STOP_GRACES_S = {signal.SIGINT: 30.0, signal.SIGTERM: 5.0, signal.SIGKIL
 MODULES = {
     "tracker": "tracking.sim_node",
     "nav": "nav.nav_node",
-    "recorder": "nav.recorder_node",
+    "recorder": "nav.runtime.recorder_node",
     "render": "render.render_node",
 }
 """The nodes the demo drives or reads, by role; found in the launch file by module."""

@@ -97,10 +97,8 @@ from typing import Final
 import numpy as np
 
 from calibration.files import CalibrationFileError, read_tip_offset
-from nav import bus
 from nav.case import Case, CaseError, load_case
 from nav.frames import REFERENCE, is_valid_tool_name
-from nav.launchfile import NodeSpec
 from nav.messages import (
     Command,
     JsonValue,
@@ -126,9 +124,11 @@ from nav.navigation import (
     tip_in_reference,
     true_tre_mm,
 )
-from nav.node import POLL_TIMEOUT_S, NodeRuntime, node_main
 from nav.phantom import SHIPPED_PHANTOM_DIR
 from nav.registration_store import RegistrationFileError, load_registration, save_registration
+from nav.runtime import bus
+from nav.runtime.launchfile import NodeSpec
+from nav.runtime.node import POLL_TIMEOUT_S, NodeRuntime, node_main
 from nav.surface_collector import (
     DEFAULT_MAX_POINTS,
     DEFAULT_SPACING_MM,

@@ -21,7 +21,7 @@ after the script starts. A fiducial not recorded ``margin_s`` after its hold end
 missed: the nav node sees a sample within milliseconds, and the next touch cannot dwell
 sooner than ``travel_s + window`` (the nav node's ``dwell_s``, 0.4 s) after that hold.
 
-Talks to the nodes only through ``nav.bus.CommandClient`` (``Commands``); the clock is
+Talks to the nodes only through ``nav.runtime.bus.CommandClient`` (``Commands``); the clock is
 injectable, so the retry logic is tested without processes.
 """
 
@@ -80,7 +80,7 @@ def write_true_registration(path: str | Path, *, registration_id: int = 1) -> No
 
 
 class Commands(Protocol):
-    """What this module needs of a node's control socket (``nav.bus.CommandClient``)."""
+    """What this module needs of a node's control socket (``nav.runtime.bus.CommandClient``)."""
 
     def call(self, name: str, *, timeout_s: float = ..., **args: object) -> Reply: ...
 

@@ -39,7 +39,7 @@ Times are the client's monotonic clock (ns) unless named ``*_server_ns``. On one
 offset is ~0 and latency is a plain difference of monotonic clocks.
 
 ``zmq`` is imported here although this is not a ``*_node.py``: the client is a process of
-its own (``ornav headset``), and ``nav.bus`` has no DEALER. The pure parts (``ClockSync``,
+its own (``ornav headset``), and ``nav.runtime.bus`` has no DEALER. The pure parts (``ClockSync``,
 ``client_overlay``, ``OverlayEvents``) take time as an argument and are tested apart.
 """
 
@@ -60,7 +60,6 @@ from typing import Any
 import numpy as np
 import zmq  # noqa: TID251 -- a process of its own; see the module docstring
 
-from nav import bus
 from nav.messages import (
     HEADSET_PROTOCOL_VERSION,
     MAX_ASSET_BYTES,
@@ -85,7 +84,8 @@ from nav.messages import (
     decode,
     encode,
 )
-from nav.stats import LatencyWindow
+from nav.runtime import bus
+from nav.runtime.stats import LatencyWindow
 
 log = logging.getLogger(__name__)
 

@@ -85,10 +85,8 @@ import numpy as np
 import zmq
 
 from calibration.files import CalibrationFileError, read_calibration
-from nav import bus
 from nav.case import Case, CaseError, load_case
 from nav.frames import HEADSET, is_valid_tool_name
-from nav.launchfile import NodeSpec
 from nav.messages import (
     HEADSET_PROTOCOL_VERSION,
     MAX_PAYLOAD_BYTES,
@@ -114,9 +112,11 @@ from nav.messages import (
     encode,
 )
 from nav.navigation import ACTIVE_STATES, case_id
-from nav.node import POLL_TIMEOUT_S, NodeRuntime, node_main
 from nav.phantom import SHIPPED_PHANTOM_DIR
 from nav.registration.confidence import rigid_confidence_mm
+from nav.runtime import bus
+from nav.runtime.launchfile import NodeSpec
+from nav.runtime.node import POLL_TIMEOUT_S, NodeRuntime, node_main
 from nav.transforms import Mat4
 from render.assets import (
     DEFAULT_TRIANGLE_BUDGET,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from nav.launchfile import NodeSpec
+from nav.runtime.launchfile import NodeSpec
 
 # A shared 2-core machine makes any example slow now and then: never fail on wall time.
 settings.register_profile(

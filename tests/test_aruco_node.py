@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from calibration.files import write_calibration
-from nav import bus
-from nav.config import ConfigError, from_table
-from nav.launchfile import NodeSpec
 from nav.messages import Heartbeat, ToolStatus, TrackerFrame
+from nav.runtime import bus
+from nav.runtime.config import ConfigError, from_table
+from nav.runtime.launchfile import NodeSpec
 from tests.conftest import REPO, NodeProcess, shared_data, start_node
 from tracking.aruco_node import Config
 

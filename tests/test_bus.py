@@ -1,4 +1,4 @@
-"""Tests for nav.bus over real ZeroMQ sockets, and a real relay node process.
+"""Tests for nav.runtime.bus over real ZeroMQ sockets, and a real relay node process.
 
 Every endpoint is ``ipc://`` under the ``ipc_dir`` fixture. No test sleeps to wait out
 ZeroMQ's slow joiner: before the real traffic, a warm-up message is published in a loop
@@ -20,16 +20,6 @@ import numpy as np
 import pytest
 import zmq
 
-from nav.bus import (
-    CommandClient,
-    CommandServer,
-    LatestSubscriber,
-    Publisher,
-    QueueSubscriber,
-    Received,
-    context,
-)
-from nav.launchfile import NodeSpec
 from nav.messages import (
     MAX_PAYLOAD_BYTES,
     Command,
@@ -42,6 +32,16 @@ from nav.messages import (
     decode,
     encode,
 )
+from nav.runtime.bus import (
+    CommandClient,
+    CommandServer,
+    LatestSubscriber,
+    Publisher,
+    QueueSubscriber,
+    Received,
+    context,
+)
+from nav.runtime.launchfile import NodeSpec
 from nav.transforms import pose_from_quat
 from tests.conftest import NodeProcess, start_node
 
@@ -381,7 +381,7 @@ def test_subscriber_hears_a_publisher_again_after_a_frame_over_the_socket_limit(
 def relay_spec(ipc_dir: Path, *subscribe: str) -> NodeSpec:
     return NodeSpec(
         name="relay",
-        module="nav.relay_node",
+        module="nav.runtime.relay_node",
         pub=ipc(ipc_dir, "relay.pub"),
         control=ipc(ipc_dir, "relay.ctl"),
         subscribe_endpoints=subscribe,

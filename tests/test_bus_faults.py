@@ -16,9 +16,9 @@ import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nav import bus, roster
-from nav.launchfile import NodeSpec
 from nav.messages import Command, Heartbeat, TrackerFrame, encode
+from nav.runtime import bus, roster
+from nav.runtime.launchfile import NodeSpec
 from tests.conftest import NodeProcess, start_node
 
 

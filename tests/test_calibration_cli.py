@@ -21,9 +21,9 @@ from calibration.files import (
 )
 from calibration.live import LiveCollectionError, collect_poses
 from calibration.pivot import PivotResult
-from nav import bus
-from nav.launchfile import NodeSpec
 from nav.messages import ToolStatus, TrackerFrame
+from nav.runtime import bus
+from nav.runtime.launchfile import NodeSpec
 from nav.transforms import axis_angle_to_matrix, invert_rigid, make_rigid
 from tests.conftest import REPO, NodeProcess, shared_data, start_node
 

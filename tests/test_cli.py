@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from nav import bus
 from nav.demo import DEFAULT_LAUNCH_FILE
 from nav.messages import decode, encode
-from nav.recording import iter_recording
+from nav.runtime import bus
+from nav.runtime.recording import iter_recording
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -93,7 +93,7 @@ def test_replay_command_republishes_the_recording_byte_for_byte(
         if process.poll() is None:
             process.kill()
 
-    # The same messages, stamped with the replay's own publisher epoch (nav.replay_node).
+    # The same messages, stamped with the replay's own publisher epoch (nav.runtime.replay_node).
     def unstamped(payload: bytes) -> bytes:
         envelope = decode(payload)
         return encode(envelope.message, seq=envelope.seq, t_pub_ns=envelope.t_pub_ns)
@@ -146,7 +146,7 @@ control = "ipc://{{ipc_dir}}/tracker.ctl"
 rate_hz = 100
 
 [nodes.relay]
-module = "nav.relay_node"
+module = "nav.runtime.relay_node"
 pub = "ipc://{{ipc_dir}}/relay.pub"
 subscribe = ["tracker"]
 """

@@ -39,9 +39,9 @@ from nav.demo_script import (
     nav_plan,
     plan_scenario,
 )
-from nav.launchfile import load
 from nav.messages import JsonValue, NavState, Reply, decode
-from nav.recording import inspect_recording, iter_recording
+from nav.runtime.launchfile import load
+from nav.runtime.recording import inspect_recording, iter_recording
 from nav.sim_registration import RegistrationFigures, SimRegistration, TouchPlan
 from nav.transforms import apply
 from tests.conftest import REPO

@@ -24,9 +24,7 @@ import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nav import bus
 from nav.case import load_case
-from nav.launchfile import NodeSpec
 from nav.messages import (
     HEADSET_PROTOCOL_VERSION,
     Alert,
@@ -49,6 +47,8 @@ from nav.messages import (
     encode,
 )
 from nav.phantom import SHIPPED_PHANTOM_DIR
+from nav.runtime import bus
+from nav.runtime.launchfile import NodeSpec
 from nav.sim_registration import write_true_registration
 from render.assets import AssetSet, build_assets, with_confidence
 from render.headset_client import (

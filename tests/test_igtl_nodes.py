@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from nav import bus
-from nav.launchfile import NodeSpec, load
 from nav.messages import ToolStatus, TrackerFrame
-from nav.recording import iter_recording
+from nav.runtime import bus
+from nav.runtime.launchfile import NodeSpec, load
+from nav.runtime.recording import iter_recording
 from tests.conftest import REPO, NodeProcess, start_node
 from tracking import igtl_codec as igtl
 from tracking.igtl_client_node import (

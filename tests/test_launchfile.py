@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nav.launchfile import LaunchError, check_endpoint, load
+from nav.runtime.launchfile import LaunchError, check_endpoint, load
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -23,7 +23,7 @@ control = "ipc://{ipc_dir}/tracker.ctl"
 rate_hz = 100
 
 [nodes.relay]
-module = "nav.relay_node"
+module = "nav.runtime.relay_node"
 pub = "ipc://{ipc_dir}/relay.pub"
 subscribe = ["tracker"]
 restart = "on-failure"
@@ -67,11 +67,11 @@ BAD_CASES = {
     ),
     "unknown stack key": (('name = "t"', 'name = "t"\ncolour = 1'), ["[stack]", "'colour'"]),
     "missing module": (
-        ('module = "nav.relay_node"', 'module = "nav.no_such_node"'),
+        ('module = "nav.runtime.relay_node"', 'module = "nav.no_such_node"'),
         ["node 'relay'", "key 'module'", "nav.no_such_node"],
     ),
     "module that is not a node": (
-        ('module = "nav.relay_node"', 'module = "nav.transforms"'),
+        ('module = "nav.runtime.relay_node"', 'module = "nav.transforms"'),
         ["node 'relay'", "key 'module'", "not a node"],
     ),
     "malformed endpoint": (
@@ -225,7 +225,7 @@ REFUSED = {
         ["node 'render'", "key 'params.headset_endpoint'", "malformed endpoint", "absolute"],
     ),
     "a node subscribing to itself": (
-        STACK + '[nodes.relay]\nmodule = "nav.relay_node"\npub = "ipc://{ipc_dir}/relay.pub"\n'
+        STACK + '[nodes.relay]\nmodule = "nav.runtime.relay_node"\npub = "ipc://{ipc_dir}/relay.pub"\n'
         'subscribe = ["tracker", "relay"]\n',
         ["node 'relay'", "key 'subscribe'", "itself"],
     ),
@@ -294,8 +294,8 @@ def test_heartbeat_timeout_defaults_from_the_stack_and_a_node_may_override_it(
 
 
 def test_heartbeat_period_the_timeout_is_checked_against_is_the_nodes() -> None:
-    from nav.launchfile import HEARTBEAT_PERIOD_S
-    from nav.node import HEARTBEAT_PERIOD_S as NODE_PERIOD_S
+    from nav.runtime.launchfile import HEARTBEAT_PERIOD_S
+    from nav.runtime.node import HEARTBEAT_PERIOD_S as NODE_PERIOD_S
 
     assert HEARTBEAT_PERIOD_S == NODE_PERIOD_S
 
@@ -338,7 +338,7 @@ def test_module_this_is_refused_without_being_imported(tmp_path: Path) -> None:
     assert "Beautiful is better than ugly" not in result.stdout + result.stderr
     probe = subprocess.run(
         [sys.executable, "-c",
-         "import sys\nfrom nav.launchfile import LaunchError, load\n"
+         "import sys\nfrom nav.runtime.launchfile import LaunchError, load\n"
          f"try:\n    load({str(path)!r}, run_dir={str(tmp_path)!r})\n"
          "except LaunchError:\n    pass\nprint('this' in sys.modules)"],
         capture_output=True, text=True, timeout=60, cwd=REPO,

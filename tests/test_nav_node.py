@@ -20,10 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from nav import bus
 from nav.case import Case, load_case
-from nav.config import ConfigError
-from nav.launchfile import NodeSpec, node_config
 from nav.messages import (
     Heartbeat,
     NavState,
@@ -36,6 +33,9 @@ from nav.messages import (
 from nav.navigation import Registration, case_id
 from nav.phantom import SHIPPED_PHANTOM_DIR
 from nav.registration_store import load_registration, save_registration
+from nav.runtime import bus
+from nav.runtime.config import ConfigError
+from nav.runtime.launchfile import NodeSpec, node_config
 from nav.sim_registration import SimRegistration, TouchPlan
 from nav.transforms import apply, axis_angle_to_matrix, make_rigid
 from tests.conftest import NodeProcess, start_node

@@ -20,9 +20,7 @@ import numpy.typing as npt
 import open3d as o3d
 import pytest
 
-from nav import bus
 from nav.case import Case, load_case
-from nav.launchfile import NodeSpec
 from nav.messages import (
     Command,
     Message,
@@ -45,6 +43,8 @@ from nav.navigation import (
 from nav.phantom import SHIPPED_PHANTOM_DIR
 from nav.registration.errors import RegistrationError
 from nav.registration_store import from_json, load_registration, to_json
+from nav.runtime import bus
+from nav.runtime.launchfile import NodeSpec
 from nav.sim_registration import SimRegistration, TouchPlan
 from nav.surface_collector import SurfaceCollector
 from nav.transforms import apply, axis_angle_to_matrix, make_rigid

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nav import bus
-from nav.launchfile import NodeSpec
 from nav.messages import Heartbeat, ToolStatus, TrackerFrame
+from nav.runtime import bus
+from nav.runtime.launchfile import NodeSpec
 from tests.conftest import REPO, NodeProcess, shared_data, start_node
 from tracking.plus_sequence import PlusFrame, read_plus_sequence, write_plus_sequence
 

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from nav.convert import ConvertError, convert
 from nav.messages import ToolStatus, TrackerFrame, decode, encode
-from nav.recording import RecordingWriter, inspect_recording, iter_recording
+from nav.runtime.recording import RecordingWriter, inspect_recording, iter_recording
 from nav.transforms import pose_from_quat
 from tests.conftest import REPO, shared_data
 from tracking.plus_sequence import (

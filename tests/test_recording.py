@@ -26,16 +26,16 @@ import numpy as np
 import pytest
 from mcap.reader import make_reader
 
-from nav import bus
-from nav.launchfile import NodeSpec
 from nav.messages import Heartbeat, Message, ToolPose, ToolStatus, TrackerFrame, decode, encode
-from nav.recording import (
+from nav.runtime import bus
+from nav.runtime.launchfile import NodeSpec
+from nav.runtime.recording import (
     RecordingError,
     RecordingWriter,
     inspect_recording,
     iter_recording,
 )
-from nav.replay_node import replay_payload
+from nav.runtime.replay_node import replay_payload
 
 REPO = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 20.0
@@ -183,7 +183,7 @@ def closing() -> Iterator[Callable[[Any], Any]]:
 def recorder_spec(sock_dir: str, source: str, **params: Any) -> NodeSpec:
     return NodeSpec(
         name="recorder",
-        module="nav.recorder_node",
+        module="nav.runtime.recorder_node",
         pub=f"ipc://{sock_dir}/recorder.pub",
         control=f"ipc://{sock_dir}/recorder.ctl",
         subscribe=("source",),
@@ -195,7 +195,7 @@ def recorder_spec(sock_dir: str, source: str, **params: Any) -> NodeSpec:
 def replay_spec(sock_dir: str, **params: Any) -> NodeSpec:
     return NodeSpec(
         name="replay",
-        module="nav.replay_node",
+        module="nav.runtime.replay_node",
         pub=f"ipc://{sock_dir}/replay.pub",
         control=f"ipc://{sock_dir}/replay.ctl",
         params=params,

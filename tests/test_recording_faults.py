@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 from mcap.reader import make_reader
 
-from nav import bus
-from nav.launchfile import NodeSpec
 from nav.messages import TrackerFrame, decode
-from nav.recording import (
+from nav.runtime import bus
+from nav.runtime.launchfile import NodeSpec
+from nav.runtime.recording import (
     RECOVERY_METADATA,
     RESTART_METADATA,
     RecordingWriter,
@@ -286,7 +286,7 @@ def test_replay_toml_under_the_supervisor_delivers_replayed_poses_to_a_trusting_
     # A recorder in the same stack: under the supervisor it trusts only rostered epochs.
     text += (
         "\n[nodes.recorder]\n"
-        'module = "nav.recorder_node"\n'
+        'module = "nav.runtime.recorder_node"\n'
         'pub = "ipc://{ipc_dir}/recorder.pub"\n'
         'control = "ipc://{ipc_dir}/recorder.ctl"\n'
         'subscribe = ["replay"]\n'

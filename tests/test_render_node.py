@@ -21,10 +21,7 @@ import numpy as np
 import pytest
 import zmq
 
-from nav import bus
 from nav.case import load_case
-from nav.config import ConfigError
-from nav.launchfile import NodeSpec, node_config
 from nav.messages import (
     HEADSET_PROTOCOL_VERSION,
     MAX_ASSET_BYTES,
@@ -51,6 +48,9 @@ from nav.navigation import Registration, case_id
 from nav.phantom import SHIPPED_PHANTOM_DIR
 from nav.registration.paired_point import predicted_tre_mm
 from nav.registration_store import save_registration
+from nav.runtime import bus
+from nav.runtime.config import ConfigError
+from nav.runtime.launchfile import NodeSpec, node_config
 from nav.sim_registration import SIM_T_REFERENCE_FROM_IMAGE, write_true_registration
 from render.assets import build_assets, confidence_rgba, glb_vertex_rgba, load_glb
 from tests.conftest import NodeProcess, start_node

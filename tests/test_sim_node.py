@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nav import bus
-from nav.launchfile import NodeSpec
 from nav.messages import Heartbeat, ToolStatus, TrackerFrame
+from nav.runtime import bus
+from nav.runtime.launchfile import NodeSpec
 from nav.transforms import apply, invert_rigid
 from tests.conftest import NodeProcess, start_node
 from tracking.sim_model import SimConfig

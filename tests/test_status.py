@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from rich.console import Console
 
-from nav.status import NodeRow, StackStatus, ToolRow, render, summary
+from nav.runtime.status import NodeRow, StackStatus, ToolRow, render, summary
 
 
 def _status(
@@ -63,7 +63,7 @@ def test_navigation_status_is_shown_and_summarised() -> None:
 
 
 def test_fixed_rate_schedule_keeps_its_grid_and_skips_ahead_only_when_far_behind() -> None:
-    from nav.stats import advance_schedule
+    from nav.runtime.stats import advance_schedule
 
     period = 1_000_000  # 1 kHz
     assert advance_schedule(0, period_ns=period, now_ns=3 * period) == (period, False)

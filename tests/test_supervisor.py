@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from nav.launchfile import NODE_PACKAGES, load
-from nav.supervisor import StartupError, Supervisor
+from nav.runtime.launchfile import NODE_PACKAGES, load
+from nav.runtime.supervisor import StartupError, Supervisor
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE = "tests.fake.behaving_node"
@@ -240,7 +240,7 @@ control = "ipc://{ipc_dir}/tracker.ctl"
 rate_hz = 200
 
 [nodes.relay]
-module = "nav.relay_node"
+module = "nav.runtime.relay_node"
 pub = "ipc://{ipc_dir}/relay.pub"
 subscribe = ["tracker"]
 """
@@ -329,7 +329,7 @@ def test_stop_signal_handler_never_blocks_on_the_stop_events_lock() -> None:
     held the Event's lock (on the way out of stop.wait) and called stop.set() itself."""
     import threading
 
-    from nav.node import stop_on_signal
+    from nav.runtime.node import stop_on_signal
 
     stop = threading.Event()
     handler = stop_on_signal(stop, "test")

@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from nav import bus, roster
-from nav import status as stack_status
-from nav.launchfile import load
 from nav.messages import Heartbeat, NavState, NavStatus, ToolStatus, TrackerFrame
+from nav.runtime import bus, roster
+from nav.runtime import status as stack_status
+from nav.runtime.launchfile import load
+from nav.runtime.supervisor import StartupError, Supervisor
 from nav.sim_registration import write_true_registration
-from nav.supervisor import StartupError, Supervisor
 from tests.test_supervisor import REPO, _alive, _journal, _stack, _tick_until
 
 FORGED_FRAME_BASE = 1_000_000_000  # forged frame numbers: never a real tracker's
@@ -353,7 +353,7 @@ control = "ipc://{ipc_dir}/tracker.ctl"
 rate_hz = 100
 
 [nodes.relay]
-module = "nav.relay_node"
+module = "nav.runtime.relay_node"
 pub = "ipc://{ipc_dir}/relay.pub"
 subscribe = ["tracker"]
 """

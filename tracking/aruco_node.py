@@ -64,10 +64,10 @@ import cv2
 import numpy as np
 
 from nav.frames import is_valid_tool_name
-from nav.launchfile import NodeSpec
 from nav.messages import Heartbeat, ToolStatus, TrackerFrame
-from nav.node import NodeRuntime, node_main
-from nav.stats import LatencyWindow, advance_schedule
+from nav.runtime.launchfile import NodeSpec
+from nav.runtime.node import NodeRuntime, node_main
+from nav.runtime.stats import LatencyWindow, advance_schedule
 from tracking.aruco import (
     DEFAULT_DICTIONARY,
     DEFAULT_MAX_REPROJECTION_RMS_PX,

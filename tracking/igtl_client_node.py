@@ -74,9 +74,9 @@ import numpy as np
 import numpy.typing as npt
 
 from nav.frames import is_valid_tool_name
-from nav.launchfile import NodeSpec
 from nav.messages import RIGID_TOLERANCE, Command, Reply, ToolStatus, TrackerFrame
-from nav.node import POLL_TIMEOUT_S, NodeRuntime, node_main
+from nav.runtime.launchfile import NodeSpec
+from nav.runtime.node import POLL_TIMEOUT_S, NodeRuntime, node_main
 from nav.transforms import quat_to_matrix, rigidity_error
 from tracking import igtl_codec as igtl
 

@@ -60,10 +60,10 @@ import numpy as np
 import numpy.typing as npt
 import zmq
 
-from nav import bus
-from nav.launchfile import NodeSpec
 from nav.messages import Command, JsonValue, Reply, ToolPose, ToolStatus, TrackerFrame
-from nav.node import POLL_TIMEOUT_S, NodeRuntime, node_main
+from nav.runtime import bus
+from nav.runtime.launchfile import NodeSpec
+from nav.runtime.node import POLL_TIMEOUT_S, NodeRuntime, node_main
 from nav.transforms import invert_rigid
 from tracking import igtl_codec as igtl
 

@@ -22,7 +22,7 @@ honest. A frame already late goes out at once. Timing ``fast``: as fast as ``rat
 allows, ``t_sensor_ns`` the publish time (for throughput; the file's spacing is not kept).
 ``frame_number`` is PLUS's ``FrameNumber``, else the frame's position in the file.
 
-Start, end and stop as ``nav.replay_node``: playback starts ``start_delay_s`` after READY
+Start, end and stop as ``nav.runtime.replay_node``: playback starts ``start_delay_s`` after READY
 (a PUB socket drops what it sends before a subscriber joins), or on ``play``, or only on
 ``play`` with ``wait_for_play``. ``loop`` starts the file again after its last frame. At
 the end (no ``loop``) the node lingers ``end_linger_s`` and exits 0, or with
@@ -39,10 +39,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from nav import bus
-from nav.launchfile import NodeSpec
 from nav.messages import MAX_NAME_LEN, Command, Reply, ToolStatus
-from nav.node import POLL_TIMEOUT_S, NodeRuntime, node_main
+from nav.runtime import bus
+from nav.runtime.launchfile import NodeSpec
+from nav.runtime.node import POLL_TIMEOUT_S, NodeRuntime, node_main
 from tracking.plus_sequence import (
     DEFAULT_TRACKER_FRAME,
     PlusSequenceError,

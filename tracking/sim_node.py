@@ -33,10 +33,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from nav.launchfile import NodeSpec
 from nav.messages import Command, JsonValue, Reply, ToolStatus
-from nav.node import NodeRuntime, node_main
-from nav.stats import advance_schedule
+from nav.runtime.launchfile import NodeSpec
+from nav.runtime.node import NodeRuntime, node_main
+from nav.runtime.stats import advance_schedule
 from tracking.sim_model import PointerScript, SimConfig, SimulatedTracker
 
 MIN_RATE_HZ = 30.0

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from nav.launchfile import NodeSpec
-from nav.node import POLL_TIMEOUT_S, NodeRuntime, node_main
+from nav.runtime.launchfile import NodeSpec
+from nav.runtime.node import POLL_TIMEOUT_S, NodeRuntime, node_main
 
 
 @dataclass(frozen=True)

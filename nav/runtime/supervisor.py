@@ -15,11 +15,11 @@
 - Watchdog: once a node has sent a heartbeat, one older than its ``heartbeat_timeout_s``
   means it is wedged; the supervisor says why, stops it (the escalation below) and
   restarts it under its policy.
-- Trust: every start of a node gets a fresh publisher epoch (``nav.roster``), listed in
+- Trust: every start of a node gets a fresh publisher epoch (``nav.runtime.roster``), listed in
   ``<ipc_dir>/roster.json`` before the child starts and removed the moment it exits, so
   subscribers drop a stranger on its port (or the dead process's queued messages) until
   the supervisor's own restart. Children get ``ORNAV_EPOCH``, ``ORNAV_ROSTER`` and
-  ``ORNAV_SUPERVISOR_PID``: they stop when the supervisor dies (``nav.node``). Start and
+  ``ORNAV_SUPERVISOR_PID``: they stop when the supervisor dies (``nav.runtime.node``). Start and
   tick the supervisor from the main thread: Linux's parent-death signal fires when the
   thread that forked a child exits.
 - Stop: reverse order; SIGINT, then SIGTERM, then SIGKILL, ``stop_grace_s`` apart.
@@ -46,15 +46,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from nav import bus, roster
-from nav.launchfile import LaunchSpec, NodeSpec, bound_endpoints
 from nav.messages import Heartbeat, NavState, ToolStatus, TrackerFrame
-from nav.node import EXIT_BIND_FAILED, HEARTBEAT_TOPIC_PREFIX, SUPERVISOR_PID_ENV
+from nav.runtime import bus, roster
+from nav.runtime.launchfile import LaunchSpec, NodeSpec, bound_endpoints
+from nav.runtime.node import EXIT_BIND_FAILED, HEARTBEAT_TOPIC_PREFIX, SUPERVISOR_PID_ENV
 
 log = logging.getLogger(__name__)
 
 ROSTER_NAME = "roster.json"
-# What nav.node writes to stderr when a bind fails ("ornav: tracker: cannot bind X: why").
+# What nav.runtime.node writes to stderr when a bind fails ("ornav: tracker: cannot bind X: why").
 _CANNOT_BIND = re.compile(r"cannot bind (\S+): (.+?)\s*$")
 _ADDR_SUFFIX = re.compile(r"\s*\(addr='[^']*'\)$")
 

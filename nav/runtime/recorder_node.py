@@ -10,7 +10,7 @@ Control: ``ping``, ``status``, and ``recording`` -> ``{"path", "messages", "chun
 ``running``, ``done`` or ``failed``; one entry per recovered file: ``path``, ``messages``,
 ``lost``, ``gap_s``).
 
-The file layout, clocks and crash safety are described in ``nav/recording.py``: a recorder
+The file layout, clocks and crash safety are described in ``nav/runtime/recording.py``: a recorder
 killed outright loses at most the last ``flush_period_s`` of data. An existing file at
 ``path`` is never overwritten: the recorder writes beside it (``session-1.mcap``, ...) and
 says so in the log, so a restart after a crash keeps the first part of the session.
@@ -18,7 +18,7 @@ says so in the log, so a restart after a crash keeps the first part of the sessi
 Restart after a crash: the earlier parts of the session that were never closed (no
 summary: the standard ``mcap`` reader refuses them) are recovered in a background thread
 once this recorder records (so recovery never widens the gap): each is rewritten as a
-complete file with ``nav.recording.recover_recording``, and the log says how many messages
+complete file with ``nav.runtime.recording.recover_recording``, and the log says how many messages
 it kept and how long the gap was between its last message and the moment recording
 resumed. The gap also goes into the recovered file (``ornav.recovery``) and into the new
 one (``ornav.restart``), where ``ornav inspect`` shows it; the ``recording`` command
@@ -40,11 +40,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from nav import bus
-from nav.launchfile import NodeSpec
 from nav.messages import Command, JsonValue, Reply, ToolPose, TrackerFrame
-from nav.node import POLL_TIMEOUT_S, NodeRuntime, node_main
-from nav.recording import (
+from nav.runtime import bus
+from nav.runtime.launchfile import NodeSpec
+from nav.runtime.node import POLL_TIMEOUT_S, NodeRuntime, node_main
+from nav.runtime.recording import (
     COMPRESSIONS,
     DEFAULT_CHUNK_SIZE_BYTES,
     DEFAULT_FLUSH_PERIOD_S,
@@ -72,7 +72,7 @@ class Config:
     """``path``: the session file (a launch file gives e.g. ``{run_dir}/session.mcap``).
 
     ``topics``: prefixes to record (``""`` = all). ``chunk_size_bytes`` and
-    ``flush_period_s`` bound how much a crash can lose (see ``nav/recording.py``).
+    ``flush_period_s`` bound how much a crash can lose (see ``nav/runtime/recording.py``).
     """
 
     path: str

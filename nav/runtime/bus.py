@@ -18,7 +18,7 @@ Every socket keeps ``Counters``: sent, received, rejected by kind (see
 Nothing received is trusted before ``messages.decode`` has validated it.
 
 Producer restarts: a publisher stamps every message with its process's ``epoch``
-(``nav.roster``). Sequence numbers are compared only within one epoch; a new epoch resets
+(``nav.runtime.roster``). Sequence numbers are compared only within one epoch; a new epoch resets
 the order and is counted as ``producer_restarts``, never as loss. Under a supervisor, a
 subscriber drops (``rejected_untrusted``) any epoch the supervisor's roster does not list,
 so a stranger on a crashed node's port is not taken for that node.
@@ -43,7 +43,6 @@ from dataclasses import dataclass
 
 import zmq
 
-from nav import roster
 from nav.messages import (
     MAX_PAYLOAD_BYTES,
     Command,
@@ -54,6 +53,7 @@ from nav.messages import (
     decode,
     encode,
 )
+from nav.runtime import roster
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ class _Subscriber:
         for topic in topics:
             self._sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
         self._last: dict[str, tuple[int, int]] = {}  # topic -> (epoch, seq) last seen
-        # Under a supervisor only the epochs on its roster are trusted (nav.roster).
+        # Under a supervisor only the epochs on its roster are trusted (nav.runtime.roster).
         self._trust = trust if trust is not None else roster.trust_from_environment()
         self.counters = Counters()
 
@@ -351,7 +351,7 @@ class CommandServer:
 
     Control is never allowed to starve the pose path: each peer may have at most
     ``CONTROL_RCVHWM`` requests queued (ZeroMQ holds the rest back at the sender), and the
-    node answers a bounded number per loop pass (``nav.node``).
+    node answers a bounded number per loop pass (``nav.runtime.node``).
     """
 
     def __init__(self, endpoint: str, *, keys: CurveKeys | None = None) -> None:

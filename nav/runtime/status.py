@@ -12,7 +12,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from nav.supervisor import NodeState, Supervisor, ToolState
+from nav.runtime.supervisor import NodeState, Supervisor, ToolState
 
 HEARTBEAT_LATE_S = 2.0  # a running node silent this long is shown as late (its own limit wins)
 POSE_STALE_MS = 100.0  # the overlay's stale threshold (ARCHITECTURE: flagged at 100 ms)

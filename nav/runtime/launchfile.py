@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nav.config import ConfigError, from_table
+from nav.runtime.config import ConfigError, from_table
 
 NODE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
@@ -60,10 +60,10 @@ RESTART_POLICIES = ("never", "on-failure")
 
 # The packages whose ``*_node`` modules a launch file may run (see ``load``).
 NODE_PACKAGES = ("nav", "tracking", "render")
-_PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # holds nav/, tracking/, render/
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # holds nav/, tracking/, render/
 _NODE_MODULE = re.compile(r"([a-z_][a-z0-9_]*\.)+[a-z_][a-z0-9_]*_node")
-# nav.node.HEARTBEAT_PERIOD_S (not imported: nav.node imports this module). A timeout at or
-# under one period would restart a healthy node between two heartbeats.
+# nav.runtime.node.HEARTBEAT_PERIOD_S (not imported: nav.runtime.node imports this module).
+# A timeout at or under one period would restart a healthy node between two heartbeats.
 HEARTBEAT_PERIOD_S = 0.5
 DEFAULT_HEARTBEAT_TIMEOUT_S = 2.0
 # Params a node binds besides pub and control, where the name does not say so (read from

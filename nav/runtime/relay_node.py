@@ -16,10 +16,10 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from nav import bus
-from nav.launchfile import NodeSpec
 from nav.messages import ToolPose, TrackerFrame
-from nav.node import POLL_TIMEOUT_S, NodeRuntime, node_main
+from nav.runtime import bus
+from nav.runtime.launchfile import NodeSpec
+from nav.runtime.node import POLL_TIMEOUT_S, NodeRuntime, node_main
 
 
 @dataclass(frozen=True)

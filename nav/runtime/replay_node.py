@@ -5,7 +5,7 @@ Subscribes: nothing. Publishes: every recorded message whose topic starts with o
 (original ``seq``, ``t_pub_ns``, ``t_sensor_ns`` and body), so every node runs unchanged on
 a recorded session; plus ``heartbeat/<name>`` (counter ``replayed``).
 
-Epoch: each message is re-encoded with this node's own publisher ``epoch`` (``nav.roster``)
+Epoch: each message is re-encoded with this node's own publisher ``epoch`` (``nav.runtime.roster``)
 in place of the recorded one: under a supervisor, subscribers trust only the epochs on its
 roster, and the recorded publishers are not running. The recording keeps the original
 epochs. A recorded payload that does not decode is counted (``refused``) and skipped:
@@ -38,7 +38,7 @@ counted (``refused``) and skipped: an unreadable pose is never republished as cu
 The recording itself is never touched.
 
 Damage: a corrupt chunk is skipped and reading goes on with the next one; at the end of
-each pass one warning says how many chunks and messages were lost (``nav.recording``). A
+each pass one warning says how many chunks and messages were lost (``nav.runtime.recording``). A
 recording with no readable message is one error line and exit 2, before READY.
 
 Excluded by default: ``heartbeat/`` topics. A heartbeat says a process is alive now;
@@ -56,8 +56,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from nav import bus
-from nav.launchfile import NodeSpec
 from nav.messages import (
     Command,
     MessageError,
@@ -69,8 +67,10 @@ from nav.messages import (
     decode,
     encode,
 )
-from nav.node import POLL_TIMEOUT_S, NodeRuntime, node_main
-from nav.recording import RecordedMessage, RecordingError, damage_report, iter_recording
+from nav.runtime import bus
+from nav.runtime.launchfile import NodeSpec
+from nav.runtime.node import POLL_TIMEOUT_S, NodeRuntime, node_main
+from nav.runtime.recording import RecordedMessage, RecordingError, damage_report, iter_recording
 
 log = logging.getLogger(__name__)
 

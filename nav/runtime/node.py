@@ -33,11 +33,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from nav import bus
-from nav.config import ConfigError
-from nav.launchfile import LaunchError, NodeSpec, load, node_config
 from nav.messages import Command, Heartbeat, Reply
-from nav.stats import LatencyWindow, RateMeter
+from nav.runtime import bus
+from nav.runtime.config import ConfigError
+from nav.runtime.launchfile import LaunchError, NodeSpec, load, node_config
+from nav.runtime.stats import LatencyWindow, RateMeter
 
 log = logging.getLogger(__name__)
 
