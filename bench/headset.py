@@ -44,11 +44,11 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._procs import CpuMeter, Processes  # noqa: E402
+from cli.demo.sim_registration import write_true_registration  # noqa: E402
 from nav.messages import OverlayState, encode  # noqa: E402
 from nav.runtime import bus  # noqa: E402
 from nav.runtime.launchfile import NodeSpec  # noqa: E402
 from nav.runtime.stats import LatencyWindow  # noqa: E402
-from nav.sim_registration import write_true_registration  # noqa: E402
 from render.headset_client import ClientConfig, HeadsetClient, Phase  # noqa: E402
 
 TARGET_P50_MS = 1.0

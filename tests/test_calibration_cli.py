@@ -38,7 +38,7 @@ UPSTREAM_RMS_MM = 1.838
 
 def _ornav(*args: str, cwd: Path = REPO, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "nav.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         capture_output=True,
         text=True,
         timeout=timeout_s,

@@ -16,7 +16,7 @@ import trimesh
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nav import cli
+from cli import main as cli
 from nav.case import Case, CaseError, check_ply, load_case, ras_to_lps, read_markups, read_mesh
 from nav.phantom import (
     ORGAN_EXTENTS_MM,

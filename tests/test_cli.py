@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from nav.demo import DEFAULT_LAUNCH_FILE
+from cli.demo.command import DEFAULT_LAUNCH_FILE
 from nav.messages import decode, encode
 from nav.runtime import bus
 from nav.runtime.recording import iter_recording
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _ornav(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "nav.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         capture_output=True,
         text=True,
         timeout=timeout_s,
@@ -74,7 +74,7 @@ def test_replay_command_republishes_the_recording_byte_for_byte(
     # A long start delay lets the subscription join before the first message (ZeroMQ PUB
     # drops until then); the test fails, never hangs, if that was not enough.
     process = subprocess.Popen(
-        [sys.executable, "-m", "nav.cli", "replay", str(recording), "--pub", endpoint,
+        [sys.executable, "-m", "cli.main", "replay", str(recording), "--pub", endpoint,
          "--speed", "4", "--start-delay", "1.5"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -160,7 +160,7 @@ def _launch_in(
     launch.write_text(text)
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    args = [sys.executable, "-m", "nav.cli", "launch", str(launch), "--no-table",
+    args = [sys.executable, "-m", "cli.main", "launch", str(launch), "--no-table",
             "--run-dir", str(tmp_path / "run"), *extra]  # fmt: skip
     env = {**os.environ, "TMPDIR": str(tmp)}
     if not interrupt:
@@ -248,7 +248,7 @@ def test_demo_default_launch_file_does_not_depend_on_the_current_directory(
     tmp_path: Path,
 ) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "nav.cli", "demo", "--help"],
+        [sys.executable, "-m", "cli.main", "demo", "--help"],
         capture_output=True,
         text=True,
         timeout=60,

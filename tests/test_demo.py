@@ -23,9 +23,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from nav.cli import main
-from nav.demo import Scenario, demo_stack, previous_outputs
-from nav.demo_script import (
+from cli.demo.command import Scenario, demo_stack, previous_outputs
+from cli.demo.script import (
     CALM_END_S,
     MIN_FIDUCIALS,
     NAV_MIN_S,
@@ -39,10 +38,11 @@ from nav.demo_script import (
     nav_plan,
     plan_scenario,
 )
+from cli.demo.sim_registration import RegistrationFigures, SimRegistration, TouchPlan
+from cli.main import main
 from nav.messages import JsonValue, NavState, Reply, decode
 from nav.runtime.launchfile import load
 from nav.runtime.recording import inspect_recording, iter_recording
-from nav.sim_registration import RegistrationFigures, SimRegistration, TouchPlan
 from nav.transforms import apply
 from tests.conftest import REPO
 
@@ -447,7 +447,7 @@ def test_ornav_demo_registers_within_the_noise_and_records_the_overlay_it_stream
         [
             sys.executable,
             "-m",
-            "nav.cli",
+            "cli.main",
             "demo",
             "--duration",
             "12",
@@ -510,7 +510,7 @@ def test_ctrl_c_stops_every_process_and_still_writes_the_summary(tmp_path: Path)
         [
             sys.executable,
             "-m",
-            "nav.cli",
+            "cli.main",
             "demo",
             "--duration",
             "20",

@@ -24,6 +24,7 @@ import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cli.demo.sim_registration import write_true_registration
 from nav.case import load_case
 from nav.messages import (
     HEADSET_PROTOCOL_VERSION,
@@ -49,7 +50,6 @@ from nav.messages import (
 from nav.phantom import SHIPPED_PHANTOM_DIR
 from nav.runtime import bus
 from nav.runtime.launchfile import NodeSpec
-from nav.sim_registration import write_true_registration
 from render.assets import AssetSet, build_assets, with_confidence
 from render.headset_client import (
     ClientConfig,
@@ -611,7 +611,7 @@ def test_client_sees_reference_lost_after_an_occlusion_and_stale_hidden_after_a_
 
 def _ornav(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "nav.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         capture_output=True,
         text=True,
         cwd=REPO,

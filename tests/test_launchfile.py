@@ -163,7 +163,7 @@ def test_endpoint_check(endpoint: str, ok: bool) -> None:
 def test_cli_with_bad_launch_file_prints_one_line_and_starts_nothing(tmp_path: Path) -> None:
     path = _write(tmp_path, GOOD.replace("rate_hz = 100", "rate_hz = -3"))
     result = subprocess.run(
-        [sys.executable, "-m", "nav.cli", "launch", str(path), "--run-dir", str(tmp_path / "run")],
+        [sys.executable, "-m", "cli.main", "launch", str(path), "--run-dir", str(tmp_path / "run")],
         capture_output=True,
         text=True,
         timeout=60,
@@ -302,7 +302,7 @@ def test_heartbeat_period_the_timeout_is_checked_against_is_the_nodes() -> None:
 
 def _cli_launch(path: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "nav.cli", "launch", str(path), "--run-dir", str(tmp_path / "run")],
+        [sys.executable, "-m", "cli.main", "launch", str(path), "--run-dir", str(tmp_path / "run")],
         capture_output=True,
         text=True,
         timeout=60,

@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from cli.demo.sim_registration import SimRegistration, TouchPlan
 from nav.case import Case, load_case
 from nav.messages import (
     Heartbeat,
@@ -36,7 +37,6 @@ from nav.registration_store import load_registration, save_registration
 from nav.runtime import bus
 from nav.runtime.config import ConfigError
 from nav.runtime.launchfile import NodeSpec, node_config
-from nav.sim_registration import SimRegistration, TouchPlan
 from nav.transforms import apply, axis_angle_to_matrix, make_rigid
 from tests.conftest import NodeProcess, start_node
 from tracking.sim_model import (

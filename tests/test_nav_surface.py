@@ -20,6 +20,7 @@ import numpy.typing as npt
 import open3d as o3d
 import pytest
 
+from cli.demo.sim_registration import SimRegistration, TouchPlan
 from nav.case import Case, load_case
 from nav.messages import (
     Command,
@@ -45,7 +46,6 @@ from nav.registration.errors import RegistrationError
 from nav.registration_store import from_json, load_registration, to_json
 from nav.runtime import bus
 from nav.runtime.launchfile import NodeSpec
-from nav.sim_registration import SimRegistration, TouchPlan
 from nav.surface_collector import SurfaceCollector
 from nav.transforms import apply, axis_angle_to_matrix, make_rigid
 from tests.conftest import NodeProcess, start_node

@@ -170,7 +170,7 @@ def test_ornav_replay_of_a_plus_file_republishes_its_frames_and_exits_0_at_the_e
     sub = bus.QueueSubscriber([pub], ["pose/plus"])  # connects before the bind: joins early
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", "nav.cli", "replay", str(path), "--pub", pub,
+            [sys.executable, "-m", "cli.main", "replay", str(path), "--pub", pub,
              "--speed", "4", "--start-delay", "1.0"],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip

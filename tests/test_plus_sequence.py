@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nav.convert import ConvertError, convert
+from cli.convert import ConvertError, convert
 from nav.messages import ToolStatus, TrackerFrame, decode, encode
 from nav.runtime.recording import RecordingWriter, inspect_recording, iter_recording
 from nav.transforms import pose_from_quat
@@ -561,7 +561,7 @@ def test_a_missing_file_or_an_existing_output_is_a_one_line_error(tmp_path: Path
 
 def _ornav(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "nav.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         capture_output=True,
         text=True,
         timeout=120,

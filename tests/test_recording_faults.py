@@ -58,7 +58,7 @@ __all__ = ["closing", "sock_dir", "start_node"]  # fixtures, shared with test_re
 
 def _ornav(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "nav.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         capture_output=True,
         text=True,
         timeout=timeout_s,

@@ -3,7 +3,7 @@
 The case: the synthetic organ of test_registration_surface (a bumpy, liver-sized
 ellipsoid) as the model mesh, a noisy 40 % patch of its surface in a tracker-like
 patient frame as the points, five fiducials, and two targets inside the organ.
-The commands run in-process through ``nav.cli.main`` (one through a real process,
+The commands run in-process through ``cli.main.main`` (one through a real process,
 to show exit code and stderr as a user sees them).
 """
 
@@ -21,9 +21,9 @@ import pytest
 import trimesh
 from scipy.spatial.transform import Rotation
 
-from nav.cli import main
+from cli.main import main
+from cli.register import read_points
 from nav.phantom import ply_ascii
-from nav.register_cli import read_points
 from nav.transforms import apply, make_rigid
 from tests.conftest import REPO
 from tests.test_registration_surface import organ, partial_view
@@ -366,7 +366,7 @@ def test_a_method_without_its_inputs_is_refused(
 
 def test_a_real_process_prints_one_line_and_exits_2(case: dict[str, Path], tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "nav.cli", "register", "--model", str(case["model"])]
+        [sys.executable, "-m", "cli.main", "register", "--model", str(case["model"])]
         + ["--points", str(tmp_path / "none.csv"), "--method", "rigid"]
         + ["--out", str(tmp_path / "o.json")],
         capture_output=True,
@@ -501,7 +501,7 @@ def test_coordinates_x1e300_are_one_line_from_a_real_process_not_an_open3d_trace
     liver_inputs: dict[str, Path], tmp_path: Path
 ) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "nav.cli", "register", "--model", str(PHANTOM_LIVER)]
+        [sys.executable, "-m", "cli.main", "register", "--model", str(PHANTOM_LIVER)]
         + ["--points", str(liver_inputs["points_x1e300.xyz"]), "--method", "rigid"]
         + ["--out", str(tmp_path / "o.json")],
         capture_output=True,

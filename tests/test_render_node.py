@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import zmq
 
+from cli.demo.sim_registration import SIM_T_REFERENCE_FROM_IMAGE, write_true_registration
 from nav.case import load_case
 from nav.messages import (
     HEADSET_PROTOCOL_VERSION,
@@ -51,7 +52,6 @@ from nav.registration_store import save_registration
 from nav.runtime import bus
 from nav.runtime.config import ConfigError
 from nav.runtime.launchfile import NodeSpec, node_config
-from nav.sim_registration import SIM_T_REFERENCE_FROM_IMAGE, write_true_registration
 from render.assets import build_assets, confidence_rgba, glb_vertex_rgba, load_glb
 from tests.conftest import NodeProcess, start_node
 

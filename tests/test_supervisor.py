@@ -247,7 +247,7 @@ subscribe = ["tracker"]
 
 
 def _ornav(*args: str) -> list[str]:
-    return [sys.executable, "-m", "nav.cli", *args]
+    return [sys.executable, "-m", "cli.main", *args]
 
 
 def test_launch_for_a_duration_exits_0_and_writes_the_summary(tmp_path: Path) -> None:

@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from cli.demo.sim_registration import write_true_registration
 from nav.messages import Heartbeat, NavState, NavStatus, ToolStatus, TrackerFrame
 from nav.runtime import bus, roster
 from nav.runtime import status as stack_status
 from nav.runtime.launchfile import load
 from nav.runtime.supervisor import StartupError, Supervisor
-from nav.sim_registration import write_true_registration
 from tests.test_supervisor import REPO, _alive, _journal, _stack, _tick_until
 
 FORGED_FRAME_BASE = 1_000_000_000  # forged frame numbers: never a real tracker's
@@ -365,7 +365,7 @@ def test_sigkill_of_ornav_launch_takes_every_node_with_it(tmp_path: Path) -> Non
     launch.write_text(SIM_STACK)
     tmp = Path(tempfile.mkdtemp(prefix="ornav-t-", dir="/tmp"))  # where its ipc dir goes
     process = subprocess.Popen(
-        [sys.executable, "-m", "nav.cli", "launch", str(launch), "--no-table",
+        [sys.executable, "-m", "cli.main", "launch", str(launch), "--no-table",
          "--run-dir", str(tmp_path / "run")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -3,7 +3,7 @@
 ``ornav case phantom OUT_DIR`` writes the deterministic phantom (``nav.phantom``);
 ``ornav case check DIR`` loads a case (``nav.case``) and prints what is in it. A broken
 case is one line ``ornav: <file>: <problem>`` and exit code 2 (``CaseError`` re-raised
-as ``nav.cli.UserError``).
+as ``cli.errors.UserError``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from cli.errors import UserError
 from nav.case import CaseError, Markups, bounds_lps, load_case
-from nav.cli import UserError
 from nav.phantom import SHIPPED_PHANTOM_DIR, write_phantom_case
 
 log = logging.getLogger("ornav.case")

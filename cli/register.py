@@ -53,7 +53,7 @@ missing or unreadable file, a PLY whose data disagree with its header (cut short
 or miscounted so that face rows would read as points), a coordinate that is not
 finite or beyond 1e6 mm (``MAX_COORDINATE_MM``), mismatched fiducial labels, an
 existing output without ``--overwrite``) and a refused registration are one line
-``ornav: ...`` and exit code 2 (``nav.cli.UserError``).
+``ornav: ...`` and exit code 2 (``cli.errors.UserError``).
 """
 
 from __future__ import annotations
@@ -75,8 +75,8 @@ import numpy as np
 import numpy.typing as npt
 import trimesh
 
+from cli.errors import UserError
 from nav.case import CaseError, Markups, check_ply, read_markups, read_mesh
-from nav.cli import UserError
 from nav.registration.errors import MAX_COORDINATE_MM, RegistrationError
 from nav.registration.paired_point import (
     PairedPointResult,

@@ -3,7 +3,7 @@
 Runs a launch file's stack (default ``launch/sim.toml``) in this process's supervisor, as
 ``ornav launch`` does, plus the reference headset client ``ornav headset`` as a process
 of its own (a real headset is another device) joined to the render node's session
-socket, and drives the scenario of ``nav.demo_script`` over the nodes' control sockets:
+socket, and drives the scenario of ``cli.demo.script`` over the nodes' control sockets:
 the simulated pointer touches the fiducials (registration by dwell), the registration is
 computed and accepted (FRE; true TRE at each target from the simulation's truth), then
 the pointer comes down on a target while the reference breathes, is occluded once on cue
@@ -12,7 +12,7 @@ overlay follows in the headset.
 
 While it runs: a live panel (phase, time, registration figures, the stack's status
 table) on a terminal, one log line per phase otherwise. At the end: a summary table and,
-with ``--summary``, the JSON of ``nav.demo_script.build_summary``. Exit code 0 only when
+with ``--summary``, the JSON of ``cli.demo.script.build_summary``. Exit code 0 only when
 the registration was accepted, every node ran to the end without a restart, and the
 headset client wrote its summary; 1 otherwise; 130 after Ctrl-C (everything is stopped
 and the summary still written); 2 for bad input (one line).
@@ -52,9 +52,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from nav.case import Case, CaseError, load_case
-from nav.cli import UserError
-from nav.demo_script import (
+from cli.demo.script import (
     DEFAULT_DURATION_S,
     MAX_ACCEPT_FRE_MM,
     MIN_FIDUCIALS,
@@ -67,6 +65,14 @@ from nav.demo_script import (
     nav_plan,
     plan_scenario,
 )
+from cli.demo.sim_registration import (
+    Commands,
+    RegistrationFigures,
+    ScriptedRegistrationError,
+    SimRegistration,
+)
+from cli.errors import UserError
+from nav.case import Case, CaseError, load_case
 from nav.messages import NavState, NavStatus
 from nav.messages import decode as decode_message
 from nav.phantom import SHIPPED_PHANTOM_DIR
@@ -75,19 +81,13 @@ from nav.runtime import status as stack_status
 from nav.runtime.launchfile import LaunchError, LaunchSpec, NodeSpec, load
 from nav.runtime.recording import RecordingError, inspect_recording, iter_recording
 from nav.runtime.supervisor import Supervisor, write_private_text
-from nav.sim_registration import (
-    Commands,
-    RegistrationFigures,
-    ScriptedRegistrationError,
-    SimRegistration,
-)
 from nav.transforms import apply
 
 log = logging.getLogger("ornav.demo")
 
 # The shipped stack, found next to the nav package (the repository or the install), not in
 # the current directory: `ornav demo` run from elsewhere must not read another sim.toml.
-DEFAULT_LAUNCH_FILE = Path(__file__).resolve().parent.parent / "launch" / "sim.toml"
+DEFAULT_LAUNCH_FILE = Path(__file__).resolve().parents[2] / "launch" / "sim.toml"
 SNAPSHOT_NAME = "snapshot.png"
 HEADSET_SUMMARY_NAME = "headset.json"
 HEADSET_LOG_NAME = "headset.log"
@@ -211,7 +211,7 @@ class HeadsetProcess:
         self.command = [
             sys.executable,
             "-m",
-            "nav.cli",
+            "cli.main",
             "headset",
             "--connect",
             endpoint,

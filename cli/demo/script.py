@@ -2,7 +2,7 @@
 
 Scenario (times from the moment the stack is up; ``duration_s`` in all):
 
-1. registration (``nav.sim_registration``): the simulated pointer touches the first
+1. registration (``cli.demo.sim_registration``): the simulated pointer touches the first
    ``n_fiducials`` of the case's fiducials (all 8 of the phantom when there is time),
    ``TOUCH.travel_s`` travelling and ``TOUCH.dwell_s`` held each; the nav node records
    each by dwell; a fiducial missed (the pointer or reference occluded during its hold) is
@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nav.sim_registration import RegistrationFigures, TouchPlan
+from cli.demo.sim_registration import RegistrationFigures, TouchPlan
 
 TOUCH = TouchPlan(travel_s=0.5, dwell_s=0.7, margin_s=0.3)
 """Per fiducial: 0.5 s travel, 0.7 s held (the nav node's dwell window is 0.4 s)."""

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from calibration.files import CalibrationFileError
-from nav.cli import UserError
+from cli.errors import UserError
 from render.headset_client import ClientConfig, HeadsetClient, HeadsetError
 from render.snapshot import (
     RENDERERS,

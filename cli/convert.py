@@ -466,7 +466,7 @@ def mcap_to_plus(
 
 
 def _user_error(error: Exception) -> Exception:
-    from nav.cli import UserError  # imported late: nav.cli imports this module lazily
+    from cli.errors import UserError
 
     return UserError(str(error))
 
@@ -541,7 +541,7 @@ def cmd_inspect_plus(args: argparse.Namespace) -> int:
 
 def cmd_replay_plus(args: argparse.Namespace) -> int:
     """``ornav replay FILE.mha|.nrrd``: republish as TrackerFrames with the file's timing."""
-    from nav.cli import check_playback_args, run_playback
+    from cli.playback import check_playback_args, run_playback
     from tracking import plus_file_node
 
     check_playback_args(args)

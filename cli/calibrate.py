@@ -7,7 +7,7 @@ and writes an ornav calibration file (``calibration.files``; default
 
 A refused calibration (too few poses, too little rotation, error above a limit), a bad
 input file or an unreachable tracker is one line ``ornav: ...`` and exit code 2: the
-errors are re-raised here as ``nav.cli.UserError``. Nothing is written for a refused
+errors are re-raised here as ``cli.errors.UserError``. Nothing is written for a refused
 calibration.
 """
 
@@ -63,7 +63,7 @@ from calibration.pivot import (
     spin_calibration,
 )
 from calibration.temporal import temporal_calibration
-from nav.cli import UserError
+from cli.errors import UserError
 from nav.frames import is_valid_tool_name
 from nav.runtime.launchfile import check_endpoint
 from tracking.plus_sequence import PlusSequenceError, is_plus_path, open_plus_sequence
