@@ -42,9 +42,9 @@ import numpy as np
 import numpy.typing as npt
 
 from calibration.errors import CalibrationError
+from nav.arrays import FloatArray
 from nav.transforms import make_rigid
 
-FloatArray: TypeAlias = npt.NDArray[np.float64]
 ChessboardDetector: TypeAlias = Literal["sb", "classic"]
 
 MIN_POINTS_PER_VIEW: Final = 4

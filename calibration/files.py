@@ -65,6 +65,7 @@ import numpy as np
 import numpy.typing as npt
 
 from calibration.pivot import MAX_POSITION_MM
+from nav.arrays import FloatArray
 from nav.transforms import Mat4, rigidity_error, rigidity_errors
 
 FORMAT: Final = "ornav-calibration"
@@ -78,7 +79,6 @@ OPENCV_DIST_LENGTHS: Final = (4, 5, 8, 12, 14)
 OPENCV_SUFFIXES: Final = (".yml", ".yaml", ".xml", ".json")
 PLUS_DATE_FORMAT: Final = "%m%d%y_%H%M%S"  # PLUS's own, e.g. "012617_105449"
 
-FloatArray: TypeAlias = npt.NDArray[np.float64]
 Value: TypeAlias = float | int | npt.NDArray[Any]
 """A ``[result]`` or ``[errors]`` value: a scalar, or a read-only float/int array."""
 InputValue: TypeAlias = str | int | float | bool | tuple[str | int | float | bool, ...]

@@ -44,9 +44,8 @@ from scipy.spatial.transform import Rotation
 
 from calibration.errors import CalibrationError
 from calibration.poses import check_pose_stack
+from nav.arrays import FloatArray
 from nav.transforms import make_rigid
-
-FloatArray: TypeAlias = npt.NDArray[np.float64]
 
 HandEyeMethod: TypeAlias = Literal["tsai", "park", "horaud", "andreff", "daniilidis"]
 HAND_EYE_METHODS: Final[tuple[HandEyeMethod, ...]] = get_args(HandEyeMethod)

@@ -25,17 +25,15 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 import numpy as np
-import numpy.typing as npt
 
 from calibration.errors import CalibrationError
 from calibration.pivot import PivotResult, pivot_calibration
+from nav.arrays import FloatArray, IntArray
 from nav.messages import ToolPose, ToolStatus, TrackerFrame
 from nav.runtime import bus
 
 log = logging.getLogger(__name__)
 
-FloatArray: TypeAlias = npt.NDArray[np.float64]
-IntArray: TypeAlias = npt.NDArray[np.int64]
 
 ProgressCallback: TypeAlias = Callable[[int, float, Any], None]
 """``on_progress(n_collected, elapsed_s, live_estimate)``; the estimate may be None."""

@@ -34,17 +34,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Final, Literal, TypeAlias
+from typing import Final, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from calibration.errors import CalibrationError
 from calibration.poses import check_pose_stack
-
-FloatArray: TypeAlias = npt.NDArray[np.float64]
-BoolArray: TypeAlias = npt.NDArray[np.bool_]
-
+from nav.arrays import BoolArray, FloatArray
 
 _SAMPLE_CHUNK = 64  # RANSAC hypotheses scored at once: bounds memory at 64 x N x 3 floats
 

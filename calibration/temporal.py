@@ -41,14 +41,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
 from calibration.errors import CalibrationError
-
-FloatArray: TypeAlias = npt.NDArray[np.float64]
+from nav.arrays import FloatArray
 
 MIN_WINDOW_SAMPLES = 8
 """Fewest grid samples a lag's overlap may hold before its correlation means anything."""

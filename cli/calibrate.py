@@ -64,13 +64,13 @@ from calibration.pivot import (
 )
 from calibration.temporal import temporal_calibration
 from cli.errors import UserError
+from nav.arrays import FloatArray
 from nav.frames import is_valid_tool_name
 from nav.runtime.launchfile import check_endpoint
 from tracking.plus_sequence import PlusSequenceError, is_plus_path, open_plus_sequence
 
 log = logging.getLogger("ornav.calibrate")
 
-FloatArray: TypeAlias = npt.NDArray[np.float64]
 Command: TypeAlias = Callable[[argparse.Namespace], int]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")

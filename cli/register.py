@@ -72,10 +72,10 @@ from pathlib import Path
 from typing import Any, Final, TypeAlias
 
 import numpy as np
-import numpy.typing as npt
 import trimesh
 
 from cli.errors import UserError
+from nav.arrays import FloatArray, IntArray
 from nav.case import CaseError, Markups, check_ply, read_markups, read_mesh
 from nav.registration.errors import MAX_COORDINATE_MM, RegistrationError
 from nav.registration.paired_point import (
@@ -87,8 +87,6 @@ from nav.transforms import Mat4, Points, apply, invert_rigid
 
 log = logging.getLogger("ornav.register")
 
-FloatArray: TypeAlias = npt.NDArray[np.float64]
-IntArray: TypeAlias = npt.NDArray[np.int64]
 Command: TypeAlias = Callable[[argparse.Namespace], int]
 
 METHODS: Final = ("points", "rigid", "deformable")

@@ -67,9 +67,9 @@ import numpy as np
 import numpy.typing as npt
 import trimesh
 
+from nav.arrays import Points
 from nav.registration.errors import MAX_COORDINATE_MM
 
-Points: TypeAlias = npt.NDArray[np.float64]
 """Points in mm, shape (N, 3)."""
 
 Colour: TypeAlias = tuple[float, float, float]

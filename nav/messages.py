@@ -42,6 +42,7 @@ import msgpack
 import numpy as np
 import numpy.typing as npt
 
+from nav.arrays import FloatArray
 from nav.frames import TIP_SUFFIX, TOOL_NAME_PATTERN
 from nav.transforms import is_rigid, rigidity_errors
 
@@ -58,7 +59,6 @@ _NODE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 JsonScalar: TypeAlias = None | bool | int | float | str
 JsonValue: TypeAlias = JsonScalar | list["JsonValue"] | dict[str, "JsonValue"]
-FloatArray: TypeAlias = npt.NDArray[np.float64]
 
 
 class MessageError(ValueError):

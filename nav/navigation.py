@@ -45,12 +45,13 @@ import re
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final, TypeAlias
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 import open3d as o3d
 
+from nav.arrays import FloatArray
 from nav.case import Case, Structure
 from nav.frames import REFERENCE
 from nav.messages import NavState, NavStatus, RegistrationResult, ToolStatus, TrackerFrame
@@ -58,8 +59,6 @@ from nav.registration.errors import RegistrationError
 from nav.registration.paired_point import register_paired_points
 from nav.registration.surface import SurfaceConfig, SurfaceResult, register_surface
 from nav.transforms import Mat4, Points, apply, invert_rigid, is_rigid
-
-FloatArray: TypeAlias = npt.NDArray[np.float64]
 
 POINTER: Final = "pointer"
 

@@ -34,13 +34,11 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, TypeAlias
+from typing import Final
 
 import numpy as np
-import numpy.typing as npt
 
-FloatArray: TypeAlias = npt.NDArray[np.float64]
-IntArray: TypeAlias = npt.NDArray[np.int64]
+from nav.arrays import FloatArray, IntArray
 
 SHIPPED_PHANTOM_DIR: Final = Path(__file__).resolve().parent / "cases" / "phantom"
 """The committed output of :func:`write_phantom_case` (package data)."""

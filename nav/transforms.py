@@ -35,21 +35,18 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
-Mat4: TypeAlias = npt.NDArray[np.float64]
+from nav.arrays import Mat3, Mat4, Points, Quat
+
 """A rigid transform ``T_a_from_b``, shape (4, 4), float64, translation in mm."""
 
-Mat3: TypeAlias = npt.NDArray[np.float64]
 """A rotation matrix ``R``, shape (3, 3), float64."""
 
-Points: TypeAlias = npt.NDArray[np.float64]
 """Points ``p_<frame>`` in mm, shape (N, 3); a single point may be shape (3,)."""
 
-Quat: TypeAlias = npt.NDArray[np.float64]
 """A unit quaternion, shape (4,), order ``w, x, y, z`` (scalar first)."""
 
 

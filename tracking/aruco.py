@@ -121,11 +121,11 @@ from calibration.files import (
     read_calibration,
     read_opencv_camera,
 )
+from nav.arrays import FloatArray
 from nav.frames import is_valid_tool_name
 from nav.messages import ToolStatus
 from nav.transforms import Mat4
 
-FloatArray: TypeAlias = npt.NDArray[np.float64]
 CornerRefinement: TypeAlias = Literal["none", "subpix", "contour", "apriltag"]
 
 DEFAULT_DICTIONARY: Final = "DICT_ARUCO_ORIGINAL"

@@ -64,8 +64,7 @@ from typing import Any, ClassVar, Final, NamedTuple, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
-FloatArray: TypeAlias = npt.NDArray[np.float64]
-UIntArray: TypeAlias = npt.NDArray[np.uint32]
+from nav.arrays import FloatArray, UIntArray
 
 HEADER_SIZE: Final = 58
 EXT_HEADER_MIN_SIZE: Final = 12

@@ -33,16 +33,13 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
+from nav.arrays import BoolArray, FloatArray
 from nav.messages import ToolStatus
 from nav.transforms import Mat4, Quat, make_rigid, matrix_to_quat, quat_to_matrix
-
-FloatArray: TypeAlias = npt.NDArray[np.float64]
-BoolArray: TypeAlias = npt.NDArray[np.bool_]
 
 DEFAULT_WINDOW = 20  # PLUS's AveragedItemsForFiltering
 DEFAULT_MAX_DIFFERENCE_S = 0.5  # PLUS's MaxAllowedFilteringTimeDifference

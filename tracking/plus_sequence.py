@@ -86,18 +86,17 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from types import MappingProxyType, TracebackType
-from typing import BinaryIO, Final, TypeAlias, cast
+from typing import BinaryIO, Final, cast
 
 import numpy as np
-import numpy.typing as npt
 
+from nav.arrays import FloatArray
 from nav.frames import is_valid_tool_name
 from nav.messages import MAX_TOOLS_PER_FRAME, RIGID_TOLERANCE, ToolStatus, TrackerFrame
 from nav.transforms import rigidity_errors
 
 log = logging.getLogger(__name__)
 
-FloatArray: TypeAlias = npt.NDArray[np.float64]
 
 READ_SUFFIXES: Final = (".mha", ".mhd", ".nrrd", ".nhdr")
 WRITE_SUFFIXES: Final = (".mha", ".nrrd")

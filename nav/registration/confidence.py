@@ -42,15 +42,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
+from nav.arrays import FloatArray
 from nav.case import Markups
 from nav.registration.paired_point import predicted_tre_mm
-
-FloatArray: TypeAlias = npt.NDArray[np.float64]
 
 
 def rigid_confidence_mm(

@@ -91,7 +91,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, TypeAlias
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -99,12 +99,10 @@ import open3d as o3d
 import torch
 from scipy.spatial import cKDTree
 
+from nav.arrays import FloatArray, IntArray
 from nav.registration.confidence import deformable_confidence_mm
 from nav.registration.errors import RegistrationError, check_coordinates
 from nav.transforms import Mat4, apply, invert_rigid, is_rigid, make_rigid
-
-FloatArray: TypeAlias = npt.NDArray[np.float64]
-IntArray: TypeAlias = npt.NDArray[np.int64]
 
 MIN_POINTS: Final = 10
 """Fewest data points (within the gate of the surface) that the method accepts."""

@@ -57,10 +57,9 @@ from typing import Final, Literal, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from nav.arrays import FloatArray
 from nav.registration.errors import RegistrationError, check_coordinates
 from nav.transforms import Mat4, Points, apply, make_rigid
-
-FloatArray: TypeAlias = npt.NDArray[np.float64]
 
 FleSource: TypeAlias = Literal["given", "estimated_from_fre"]
 """Where ``PairedPointResult.fle_mm`` came from: the caller, or the FRE of this registration."""

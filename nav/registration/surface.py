@@ -96,13 +96,12 @@ import numpy as np
 import numpy.typing as npt
 import open3d as o3d
 
+from nav.arrays import FloatArray, IntArray
 from nav.registration.errors import RegistrationError, check_coordinates
 from nav.transforms import Mat4, Points, axis_angle_to_matrix, invert_rigid, rigidity_error
 
 log = logging.getLogger(__name__)
 
-FloatArray: TypeAlias = npt.NDArray[np.float64]
-IntArray: TypeAlias = npt.NDArray[np.int64]
 
 Initialisation: TypeAlias = Literal["given", "global", "identity"]
 """Where the ICP started: the caller's ``T_init``, the global search, or the identity."""
