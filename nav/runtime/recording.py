@@ -11,7 +11,7 @@ File layout (MCAP, https://mcap.dev/spec), profile ``ornav``:
   the caller adds (the recorder adds its node name and pid).
 - One schema per message type, named ``ornav.<Type>`` (e.g. ``ornav.TrackerFrame``), encoding
   ``ornav-msgpack``, data a one-paragraph text description with ``SCHEMA_VERSION``. The
-  authoritative schema is ``nav/messages.py``; ``decode`` validates a replayed payload.
+  authoritative schema is ``nav/messages/``; ``decode`` validates a replayed payload.
 - One channel per (topic, type), registered when first seen, message encoding ``msgpack``.
 - Messages: ``data`` is frame 1 (the payload) byte for byte, so replay republishes exactly
   what was received; ``log_time`` is the receive time (below); ``publish_time`` is the
@@ -370,7 +370,7 @@ class RecordingWriter:
             description = (
                 f"ornav {type_name}, wire schema version {SCHEMA_VERSION}: a msgpack map "
                 '{"v", "type", "seq", "t_pub_ns", "body"}; the body fields and their '
-                "validation are defined in nav/messages.py."
+                "validation are defined in nav/messages/."
             )
             schema_id = self._writer.register_schema(
                 name=SCHEMA_PREFIX + type_name, encoding=SCHEMA_ENCODING, data=description.encode()
