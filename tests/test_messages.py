@@ -248,7 +248,9 @@ def decodes_or_refuses(payload: bytes) -> None:
 
 
 @seeded
-@given(tracker_frames(), seqs, time_ns)
+# Up to 8 tools: the codec treats every tool alike, and the 64-tool limit has its own test
+# below (64 drew 64 unique names per example: 3.5 s for nothing more).
+@given(tracker_frames(max_tools=8), seqs, time_ns)
 def test_tracker_frame_round_trips_bit_exact(frame: TrackerFrame, seq: int, t: int) -> None:
     decoded = round_trip(frame, seq, t).message
     assert isinstance(decoded, TrackerFrame)
