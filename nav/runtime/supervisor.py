@@ -22,7 +22,8 @@
   ``ORNAV_SUPERVISOR_PID``: they stop when the supervisor dies (``nav.runtime.node``). Start and
   tick the supervisor from the main thread: Linux's parent-death signal fires when the
   thread that forked a child exits.
-- Stop: reverse order; SIGINT, then SIGTERM, then SIGKILL, ``stop_grace_s`` apart.
+- Stop: reverse order; SIGINT, then SIGTERM, then SIGKILL, ``stop_grace_s`` apart (the
+  one child lifetime, ``nav.runtime.process.ChildProcess``, as for a node never ready).
 
 Files: the ipc directory must not be writable by others (it holds the roster); a dead
 node's ipc socket files in it are removed. Node output: stdout carries only the READY line;
@@ -33,23 +34,21 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import re
 import signal
 import stat
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 from nav.messages import Heartbeat, NavState, ToolStatus, TrackerFrame
 from nav.runtime import bus, roster
 from nav.runtime.launchfile import LaunchSpec, NodeSpec, bound_endpoints
 from nav.runtime.node import EXIT_BIND_FAILED, HEARTBEAT_TOPIC_PREFIX, SUPERVISOR_PID_ENV
+from nav.runtime.process import ChildProcess, NotReadyError, make_private_dir, open_private
 
 log = logging.getLogger(__name__)
 
@@ -67,29 +66,6 @@ _NODE_ENV_DEFAULTS = {"OPENBLAS_NUM_THREADS": "1"}  # not OMP: torch solvers may
 
 class StartupError(RuntimeError):
     """A node could not be started; the message is one line for the user."""
-
-
-def make_private_dir(path: Path) -> None:
-    """Create ``path`` and its missing parents with mode 0700; existing ones keep their mode."""
-    missing: list[Path] = []
-    while not path.exists():
-        missing.append(path)
-        path = path.parent
-    for directory in reversed(missing):
-        directory.mkdir(mode=0o700, exist_ok=True)
-
-
-def open_private(path: Path, *, append: bool = False) -> int:
-    """Open ``path`` for writing as mode 0600 (also an existing file); returns the fd.
-
-    Missing parent directories are created 0700. Logs and summaries name a case and a
-    run: not for other users of the machine.
-    """
-    make_private_dir(path.parent)
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
-    fd = os.open(path, flags, 0o600)
-    os.fchmod(fd, 0o600)  # an older file of that name may have been world-readable
-    return fd
 
 
 def write_private_text(path: Path, text: str) -> None:
@@ -111,13 +87,11 @@ class NodeState:
     reason: str = ""  # why it last died or was restarted, for the table and summary
     bind_failure: str = ""  # the last "cannot bind" line, kept for the summary
     watchdog_restarts: int = 0  # times the heartbeat watchdog stopped it
-    log_offset: int = 0  # where this process's lines start in its log
     t_started_ns: int | None = None
     restart_at_ns: int | None = None
     heartbeat: Heartbeat | None = None
     t_heartbeat_ns: int | None = None
-    process: subprocess.Popen[str] | None = field(default=None, repr=False)
-    stdout_lines: queue.Queue[str | None] = field(default_factory=queue.Queue, repr=False)
+    child: ChildProcess | None = field(default=None, repr=False)  # its newest process
 
     @property
     def log_path_name(self) -> str:
@@ -133,13 +107,6 @@ class ToolState:
     status: ToolStatus
     t_sensor_ns: int
     t_recv_ns: int
-
-
-def _pump_stdout(stream: IO[str], lines: queue.Queue[str | None]) -> None:
-    # Keep reading after READY so a chatty node can never block on a full pipe.
-    for line in stream:
-        lines.put(line.rstrip("\n"))
-    lines.put(None)
 
 
 class Supervisor:
@@ -198,7 +165,6 @@ class Supervisor:
         if threading.current_thread() is not threading.main_thread():
             log.warning("%s started off the main thread: PDEATHSIG may fire early", spec.name)
         node.state = "starting"
-        node.stdout_lines = queue.Queue()
         node.bind_failure = ""
         # The epoch is on the roster before the child can publish its first message.
         node.epoch = roster.new_epoch()
@@ -212,90 +178,60 @@ class Supervisor:
             roster.ROSTER_ENV: str(self.roster_path),
             SUPERVISOR_PID_ENV: str(os.getpid()),
         }
-        log_fd = open_private(self.log_dir / node.log_path_name, append=True)
+        child = node.child = ChildProcess(
+            name=spec.name,
+            argv=[self.python, "-m", spec.module, "--spec-json", spec.to_json()],
+            env=env,
+            stdout="pipe",  # the READY line only
+            stderr=self.log_dir / node.log_path_name,
+            new_session=True,
+            sigint_timeout_s=self.launch.stop_grace_s,
+            sigterm_timeout_s=self.launch.stop_grace_s,
+        )
         try:
-            node.log_offset = os.fstat(log_fd).st_size
-            node.process = subprocess.Popen(
-                [self.python, "-m", spec.module, "--spec-json", spec.to_json()],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=log_fd,
-                text=True,
-                start_new_session=True,
-                env=env,
-            )
+            child.start()
         except OSError as error:
             self._forget(node)
             node.state = "dead"
             raise StartupError(f"{self.launch.path}: node {spec.name!r}: {error}") from None
-        finally:
-            os.close(log_fd)  # the child has its own copy
-        assert node.process.stdout is not None
-        threading.Thread(
-            target=_pump_stdout, args=(node.process.stdout, node.stdout_lines), daemon=True
-        ).start()
-        node.pid = node.process.pid
+        node.pid = child.pid
         node.exit_code = None
         node.heartbeat = None
         node.t_heartbeat_ns = None
         try:
-            self._wait_ready(node)
-        except StartupError:
-            if node.process.poll() is None:  # never ready: it must not linger
-                node.exit_code = self._terminate(node)
+            child.wait_ready(f"READY {spec.name} ", spec.ready_timeout_s)
+        except NotReadyError as error:  # a child never ready has been stopped
+            node.exit_code = error.returncode
             self._forget(node)
             node.state = "dead"
-            raise
+            raise StartupError(f"{self.launch.path}: {self._not_ready(node, error)}") from None
         node.state = "running"
         node.t_started_ns = time.monotonic_ns()
         self._event(f"{spec.name} ready (pid {node.pid})")
 
-    def _wait_ready(self, node: NodeState) -> None:
+    def _not_ready(self, node: NodeState, error: NotReadyError) -> str:
+        """Why a node did not become ready, in one line (without the launch file)."""
         spec = node.spec
-        assert node.process is not None
-        deadline = time.monotonic() + spec.ready_timeout_s
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise StartupError(
-                    f"{self.launch.path}: node {spec.name!r} did not become ready within "
-                    f"{spec.ready_timeout_s:g} s (log: {self.log_dir / node.log_path_name})"
-                )
-            try:
-                line = node.stdout_lines.get(timeout=min(remaining, TICK_S))
-            except queue.Empty:
-                continue
-            if line is None:  # stdout closed: the process is gone
-                code = node.process.wait()
-                node.exit_code = code
-                node.state = "dead"
-                if code == EXIT_BIND_FAILED:
-                    node.bind_failure = self._bind_failure(node)
-                    raise StartupError(f"{self.launch.path}: {node.bind_failure}")
-                raise StartupError(
-                    f"{self.launch.path}: node {spec.name!r} exited with code {code} before "
-                    f"READY: {self.last_log_line(node)}"
-                )
-            if line.startswith(f"READY {spec.name} "):
-                return
-            log.warning("%s wrote to stdout before READY: %s", spec.name, line[:200])
+        if error.timed_out:
+            return (
+                f"node {spec.name!r} did not become ready within {spec.ready_timeout_s:g} s "
+                f"(log: {self.log_dir / node.log_path_name})"
+            )
+        if error.returncode == EXIT_BIND_FAILED:
+            node.bind_failure = self._bind_failure(node)
+            return node.bind_failure
+        return (
+            f"node {spec.name!r} exited with code {error.returncode} before READY: "
+            f"{error.last_line}"
+        )
 
     def _log_lines(self, node: NodeState) -> list[str] | None:
         """The non-empty lines the node's current process wrote to its log; None: no log."""
-        try:
-            with (self.log_dir / node.log_path_name).open("rb") as log_file:
-                log_file.seek(node.log_offset)
-                text = log_file.read().decode(errors="replace")
-        except OSError:
-            return None
-        return [line for line in text.splitlines() if line.strip()]
+        return None if node.child is None else node.child.log_lines()
 
     def last_log_line(self, node: NodeState) -> str:
         """The last non-empty line of a node's log (why it died, usually)."""
-        lines = self._log_lines(node)
-        if lines is None:
-            return "(no log)"
-        return lines[-1][-300:] if lines else "(empty log)"
+        return "(no log)" if node.child is None else node.child.last_log_line()
 
     def _bind_failure(self, node: NodeState) -> str:
         """The one line for a node that exited with EXIT_BIND_FAILED, naming the endpoint."""
@@ -360,9 +296,9 @@ class Supervisor:
                     failed = node.exit_code if node.exit_code is not None else 1
                     self._after_exit(node, failed, explained=True)
             return
-        if node.state != "running" or node.process is None:
+        if node.state != "running" or node.child is None:
             return
-        code = node.process.poll()
+        code = node.child.poll()
         if code is not None:
             self._after_exit(node, code)
             return
@@ -439,11 +375,11 @@ class Supervisor:
     def stop(self) -> None:
         """Stop every live node in reverse order: SIGINT, SIGTERM, SIGKILL, grace apart."""
         for node in reversed(list(self.nodes.values())):
-            process = node.process
-            if process is None or process.poll() is not None:
+            child = node.child
+            if child is None or child.poll() is not None:
                 if node.state == "restarting":
                     node.state = "dead"
-                if process is not None:
+                if child is not None:
                     self._forget(node)
                 continue
             node.exit_code = self._terminate(node)
@@ -456,20 +392,8 @@ class Supervisor:
 
     def _terminate(self, node: NodeState) -> int:
         """SIGINT, then SIGTERM, then SIGKILL, ``stop_grace_s`` apart; the exit code."""
-        process = node.process
-        assert process is not None
-        grace_s = self.launch.stop_grace_s
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-            try:
-                process.send_signal(sig)
-            except ProcessLookupError:
-                break
-            try:
-                return process.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                if sig != signal.SIGKILL:
-                    log.warning("%s ignored %s; escalating", node.spec.name, sig.name)
-        return process.wait()
+        assert node.child is not None
+        return node.child.stop()
 
     def all_running(self) -> bool:
         return all(node.state == "running" for node in self.nodes.values())
