@@ -28,7 +28,7 @@ Control (each reply is ``ok`` with a result, or a one-line error):
   (``method``, ``collected``, ``total``, ``labels``, ``next_label``).
 - ``registration.start`` {method: "surface"}: start collecting organ-surface points: while
   pointer and reference are both OK, the tip (reference frame) is recorded every
-  ``surface_spacing_mm`` of motion, up to ``surface_max_points`` (``nav.surface_collector``);
+  ``surface_spacing_mm`` of motion, up to ``surface_max_points`` (``nav.collectors``);
   the surgeon traces the organ. Progress: ``method``, ``collected``, ``max_points``,
   ``path_length_mm``, ``full``. Otherwise as for points.
 - ``registration.collect`` {}: record the current tip as the next fiducial now (a foot
@@ -98,6 +98,15 @@ import numpy as np
 
 from calibration.files import CalibrationFileError, read_tip_offset
 from nav.case import Case, CaseError, load_case
+from nav.collectors import (
+    DEFAULT_MAX_POINTS,
+    DEFAULT_SPACING_MM,
+    CollectionProgress,
+    DwellParams,
+    FiducialCollector,
+    SurfaceCollector,
+    SurfaceProgress,
+)
 from nav.frames import REFERENCE, is_valid_tool_name
 from nav.messages import (
     Command,
@@ -111,9 +120,6 @@ from nav.messages import (
 from nav.navigation import (
     POINTER,
     CaseGeometry,
-    CollectionProgress,
-    DwellParams,
-    FiducialCollector,
     Registration,
     SurfaceRegistration,
     nav_state,
@@ -129,12 +135,6 @@ from nav.registration_store import RegistrationFileError, load_registration, sav
 from nav.runtime import bus
 from nav.runtime.launchfile import NodeSpec
 from nav.runtime.node import POLL_TIMEOUT_S, NodeRuntime, node_main
-from nav.surface_collector import (
-    DEFAULT_MAX_POINTS,
-    DEFAULT_SPACING_MM,
-    SurfaceCollector,
-    SurfaceProgress,
-)
 from nav.transforms import Mat4, is_rigid
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class Config:
       simulation, so true TRE is reported; empty = unknown (the real world).
     - ``surface_spacing_mm``, ``surface_max_points``: a surface collection records the tip
       every ``surface_spacing_mm`` of motion, at most ``surface_max_points`` points
-      (``nav.surface_collector``; at most ``MAX_SURFACE_POINTS``).
+      (``nav.collectors``; at most ``MAX_SURFACE_POINTS``).
     """
 
     case: str = ""

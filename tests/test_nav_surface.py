@@ -22,6 +22,7 @@ import pytest
 
 from cli.demo.sim_registration import SimRegistration, TouchPlan
 from nav.case import Case, load_case
+from nav.collectors import SurfaceCollector
 from nav.messages import (
     Command,
     Message,
@@ -46,7 +47,6 @@ from nav.registration.errors import RegistrationError
 from nav.registration_store import from_json, load_registration, to_json
 from nav.runtime import bus
 from nav.runtime.launchfile import NodeSpec
-from nav.surface_collector import SurfaceCollector
 from nav.transforms import apply, axis_angle_to_matrix, make_rigid
 from tests.conftest import NodeProcess, start_node
 

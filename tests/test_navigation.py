@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
 from nav.case import Case, Markups, Structure, load_case
+from nav.collectors import DwellParams, FiducialCollector
 from nav.messages import (
     NavState,
     NavStatus,
@@ -34,8 +35,6 @@ from nav.messages import (
 )
 from nav.navigation import (
     CaseGeometry,
-    DwellParams,
-    FiducialCollector,
     Registration,
     case_id,
     nav_state,
