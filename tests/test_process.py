@@ -269,3 +269,31 @@ def test_misuse_is_refused_with_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="already started"):
         twice.start()
     assert twice.wait(READY_TIMEOUT_S) == 0
+
+
+def test_supervisor_reports_a_node_log_it_cannot_open_in_one_line(
+    tmp_path: Path, ipc_dir: Path
+) -> None:
+    # The supervisor's use of ChildProcess: an unwritable log was an OSError traceback.
+    from nav.runtime.launchfile import NODE_PACKAGES, load
+    from nav.runtime.supervisor import StartupError, Supervisor
+
+    launch_file = tmp_path / "stack.toml"
+    launch_file.write_text(
+        '[stack]\nname = "test"\n[nodes.a]\nmodule = "tests.fake.behaving_node"\n'
+        'pub = "ipc://{ipc_dir}/a.pub"\n[nodes.a.params]\n'
+    )
+    launch = load(
+        launch_file,
+        run_dir=tmp_path / "run",
+        ipc_dir=ipc_dir,
+        node_packages=(*NODE_PACKAGES, "tests.fake"),
+    )
+    (tmp_path / "run" / "logs" / "a.log").mkdir(parents=True)  # the log's name is taken
+    supervisor = Supervisor(launch)
+    with pytest.raises(StartupError) as caught:
+        supervisor.start()
+    assert str(caught.value) == (
+        f"{launch_file}: node 'a': [Errno 21] Is a directory: '{tmp_path}/run/logs/a.log'"
+    )
+    assert supervisor.nodes["a"].state == "dead" and supervisor.nodes["a"].pid is None

@@ -191,6 +191,7 @@ class Supervisor:
         try:
             child.start()
         except OSError as error:
+            node.child = None  # nothing to stop or wait for
             self._forget(node)
             node.state = "dead"
             raise StartupError(f"{self.launch.path}: node {spec.name!r}: {error}") from None
