@@ -1,28 +1,26 @@
 """Child processes for benchmarks: start a node with a READY handshake, stop them all.
 
-The same approach as ``tests/conftest.py`` (``python -m <module> --spec-json ...``, block on
-the READY line, no sleeps), without importing pytest, plus a ``Processes`` registry that
-stops everything it started on exit: SIGTERM, then SIGKILL after a grace period.
+Each child is a ``nav.runtime.process.ChildProcess`` (the supervisor's, the demo's and the
+test fixtures' lifetime too): ``python -m <module> --spec-json ...`` or any argv, blocking
+on the READY line, no sleeps; a ``Processes`` registry stops everything it started on exit:
+SIGINT, then SIGTERM, then SIGKILL, a grace period apart.
 """
 
 from __future__ import annotations
 
 import os
-import queue
-import signal
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO
 
 from nav.runtime.launchfile import NodeSpec
+from nav.runtime.process import ChildProcess, NotReadyError
 
 REPO = Path(__file__).resolve().parent.parent
+STOP_GRACE_S = 3.0
 
 
 class StartError(RuntimeError):
@@ -33,41 +31,27 @@ class StartError(RuntimeError):
 class Child:
     """One started process: its READY line and where its stderr went."""
 
-    name: str
-    process: subprocess.Popen[str]
-    ready: str
-    log_path: Path
-    lines: queue.Queue[str | None] = field(repr=False)
+    process: ChildProcess
+    ready: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.process.name
+
+    @property
+    def log_path(self) -> Path | None:
+        return self.process.log_path
 
     def log_tail(self, n: int = 8) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.strip().splitlines()[-n:])
+        return "\n".join((self.process.log_lines() or [])[-n:])
 
     def next_line(self, timeout_s: float) -> str | None:
         """The next stdout line after READY, or None on timeout or end of output."""
-        try:
-            return self.lines.get(timeout=timeout_s)
-        except queue.Empty:
-            return None
+        return self.process.next_line(timeout_s)
 
-    def stop(self, grace_s: float = 3.0) -> int:
-        """SIGTERM, wait ``grace_s``, then SIGKILL; returns the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
-
-
-def _pump(stream: IO[str], lines: queue.Queue[str | None]) -> None:
-    for line in stream:
-        lines.put(line.rstrip("\n"))
-    lines.put(None)
+    def stop(self, grace_s: float = STOP_GRACE_S) -> int:
+        """SIGINT, SIGTERM, SIGKILL, ``grace_s`` apart; returns the exit code."""
+        return self.process.stop(sigint_timeout_s=grace_s, sigterm_timeout_s=grace_s)
 
 
 class Processes:
@@ -92,34 +76,25 @@ class Processes:
         self, name: str, argv: Sequence[str], *, ready_prefix: str, ready_timeout_s: float = 20.0
     ) -> Child:
         """Run ``argv`` in the repo root; block until a stdout line starts with ``ready_prefix``."""
-        log_path = self.log_dir / f"{name}.{len(self.children)}.log"
-        with open(log_path, "w", encoding="utf-8") as log_file:
-            process = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=log_file,
-                text=True,
-                cwd=REPO,
+        child = Child(
+            ChildProcess(
+                name=name,
+                argv=argv,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", "ORNAV_LOG_LEVEL": "WARNING"},
+                cwd=REPO,
+                stdout="pipe",
+                stderr=self.log_dir / f"{name}.{len(self.children)}.log",
+                sigint_timeout_s=1.0,  # for one that never becomes ready
+                sigterm_timeout_s=1.0,
             )
-        lines: queue.Queue[str | None] = queue.Queue()
-        assert process.stdout is not None
-        threading.Thread(target=_pump, args=(process.stdout, lines), daemon=True).start()
-        child = Child(name, process, "", log_path, lines)
-        self.children.append(child)
-        deadline = time.monotonic() + ready_timeout_s
-        while True:
-            line = child.next_line(max(0.0, deadline - time.monotonic()))
-            if line is not None and line.startswith(ready_prefix):
-                child.ready = line
-                return child
-            if line is None:
-                child.stop(grace_s=1.0)
-                why = "exited" if process.poll() is not None else f"no READY in {ready_timeout_s} s"
-                raise StartError(
-                    f"{name} {why} (exit {process.returncode}); log tail:\n{child.log_tail()}"
-                )
+        )
+        child.process.start()
+        self.children.append(child)  # stopped on the way out, even after a Ctrl-C here
+        try:
+            child.ready = child.process.wait_ready(ready_prefix, ready_timeout_s)
+        except NotReadyError as error:
+            raise StartError(f"{error}; log tail:\n{child.log_tail()}") from None
+        return child
 
     def start_node(self, spec: NodeSpec, *, ready_timeout_s: float = 20.0) -> Child:
         """Start ``python -m spec.module --spec-json ...`` and wait for ``READY <name> ``."""
@@ -130,26 +105,22 @@ class Processes:
 
     def pids(self) -> list[int]:
         """This process and every child still running (for ``CpuMeter``)."""
-        return [os.getpid()] + [c.process.pid for c in self.children if c.process.poll() is None]
+        return [os.getpid()] + [
+            pid
+            for c in self.children
+            if (pid := c.process.pid) is not None and c.process.poll() is None
+        ]
 
-    def stop(self, child: Child, grace_s: float = 3.0) -> int:
+    def stop(self, child: Child, grace_s: float = STOP_GRACE_S) -> int:
         code = child.stop(grace_s)
         if child in self.children:
             self.children.remove(child)
         return code
 
-    def stop_all(self, grace_s: float = 3.0) -> None:
-        """Stop in reverse start order (consumers first); SIGTERM all, then wait, then kill."""
+    def stop_all(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Stop in reverse start order (consumers first), each with the full escalation."""
         for child in reversed(self.children):
-            if child.process.poll() is None:
-                child.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        for child in reversed(self.children):
-            try:
-                child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.process.kill()
-                child.process.wait()
+            child.stop(grace_s)
         self.children.clear()
 
 
