@@ -9,15 +9,15 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 from nav.runtime.launchfile import NodeSpec
+from nav.runtime.process import ChildProcess, NotReadyError
 
 # A shared 2-core machine makes any example slow now and then: never fail on wall time.
 settings.register_profile(
@@ -27,6 +27,7 @@ settings.load_profile("ornav")
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
+STOP_TIMEOUT_S = 5.0  # each of the SIGINT and SIGTERM waits: a node needs 50 ms
 
 
 def shared_data(relative: str) -> Path:
@@ -47,63 +48,64 @@ def ipc_dir() -> Iterator[Path]:
 
 @dataclass
 class NodeProcess:
-    """A node started as a real process; ``ready`` is its READY line."""
+    """A node started as a real process (``nav.runtime.process``); ``ready`` is its READY line."""
 
     spec: NodeSpec
-    process: subprocess.Popen[str]
+    child: ChildProcess
     ready: str
-    stdout_lines: queue.Queue[str | None] = field(repr=False)
+
+    @property
+    def process(self) -> subprocess.Popen[str]:
+        """The OS process, for tests that signal, poll or wait on it directly."""
+        assert self.child.popen is not None
+        return self.child.popen
+
+    @property
+    def stdout_lines(self) -> queue.Queue[str | None]:
+        """Its stdout lines after READY; None once stdout has closed."""
+        return self.child.lines
 
     def terminate(self, timeout_s: float = 10.0) -> int:
         """SIGTERM and wait; returns the exit code (SIGKILL if it hangs, then fails)."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise AssertionError(f"{self.spec.name} ignored SIGTERM for {timeout_s} s") from None
-
-
-def _pump(stream: object, lines: queue.Queue[str | None]) -> None:
-    for line in stream:  # type: ignore[attr-defined]
-        lines.put(line.rstrip("\n"))
-    lines.put(None)
+        if self.child.poll() is None:
+            self.child.send_signal(signal.SIGTERM)
+        code = self.child.wait(timeout_s)
+        if code is None:
+            self.child.kill()
+            raise AssertionError(f"{self.spec.name} ignored SIGTERM for {timeout_s} s")
+        return code
 
 
 def start_node(
-    spec: NodeSpec, *, ready_timeout_s: float = 20.0, stderr: object = None
+    spec: NodeSpec, *, ready_timeout_s: float = 20.0, stderr: Path | None = None
 ) -> NodeProcess:
-    """Start ``python -m spec.module --spec-json ...`` and block until its READY line."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", spec.module, "--spec-json", spec.to_json()],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=stderr,
-        text=True,
-        cwd=REPO,
+    """Start ``python -m spec.module --spec-json ...`` and block until its READY line.
+
+    ``stderr``: a log file for the node's stderr (None: the test's own, captured by pytest).
+    A node that exits or prints no READY in time fails the test with its exit code.
+    """
+    child = ChildProcess(
+        name=spec.name,
+        argv=[sys.executable, "-m", spec.module, "--spec-json", spec.to_json()],
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        cwd=REPO,
+        stdout="pipe",
+        stderr=stderr,
+        sigint_timeout_s=STOP_TIMEOUT_S,
+        sigterm_timeout_s=STOP_TIMEOUT_S,
     )
-    lines: queue.Queue[str | None] = queue.Queue()
-    threading.Thread(target=_pump, args=(process.stdout, lines), daemon=True).start()
+    child.start()
     try:
-        line = lines.get(timeout=ready_timeout_s)
-    except queue.Empty:
-        process.kill()
-        raise AssertionError(f"{spec.name} printed no READY within {ready_timeout_s} s") from None
-    if line is None or not line.startswith(f"READY {spec.name} "):
-        process.kill()
-        raise AssertionError(f"{spec.name} did not become ready: {line!r}")
-    return NodeProcess(spec, process, line, lines)
+        ready = child.wait_ready(f"READY {spec.name} ", ready_timeout_s)
+    except NotReadyError as error:
+        raise AssertionError(str(error)) from None
+    return NodeProcess(spec, child, ready)
 
 
 @pytest.fixture
 def node_processes() -> Iterator[list[NodeProcess]]:
-    """Append started nodes here; any still running at the end are killed."""
+    """Append started nodes here; any still running at the end are stopped (SIGINT first)."""
     started: list[NodeProcess] = []
     yield started
-    for node in started:
-        if node.process.poll() is None:
-            node.process.kill()
-            node.process.wait()
+    for node in reversed(started):
+        node.child.stop()
