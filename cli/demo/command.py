@@ -33,7 +33,6 @@ import math
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +40,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 from rich.console import Console, Group
@@ -79,6 +78,7 @@ from nav.phantom import SHIPPED_PHANTOM_DIR
 from nav.runtime import bus
 from nav.runtime import status as stack_status
 from nav.runtime.launchfile import LaunchError, LaunchSpec, NodeSpec, load
+from nav.runtime.process import ChildProcess
 from nav.runtime.recording import RecordingError, inspect_recording, iter_recording
 from nav.runtime.supervisor import Supervisor, write_private_text
 from nav.transforms import apply
@@ -100,7 +100,8 @@ STEP_PERIOD_S = 0.1  # how often the scenario polls the nav node (an operator's 
 HEADSET_EXIT_GRACE_S = 60.0
 # Stopping it: SIGINT asks it to finish (snapshot and summary: the time above), SIGTERM
 # again, SIGKILL as a last resort.
-HEADSET_STOP_GRACES_S = {signal.SIGINT: 30.0, signal.SIGTERM: 5.0, signal.SIGKILL: 5.0}
+HEADSET_SIGINT_TIMEOUT_S = 30.0
+HEADSET_SIGTERM_TIMEOUT_S = 5.0
 
 MODULES = {
     "tracker": "tracking.sim_node",
@@ -208,7 +209,7 @@ class HeadsetProcess:
         self.summary_path = run_dir / HEADSET_SUMMARY_NAME
         self.log_path = run_dir / "logs" / HEADSET_LOG_NAME
         self.duration_s = duration_s
-        self.command = [
+        command = [
             sys.executable,
             "-m",
             "cli.main",
@@ -225,34 +226,36 @@ class HeadsetProcess:
             HEADSET_NAME,
         ]
         if display_calibration:  # the render node's, so the snapshot uses the same display
-            self.command += ["--display-calibration", display_calibration]
-        self.process: subprocess.Popen[bytes] | None = None
+            command += ["--display-calibration", display_calibration]
+        self.child = ChildProcess(
+            name="headset client",
+            argv=command,
+            env={"OPENBLAS_NUM_THREADS": "1", **os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=self.log_path,
+            stderr="stdout",
+            new_session=True,  # a Ctrl-C at the terminal reaches only the demo
+            sigint_timeout_s=HEADSET_SIGINT_TIMEOUT_S,
+            sigterm_timeout_s=HEADSET_SIGTERM_TIMEOUT_S,
+        )
         self.t_start = 0.0
 
     def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_file: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 (the child owns it)
-        try:
-            self.process = subprocess.Popen(
-                self.command,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env={"OPENBLAS_NUM_THREADS": "1", **os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        finally:
-            log_file.close()
+        self.child.start()
         self.t_start = time.monotonic()
-        log.info("headset client started (pid %d), log %s", self.process.pid, self.log_path)
+        log.info("headset client started (pid %d), log %s", self.child.pid, self.log_path)
+
+    @property
+    def pid(self) -> int | None:
+        """Its pid once started; None before."""
+        return self.child.pid
 
     @property
     def exit_code(self) -> int | None:
-        return None if self.process is None else self.process.poll()
+        return self.child.poll()
 
     @property
     def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.child.pid is not None and self.child.poll() is None
 
     def overdue(self, now: float) -> bool:
         """Still running well past its own ``--duration`` (and the time to write out)."""
@@ -260,17 +263,9 @@ class HeadsetProcess:
 
     def stop(self) -> int | None:
         """SIGINT, then SIGTERM, then SIGKILL; the exit code (None if never started)."""
-        if self.process is None:
+        if self.child.pid is None:
             return None
-        for sig, grace_s in HEADSET_STOP_GRACES_S.items():
-            if self.process.poll() is not None:
-                break
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                log.warning("headset client still running %g s after %s", grace_s, sig.name)
-        return self.process.wait()
+        return self.child.stop()
 
     def read_summary(self) -> tuple[dict[str, Any] | None, str]:
         """The client's summary JSON, or None and why."""
@@ -516,13 +511,7 @@ def progress_panel(
     code = headset.exit_code
     lines.append(
         "headset client: "
-        + (
-            "not started"
-            if headset.process is None
-            else "running"
-            if code is None
-            else f"exit {code}"
-        )
+        + ("not started" if headset.pid is None else "running" if code is None else f"exit {code}")
     )
     bar = ProgressBar(total=total_s, completed=min(elapsed_s, total_s), width=40)
     time_line = Table.grid(padding=(0, 1))
@@ -871,8 +860,8 @@ class DemoRun:
             interrupted=self.stop_requested[0] if self.stop_requested else "",
         )
         summary["approach"] = facts.approach
-        if self.headset.process is not None:
-            summary["headset"]["pid"] = self.headset.process.pid
+        if self.headset.pid is not None:
+            summary["headset"]["pid"] = self.headset.pid
         summary["wall_s"] = round(wall_s, 3)  # with start-up and the headset's snapshot
         summary["run_dir"] = str(self.stack.launch.run_dir)
         summary["launch_file"] = str(self.stack.launch.path)
