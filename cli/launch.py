@@ -21,7 +21,8 @@ from rich.logging import RichHandler
 from cli.errors import UserError
 from nav.runtime import status as stack_status
 from nav.runtime.launchfile import LaunchSpec, load
-from nav.runtime.supervisor import StartupError, Supervisor, write_private_text
+from nav.runtime.private_files import write_private_text
+from nav.runtime.supervisor import StartupError, Supervisor
 
 log = logging.getLogger("ornav")
 

@@ -78,9 +78,10 @@ from nav.phantom import SHIPPED_PHANTOM_DIR
 from nav.runtime import bus
 from nav.runtime import status as stack_status
 from nav.runtime.launchfile import LaunchError, LaunchSpec, NodeSpec, load
+from nav.runtime.private_files import write_private_text
 from nav.runtime.process import ChildProcess
 from nav.runtime.recording import RecordingError, inspect_recording, iter_recording
-from nav.runtime.supervisor import Supervisor, write_private_text
+from nav.runtime.supervisor import Supervisor
 from nav.transforms import apply
 
 log = logging.getLogger("ornav.demo")

@@ -34,6 +34,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Literal
 
+from nav.runtime.private_files import open_private
+
 log = logging.getLogger(__name__)
 
 DEFAULT_SIGINT_TIMEOUT_S = 5.0
@@ -56,29 +58,6 @@ class NotReadyError(RuntimeError):
         self.returncode = returncode
         self.timed_out = timed_out
         self.last_line = last_line
-
-
-def make_private_dir(path: Path) -> None:
-    """Create ``path`` and its missing parents with mode 0700; existing ones keep their mode."""
-    missing: list[Path] = []
-    while not path.exists():
-        missing.append(path)
-        path = path.parent
-    for directory in reversed(missing):
-        directory.mkdir(mode=0o700, exist_ok=True)
-
-
-def open_private(path: Path, *, append: bool = False) -> int:
-    """Open ``path`` for writing as mode 0600 (also an existing file); returns the fd.
-
-    Missing parent directories are created 0700. Logs and summaries name a case and a
-    run: not for other users of the machine.
-    """
-    make_private_dir(path.parent)
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
-    fd = os.open(path, flags, 0o600)
-    os.fchmod(fd, 0o600)  # an older file of that name may have been world-readable
-    return fd
 
 
 def _pump(stream: IO[str], lines: queue.Queue[str | None]) -> None:

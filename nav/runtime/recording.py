@@ -84,6 +84,7 @@ from mcap.stream_reader import breakup_chunk
 from mcap.writer import LIBRARY_IDENTIFIER, CompressionType, IndexType, Writer
 
 from nav.messages import MESSAGE_TYPES, SCHEMA_VERSION
+from nav.runtime.private_files import make_private_dir
 
 log = logging.getLogger(__name__)
 
@@ -152,26 +153,6 @@ def _create_private(path: Path, *, overwrite: bool) -> BinaryIO:
     except BaseException:
         os.close(fd)
         raise
-
-
-def make_private_dir(path: str | Path) -> None:
-    """Create the directory ``path`` and its missing parents, each mode 0700.
-
-    Directories that exist are left as they are (their owner chose their mode).
-    """
-    missing: list[Path] = []
-    at = Path(path)
-    while not at.exists():
-        missing.append(at)
-        if at.parent == at:
-            break
-        at = at.parent
-    for directory in reversed(missing):
-        try:
-            directory.mkdir(mode=0o700)
-        except FileExistsError:
-            continue  # made by someone else meanwhile: theirs
-        os.chmod(directory, 0o700)  # mkdir's mode passes through the umask
 
 
 def session_files(path: str | Path) -> list[Path]:

@@ -48,7 +48,8 @@ from nav.messages import Heartbeat, NavState, ToolStatus, TrackerFrame
 from nav.runtime import bus, roster
 from nav.runtime.launchfile import LaunchSpec, NodeSpec, bound_endpoints
 from nav.runtime.node import EXIT_BIND_FAILED, HEARTBEAT_TOPIC_PREFIX, SUPERVISOR_PID_ENV
-from nav.runtime.process import ChildProcess, NotReadyError, make_private_dir, open_private
+from nav.runtime.private_files import make_private_dir
+from nav.runtime.process import ChildProcess, NotReadyError
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +67,6 @@ _NODE_ENV_DEFAULTS = {"OPENBLAS_NUM_THREADS": "1"}  # not OMP: torch solvers may
 
 class StartupError(RuntimeError):
     """A node could not be started; the message is one line for the user."""
-
-
-def write_private_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path``, mode 0600 (see ``open_private``)."""
-    with os.fdopen(open_private(path), "w", encoding="utf-8") as out:
-        out.write(text)
 
 
 @dataclass
