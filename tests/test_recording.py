@@ -10,13 +10,10 @@ waits for the replay node's own heartbeat before sending ``play``.
 from __future__ import annotations
 
 import os
-import queue
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +26,7 @@ from mcap.reader import make_reader
 from nav.messages import Heartbeat, Message, ToolPose, ToolStatus, TrackerFrame, decode, encode
 from nav.runtime import bus
 from nav.runtime.launchfile import NodeSpec
+from nav.runtime.process import ChildProcess, NotReadyError
 from nav.runtime.recording import (
     RecordingError,
     RecordingWriter,
@@ -94,55 +92,42 @@ class Source:
 
 
 class NodeProcess:
-    """``python -m <module> --spec-json ...`` with its stdout read line by line in a thread."""
+    """A node as a real process (``nav.runtime.process.ChildProcess``), stderr to a log."""
 
     def __init__(self, spec: NodeSpec, log_dir: Path) -> None:
         self.spec = spec
         self.log_path = log_dir / f"{spec.name}.stderr.log"
-        with open(self.log_path, "wb") as log_file:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", spec.module, "--spec-json", spec.to_json()],
-                cwd=REPO,
-                stdout=subprocess.PIPE,
-                stderr=log_file,
-                text=True,
-                env={**os.environ, "ORNAV_LOG_LEVEL": "INFO"},
-            )
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._read_stdout, daemon=True).start()
-
-    def _read_stdout(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._lines.put(line)
-        self._lines.put(None)
+        self.child = ChildProcess(
+            name=spec.name,
+            argv=[sys.executable, "-m", spec.module, "--spec-json", spec.to_json()],
+            cwd=REPO,
+            env={**os.environ, "ORNAV_LOG_LEVEL": "INFO"},
+            stderr=self.log_path,
+        )
+        self.child.start()
 
     def stderr(self) -> str:
         return self.log_path.read_text(errors="replace")
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> str:
         try:
-            line = self._lines.get(timeout=timeout_s)
-        except queue.Empty:
-            pytest.fail(f"{self.spec.name}: no READY within {timeout_s} s\n{self.stderr()}")
-        assert line is not None, f"{self.spec.name} exited before READY\n{self.stderr()}"
-        assert line.startswith(f"READY {self.spec.name} "), line
-        return line
+            return self.child.wait_ready(f"READY {self.spec.name} ", timeout_s)
+        except NotReadyError as error:
+            pytest.fail(f"{error}\n{self.stderr()}")
 
     def wait(self, timeout_s: float = 10.0) -> int:
-        try:
-            return self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
+        code = self.child.wait(timeout_s)
+        if code is None:
             pytest.fail(f"{self.spec.name} did not exit within {timeout_s} s\n{self.stderr()}")
+        return code
 
     def terminate(self, timeout_s: float = 10.0) -> int:
-        self.proc.send_signal(signal.SIGTERM)
+        self.child.send_signal(signal.SIGTERM)
         return self.wait(timeout_s)
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
+        if self.child.poll() is None:
+            self.child.kill()
 
 
 @pytest.fixture
@@ -240,10 +225,10 @@ def replayed_until_exit(
     """Everything the replay node publishes (but its own heartbeats) until it exits 0."""
     got: list[bus.Received] = []
     deadline = time.monotonic() + 30.0
-    while node.proc.poll() is None or len(got) < expected:
+    while node.child.poll() is None or len(got) < expected:
         assert time.monotonic() < deadline, f"replayed {len(got)} of {expected}"
         got.extend(r for r in sub.poll(0.05) if r.topic != own)
-        if node.proc.poll() is not None and not sub.fileno_socket().poll(0):
+        if node.child.poll() is not None and not sub.fileno_socket().poll(0):
             break  # exited and nothing is left in our queue
     return got, node.wait()
 
@@ -608,7 +593,7 @@ def test_recorder_killed_with_sigkill_leaves_a_file_readable_to_its_last_chunk(
     wait_until(lambda: on_disk() == n, "the flush timer to write the frames", timeout_s=10.0)
     for i in range(n, n + 20):  # these may or may not reach the file
         source.send("pose/sim", tracker_frame(i))
-    recorder.proc.send_signal(signal.SIGKILL)
+    recorder.child.send_signal(signal.SIGKILL)
     assert recorder.wait() == -signal.SIGKILL
 
     with iter_recording(path) as reader:
@@ -646,7 +631,7 @@ def test_recorder_counts_a_malformed_message_keeps_running_and_never_overwrites(
     status = client.call("status", timeout_s=5.0).result
     assert status["rejected"] == 2
     assert status["rejected_malformed"] == 1 and status["rejected_version"] == 1
-    assert recorder.proc.poll() is None
+    assert recorder.child.poll() is None
 
     actual = Path(str(recording_status(client)["path"]))
     assert actual == tmp_path / "session-1.mcap"
