@@ -20,56 +20,13 @@ Publishes:
   they started), ``registration_file_refused``; latency = tracker ``t_sensor_ns`` ->
   receive here.
 
-Control (each reply is ``ok`` with a result, or a one-line error):
-- ``registration.start`` {method: "points", dwell: true}: start collecting the case's
-  fiducials in case order; with ``dwell`` a held tip records the next one (see
-  ``navigation.DwellParams``), without it only ``registration.collect`` does. A running
-  collection starts over; a pending proposal is discarded. Replies with the progress
-  (``method``, ``collected``, ``total``, ``labels``, ``next_label``).
-- ``registration.start`` {method: "surface"}: start collecting organ-surface points: while
-  pointer and reference are both OK, the tip (reference frame) is recorded every
-  ``surface_spacing_mm`` of motion, up to ``surface_max_points`` (``nav.collectors``);
-  the surgeon traces the organ. Progress: ``method``, ``collected``, ``max_points``,
-  ``path_length_mm``, ``full``. Otherwise as for points.
-- ``registration.collect`` {}: record the current tip as the next fiducial now (a foot
-  pedal); the tip must be still. Replies with the progress and the point's label.
-  Fiducials only: a surface collection records as the tip moves.
-- ``registration.compute`` {}: for points, paired-point registration from the fiducials
-  collected so far (3 at least) -> state "proposed". Replies with FRE, per-fiducial
-  errors, predicted TRE per target and, when ``truth_T_reference_from_image`` is set, true
-  TRE per target.
-  For surface, rigid surface registration of the points traced so far (20 at least) to
-  the case's organ (its first structure with role "organ", ``navigation.surface_structure``),
-  started from the active registration (the clinical flow: fiducials first, the surface
-  refines them), or from a global search when there is none (less reliable: on a 35 %
-  patch of the phantom's anterior face it often lands in a wrong minimum or is refused,
-  so register by fiducials first), or both competing when the active one is restored and
-  unverified. It runs on a worker thread (measured on the phantom from a fiducial start,
-  best of 3 on a shared 2-core machine: 14 ms for 500 points, 29 ms for 2000, 50 ms for
-  5000; with a global search ~0.5-1 s, during which the loop would publish no
-  ``nav/state`` and miss the stale instant), so the reply comes at once: ``{method,
-  computing: true, registration_id, n_points, path_length_mm, start}``. When it is done,
-  the proposal (that ``registration_id``, method "surface") is published on
-  ``nav/registration`` and shown by ``registration.status``; a refusal
-  (too little overlap, no convergence, an unconstrained patch) leaves every state as it
-  was, is logged as a warning and shown by ``registration.status`` as ``compute.error``
-  (one line). Refusals known before the start (too few points, no organ, a compute
-  already running) are the reply's error. A ``registration.start``, ``accept`` or
-  ``case.load`` before it finishes discards its result. For surface, ``fre_mm`` is the
-  RMS point-to-surface residual of the inliers and the per-point errors are the
-  residuals of every point (summarised in replies: ``residuals_mm``; in full, one per
-  point, on the wire and on disk), see ``navigation.register_organ_surface``.
-- ``registration.accept`` {}: the proposal becomes the active registration ("accepted"),
-  is written to ``registration_file`` and navigation shows it; collection ends.
-- ``registration.reject`` {}: drop the proposal ("rejected"); the active one stays.
-- ``registration.verify`` {}: the user confirmed a restored registration (touched a
-  landmark and saw the tip where it belongs): clears ``needs_verification``.
-- ``registration.status`` {}: collection progress, active registration, proposal, and
-  ``compute``: the last surface compute (``registration_id``, ``state`` running /
-  proposed / refused / discarded, ``n_points``, ``error``, and when done ``time_s``,
-  ``fitness``, ``iterations``, ``initialisation``), or null.
-- ``case.load`` {path}: load another case (blocks the loop while its meshes are read);
-  drops every registration, then restores ``registration_file`` if it is for that case.
+Control: ``registration.start`` / ``collect`` / ``compute`` / ``accept`` / ``reject`` /
+``verify`` / ``status`` and ``case.load``; each request and reply is a typed message of
+``nav.messages.control`` (its docstrings say what each does; docs/runtime.md has the
+table), the rules are the navigator session's (``nav/session.py``). Each reply is ``ok``
+with the reply's result, or a one-line error (an unknown or mistyped argument, a refused
+step: nothing changes). A surface ``registration.compute`` runs on a worker thread and
+replies at once; its proposal comes on ``nav/registration`` and in ``registration.status``.
 
 Start-up: when ``registration_file`` exists and holds a registration of this case (its
 name and targets, and its case id and fiducial labels where the file records them), it is
@@ -89,55 +46,43 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Final
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Final, Protocol, Self, TypeVar
 
 import numpy as np
 
 from calibration.files import CalibrationFileError, read_tip_offset
-from nav.case import Case, CaseError, load_case
-from nav.collectors import (
-    DEFAULT_MAX_POINTS,
-    DEFAULT_SPACING_MM,
-    CollectionProgress,
-    DwellParams,
-    FiducialCollector,
-    SurfaceCollector,
-    SurfaceProgress,
-)
+from nav.arrays import FloatArray
+from nav.case import CaseError, load_case
+from nav.collectors import DEFAULT_MAX_POINTS, DEFAULT_SPACING_MM, DwellParams
 from nav.frames import REFERENCE, is_valid_tool_name
 from nav.messages import (
+    AcceptRegistration,
+    CollectFiducial,
     Command,
+    ComputeRegistration,
+    GetRegistrationStatus,
     JsonValue,
-    Message,
-    NavState,
+    LoadCase,
     NavStatus,
+    RejectRegistration,
     Reply,
+    StartCollection,
     TrackerFrame,
+    VerifyRegistration,
 )
-from nav.navigation import (
-    POINTER,
-    CaseGeometry,
-    Registration,
-    SurfaceRegistration,
-    nav_state,
-    register_fiducials,
-    register_organ_surface,
-    require_surface_points,
-    surface_structure,
-    tip_in_reference,
-    true_tre_mm,
-)
+from nav.navigation import POINTER
 from nav.phantom import SHIPPED_PHANTOM_DIR
-from nav.registration_store import RegistrationFileError, load_registration, save_registration
 from nav.runtime import bus
 from nav.runtime.launchfile import NodeSpec
 from nav.runtime.node import POLL_TIMEOUT_S, NodeRuntime, node_main
+from nav.session import NavigatorSession, SessionSettings
 from nav.transforms import Mat4, is_rigid
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R", bound="_Request")
 
 STATE_TOPIC: Final = "nav/state"
 REGISTRATION_TOPIC: Final = "nav/registration"
@@ -228,542 +173,153 @@ class Config:
             return None
         return np.reshape(np.array(self.truth_T_reference_from_image, dtype=np.float64), (4, 4))
 
-
-def _floats_by_name(names: tuple[str, ...], values: np.ndarray) -> dict[str, JsonValue]:
-    # JSON has no NaN: an unknown value is null.
-    return {n: (float(v) if math.isfinite(v) else None) for n, v in zip(names, values, strict=True)}
-
-
-def _summary(registration: Registration | None) -> JsonValue:
-    if registration is None:
-        return None
-    summary: dict[str, JsonValue] = {
-        "registration_id": registration.registration_id,
-        "state": registration.state,
-        "method": registration.method,
-        "needs_verification": registration.needs_verification,
-        "fre_mm": registration.fre_mm,
-        "fle_mm": registration.fle_mm,
-        "predicted_tre_mm": _floats_by_name(
-            registration.target_names, registration.predicted_tre_mm
-        ),
-        "true_tre_mm": _floats_by_name(registration.target_names, registration.true_tre_mm),
-    }
-    errors = registration.fiducial_errors_mm
-    if registration.method == "points":
-        summary["fiducial_errors_mm"] = [float(e) for e in errors]
-        summary["fiducial_labels"] = list(registration.fiducial_labels)
-    else:
-        # One residual per traced point (thousands): the message and the file carry them
-        # all; a reply (and a status poll) carries their distribution.
-        summary["residuals_mm"] = {
-            "count": len(errors),
-            "median": float(np.median(errors)) if len(errors) else None,
-            "p95": float(np.percentile(errors, 95)) if len(errors) else None,
-            "max": float(errors.max()) if len(errors) else None,
-        }
-    return summary
-
-
-def _progress(progress: CollectionProgress | SurfaceProgress) -> dict[str, JsonValue]:
-    if isinstance(progress, SurfaceProgress):
-        return {
-            "method": "surface",
-            "collected": progress.collected,
-            "max_points": progress.max_points,
-            "path_length_mm": progress.path_length_mm,
-            "full": progress.full,
-        }
-    return {
-        "method": "points",
-        "collected": progress.collected,
-        "total": progress.total,
-        "labels": list(progress.labels),
-        "next_label": progress.next_label,
-    }
-
-
-@dataclass(eq=False)
-class _SurfaceJob:
-    """One surface compute on its worker thread.
-
-    The worker writes ``result`` or ``error`` and then sets ``done``; the loop thread reads
-    them only after ``done`` is set, so they need no lock. ``generation``: the navigator's
-    when the job started; a different one when it ends means its collection is gone.
-    """
-
-    registration_id: int
-    generation: int
-    n_points: int
-    done: threading.Event = field(default_factory=threading.Event)
-    result: SurfaceRegistration | None = None
-    error: Exception | None = None
-
-
-class _Navigator:
-    """The node's state between frames: case, registrations, fiducial collection."""
-
-    def __init__(
-        self,
-        cfg: Config,
-        case: Case,
-        p_tip_in_pointer: np.ndarray,
-        publish: Callable[[str, Message], object],
-        counters: bus.Counters,
-    ) -> None:
-        self.cfg = cfg
-        self.p_tip_in_pointer = p_tip_in_pointer
-        self.publish = publish
-        self.counters = counters
-        self.truth = cfg.truth()
-        self.stale_after_ns = int(cfg.stale_after_ms * 1e6)
-        self.last_frame: TrackerFrame | None = None
-        self._last_id = 0
-        self._generation = 0  # bumped whenever a running surface compute becomes moot
-        self.job: _SurfaceJob | None = None  # the surface compute running, if any
-        self.last_compute: dict[str, JsonValue] | None = None  # for registration.status
-        self.collector: FiducialCollector | SurfaceCollector | None = None
-        self._set_case(case)
-
-    def _set_case(self, case: Case) -> None:
-        self.case = case
-        self.geometry = CaseGeometry.from_case(case)
-        self.active: Registration | None = None
-        self.proposal: Registration | None = None
-        self._set_collector(None)
-
-    def _set_collector(self, collector: FiducialCollector | SurfaceCollector | None) -> None:
-        self.collector = collector
-        self._generation += 1
-
-    # --- per frame ---------------------------------------------------------------
-
-    def on_frame(self, frame: TrackerFrame) -> None:
-        self.last_frame = frame
-        collector = self.collector
-        if collector is None:
-            return
-        p_ref = tip_in_reference(
-            frame,
-            pointer_tool=self.cfg.pointer_tool,
-            reference_tool=self.cfg.reference_tool,
-            p_tip_in_pointer=self.p_tip_in_pointer,
-        )
-        if isinstance(collector, SurfaceCollector):
-            if collector.feed(p_ref):
-                self.counters["surface_points_collected"] += 1
-                if collector.progress.full:
-                    log.warning(
-                        "surface collection full (%d points): compute, or start over",
-                        collector.max_points,
-                    )
-            return
-        recorded = collector.feed(frame.t_sensor_ns, p_ref)
-        if recorded is not None:
-            self._collected(recorded, "dwell")
-
-    def state(self, now_ns: int) -> NavState:
-        return nav_state(
-            self.last_frame,
-            now_ns=now_ns,
-            registration=self.active,
-            geometry=self.geometry,
-            pointer_tool=self.cfg.pointer_tool,
-            reference_tool=self.cfg.reference_tool,
-            p_tip_in_pointer=self.p_tip_in_pointer,
-            stale_after_ns=self.stale_after_ns,
-        )
-
-    def republish_registrations(self) -> None:
-        for registration in (self.active, self.proposal):
-            if registration is not None:
-                self.publish(REGISTRATION_TOPIC, registration.to_message())
-
-    # --- registration ------------------------------------------------------------
-
-    def _collected(self, index: int, how: str) -> None:
-        assert isinstance(self.collector, FiducialCollector)
-        self.counters["fiducials_collected"] += 1
-        p = self.collector.points_reference[index]
-        log.info(
-            "fiducial %s (%d of %d) collected by %s at (%.2f, %.2f, %.2f) mm in reference",
-            self.collector.labels[index],
-            index + 1,
-            len(self.collector.labels),
-            how,
-            *p,
-        )
-
-    def _new_id(self) -> int:
-        # Wall-clock ns: unique across restarts of the node, so a consumer never confuses
-        # a registration with an older one.
-        self._last_id = max(time.time_ns(), self._last_id + 1)
-        return self._last_id
-
-    def _emit(self, registration: Registration) -> None:
-        self.publish(REGISTRATION_TOPIC, registration.to_message())
-
-    def start(self, command: Command) -> Reply:
-        method = command.args.get("method", "points")
-        if method == "surface":
-            return self._start_surface()
-        if method != "points":
-            raise ValueError(
-                f"unknown method {method!r}: 'points' (fiducials) or 'surface' (traced)"
-            )
-        dwell = command.args.get("dwell", True)
-        if not isinstance(dwell, bool):
-            raise ValueError("'dwell' must be true or false")
-        if len(self.case.fiducials) < 3:
-            raise ValueError(f"case {self.case.name!r} has {len(self.case.fiducials)} fiducials")
-        collector = FiducialCollector(
-            self.case.fiducials.labels, params=self.cfg.dwell_params(), auto=dwell
-        )
-        self._set_collector(collector)
-        self.proposal = None  # a new collection makes any pending proposal moot
-        log.info(
-            "registration: collecting %d fiducials (%s)",
-            len(self.case.fiducials),
-            "dwell or pedal" if dwell else "pedal",
-        )
-        return Reply(ok=True, result=_progress(collector.progress))
-
-    def _start_surface(self) -> Reply:
-        organ = surface_structure(self.case)  # ValueError: a case without an organ
-        collector = SurfaceCollector(
-            spacing_mm=self.cfg.surface_spacing_mm, max_points=self.cfg.surface_max_points
-        )
-        self._set_collector(collector)
-        self.proposal = None
-        log.info(
-            "registration: collecting surface points on %r every %.1f mm (at most %d)",
-            organ.name,
-            self.cfg.surface_spacing_mm,
-            self.cfg.surface_max_points,
-        )
-        return Reply(ok=True, result=_progress(collector.progress))
-
-    def collect(self, _command: Command) -> Reply:
-        if self.collector is None:
-            raise ValueError("no collection running: send registration.start first")
-        if isinstance(self.collector, SurfaceCollector):
-            raise ValueError("a surface collection records the tip as it moves: trace the organ")
-        index = self.collector.collect_now(time.monotonic_ns())
-        self._collected(index, "pedal")
-        result = _progress(self.collector.progress)
-        result["label"] = self.collector.labels[index]
-        return Reply(ok=True, result=result)
-
-    def compute(self, _command: Command) -> Reply:
-        if self.collector is None:
-            raise ValueError("no collection running: send registration.start first")
-        if isinstance(self.collector, SurfaceCollector):
-            return self._compute_surface(self.collector)
-        p_reference = self.collector.points_reference
-        k = len(p_reference)
-        proposal = register_fiducials(
-            p_image_fiducials=self.case.fiducials.points_lps[:k],
-            p_reference_fiducials=p_reference,
-            fiducial_labels=self.case.fiducials.labels[:k],
-            geometry=self.geometry,
-            fle_mm=self.cfg.fle_mm,
-            registration_id=self._new_id(),
-            truth_T_reference_from_image=self.truth,
-        )  # RegistrationError (a ValueError) for too few or collinear points: a reply error
-        self.proposal = proposal
-        self.counters["registrations_proposed"] += 1
-        self._emit(proposal)
-        log.info(
-            "registration %d proposed from %d fiducials: FRE %.3f mm, predicted TRE max %.3f mm",
-            proposal.registration_id,
-            k,
-            proposal.fre_mm,
-            proposal.max_predicted_tre_mm,
-        )
-        summary = _summary(proposal)
-        assert isinstance(summary, dict)
-        summary["n_fiducials"] = k
-        return Reply(ok=True, result=summary)
-
-    def _compute_surface(self, collector: SurfaceCollector) -> Reply:
-        if self.job is not None:
-            raise ValueError(
-                f"surface registration {self.job.registration_id} is still being computed"
-            )
-        organ = surface_structure(self.case)
-        points = collector.points_reference
-        require_surface_points(len(points))  # RegistrationError: the reply's one line
-        active = self.active
-        T_init = active.T_reference_from_image if active is not None else None
-        # A restored registration may be off (the patient or the marker moved while the node
-        # was down): let a global search compete with it. None at all: search globally.
-        global_init = active is None or active.needs_verification
-        if active is None:
-            start = "global"
-        else:
-            start = f"registration {active.registration_id}" + (
-                " and global" if global_init else ""
-            )
-        job = _SurfaceJob(self._new_id(), self._generation, len(points))
-        geometry, truth = self.geometry, self.truth
-        vertices = np.array(organ.mesh.vertices, dtype=np.float64)
-        triangles = np.array(organ.mesh.faces, dtype=np.int64)
-
-        def work() -> None:
-            # Reads only its own copies and immutable data (the geometry's targets; never
-            # its query buffer, which the loop thread uses).
-            try:
-                job.result = register_organ_surface(
-                    model_vertices=vertices,
-                    model_triangles=triangles,
-                    p_reference_surface=points,
-                    geometry=geometry,
-                    registration_id=job.registration_id,
-                    T_init=T_init,
-                    global_init=global_init,
-                    truth_T_reference_from_image=truth,
-                )
-            except Exception as error:  # handed to the loop thread, which decides
-                job.error = error
-            finally:
-                job.done.set()
-
-        # A daemon: a stop request does not wait for a compute (its result would be lost
-        # with the process anyway).
-        threading.Thread(target=work, name="surface-registration", daemon=True).start()
-        self.job = job
-        progress = collector.progress
-        self.last_compute = {
-            "registration_id": job.registration_id,
-            "method": "surface",
-            "state": "running",
-            "n_points": job.n_points,
-            "start": start,
-            "error": None,
-        }
-        log.info(
-            "registration %d: surface registration of %d points (%.0f mm traced) to %r "
-            "started from %s",
-            job.registration_id,
-            job.n_points,
-            progress.path_length_mm,
-            organ.name,
-            start,
-        )
-        return Reply(
-            ok=True,
-            result={
-                "method": "surface",
-                "computing": True,
-                "registration_id": job.registration_id,
-                "n_points": job.n_points,
-                "path_length_mm": progress.path_length_mm,
-                "start": start,
-            },
-        )
-
-    def finish_compute(self) -> None:
-        """Take a finished surface compute's result: a proposal, a refusal, or nothing.
-
-        Called by the loop thread; a no-op while none has finished. An exception other than
-        a refusal (ValueError) is a bug: it is re-raised, so the node exits non-zero.
-        """
-        job = self.job
-        if job is None or not job.done.is_set():
-            return
-        self.job = None
-        if job.error is not None and not isinstance(job.error, ValueError):
-            raise job.error
-        record = self.last_compute if self.last_compute is not None else {}
-        if job.generation != self._generation:
-            record["state"] = "discarded"
-            log.info(
-                "surface registration %d discarded: its collection ended before it finished",
-                job.registration_id,
-            )
-            return
-        if job.error is not None:
-            self.counters["registrations_refused"] += 1
-            record.update(state="refused", error=str(job.error))
-            log.warning("surface registration %d refused: %s", job.registration_id, job.error)
-            return
-        assert job.result is not None
-        proposal, fit = job.result.registration, job.result.surface
-        self.proposal = proposal
-        self.counters["registrations_proposed"] += 1
-        self._emit(proposal)
-        record.update(
-            state="proposed",
-            time_s=fit.time_s,
-            fitness=fit.fitness,
-            iterations=fit.iterations,
-            initialisation=fit.initialisation,
-        )
-        log.info(
-            "registration %d proposed from %d surface points (%s start): RMS residual "
-            "%.3f mm, fitness %.2f, predicted TRE max %.3f mm, %.3f s",
-            proposal.registration_id,
-            job.n_points,
-            fit.initialisation,
-            proposal.fre_mm,
-            fit.fitness,
-            proposal.max_predicted_tre_mm,
-            fit.time_s,
-        )
-
-    def accept(self, _command: Command) -> Reply:
-        if self.proposal is None:
-            raise ValueError("no proposed registration: send registration.compute first")
-        accepted = self.proposal.replace(state="accepted", needs_verification=False)
-        self.active, self.proposal = accepted, None
-        self._set_collector(None)  # collection ends; a surface compute still running is moot
-        self.counters["registrations_accepted"] += 1
-        saved: JsonValue = None
-        if self.cfg.registration_file:
-            try:
-                save_registration(
-                    self.cfg.registration_file,
-                    accepted,
-                    case_name=self.case.name,
-                    created_unix_s=time.time(),
-                )
-                saved = self.cfg.registration_file
-            except OSError as error:
-                # Navigation goes on with it; only a restart would lose it. Say so loudly.
-                log.warning("registration %d not saved: %s", accepted.registration_id, error)
-        self._emit(accepted)
-        log.info(
-            "registration %d (%s) accepted: %s %.3f mm, predicted TRE max %.3f mm%s",
-            accepted.registration_id,
-            accepted.method,
-            "FRE" if accepted.method == "points" else "RMS residual",
-            accepted.fre_mm,
-            accepted.max_predicted_tre_mm,
-            f", saved to {saved}" if saved else "",
-        )
-        return Reply(
-            ok=True, result={"registration_id": accepted.registration_id, "saved_to": saved}
-        )
-
-    def reject(self, _command: Command) -> Reply:
-        if self.proposal is None:
-            raise ValueError("no proposed registration to reject")
-        rejected = self.proposal.replace(state="rejected")
-        self.proposal = None
-        self._emit(rejected)
-        log.info("registration %d rejected", rejected.registration_id)
-        return Reply(ok=True, result={"registration_id": rejected.registration_id})
-
-    def verify(self, _command: Command) -> Reply:
-        if self.active is None:
-            raise ValueError("no registration to verify")
-        if self.active.needs_verification:
-            self.active = self.active.replace(state=self.active.state, needs_verification=False)
-            self._emit(self.active)
-            log.info("registration %d verified by the user", self.active.registration_id)
-        return Reply(ok=True, result={"registration_id": self.active.registration_id})
-
-    def status(self, _command: Command) -> Reply:
-        collector = self.collector
-        return Reply(
-            ok=True,
-            result={
-                "case": self.case.name,
-                "case_id": self.geometry.case_id,
-                "collecting": collector is not None,
-                "method": (
-                    None
-                    if collector is None
-                    else "surface"
-                    if isinstance(collector, SurfaceCollector)
-                    else "points"
-                ),
-                "dwell": collector.auto if isinstance(collector, FiducialCollector) else False,
-                "progress": _progress(collector.progress) if collector is not None else None,
-                "active": _summary(self.active),
-                "proposal": _summary(self.proposal),
-                "compute": dict(self.last_compute) if self.last_compute is not None else None,
-            },
-        )
-
-    def load(self, command: Command) -> Reply:
-        path = command.args.get("path")
-        if not isinstance(path, str) or not path:
-            raise ValueError("'path' must name a case folder")
-        case = load_case(path)  # CaseError (a ValueError): a reply error, nothing changes
-        self._set_case(case)
-        log.info(
-            "case %r (id %s) loaded from %s; registration cleared",
-            case.name,
-            self.geometry.case_id[:12],
-            path,
-        )
-        self.restore()
-        return Reply(
-            ok=True,
-            result={
-                "case": case.name,
-                "case_id": self.geometry.case_id,
-                "fiducials": list(case.fiducials.labels),
-                "targets": list(case.targets.labels),
-                "critical": list(self.geometry.critical_names),
-                "restored": self.active is not None,
-            },
-        )
-
-    def restore(self) -> None:
-        """Restore ``registration_file`` if it holds a registration of this case."""
-        if not self.cfg.registration_file:
-            return
-        path = Path(self.cfg.registration_file)
-        if not path.exists():
-            log.info("no registration at %s: starting unregistered", path)
-            return
-        try:
-            stored = load_registration(path)
-            if stored.case_name != self.case.name:
-                raise RegistrationFileError(
-                    path, f"it registers case {stored.case_name!r}, not {self.case.name!r}"
-                )
-            if stored.registration.target_names != self.geometry.target_names:
-                raise RegistrationFileError(path, "its targets are not this case's targets")
-            stored_id = stored.registration.case_id
-            if stored_id and stored_id != self.geometry.case_id:
-                raise RegistrationFileError(
-                    path,
-                    f"case {stored.case_name!r} has changed since it was registered "
-                    f"(case id {stored_id[:12]}..., now {self.geometry.case_id[:12]}...)",
-                )
-            unknown = set(stored.registration.fiducial_labels) - set(self.case.fiducials.labels)
-            if unknown:
-                raise RegistrationFileError(
-                    path, f"fiducial {sorted(unknown)[0]!r} is not one of this case's"
-                )
-        except RegistrationFileError as error:
-            self.counters["registration_file_refused"] += 1
-            log.warning("registration file ignored, starting unregistered: %s", error)
-            return
-        restored = stored.registration
-        truth = true_tre_mm(
-            restored.T_reference_from_image, self.truth, self.geometry.p_image_targets
-        )
-        # A file from before case ids was checked by name and targets: from here on it
-        # travels as a registration of this case.
-        self.active = replace(restored, true_tre_mm=truth, case_id=self.geometry.case_id)
-        self._last_id = max(self._last_id, restored.registration_id)
-        self._emit(self.active)
-        log.info(
-            "registration %d restored from %s (FRE %.3f mm): needs verification",
-            restored.registration_id,
-            path,
-            restored.fre_mm,
+    def session_settings(self, p_tip_in_pointer: FloatArray) -> SessionSettings:
+        """The navigator session's settings, with the tip offset actually used."""
+        return SessionSettings(
+            pointer_tool=self.pointer_tool,
+            reference_tool=self.reference_tool,
+            p_tip_in_pointer=p_tip_in_pointer,
+            stale_after_ns=int(self.stale_after_ms * 1e6),
+            fle_mm=self.fle_mm,
+            dwell=self.dwell_params(),
+            surface_spacing_mm=self.surface_spacing_mm,
+            surface_max_points=self.surface_max_points,
+            registration_file=self.registration_file,
+            truth_T_reference_from_image=self.truth(),
         )
 
 
-def _tip(cfg: Config) -> np.ndarray:
+def _tip(cfg: Config) -> FloatArray:
     if cfg.tip_calibration:
         return np.asarray(read_tip_offset(cfg.tip_calibration), dtype=np.float64)
     return np.array(cfg.p_tip_in_pointer, dtype=np.float64)
+
+
+# --- wiring ------------------------------------------------------------------------------
+
+
+class _Request(Protocol):
+    NAME: ClassVar[str]
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, JsonValue]) -> Self: ...
+
+
+class _Result(Protocol):
+    def to_result(self) -> dict[str, JsonValue]: ...
+
+
+def _serve(
+    runtime: NodeRuntime,
+    request_type: type[R],
+    handler: Callable[[R], _Result],
+) -> None:
+    """Answer ``request_type.NAME``: its args read by ``from_args``, ``handler``'s reply as
+    the result.
+
+    A ValueError (bad arguments, a refused step) becomes the Reply's one-line error in
+    ``NodeRuntime``.
+    """
+
+    def handle(command: Command) -> Reply:
+        return Reply(ok=True, result=handler(request_type.from_args(command.args)).to_result())
+
+    runtime.on(request_type.NAME, handle)
+
+
+def _serve_session(runtime: NodeRuntime, session: NavigatorSession) -> None:
+    """The control commands: each a typed request to the session; times read here."""
+    _serve(runtime, StartCollection, session.start)
+    _serve(runtime, CollectFiducial, lambda r: session.collect(r, now_ns=time.monotonic_ns()))
+    _serve(runtime, ComputeRegistration, lambda r: session.compute(r, now_unix_ns=time.time_ns()))
+    _serve(runtime, AcceptRegistration, lambda r: session.accept(r, now_unix_s=time.time()))
+    _serve(runtime, RejectRegistration, session.reject)
+    _serve(runtime, VerifyRegistration, session.verify)
+    _serve(runtime, GetRegistrationStatus, session.status)
+    _serve(runtime, LoadCase, session.load)
+
+
+# --- per tick ----------------------------------------------------------------------------
+
+
+class _Ticker:
+    """One loop pass: the frames received in, states and registrations out.
+
+    A state goes out for every new frame and, while none arrive, every
+    ``state_period_ms`` and at the instant the newest OK frame turns stale.
+    """
+
+    def __init__(self, cfg: Config, session: NavigatorSession, runtime: NodeRuntime) -> None:
+        pub = runtime.pub
+        assert pub is not None
+        self.pub = pub
+        self.session = session
+        self.counters = runtime.counters
+        self.latency = runtime.latency
+        self.state_period_ns = int(cfg.state_period_ms * 1e6)
+        self.republish_ns = int(REGISTRATION_REPUBLISH_S * 1e9)
+        self.last_status: NavStatus | None = None
+        self.last_state_ns = 0
+        self.next_registration_ns = 0
+        self.last_epoch = -1  # the tracker epoch of session.last_frame
+
+    def due_ns(self) -> int:
+        """When the next timed state is due: the period, or the instant an OK frame goes
+        stale, whichever is first."""
+        due_ns = self.last_state_ns + self.state_period_ns
+        last = self.session.last_frame
+        if self.last_status is NavStatus.OK and last is not None:
+            due_ns = min(due_ns, last.t_sensor_ns + self.session.settings.stale_after_ns + 1)
+        return due_ns
+
+    def publish_state(self, now_ns: int) -> None:
+        state = self.session.state(now_ns)
+        self.pub.publish(STATE_TOPIC, state)
+        self.counters[f"status_{state.status.value}"] += 1
+        self.last_state_ns = now_ns
+        if state.status is not self.last_status:
+            level = logging.WARNING if state.status is NavStatus.STALE else logging.INFO
+            log.log(
+                level,
+                "navigation %s -> %s",
+                self.last_status and self.last_status.value,
+                state.status.value,
+            )
+            self.last_status = state.status
+
+    def tick(self, received: list[bus.Received], due_ns: int) -> None:
+        frames = sorted(
+            (r for r in received if isinstance(r.message, TrackerFrame)),
+            key=lambda r: r.message.t_sensor_ns,  # type: ignore[union-attr]
+        )
+        for r in frames:
+            frame = r.message
+            assert isinstance(frame, TrackerFrame)
+            last = self.session.last_frame
+            # Order holds within one tracker process; a restarted tracker (new epoch) may
+            # map its clock anew, so its first sample is taken as is.
+            if (
+                last is not None
+                and r.envelope.epoch == self.last_epoch
+                and frame.t_sensor_ns <= last.t_sensor_ns
+            ):
+                self.counters["frames_out_of_order"] += 1
+                continue
+            self.last_epoch = r.envelope.epoch
+            self.latency.add(r.t_recv_ns - frame.t_sensor_ns)
+            self.session.on_frame(frame)
+            self.publish_state(time.monotonic_ns())
+        now_ns = time.monotonic_ns()
+        if not frames and now_ns >= due_ns:
+            self.publish_state(now_ns)
+        self.session.finish_compute()
+        if now_ns >= self.next_registration_ns:
+            self.next_registration_ns = now_ns + self.republish_ns
+            for registration in self.session.registrations():
+                self.pub.publish(REGISTRATION_TOPIC, registration.to_message())
+
+
+# --- setup and run -----------------------------------------------------------------------
 
 
 def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
@@ -773,87 +329,27 @@ def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
     except (CaseError, CalibrationFileError) as error:
         log.error("%s: %s", spec.name, error)
         return 2
-    state_period_ns = int(cfg.state_period_ms * 1e6)
-    republish_ns = int(REGISTRATION_REPUBLISH_S * 1e9)
     with NodeRuntime(spec, stop) as runtime:
         pub = runtime.pub
         if pub is None:
             raise ValueError(f"node {spec.name!r}: the nav node needs a pub endpoint")
-        navigator = _Navigator(cfg, case, p_tip, pub.publish, runtime.counters)
-        for name, handler in (
-            ("registration.start", navigator.start),
-            ("registration.collect", navigator.collect),
-            ("registration.compute", navigator.compute),
-            ("registration.accept", navigator.accept),
-            ("registration.reject", navigator.reject),
-            ("registration.verify", navigator.verify),
-            ("registration.status", navigator.status),
-            ("case.load", navigator.load),
-        ):
-            runtime.on(name, handler)
-        navigator.restore()
+        session = NavigatorSession(
+            cfg.session_settings(p_tip),
+            case,
+            emit=lambda registration: pub.publish(REGISTRATION_TOPIC, registration.to_message()),
+            counters=runtime.counters,
+        )
+        _serve_session(runtime, session)
+        session.restore()
         sub = bus.LatestSubscriber(spec.subscribe_endpoints, (cfg.tracker_topic,))
         runtime.watch(sub.counters)
+        ticker = _Ticker(cfg, session, runtime)
         runtime.ready()
-        last_status: NavStatus | None = None
-        last_state_ns = 0
-        next_registration_ns = 0
-
-        def publish_state(now_ns: int) -> None:
-            nonlocal last_status, last_state_ns
-            state = navigator.state(now_ns)
-            pub.publish(STATE_TOPIC, state)
-            runtime.counters[f"status_{state.status.value}"] += 1
-            last_state_ns = now_ns
-            if state.status is not last_status:
-                level = logging.WARNING if state.status is NavStatus.STALE else logging.INFO
-                log.log(
-                    level,
-                    "navigation %s -> %s",
-                    last_status and last_status.value,
-                    state.status.value,
-                )
-                last_status = state.status
-
-        last_epoch = -1  # the tracker epoch of navigator.last_frame
         try:
             while not stop.is_set():
-                # Wake for the next timed state: the period, or the instant an OK frame
-                # goes stale, whichever is first.
-                due_ns = last_state_ns + state_period_ns
-                if last_status is NavStatus.OK and navigator.last_frame is not None:
-                    due_ns = min(
-                        due_ns, navigator.last_frame.t_sensor_ns + navigator.stale_after_ns + 1
-                    )
+                due_ns = ticker.due_ns()
                 wait_s = min(POLL_TIMEOUT_S, max(0.0, (due_ns - time.monotonic_ns()) / 1e9))
-                frames = sorted(
-                    (r for r in sub.poll(wait_s) if isinstance(r.message, TrackerFrame)),
-                    key=lambda r: r.message.t_sensor_ns,  # type: ignore[union-attr]
-                )
-                for received in frames:
-                    frame = received.message
-                    assert isinstance(frame, TrackerFrame)
-                    last = navigator.last_frame
-                    # Order holds within one tracker process; a restarted tracker (new
-                    # epoch) may map its clock anew, so its first sample is taken as is.
-                    if (
-                        last is not None
-                        and received.envelope.epoch == last_epoch
-                        and frame.t_sensor_ns <= last.t_sensor_ns
-                    ):
-                        runtime.counters["frames_out_of_order"] += 1
-                        continue
-                    last_epoch = received.envelope.epoch
-                    runtime.latency.add(received.t_recv_ns - frame.t_sensor_ns)
-                    navigator.on_frame(frame)
-                    publish_state(time.monotonic_ns())
-                now_ns = time.monotonic_ns()
-                if not frames and now_ns >= due_ns:
-                    publish_state(now_ns)
-                navigator.finish_compute()
-                if now_ns >= next_registration_ns:
-                    next_registration_ns = now_ns + republish_ns
-                    navigator.republish_registrations()
+                ticker.tick(sub.poll(wait_s), due_ns)
                 runtime.service()
         finally:
             sub.close()

@@ -40,7 +40,17 @@ from cli.demo.script import (
 )
 from cli.demo.sim_registration import RegistrationFigures, SimRegistration, TouchPlan
 from cli.main import main
-from nav.messages import JsonValue, NavState, Reply, decode
+from nav.messages import (
+    FiducialProgress,
+    FiducialsProposed,
+    NavState,
+    RegistrationAccepted,
+    RegistrationRef,
+    RegistrationStatus,
+    RegistrationSummary,
+    Reply,
+    decode,
+)
 from nav.runtime.launchfile import load
 from nav.runtime.recording import inspect_recording, iter_recording
 from nav.transforms import apply
@@ -169,8 +179,10 @@ class FakeSimStack:
         self._advance()
         self.calls.append(name)
         n = len(self.points)
+        labels = tuple(f"F-{i + 1}" for i in range(n))
         if name == "registration.start":
-            return Reply(ok=True, result={"collected": 0, "total": n, "next_label": "F-1"})
+            started = FiducialProgress(collected=0, total=n, labels=labels, next_label="F-1")
+            return Reply(ok=True, result=started.to_result())
         if name == "pointer.touch":
             touched = np.asarray(args["points"])
             first = int(np.argmin(np.linalg.norm(self.points - touched[0], axis=1)))
@@ -181,25 +193,44 @@ class FakeSimStack:
             return Reply(ok=True, result={"start_s": 0.0, "duration_s": 1.0})
         if name == "registration.status":
             k = len(self.recorded)
-            progress: dict[str, JsonValue] = {
-                "collected": k,
-                "total": n,
-                "next_label": f"F-{k + 1}" if k < n else None,
-            }
-            return Reply(ok=True, result={"progress": progress})
-        if name == "registration.compute":
-            return Reply(
-                ok=True,
-                result={
-                    "registration_id": 7,
-                    "n_fiducials": len(self.recorded),
-                    "fre_mm": 0.1,
-                    "fiducial_errors_mm": [0.1] * len(self.recorded),
-                    "predicted_tre_mm": {"a": 0.2, "b": 0.3},
-                    "true_tre_mm": {"a": 0.1, "b": None},
-                },
+            progress = FiducialProgress(
+                collected=k, total=n, labels=labels, next_label=labels[k] if k < n else None
             )
-        if name in ("registration.accept", "tool.occlude", "pointer.rest"):
+            status = RegistrationStatus(
+                case="fake",
+                case_id="0" * 64,
+                collecting=True,
+                method="points",
+                dwell=True,
+                progress=progress,
+                active=None,
+                proposal=None,
+                compute=None,
+            )
+            return Reply(ok=True, result=status.to_result())
+        if name == "registration.compute":
+            k = len(self.recorded)
+            summary = RegistrationSummary(
+                registration_id=7,
+                state="proposed",
+                method="points",
+                needs_verification=False,
+                fre_mm=0.1,
+                fle_mm=0.25,
+                predicted_tre_mm={"a": 0.2, "b": 0.3},
+                true_tre_mm={"a": 0.1, "b": None},
+                fiducial_errors_mm=(0.1,) * k,
+                fiducial_labels=labels[:k],
+            )
+            proposed = FiducialsProposed(summary=summary, n_fiducials=k)
+            return Reply(ok=True, result=proposed.to_result())
+        if name == "registration.accept":
+            return Reply(
+                ok=True, result=RegistrationAccepted(registration_id=7, saved_to=None).to_result()
+            )
+        if name == "registration.reject":
+            return Reply(ok=True, result=RegistrationRef(registration_id=7).to_result())
+        if name in ("tool.occlude", "pointer.rest"):
             return Reply(ok=True, result={})
         return Reply(ok=False, error=f"unknown command {name!r}")
 

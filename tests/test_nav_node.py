@@ -168,7 +168,7 @@ def test_registration_by_dwell_on_the_simulator_is_accurate_and_the_model_follow
             plan=TouchPlan(travel_s=0.8, dwell_s=1.0),
         )
         started = registration.start()
-        assert started["total"] == 8 and started["next_label"] == "F-1"
+        assert started.total == 8 and started.next_label == "F-1"
         # Poll the progress as an operator's UI would, receiving the nav node meanwhile.
         progress = registration.wait_collected(
             timeout_s=registration.plan.duration_s(8) + 5.0, between=lambda: listener.pump(0.1)
@@ -192,7 +192,7 @@ def test_registration_by_dwell_on_the_simulator_is_accurate_and_the_model_follow
         listener.wait_for(_state_is(NavStatus.UNREGISTERED), timeout_s=2, what="unregistered")
 
         accepted = registration.accept()
-        assert accepted["saved_to"] == str(registration_file)
+        assert accepted.saved_to == str(registration_file)
         message = listener.wait_for(_registration_is("accepted"), timeout_s=5, what="accepted")
         assert isinstance(message.message, RegistrationResult)
         T_reference_from_image = message.message.T_reference_from_image
@@ -389,6 +389,9 @@ def test_pedal_collection_compute_reject_and_the_errors_an_operator_can_meet(
             reply = nav_client.call(name)
             assert not reply.ok and error in reply.error, (name, reply.error)
         assert not nav_client.call("registration.start", method="deformable").ok
+        misspelt = nav_client.call("registration.start", method="points", dwel=False)
+        assert not misspelt.ok and "unknown argument 'dwel'" in misspelt.error
+        assert _ok(nav_client.call("registration.status"))["collecting"] is False
         bad_case = nav_client.call("case.load", path=str(tmp_path / "nowhere"))
         assert not bad_case.ok and "case.toml" in bad_case.error
 

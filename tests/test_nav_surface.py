@@ -24,16 +24,20 @@ from cli.demo.sim_registration import SimRegistration, TouchPlan
 from nav.case import Case, load_case
 from nav.collectors import SurfaceCollector
 from nav.messages import (
-    Command,
+    AcceptRegistration,
+    CollectFiducial,
+    ComputeRegistration,
+    GetRegistrationStatus,
     Message,
     NavState,
     NavStatus,
     RegistrationResult,
     Reply,
+    StartCollection,
     ToolStatus,
     TrackerFrame,
 )
-from nav.nav_node import Config, _Navigator
+from nav.nav_node import Config
 from nav.navigation import (
     MIN_SURFACE_POINTS,
     CaseGeometry,
@@ -47,6 +51,7 @@ from nav.registration.errors import RegistrationError
 from nav.registration_store import from_json, load_registration, to_json
 from nav.runtime import bus
 from nav.runtime.launchfile import NodeSpec
+from nav.session import NavigatorSession
 from nav.transforms import apply, axis_angle_to_matrix, make_rigid
 from tests.conftest import NodeProcess, start_node
 
@@ -250,29 +255,32 @@ def test_a_case_without_an_organ_has_no_surface_to_register_to(phantom: Case) ->
 
 
 class _Node:
-    """A ``_Navigator`` fed frames by hand; what it publishes is kept."""
+    """A ``NavigatorSession`` fed frames by hand, driven by typed requests whose replies go
+    through ``to_result`` (what the node sends); what it emits is kept."""
 
     def __init__(self, case: Case, tmp_path: Path) -> None:
-        self.published: list[tuple[str, Message]] = []
+        self.published: list[RegistrationResult] = []
         self.counters = bus.Counters()
         cfg = Config(
             truth_T_reference_from_image=tuple(TRUTH.ravel().tolist()),
             registration_file=str(tmp_path / "registration.json"),
         )
-        self.navigator = _Navigator(
-            cfg,
+        self.navigator = NavigatorSession(
+            cfg.session_settings(P_TIP),
             case,
-            P_TIP,
-            lambda topic, message: self.published.append((topic, message)),
-            self.counters,
+            emit=lambda registration: self.published.append(registration.to_message()),
+            counters=self.counters,
         )
         self.t_ns = 1_000_000_000
 
     def call(self, name: str, **args: Any) -> dict[str, Any]:
-        handler: Callable[[Command], Reply] = getattr(self.navigator, name)
-        reply = handler(Command(name, args))
-        assert reply.ok, reply.error
-        return dict(reply.result)
+        """The command ``name`` (``registration.<name>``) as the node serves it: the
+        request read from ``args``, the reply's result (a refusal raises ValueError)."""
+        request = _REQUESTS[name].from_args(args)
+        handler: Callable[..., Any] = getattr(self.navigator, name)
+        times = {"collect": {"now_ns": self.t_ns}, "compute": {"now_unix_ns": time.time_ns()}}
+        times["accept"] = {"now_unix_s": time.time()}
+        return dict(handler(request, **times.get(name, {})).to_result())
 
     def trace(self, p_reference: FloatArray) -> None:
         for p in p_reference:
@@ -299,9 +307,16 @@ class _Node:
         assert self.navigator.job is None
 
     def registrations(self, state: str) -> list[RegistrationResult]:
-        return [
-            m for _, m in self.published if isinstance(m, RegistrationResult) and m.state == state
-        ]
+        return [m for m in self.published if m.state == state]
+
+
+_REQUESTS: dict[str, type[Any]] = {
+    "start": StartCollection,
+    "collect": CollectFiducial,
+    "compute": ComputeRegistration,
+    "accept": AcceptRegistration,
+    "status": GetRegistrationStatus,
+}
 
 
 def _accepted(geometry: CaseGeometry, T: FloatArray) -> Registration:
@@ -508,7 +523,7 @@ def test_surface_registration_on_the_simulator_refines_the_fiducial_one_and_is_a
         fiducials.start()
         assert fiducials.wait_collected(timeout_s=30, between=pump).done
         by_points = fiducials.compute()
-        fiducial_id = int(fiducials.accept()["registration_id"])
+        fiducial_id = fiducials.accept().registration_id
 
         # 2. A surface compute before any tracing is refused at once; the fiducials stay.
         assert _ok(nav_client.call("registration.start", method="surface"))["collected"] <= 1

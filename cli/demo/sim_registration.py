@@ -21,7 +21,9 @@ after the script starts. A fiducial not recorded ``margin_s`` after its hold end
 missed: the nav node sees a sample within milliseconds, and the next touch cannot dwell
 sooner than ``travel_s + window`` (the nav node's ``dwell_s``, 0.4 s) after that hold.
 
-Talks to the nodes only through ``nav.runtime.bus.CommandClient`` (``Commands``); the clock is
+Talks to the nodes only through ``nav.runtime.bus.CommandClient`` (``Commands``), with the
+nav node's typed requests and replies (``nav.messages.control``): a reply that does not
+read as its type is a ``ScriptedRegistrationError``, like a refusal. The clock is
 injectable, so the retry logic is tested without processes.
 """
 
@@ -32,13 +34,26 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from nav.case import load_case
-from nav.messages import Reply
+from nav.messages import (
+    AcceptRegistration,
+    ComputeRegistration,
+    FiducialProgress,
+    FiducialsProposed,
+    GetRegistrationStatus,
+    JsonValue,
+    RegistrationAccepted,
+    RegistrationRef,
+    RegistrationStatus,
+    RejectRegistration,
+    Reply,
+    StartCollection,
+)
 from nav.navigation import Registration
 from nav.phantom import SHIPPED_PHANTOM_DIR
 from nav.registration_store import save_registration
@@ -85,14 +100,35 @@ class Commands(Protocol):
     def call(self, name: str, *, timeout_s: float = ..., **args: object) -> Reply: ...
 
 
+class _Request(Protocol):
+    """A typed control request (``nav.messages.control``)."""
+
+    @property
+    def NAME(self) -> str: ...  # noqa: N802 (the request types' ClassVar)
+
+    def to_args(self) -> dict[str, JsonValue]: ...
+
+
 class ScriptedRegistrationError(RuntimeError):
     """A node refused a registration step; the message names the command and the reason."""
 
 
-def _ok(reply: Reply, what: str) -> dict[str, Any]:
+T = TypeVar("T")
+
+
+def _ok(reply: Reply, what: str) -> dict[str, JsonValue]:
     if not reply.ok:
         raise ScriptedRegistrationError(f"{what}: {reply.error}")
     return dict(reply.result)
+
+
+def _read(reply: Reply, what: str, from_result: Callable[[dict[str, JsonValue]], T]) -> T:
+    """The reply's result read as its type; a refusal or a malformed result raises."""
+    result = _ok(reply, what)
+    try:
+        return from_result(result)
+    except ValueError as error:
+        raise ScriptedRegistrationError(f"{what}: unexpected reply: {error}") from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,18 +188,15 @@ class RegistrationFigures:
     true_tre_mm: dict[str, float | None]
 
     @staticmethod
-    def from_reply(result: dict[str, Any]) -> RegistrationFigures:
-        def by_name(value: object) -> dict[str, float | None]:
-            assert isinstance(value, dict)
-            return {str(k): (None if v is None else float(v)) for k, v in value.items()}
-
+    def from_proposal(proposed: FiducialsProposed) -> RegistrationFigures:
+        summary = proposed.summary
         return RegistrationFigures(
-            registration_id=int(result["registration_id"]),
-            n_fiducials=int(result["n_fiducials"]),
-            fre_mm=float(result["fre_mm"]),
-            fiducial_errors_mm=tuple(float(e) for e in result["fiducial_errors_mm"]),
-            predicted_tre_mm=by_name(result["predicted_tre_mm"]),
-            true_tre_mm=by_name(result["true_tre_mm"]),
+            registration_id=summary.registration_id,
+            n_fiducials=proposed.n_fiducials,
+            fre_mm=summary.fre_mm,
+            fiducial_errors_mm=summary.fiducial_errors_mm,
+            predicted_tre_mm=dict(summary.predicted_tre_mm),
+            true_tre_mm=dict(summary.true_tre_mm),
         )
 
     def _known(self, values: dict[str, float | None]) -> list[float]:
@@ -218,7 +251,11 @@ class SimRegistration:
         self._first = 0  # the fiducial the current touch script starts with
         self._t_script = 0.0  # when it was sent (clock)
 
-    def start(self, *, count: int | None = None) -> dict[str, Any]:
+    def _call(self, request: _Request, from_result: Callable[[dict[str, JsonValue]], T]) -> T:
+        reply = self.nav.call(request.NAME, timeout_s=COMMAND_TIMEOUT_S, **request.to_args())
+        return _read(reply, request.NAME, from_result)
+
+    def start(self, *, count: int | None = None) -> FiducialProgress:
         """Start collecting and touch the first ``count`` fiducials (default: all).
 
         Returns the nav node's ``registration.start`` reply (its progress).
@@ -227,12 +264,11 @@ class SimRegistration:
             if not 3 <= count <= len(self.points):
                 raise ValueError(f"count must be in [3, {len(self.points)}], got {count}")
             self.count = count
-        started = _ok(
-            self.nav.call("registration.start", method="points", dwell=True),
-            "registration.start",
+        started = self._call(
+            StartCollection(method="points", dwell=True), FiducialProgress.from_result
         )
         self.retries = 0
-        self.progress = Progress(0, self.count, started.get("next_label"))
+        self.progress = Progress(0, self.count, started.next_label)
         self._touch_from(0)
         return started
 
@@ -253,12 +289,14 @@ class SimRegistration:
 
     def step(self) -> Progress:
         """Poll the nav node's progress; touch again from a missed fiducial. Returns it."""
-        status = _ok(self.nav.call("registration.status"), "registration.status")
-        progress = status.get("progress")
-        if not isinstance(progress, dict):
-            raise ScriptedRegistrationError("registration.status: no collection is running")
-        collected = min(int(progress["collected"]), self.count)
-        next_label = None if collected >= self.count else progress["next_label"]
+        status = self._call(GetRegistrationStatus(), RegistrationStatus.from_result)
+        progress = status.progress
+        if not isinstance(progress, FiducialProgress):
+            raise ScriptedRegistrationError(
+                "registration.status: no fiducial collection is running"
+            )
+        collected = min(progress.collected, self.count)
+        next_label = None if collected >= self.count else progress.next_label
         self.progress = Progress(collected, self.count, next_label)
         if not self.progress.done and self.plan.overdue(
             first=self._first, collected=collected, elapsed_s=self.clock() - self._t_script
@@ -281,12 +319,12 @@ class SimRegistration:
 
     def compute(self) -> RegistrationFigures:
         """``registration.compute`` from the fiducials collected so far."""
-        result = _ok(self.nav.call("registration.compute"), "registration.compute")
-        return RegistrationFigures.from_reply(result)
+        proposed = self._call(ComputeRegistration(), FiducialsProposed.from_result)
+        return RegistrationFigures.from_proposal(proposed)
 
-    def accept(self) -> dict[str, Any]:
-        """``registration.accept``: the reply (``registration_id``, ``saved_to``)."""
-        return _ok(self.nav.call("registration.accept"), "registration.accept")
+    def accept(self) -> RegistrationAccepted:
+        """``registration.accept``: the registration accepted and where it was saved."""
+        return self._call(AcceptRegistration(), RegistrationAccepted.from_result)
 
-    def reject(self) -> dict[str, Any]:
-        return _ok(self.nav.call("registration.reject"), "registration.reject")
+    def reject(self) -> RegistrationRef:
+        return self._call(RejectRegistration(), RegistrationRef.from_result)

@@ -1,0 +1,632 @@
+"""The navigator session: one case, its registrations, point collection, the surface compute.
+
+The nav node's state machine (``nav/nav_node.py`` runs it): no sockets and no clock reads
+(every time is an argument); it reads and writes the registration file
+(``nav.registration_store``) and runs a surface compute on a worker thread of its own.
+Requests and replies are the typed control messages (``nav.messages.control``, where each
+command's meaning is documented); a refused request raises ValueError with one line (the
+node's reply error) and changes nothing.
+
+States: a collection (fiducials or surface points, ``nav.collectors``) runs or not; a
+``proposal`` (state "proposed") waits for accept or reject; the ``active`` registration
+("accepted", or "restored" from the file and needing verification) is what navigation
+shows (``nav.navigation.nav_state``). Every registration event (proposed, accepted,
+rejected, restored, verified) goes to ``emit``, which the node publishes on
+``nav/registration``.
+
+Surface compute: :meth:`NavigatorSession.compute` starts a worker thread and returns at
+once; the caller's loop calls :meth:`NavigatorSession.finish_compute` to take its result
+(a proposal or a refusal) on its own thread. Starting a new collection, accepting or
+loading a case makes a running compute moot (its collection's *generation* changed): its
+result is discarded when it ends. While it runs it shares the GIL with the loop: Python
+releases it every 5 ms at most, so a state may be that much late.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from nav.arrays import FloatArray
+from nav.case import Case, load_case
+from nav.collectors import (
+    CollectionProgress,
+    DwellParams,
+    FiducialCollector,
+    SurfaceCollector,
+    SurfaceProgress,
+)
+from nav.messages import (
+    AcceptRegistration,
+    CaseLoaded,
+    CollectFiducial,
+    ComputeRegistration,
+    FiducialCollected,
+    FiducialProgress,
+    FiducialsProposed,
+    GetRegistrationStatus,
+    LoadCase,
+    NavState,
+    RegistrationAccepted,
+    RegistrationRef,
+    RegistrationStatus,
+    RegistrationSummary,
+    RejectRegistration,
+    Residuals,
+    StartCollection,
+    SurfaceCompute,
+    SurfaceComputeStarted,
+    TraceProgress,
+    TrackerFrame,
+    VerifyRegistration,
+)
+from nav.navigation import (
+    CaseGeometry,
+    Registration,
+    SurfaceRegistration,
+    nav_state,
+    register_fiducials,
+    register_organ_surface,
+    require_surface_points,
+    surface_structure,
+    tip_in_reference,
+    true_tre_mm,
+)
+from nav.registration_store import RegistrationFileError, load_registration, save_registration
+from nav.transforms import Mat4
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionSettings:
+    """What the session takes from the node's config (``nav_node.Config`` documents each).
+
+    ``p_tip_in_pointer`` (3,) mm, pointer marker frame. ``truth_T_reference_from_image``
+    (4, 4) or None (the real world: true TRE unknown). ``registration_file``: "" = not
+    persisted.
+    """
+
+    pointer_tool: str
+    reference_tool: str
+    p_tip_in_pointer: FloatArray
+    stale_after_ns: int
+    fle_mm: float
+    dwell: DwellParams
+    surface_spacing_mm: float
+    surface_max_points: int
+    registration_file: str = ""
+    truth_T_reference_from_image: Mat4 | None = None
+
+
+def _by_name(names: tuple[str, ...], values: FloatArray) -> dict[str, float | None]:
+    # A reply carries no NaN: an unknown value is None.
+    return {n: (float(v) if math.isfinite(v) else None) for n, v in zip(names, values, strict=True)}
+
+
+def summary_of(registration: Registration) -> RegistrationSummary:
+    """A registration as a reply shows it: per-fiducial errors for points, their
+    distribution for a surface (one residual per traced point: thousands)."""
+    errors = registration.fiducial_errors_mm
+    residuals = None
+    if registration.method != "points":
+        residuals = Residuals(
+            count=len(errors),
+            median=float(np.median(errors)) if len(errors) else None,
+            p95=float(np.percentile(errors, 95)) if len(errors) else None,
+            max=float(errors.max()) if len(errors) else None,
+        )
+    return RegistrationSummary(
+        registration_id=registration.registration_id,
+        state=registration.state,
+        method=registration.method,
+        needs_verification=registration.needs_verification,
+        fre_mm=registration.fre_mm,
+        fle_mm=registration.fle_mm,
+        predicted_tre_mm=_by_name(registration.target_names, registration.predicted_tre_mm),
+        true_tre_mm=_by_name(registration.target_names, registration.true_tre_mm),
+        fiducial_errors_mm=tuple(float(e) for e in errors) if residuals is None else (),
+        fiducial_labels=registration.fiducial_labels if residuals is None else (),
+        residuals_mm=residuals,
+    )
+
+
+def progress_of(progress: CollectionProgress | SurfaceProgress) -> FiducialProgress | TraceProgress:
+    """A collector's progress as a reply shows it."""
+    if isinstance(progress, SurfaceProgress):
+        return TraceProgress(
+            collected=progress.collected,
+            max_points=progress.max_points,
+            path_length_mm=progress.path_length_mm,
+            full=progress.full,
+        )
+    return FiducialProgress(
+        collected=progress.collected,
+        total=progress.total,
+        labels=progress.labels,
+        next_label=progress.next_label,
+    )
+
+
+@dataclass(eq=False)
+class SurfaceJob:
+    """One surface compute on its worker thread.
+
+    The worker writes ``result`` or ``error`` and then sets ``done``; the loop thread reads
+    them only after ``done`` is set, so they need no lock. ``generation``: the session's
+    when the job started; a different one when it ends means its collection is gone.
+    """
+
+    registration_id: int
+    generation: int
+    n_points: int
+    done: threading.Event = field(default_factory=threading.Event)
+    result: SurfaceRegistration | None = None
+    error: Exception | None = None
+
+
+class NavigatorSession:
+    """The nav node's state between frames (see the module): case, registrations, collection.
+
+    ``emit`` receives every registration event; ``counters`` (a ``Counter``, the node's
+    heartbeat counters) counts ``fiducials_collected``, ``surface_points_collected``,
+    ``registrations_proposed``, ``registrations_accepted``, ``registrations_refused`` and
+    ``registration_file_refused``. Call :meth:`restore` once after construction. Not
+    thread-safe: one thread calls it (the surface worker touches only its ``SurfaceJob``).
+    """
+
+    def __init__(
+        self,
+        settings: SessionSettings,
+        case: Case,
+        *,
+        emit: Callable[[Registration], object],
+        counters: Counter[str],
+    ) -> None:
+        self.settings = settings
+        self.emit = emit
+        self.counters = counters
+        self.last_frame: TrackerFrame | None = None
+        self._last_id = 0
+        self._generation = 0  # bumped whenever a running surface compute becomes moot
+        self.job: SurfaceJob | None = None  # the surface compute running, if any
+        self.last_compute: SurfaceCompute | None = None  # for registration.status
+        self.collector: FiducialCollector | SurfaceCollector | None = None
+        self._set_case(case)
+
+    def _set_case(self, case: Case) -> None:
+        self.case = case
+        self.geometry = CaseGeometry.from_case(case)
+        self.active: Registration | None = None
+        self.proposal: Registration | None = None
+        self._set_collector(None)
+
+    def _set_collector(self, collector: FiducialCollector | SurfaceCollector | None) -> None:
+        self.collector = collector
+        self._generation += 1
+
+    # --- per frame ---------------------------------------------------------------
+
+    def on_frame(self, frame: TrackerFrame) -> None:
+        """Take one tracker sample (newer than the last): collection, then :meth:`state`."""
+        self.last_frame = frame
+        collector = self.collector
+        if collector is None:
+            return
+        p_ref = tip_in_reference(
+            frame,
+            pointer_tool=self.settings.pointer_tool,
+            reference_tool=self.settings.reference_tool,
+            p_tip_in_pointer=self.settings.p_tip_in_pointer,
+        )
+        if isinstance(collector, SurfaceCollector):
+            if collector.feed(p_ref):
+                self.counters["surface_points_collected"] += 1
+                if collector.progress.full:
+                    log.warning(
+                        "surface collection full (%d points): compute, or start over",
+                        collector.max_points,
+                    )
+            return
+        recorded = collector.feed(frame.t_sensor_ns, p_ref)
+        if recorded is not None:
+            self._collected(recorded, "dwell")
+
+    def state(self, now_ns: int) -> NavState:
+        """The navigation state at ``now_ns`` (host monotonic clock)."""
+        return nav_state(
+            self.last_frame,
+            now_ns=now_ns,
+            registration=self.active,
+            geometry=self.geometry,
+            pointer_tool=self.settings.pointer_tool,
+            reference_tool=self.settings.reference_tool,
+            p_tip_in_pointer=self.settings.p_tip_in_pointer,
+            stale_after_ns=self.settings.stale_after_ns,
+        )
+
+    def registrations(self) -> Iterator[Registration]:
+        """The active registration, then the pending proposal, where there are: what the
+        node re-publishes so that a late joiner has both."""
+        for registration in (self.active, self.proposal):
+            if registration is not None:
+                yield registration
+
+    # --- registration ------------------------------------------------------------
+
+    def _collected(self, index: int, how: str) -> None:
+        assert isinstance(self.collector, FiducialCollector)
+        self.counters["fiducials_collected"] += 1
+        p = self.collector.points_reference[index]
+        log.info(
+            "fiducial %s (%d of %d) collected by %s at (%.2f, %.2f, %.2f) mm in reference",
+            self.collector.labels[index],
+            index + 1,
+            len(self.collector.labels),
+            how,
+            *p,
+        )
+
+    def _new_id(self, now_unix_ns: int) -> int:
+        # Wall-clock ns: unique across restarts of the node, so a consumer never confuses
+        # a registration with an older one.
+        self._last_id = max(now_unix_ns, self._last_id + 1)
+        return self._last_id
+
+    def start(self, request: StartCollection) -> FiducialProgress | TraceProgress:
+        if request.method == "surface":
+            return self._start_surface()
+        if len(self.case.fiducials) < 3:
+            raise ValueError(f"case {self.case.name!r} has {len(self.case.fiducials)} fiducials")
+        collector = FiducialCollector(
+            self.case.fiducials.labels, params=self.settings.dwell, auto=request.dwell
+        )
+        self._set_collector(collector)
+        self.proposal = None  # a new collection makes any pending proposal moot
+        log.info(
+            "registration: collecting %d fiducials (%s)",
+            len(self.case.fiducials),
+            "dwell or pedal" if request.dwell else "pedal",
+        )
+        return progress_of(collector.progress)
+
+    def _start_surface(self) -> TraceProgress:
+        organ = surface_structure(self.case)  # ValueError: a case without an organ
+        collector = SurfaceCollector(
+            spacing_mm=self.settings.surface_spacing_mm,
+            max_points=self.settings.surface_max_points,
+        )
+        self._set_collector(collector)
+        self.proposal = None
+        log.info(
+            "registration: collecting surface points on %r every %.1f mm (at most %d)",
+            organ.name,
+            self.settings.surface_spacing_mm,
+            self.settings.surface_max_points,
+        )
+        progress = progress_of(collector.progress)
+        assert isinstance(progress, TraceProgress)
+        return progress
+
+    def collect(self, _request: CollectFiducial, *, now_ns: int) -> FiducialCollected:
+        """Record the next fiducial from the samples before ``now_ns`` (monotonic)."""
+        if self.collector is None:
+            raise ValueError("no collection running: send registration.start first")
+        if isinstance(self.collector, SurfaceCollector):
+            raise ValueError("a surface collection records the tip as it moves: trace the organ")
+        index = self.collector.collect_now(now_ns)
+        self._collected(index, "pedal")
+        progress = progress_of(self.collector.progress)
+        assert isinstance(progress, FiducialProgress)
+        return FiducialCollected(progress=progress, label=self.collector.labels[index])
+
+    def compute(
+        self, _request: ComputeRegistration, *, now_unix_ns: int
+    ) -> FiducialsProposed | SurfaceComputeStarted:
+        """Propose a registration (points), or start a surface compute; ``now_unix_ns``
+        (wall clock) makes the registration id."""
+        if self.collector is None:
+            raise ValueError("no collection running: send registration.start first")
+        if isinstance(self.collector, SurfaceCollector):
+            return self._compute_surface(self.collector, now_unix_ns)
+        p_reference = self.collector.points_reference
+        k = len(p_reference)
+        proposal = register_fiducials(
+            p_image_fiducials=self.case.fiducials.points_lps[:k],
+            p_reference_fiducials=p_reference,
+            fiducial_labels=self.case.fiducials.labels[:k],
+            geometry=self.geometry,
+            fle_mm=self.settings.fle_mm,
+            registration_id=self._new_id(now_unix_ns),
+            truth_T_reference_from_image=self.settings.truth_T_reference_from_image,
+        )  # RegistrationError (a ValueError) for too few or collinear points: a reply error
+        self.proposal = proposal
+        self.counters["registrations_proposed"] += 1
+        self.emit(proposal)
+        log.info(
+            "registration %d proposed from %d fiducials: FRE %.3f mm, predicted TRE max %.3f mm",
+            proposal.registration_id,
+            k,
+            proposal.fre_mm,
+            proposal.max_predicted_tre_mm,
+        )
+        return FiducialsProposed(summary=summary_of(proposal), n_fiducials=k)
+
+    def _compute_surface(
+        self, collector: SurfaceCollector, now_unix_ns: int
+    ) -> SurfaceComputeStarted:
+        if self.job is not None:
+            raise ValueError(
+                f"surface registration {self.job.registration_id} is still being computed"
+            )
+        organ = surface_structure(self.case)
+        points = collector.points_reference
+        require_surface_points(len(points))  # RegistrationError: the reply's one line
+        active = self.active
+        T_init = active.T_reference_from_image if active is not None else None
+        # A restored registration may be off (the patient or the marker moved while the node
+        # was down): let a global search compete with it. None at all: search globally.
+        global_init = active is None or active.needs_verification
+        if active is None:
+            start = "global"
+        else:
+            start = f"registration {active.registration_id}" + (
+                " and global" if global_init else ""
+            )
+        job = SurfaceJob(self._new_id(now_unix_ns), self._generation, len(points))
+        geometry, truth = self.geometry, self.settings.truth_T_reference_from_image
+        vertices = np.array(organ.mesh.vertices, dtype=np.float64)
+        triangles = np.array(organ.mesh.faces, dtype=np.int64)
+
+        def work() -> None:
+            # Reads only its own copies and immutable data (the geometry's targets; never
+            # its query buffer, which the loop thread uses).
+            try:
+                job.result = register_organ_surface(
+                    model_vertices=vertices,
+                    model_triangles=triangles,
+                    p_reference_surface=points,
+                    geometry=geometry,
+                    registration_id=job.registration_id,
+                    T_init=T_init,
+                    global_init=global_init,
+                    truth_T_reference_from_image=truth,
+                )
+            except Exception as error:  # handed to the loop thread, which decides
+                job.error = error
+            finally:
+                job.done.set()
+
+        # A daemon: a stop request does not wait for a compute (its result would be lost
+        # with the process anyway).
+        threading.Thread(target=work, name="surface-registration", daemon=True).start()
+        self.job = job
+        progress = collector.progress
+        self.last_compute = SurfaceCompute(
+            registration_id=job.registration_id,
+            state="running",
+            n_points=job.n_points,
+            start=start,
+        )
+        log.info(
+            "registration %d: surface registration of %d points (%.0f mm traced) to %r "
+            "started from %s",
+            job.registration_id,
+            job.n_points,
+            progress.path_length_mm,
+            organ.name,
+            start,
+        )
+        return SurfaceComputeStarted(
+            registration_id=job.registration_id,
+            n_points=job.n_points,
+            path_length_mm=progress.path_length_mm,
+            start=start,
+        )
+
+    def finish_compute(self) -> None:
+        """Take a finished surface compute's result: a proposal, a refusal, or nothing.
+
+        Called by the loop thread; a no-op while none has finished. An exception other than
+        a refusal (ValueError) is a bug: it is re-raised, so the node exits non-zero.
+        """
+        job = self.job
+        if job is None or not job.done.is_set():
+            return
+        self.job = None
+        if job.error is not None and not isinstance(job.error, ValueError):
+            raise job.error
+        record = self.last_compute
+        assert record is not None and record.registration_id == job.registration_id
+        if job.generation != self._generation:
+            self.last_compute = replace(record, state="discarded")
+            log.info(
+                "surface registration %d discarded: its collection ended before it finished",
+                job.registration_id,
+            )
+            return
+        if job.error is not None:
+            self.counters["registrations_refused"] += 1
+            self.last_compute = replace(record, state="refused", error=str(job.error))
+            log.warning("surface registration %d refused: %s", job.registration_id, job.error)
+            return
+        assert job.result is not None
+        proposal, fit = job.result.registration, job.result.surface
+        self.proposal = proposal
+        self.counters["registrations_proposed"] += 1
+        self.emit(proposal)
+        self.last_compute = replace(
+            record,
+            state="proposed",
+            time_s=fit.time_s,
+            fitness=fit.fitness,
+            iterations=fit.iterations,
+            initialisation=fit.initialisation,
+        )
+        log.info(
+            "registration %d proposed from %d surface points (%s start): RMS residual "
+            "%.3f mm, fitness %.2f, predicted TRE max %.3f mm, %.3f s",
+            proposal.registration_id,
+            job.n_points,
+            fit.initialisation,
+            proposal.fre_mm,
+            fit.fitness,
+            proposal.max_predicted_tre_mm,
+            fit.time_s,
+        )
+
+    def accept(self, _request: AcceptRegistration, *, now_unix_s: float) -> RegistrationAccepted:
+        """Accept the proposal; ``now_unix_s`` (wall clock) dates the registration file."""
+        if self.proposal is None:
+            raise ValueError("no proposed registration: send registration.compute first")
+        accepted = self.proposal.replace(state="accepted", needs_verification=False)
+        self.active, self.proposal = accepted, None
+        self._set_collector(None)  # collection ends; a surface compute still running is moot
+        self.counters["registrations_accepted"] += 1
+        saved: str | None = None
+        if self.settings.registration_file:
+            try:
+                save_registration(
+                    self.settings.registration_file,
+                    accepted,
+                    case_name=self.case.name,
+                    created_unix_s=now_unix_s,
+                )
+                saved = self.settings.registration_file
+            except OSError as error:
+                # Navigation goes on with it; only a restart would lose it. Say so loudly.
+                log.warning("registration %d not saved: %s", accepted.registration_id, error)
+        self.emit(accepted)
+        log.info(
+            "registration %d (%s) accepted: %s %.3f mm, predicted TRE max %.3f mm%s",
+            accepted.registration_id,
+            accepted.method,
+            "FRE" if accepted.method == "points" else "RMS residual",
+            accepted.fre_mm,
+            accepted.max_predicted_tre_mm,
+            f", saved to {saved}" if saved else "",
+        )
+        return RegistrationAccepted(registration_id=accepted.registration_id, saved_to=saved)
+
+    def reject(self, _request: RejectRegistration) -> RegistrationRef:
+        if self.proposal is None:
+            raise ValueError("no proposed registration to reject")
+        rejected = self.proposal.replace(state="rejected")
+        self.proposal = None
+        self.emit(rejected)
+        log.info("registration %d rejected", rejected.registration_id)
+        return RegistrationRef(registration_id=rejected.registration_id)
+
+    def verify(self, _request: VerifyRegistration) -> RegistrationRef:
+        if self.active is None:
+            raise ValueError("no registration to verify")
+        if self.active.needs_verification:
+            self.active = self.active.replace(state=self.active.state, needs_verification=False)
+            self.emit(self.active)
+            log.info("registration %d verified by the user", self.active.registration_id)
+        return RegistrationRef(registration_id=self.active.registration_id)
+
+    def status(self, _request: GetRegistrationStatus) -> RegistrationStatus:
+        collector = self.collector
+        return RegistrationStatus(
+            case=self.case.name,
+            case_id=self.geometry.case_id,
+            collecting=collector is not None,
+            method=(
+                None
+                if collector is None
+                else "surface"
+                if isinstance(collector, SurfaceCollector)
+                else "points"
+            ),
+            dwell=collector.auto if isinstance(collector, FiducialCollector) else False,
+            progress=progress_of(collector.progress) if collector is not None else None,
+            active=summary_of(self.active) if self.active is not None else None,
+            proposal=summary_of(self.proposal) if self.proposal is not None else None,
+            compute=self.last_compute,
+        )
+
+    def load(self, request: LoadCase) -> CaseLoaded:
+        """Load the case folder (its meshes are read here), drop every registration, then
+        :meth:`restore`."""
+        case = load_case(request.path)  # CaseError (a ValueError): a reply error, no change
+        self._set_case(case)
+        log.info(
+            "case %r (id %s) loaded from %s; registration cleared",
+            case.name,
+            self.geometry.case_id[:12],
+            request.path,
+        )
+        self.restore()
+        return CaseLoaded(
+            case=case.name,
+            case_id=self.geometry.case_id,
+            fiducials=case.fiducials.labels,
+            targets=case.targets.labels,
+            critical=self.geometry.critical_names,
+            restored=self.active is not None,
+        )
+
+    def restore(self) -> None:
+        """Restore ``registration_file`` if it holds a registration of this case.
+
+        It becomes the active registration, "restored" and needing verification (the
+        patient or the reference may have moved while the node was down). A missing file
+        is logged; a corrupt or foreign one (another case's name or targets, a changed
+        case's id, a fiducial this case lacks) is logged, counted
+        (``registration_file_refused``) and ignored: the session stays unregistered.
+        """
+        if not self.settings.registration_file:
+            return
+        path = Path(self.settings.registration_file)
+        if not path.exists():
+            log.info("no registration at %s: starting unregistered", path)
+            return
+        try:
+            stored = load_registration(path)
+            if stored.case_name != self.case.name:
+                raise RegistrationFileError(
+                    path, f"it registers case {stored.case_name!r}, not {self.case.name!r}"
+                )
+            if stored.registration.target_names != self.geometry.target_names:
+                raise RegistrationFileError(path, "its targets are not this case's targets")
+            stored_id = stored.registration.case_id
+            if stored_id and stored_id != self.geometry.case_id:
+                raise RegistrationFileError(
+                    path,
+                    f"case {stored.case_name!r} has changed since it was registered "
+                    f"(case id {stored_id[:12]}..., now {self.geometry.case_id[:12]}...)",
+                )
+            unknown = set(stored.registration.fiducial_labels) - set(self.case.fiducials.labels)
+            if unknown:
+                raise RegistrationFileError(
+                    path, f"fiducial {sorted(unknown)[0]!r} is not one of this case's"
+                )
+        except RegistrationFileError as error:
+            self.counters["registration_file_refused"] += 1
+            log.warning("registration file ignored, starting unregistered: %s", error)
+            return
+        restored = stored.registration
+        truth = true_tre_mm(
+            restored.T_reference_from_image,
+            self.settings.truth_T_reference_from_image,
+            self.geometry.p_image_targets,
+        )
+        # A file from before case ids was checked by name and targets: from here on it
+        # travels as a registration of this case.
+        self.active = replace(restored, true_tre_mm=truth, case_id=self.geometry.case_id)
+        self._last_id = max(self._last_id, restored.registration_id)
+        self.emit(self.active)
+        log.info(
+            "registration %d restored from %s (FRE %.3f mm): needs verification",
+            restored.registration_id,
+            path,
+            restored.fre_mm,
+        )
