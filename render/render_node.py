@@ -46,23 +46,19 @@ cannot block the node: sends never block (ROUTER with ``ROUTER_MANDATORY``, ``SN
 ``session_sndhwm``), a full pipe drops the message and counts ``headset_send_dropped``;
 unacknowledged alerts are resent.
 
-Confidence colours: a new accepted or restored point registration rebuilds the organ's
-asset with per-vertex colours of its predicted TRE (``_Confidence``): eq. 46 with the FLE
-and the fiducials (by label, any subset) the registration carries, so the colours and the
-TRE figure are one computation. The new hashes give a new ``scene_version``, carried by
-every later ``SceneUpdate`` and ``Welcome`` (the previous assets stay servable to a client
-mid-fetch). A surface registration, or one that does not carry its FLE and fiducials (a
-recording made before they were sent), restores the plain colours and logs why. ~4 ms on
-the phantom's liver (2562 vertices, 8 fiducials), once per registration.
+Models: the node serves the models of the case it loaded (``case``), with the organ
+coloured by the predicted TRE of the newest accepted or restored point registration, and
+reloads ``case`` for a registration of another case (``render/case_models.py`` has the
+rules; a new asset set gives a new ``scene_version``, carried by every later
+``SceneUpdate`` and ``Welcome``, and the previous assets stay servable to a client
+mid-fetch). A registration of a case not loaded here, not yet seen, or naming none leaves
+the overlay HIDDEN (alerts CASE_MISMATCH / CASE_UNCONFIRMED): models of another case are
+never drawn. Alerts are raised by ``render.scene.AlertMachine`` and numbered by
+``render.alerts.AlertLog``.
 
-One case: the node draws the models of the case it loaded (``case``), and a registration
-carries the id of the case it registers (``nav.navigation.case_id``). A registration of
-another case (the nav node ran ``case.load``) makes the node load its ``case`` folder
-again, once per registration: if the folder now holds that case, its assets replace the
-old ones (a new ``scene_version``); if not, the overlay stays HIDDEN under that
-registration (alert CASE_MISMATCH, counter ``case_mismatches``) until a registration of
-the loaded case arrives. A registration not yet seen, or one that names no case, is
-HIDDEN too (CASE_UNCONFIRMED): models of another case are never drawn.
+Layout: ``Config``; ``HeadsetServer`` (the ROUTER socket and its sessions); ``_Scene``
+(the per-tick work: registrations, poses and nav states in, updates and alerts out);
+``run`` (set-up and wiring, then the poll loop) and ``main``.
 
 Per-sample cost on the phantom (5 structures): ~32 us for the headset pose, the scene
 update and its encoding (``render/scene.py``), of the 1000 us between samples at 1 kHz.
@@ -81,7 +77,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-import numpy as np
 import zmq
 
 from calibration.files import CalibrationFileError, read_calibration
@@ -111,21 +106,19 @@ from nav.messages import (
     decode,
     encode,
 )
-from nav.navigation import ACTIVE_STATES, case_id
 from nav.phantom import SHIPPED_PHANTOM_DIR
-from nav.registration.confidence import rigid_confidence_mm
 from nav.runtime import bus
 from nav.runtime.launchfile import NodeSpec
 from nav.runtime.node import POLL_TIMEOUT_S, NodeRuntime, node_main
 from nav.transforms import Mat4
+from render.alerts import AlertLog
 from render.assets import (
     DEFAULT_TRIANGLE_BUDGET,
     AssetSet,
     build_assets,
-    scene_version,
-    with_confidence,
 )
-from render.scene import AlertEvent, AlertMachine, OverlayLimits, SceneState, headset_sample
+from render.case_models import CaseModels
+from render.scene import OverlayLimits, SceneState, headset_sample
 
 log = logging.getLogger(__name__)
 
@@ -562,113 +555,151 @@ class HeadsetServer:
 # --- the node ----------------------------------------------------------------------------
 
 
-class _Alerts:
-    """Turns alert events into numbered ``Alert``s: published and sent to every session."""
+class _Scene:
+    """The per-tick work, without the sockets' set-up: registrations, poses and nav states
+    in, scene updates and alerts out.
 
-    def __init__(
-        self, session: str, publisher: bus.Publisher, server: HeadsetServer, counters: bus.Counters
-    ) -> None:
-        self.session = session
-        self.publisher = publisher
-        self.server = server
-        self.counters = counters
-        self.machine = AlertMachine()
-        self.last_by_code: dict[str, Alert] = {}
-        self._next_id = 1
-
-    def raise_events(self, events: list[AlertEvent], now_ns: int) -> None:
-        for event in events:
-            alert = Alert(
-                session=self.session,
-                alert_id=self._next_id,
-                severity=event.severity,
-                code=event.code,
-                text=event.text,
-                t_ns=now_ns,
-            )
-            self._next_id += 1
-            self.counters["alerts_raised"] += 1
-            self.last_by_code[event.code] = alert
-            log.log(
-                logging.INFO if event.severity.value == "INFO" else logging.WARNING,
-                "alert %d %s: %s",
-                alert.alert_id,
-                event.code,
-                event.text,
-            )
-            self.publisher.publish(ALERT_TOPIC, alert, t_pub_ns=now_ns)
-            self.server.broadcast(alert, now_ns)
-
-    def refresh_standing(self) -> None:
-        self.server.standing = [
-            self.last_by_code[code]
-            for code in self.machine.standing_codes()
-            if code in self.last_by_code
-        ]
-
-
-class _Confidence:
-    """The asset set to serve for the newest accepted/restored registration of one case.
-
-    A point registration ("points") colours the organ by the predicted TRE at its asset
-    vertices (``image`` frame): :func:`rigid_confidence_mm`, eq. 46 with the registration's
-    own FLE and fiducials (by label, any subset). A surface registration, or one without
-    those facts, leaves the plain case colours (logged). A registration of another case
-    changes nothing here (its overlay is hidden). Runs once per new registration, off the
-    per-sample path.
+    A scene update goes out for every new nav state and, while inputs stop, every
+    1 / ``min_update_hz`` and at the instants the newest pose turns STALE and HIDDEN.
     """
 
-    def __init__(self, case: Case, plain: AssetSet, triangle_budget: int) -> None:
-        self.case = case
-        self.case_id = case_id(case)
-        self.plain = plain
-        self.budget = triangle_budget
-        self.organ = next((s for s in case.structures if s.role == "organ"), None)
-        self.registration_id: int | None = None
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        scene: SceneState,
+        models: CaseModels,
+        alerts: AlertLog,
+        server: HeadsetServer,
+        runtime: NodeRuntime,
+    ) -> None:
+        pub = runtime.pub
+        assert pub is not None
+        self.pub = pub
+        self.cfg = cfg
+        self.scene = scene
+        self.models = models
+        self.alerts = alerts
+        self.server = server
+        self.counters = runtime.counters
+        self.latency = runtime.latency
+        self.period_ns = int(1e9 / cfg.min_update_hz)
+        self.last_pub_ns = 0
+        self.last_overlay: OverlayState | None = None
+        self.last_case_code: str | None = None
+        self.last_latency_t_ns = 0
+        self.nav_seen = False
+        self.headset_epoch = 0
 
-    def on_registration(self, result: RegistrationResult) -> AssetSet | None:
-        """The new asset set for ``result``, or None when nothing changes."""
-        if result.state not in ACTIVE_STATES or self.organ is None:
-            return None
-        if result.case_id != self.case_id:
-            return None  # not this case's: nothing is drawn under it
-        if result.registration_id == self.registration_id:
-            return None  # republished, or restored -> accepted: same field
-        self.registration_id = result.registration_id
-        if result.method != "points":
-            return self.plain
-        fiducials = self.case.fiducials
+    def due_ns(self) -> int:
+        """When the next timed update (or an alert resend) is due."""
+        due_ns = self.last_pub_ns + self.period_ns
+        for t in self.scene.transition_times_ns():
+            if t + 1 > self.last_pub_ns:
+                due_ns = min(due_ns, t + 1)
+        resend_ns = self.server.next_due_ns()
+        if resend_ns is not None:
+            due_ns = min(due_ns, resend_ns)
+        return due_ns
 
-        def error_field(vertices: np.ndarray) -> np.ndarray:
-            return rigid_confidence_mm(
-                vertices,
-                fiducial_labels=result.fiducial_labels,
-                fle_mm=result.fle_mm,
-                case_fiducials=fiducials,
-            )
+    def _send_alerts(self, alerts: list[Alert], now_ns: int) -> None:
+        for alert in alerts:
+            self.pub.publish(ALERT_TOPIC, alert, t_pub_ns=now_ns)
+            self.server.broadcast(alert, now_ns)
 
-        try:
-            error_field(np.zeros((1, 3)))  # checks the facts and the geometry before building
-        except ValueError as error:  # RegistrationError too
-            log.warning(
-                "registration %d: plain colours, no confidence field: %s",
+    def on_registration(self, result: RegistrationResult) -> None:
+        self.scene.on_registration(result)
+        t_build = time.perf_counter()
+        if self.models.on_registration(result):
+            models = self.models
+            self.server.swap_assets(models.served, models.version)
+            self.scene.set_case(models.case_id, models.served.names, models.version)
+            log.info(
+                "registration %d (%s): scene %d, %s colours in %.1f ms",
                 result.registration_id,
-                error,
+                result.method,
+                models.version,
+                "confidence" if models.coloured else "plain",
+                (time.perf_counter() - t_build) * 1e3,
             )
-            return self.plain
-        return with_confidence(self.plain, self.organ, error_field, triangle_budget=self.budget)
+        now_ns = time.monotonic_ns()
+        self._send_alerts(self.alerts.on_registration(result, now_ns), now_ns)
+
+    def on_latest(self, received: list[bus.Received]) -> bool:
+        """Take the newest headset pose, then each nav state; True if an update went out."""
+        navs: list[NavState] = []
+        for r in received:
+            message = r.message
+            if isinstance(message, TrackerFrame):
+                sample = headset_sample(message, self.cfg.headset_tool)
+                old = self.scene.headset
+                # Newer within one tracker process; a restarted tracker (new epoch)
+                # starts the order again, whatever its clock says.
+                if sample is not None and (
+                    old is None
+                    or r.envelope.epoch != self.headset_epoch
+                    or sample.t_sensor_ns > old.t_sensor_ns
+                ):
+                    self.headset_epoch = r.envelope.epoch
+                    self.scene.on_headset(sample)
+            elif isinstance(message, NavState):
+                navs.append(message)
+        for nav in navs:  # one per poll (latest-wins), after the headset pose
+            self.nav_seen = True
+            self.scene.on_nav(nav)
+            t_pub = time.monotonic_ns()
+            update = self.publish(t_pub)
+            if nav.t_sensor_ns > self.last_latency_t_ns and update.t_sensor_ns > 0:
+                self.last_latency_t_ns = nav.t_sensor_ns
+                self.latency.add(t_pub - update.t_sensor_ns)
+        return bool(navs)
+
+    def publish(self, now_ns: int) -> SceneUpdate:
+        """Publish the scene update for ``now_ns``, with the alerts it makes due."""
+        update = self.scene.update(now_ns)
+        case_code = self.scene.case_code(update.registration_id)
+        self.pub.publish(SCENE_TOPIC, update, t_pub_ns=now_ns)
+        self.counters[f"updates_{update.overlay.value}"] += 1
+        self.server.latest_update = update
+        self.last_pub_ns = now_ns
+        if update.overlay is not self.last_overlay or case_code != self.last_case_code:
+            level = logging.INFO if update.overlay is OverlayState.CURRENT else logging.WARNING
+            log.log(
+                level,
+                "overlay %s -> %s (status %s, headset %s, age %.0f ms%s)",
+                self.last_overlay and self.last_overlay.value,
+                update.overlay.value,
+                update.status.value,
+                "OK" if update.headset_ok else "lost",
+                update.age_ms,
+                f", registration {update.registration_id}: {case_code}" if case_code else "",
+            )
+            self.last_overlay, self.last_case_code = update.overlay, case_code
+        if self.nav_seen:  # no alerts about a nav node that has not spoken yet
+            self._send_alerts(self.alerts.on_scene(update, now_ns, case_code), now_ns)
+            self.server.standing = self.alerts.standing()
+        return update
 
 
-def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
-    case_path = cfg.case or SHIPPED_PHANTOM_DIR
-    try:
-        case = load_case(case_path)
-        T_display_from_headset = load_display_calibration(cfg.display_calibration)
-        t0 = time.perf_counter()
-        assets = build_assets(case, triangle_budget=cfg.triangle_budget)
-    except (CaseError, CalibrationFileError, ValueError) as error:
-        log.error("%s: %s", spec.name, error)
-        return 2
+# --- setup and run -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """What the node reads before it opens a socket."""
+
+    case: Case
+    assets: AssetSet
+    T_display_from_headset: Mat4
+
+
+def _load(cfg: Config) -> _Loaded:
+    """The case, its assets and the display calibration; CaseError, CalibrationFileError or
+    ValueError (one line) when one cannot be used."""
+    case = load_case(cfg.case or SHIPPED_PHANTOM_DIR)
+    T_display_from_headset = load_display_calibration(cfg.display_calibration)
+    t0 = time.perf_counter()
+    assets = build_assets(case, triangle_budget=cfg.triangle_budget)
     log.info(
         "case %r: %d assets, %d bytes, built in %.0f ms",
         case.name,
@@ -676,34 +707,53 @@ def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
         assets.total_bytes,
         (time.perf_counter() - t0) * 1e3,
     )
+    return _Loaded(case, assets, T_display_from_headset)
+
+
+def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
+    try:
+        loaded = _load(cfg)
+    except (CaseError, CalibrationFileError, ValueError) as error:
+        log.error("%s: %s", spec.name, error)
+        return 2
     session_id = secrets.token_hex(16)
-    version = scene_version(assets)
-    period_ns = int(1e9 / cfg.min_update_hz)
     with NodeRuntime(spec, stop) as runtime:
         pub = runtime.pub
         if pub is None:
             raise ValueError(f"node {spec.name!r}: the render node needs a pub endpoint")
         counters = runtime.counters
+        models = CaseModels(
+            loaded.case,
+            loaded.assets,
+            case_path=cfg.case or SHIPPED_PHANTOM_DIR,
+            triangle_budget=cfg.triangle_budget,
+            counters=counters,
+        )
         server = HeadsetServer(
             cfg,
             session=session_id,
             scene_endpoint=cfg.scene_endpoint or pub.endpoint,
-            scene_version=version,
-            assets=assets,
+            scene_version=models.version,
+            assets=models.served,
             counters=counters,
             publish=pub,
         )
-        confidence = _Confidence(case, assets, cfg.triangle_budget)
-        scene = SceneState(
-            session=session_id,
-            scene_version=version,
-            structure_names=assets.names,
-            T_display_from_headset=T_display_from_headset,
-            case_id=confidence.case_id,
-            limits=cfg.limits(),
+        log.info("case %r has id %s", loaded.case.name, models.case_id)
+        tick = _Scene(
+            cfg,
+            scene=SceneState(
+                session=session_id,
+                scene_version=models.version,
+                structure_names=models.served.names,
+                T_display_from_headset=loaded.T_display_from_headset,
+                case_id=models.case_id,
+                limits=cfg.limits(),
+            ),
+            models=models,
+            alerts=AlertLog(session_id, counters),
+            server=server,
+            runtime=runtime,
         )
-        alerts = _Alerts(session_id, pub, server, counters)
-        log.info("case %r has id %s", case.name, confidence.case_id)
         latest = bus.LatestSubscriber(
             spec.subscribe_endpoints, (cfg.tracker_topic, NAV_STATE_TOPIC)
         )
@@ -716,169 +766,21 @@ def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
         counters["sessions"] = 0
         runtime.ready()
         log.info("headset sessions at %s, session %s", server.endpoint, session_id)
-
-        last_pub_ns = 0
-        last_overlay: OverlayState | None = None
-        last_case_code: str | None = None
-        case_checked_id = 0  # the last registration whose case this node checked
-        last_latency_t_ns = 0
-        nav_seen = False
-        headset_epoch = 0
-
-        def follow_case(result: RegistrationResult) -> None:
-            """Load ``case`` again for an active registration of another case; swap to it
-            if the folder now holds that case, else say (once) why nothing is drawn."""
-            nonlocal confidence, case_checked_id
-            if result.state not in ACTIVE_STATES or result.case_id == confidence.case_id:
-                return
-            if result.registration_id == case_checked_id:
-                return  # republished: checked already
-            case_checked_id = result.registration_id
-            if not result.case_id:
-                log.warning(
-                    "registration %d names no case (recorded before case ids): overlay "
-                    "hidden under it",
-                    result.registration_id,
-                )
-                return
-            t_load = time.perf_counter()
-            try:
-                new_case = load_case(case_path)
-                new_id = case_id(new_case)
-                new_assets = (
-                    build_assets(new_case, triangle_budget=cfg.triangle_budget)
-                    if new_id == result.case_id
-                    else None
-                )
-            except (CaseError, ValueError) as error:
-                new_id, new_assets = f"unreadable ({error})", None
-            if new_assets is None:
-                counters["case_mismatches"] += 1
-                log.warning(
-                    "registration %d is of case id %s, the models here are of case %r "
-                    "(id %s) and %s holds %s: overlay hidden under it",
-                    result.registration_id,
-                    result.case_id[:12],
-                    confidence.case.name,
-                    confidence.case_id[:12],
-                    case_path,
-                    new_id[:12] if len(new_id) == 64 else new_id,
-                )
-                return
-            confidence = _Confidence(new_case, new_assets, cfg.triangle_budget)
-            new_version = scene_version(new_assets)
-            server.swap_assets(new_assets, new_version)
-            scene.set_case(new_id, new_assets.names, new_version)
-            counters["case_reloads"] += 1
-            log.info(
-                "case %r (id %s) reloaded from %s for registration %d: scene %d in %.0f ms",
-                new_case.name,
-                new_id[:12],
-                case_path,
-                result.registration_id,
-                new_version,
-                (time.perf_counter() - t_load) * 1e3,
-            )
-
-        def publish_scene(now_ns: int) -> SceneUpdate:
-            nonlocal last_pub_ns, last_overlay, last_case_code
-            update = scene.update(now_ns)
-            case_code = scene.case_code(update.registration_id)
-            pub.publish(SCENE_TOPIC, update, t_pub_ns=now_ns)
-            counters[f"updates_{update.overlay.value}"] += 1
-            server.latest_update = update
-            last_pub_ns = now_ns
-            if update.overlay is not last_overlay or case_code != last_case_code:
-                level = logging.INFO if update.overlay is OverlayState.CURRENT else logging.WARNING
-                log.log(
-                    level,
-                    "overlay %s -> %s (status %s, headset %s, age %.0f ms%s)",
-                    last_overlay and last_overlay.value,
-                    update.overlay.value,
-                    update.status.value,
-                    "OK" if update.headset_ok else "lost",
-                    update.age_ms,
-                    f", registration {update.registration_id}: {case_code}" if case_code else "",
-                )
-                last_overlay, last_case_code = update.overlay, case_code
-            if nav_seen:  # no alerts about a nav node that has not spoken yet
-                events = alerts.machine.on_scene(update, now_ns, case_code)
-                alerts.raise_events(events, now_ns)
-                alerts.refresh_standing()
-            return update
-
         try:
             while not stop.is_set():
-                now_ns = time.monotonic_ns()
-                due_ns = last_pub_ns + period_ns
-                for t in scene.transition_times_ns():
-                    if t + 1 > last_pub_ns:
-                        due_ns = min(due_ns, t + 1)
-                resend_ns = server.next_due_ns()
-                if resend_ns is not None:
-                    due_ns = min(due_ns, resend_ns)
-                wait_s = min(POLL_TIMEOUT_S, max(0.0, (due_ns - now_ns) / 1e9))
+                due_ns = tick.due_ns()
+                wait_s = min(POLL_TIMEOUT_S, max(0.0, (due_ns - time.monotonic_ns()) / 1e9))
                 ready = dict(poller.poll(math.ceil(wait_s * 1000)))
-
                 if registrations.fileno_socket() in ready:
                     for received in registrations.poll(0):
                         if isinstance(received.message, RegistrationResult):
-                            scene.on_registration(received.message)
-                            follow_case(received.message)
-                            events = alerts.machine.on_registration(received.message)
-                            alerts.raise_events(events, time.monotonic_ns())
-                            t_build = time.perf_counter()
-                            new_assets = confidence.on_registration(received.message)
-                            if new_assets is not None and new_assets is not server.assets:
-                                version = scene_version(new_assets)
-                                server.swap_assets(new_assets, version)
-                                scene.scene_version = version
-                                if new_assets is not confidence.plain:
-                                    counters["confidence_assets_built"] += 1
-                                log.info(
-                                    "registration %d (%s): scene %d, %s colours in %.1f ms",
-                                    received.message.registration_id,
-                                    received.message.method,
-                                    version,
-                                    "plain" if new_assets is confidence.plain else "confidence",
-                                    (time.perf_counter() - t_build) * 1e3,
-                                )
-
-                published = False
-                if latest.fileno_socket() in ready:
-                    navs: list[NavState] = []
-                    for received in latest.poll(0):
-                        message = received.message
-                        if isinstance(message, TrackerFrame):
-                            sample = headset_sample(message, cfg.headset_tool)
-                            old = scene.headset
-                            # Newer within one tracker process; a restarted tracker (new
-                            # epoch) starts the order again, whatever its clock says.
-                            if sample is not None and (
-                                old is None
-                                or received.envelope.epoch != headset_epoch
-                                or sample.t_sensor_ns > old.t_sensor_ns
-                            ):
-                                headset_epoch = received.envelope.epoch
-                                scene.on_headset(sample)
-                        elif isinstance(message, NavState):
-                            navs.append(message)
-                    for nav in navs:  # one per poll (latest-wins), after the headset pose
-                        nav_seen = True
-                        scene.on_nav(nav)
-                        t_pub = time.monotonic_ns()
-                        update = publish_scene(t_pub)
-                        published = True
-                        if nav.t_sensor_ns > last_latency_t_ns and update.t_sensor_ns > 0:
-                            last_latency_t_ns = nav.t_sensor_ns
-                            runtime.latency.add(t_pub - update.t_sensor_ns)
-
+                            tick.on_registration(received.message)
+                published = latest.fileno_socket() in ready and tick.on_latest(latest.poll(0))
                 if server.sock in ready:
                     server.serve()
-
                 now_ns = time.monotonic_ns()
                 if not published and now_ns >= due_ns:
-                    publish_scene(now_ns)
+                    tick.publish(now_ns)
                 server.tick(now_ns)
                 runtime.service()
         finally:

@@ -7,6 +7,7 @@ navigates at once (restored: OK, needing verification) and the overlay can be CU
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -38,6 +39,7 @@ from nav.messages import (
     Message,
     NavStatus,
     OverlayState,
+    RegistrationResult,
     Reply,
     SceneUpdate,
     SnapshotRequest,
@@ -52,7 +54,9 @@ from nav.registration_store import save_registration
 from nav.runtime import bus
 from nav.runtime.config import ConfigError
 from nav.runtime.launchfile import NodeSpec, node_config
+from render.alerts import AlertLog
 from render.assets import build_assets, confidence_rgba, glb_vertex_rgba, load_glb
+from render.case_models import CaseModels
 from tests.conftest import NodeProcess, start_node
 
 pytestmark = pytest.mark.slow
@@ -677,3 +681,93 @@ def test_bad_render_config_is_refused_naming_the_key() -> None:
         node_config(
             NodeSpec(name="render", module="render.render_node", pub="ipc:///tmp/x", params={})
         )
+
+
+# --- the node's domain parts, without sockets -------------------------------------------
+
+
+def _result(
+    registration_id: int,
+    *,
+    state: str = "accepted",
+    method: str = "points",
+    case_folder: Path = SHIPPED_PHANTOM_DIR,
+    case: str | None = None,
+) -> RegistrationResult:
+    """A registration of the phantom's truth, of the case in ``case_folder`` (or the id
+    ``case``)."""
+    phantom = load_case(case_folder)
+    n = len(phantom.targets)
+    return Registration(
+        registration_id=registration_id,
+        state=state,
+        method=method,
+        T_reference_from_image=SIM_T_REFERENCE_FROM_IMAGE,
+        fre_mm=0.1,
+        fiducial_errors_mm=np.full(len(phantom.fiducials), 0.1),
+        fle_mm=0.25,
+        target_names=phantom.targets.labels,
+        predicted_tre_mm=np.full(n, 0.2),
+        true_tre_mm=np.full(n, np.nan),
+        fiducial_labels=phantom.fiducials.labels if method == "points" else (),
+        case_id=case_id(phantom) if case is None else case,
+    ).to_message()
+
+
+def _models(case_folder: Path = SHIPPED_PHANTOM_DIR) -> CaseModels:
+    case = load_case(case_folder)
+    return CaseModels(
+        case,
+        build_assets(case, triangle_budget=20_000),
+        case_path=case_folder,
+        triangle_budget=20_000,
+        counters=bus.Counters(),
+    )
+
+
+def test_case_models_colour_a_point_registration_once_and_a_surface_one_plain() -> None:
+    models = _models()
+    plain_version = models.version
+    assert not models.on_registration(_result(1, state="proposed"))  # not shown: no change
+    assert models.on_registration(_result(1))
+    assert models.coloured and models.version != plain_version
+    assert models.counters["confidence_assets_built"] == 1
+    assert not models.on_registration(_result(1))  # republished: the same field
+    assert models.on_registration(_result(2, method="surface"))
+    assert not models.coloured and models.version == plain_version
+    assert models.counters["confidence_assets_built"] == 1
+
+
+def test_case_models_reload_the_folder_for_another_case_or_keep_the_models(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "case"
+    shutil.copytree(SHIPPED_PHANTOM_DIR, folder)
+    models = _models(folder)
+    before = models.case_id
+    # Another case id, and the folder does not hold it: checked once per registration.
+    assert not models.on_registration(_result(1, case="f" * 64))
+    assert not models.on_registration(_result(1, case="f" * 64))
+    assert models.counters["case_mismatches"] == 1 and models.case_id == before
+    assert not models.on_registration(_result(2, case=""))  # names no case: nothing to load
+    assert models.counters["case_mismatches"] == 1
+    # The folder now holds another case (the nav node loaded it): reloaded and coloured.
+    _move_first_target(folder, 5.0)
+    assert models.on_registration(_result(3, case_folder=folder))
+    assert models.case_id == case_id(load_case(folder)) != before
+    assert models.counters["case_reloads"] == 1 and models.coloured
+
+
+def test_the_alert_log_numbers_alerts_and_keeps_the_standing_ones_for_late_joiners() -> None:
+    counters = bus.Counters()
+    alerts = AlertLog("ab" * 16, counters)
+    restored = _result(5, state="restored")
+    restored = dataclasses.replace(restored, needs_verification=True)
+    (verify,) = alerts.on_registration(restored, now_ns=7)
+    assert (verify.alert_id, verify.code, verify.t_ns) == (1, "NEEDS_VERIFICATION", 7)
+    assert verify.session == "ab" * 16
+    assert alerts.standing() == [verify]
+    (accepted,) = alerts.on_registration(_result(6), now_ns=8)
+    assert (accepted.alert_id, accepted.code) == (2, "REGISTRATION_ACCEPTED")
+    assert alerts.standing() == []  # the accepted one needs no verification
+    assert counters["alerts_raised"] == 2
