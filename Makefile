@@ -8,13 +8,17 @@ DURATION ?= 20
 # Open3D needs libusb; its offscreen renderer needs Vulkan (Mesa's software driver without a GPU).
 SYSTEM_PACKAGES := libusb-1.0-0 libvulkan1 mesa-vulkan-drivers libgl1 libegl1
 
-.PHONY: demo test bench lint setup system-deps clean
+.PHONY: demo test test-fast bench lint setup system-deps clean
 
 demo: $(STAMP)
 	$(BIN)/ornav demo --duration $(DURATION) --run-dir runs/demo --summary runs/demo/summary.json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The edit loop: pure tests only (no processes, no sockets), tens of seconds.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests/unit -m "not slow"
 
 bench: $(STAMP)
 	# The peers bench/registration.py compares against (pycpd, probreg): bench only.

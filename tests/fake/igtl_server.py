@@ -1,6 +1,6 @@
 """A small OpenIGTLink server that streams a two-tool tracker, with faults on request.
 
-Run by ``tests/test_igtl_nodes.py`` as its own process::
+Run by ``tests/process/test_igtl_nodes.py`` as its own process::
 
     python -m tests.fake.igtl_server --port 0 --rate-hz 100 --kind transform --fault garbage
 

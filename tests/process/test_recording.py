@@ -35,7 +35,7 @@ from nav.runtime.recording import (
 )
 from nav.runtime.replay_node import replay_payload
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 20.0
 T0_WALL_NS = 1_700_000_000_000_000_000  # 2023-11-14T22:13:20Z
 T0_MONO_NS = 5_000_000_000

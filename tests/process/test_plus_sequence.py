@@ -763,7 +763,7 @@ def test_ornav_replay_of_bad_plus_timestamps_plays_the_good_frames_and_warns_onc
 def test_ornav_calibrate_pivot_from_plus_with_bad_timestamps_uses_the_other_samples(
     tmp_path: Path,
 ) -> None:
-    from tests.test_calibration_pivot import pivot_poses
+    from tests.unit.test_calibration_pivot import pivot_poses
 
     rng = np.random.default_rng(3)
     p_tip, p_pivot = np.array([1.0, 2.0, -150.0]), np.array([10.0, -40.0, -1200.0])

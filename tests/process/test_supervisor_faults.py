@@ -29,7 +29,7 @@ from nav.runtime import bus, roster
 from nav.runtime import status as stack_status
 from nav.runtime.launchfile import load
 from nav.runtime.supervisor import StartupError, Supervisor
-from tests.test_supervisor import REPO, _alive, _journal, _stack, _tick_until
+from tests.process.test_supervisor import REPO, _alive, _journal, _stack, _tick_until
 
 FORGED_FRAME_BASE = 1_000_000_000  # forged frame numbers: never a real tracker's
 FORGED_OFFSET_MM = 50.0

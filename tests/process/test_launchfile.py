@@ -10,7 +10,7 @@ import pytest
 
 from nav.runtime.launchfile import LaunchError, check_endpoint, load
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 GOOD = """
 [stack]

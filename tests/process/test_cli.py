@@ -19,7 +19,7 @@ from nav.messages import decode, encode
 from nav.runtime import bus
 from nav.runtime.recording import iter_recording
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _ornav(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:

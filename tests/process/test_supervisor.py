@@ -19,7 +19,7 @@ import pytest
 from nav.runtime.launchfile import NODE_PACKAGES, load
 from nav.runtime.supervisor import StartupError, Supervisor
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FAKE = "tests.fake.behaving_node"
 WITH_FAKES = (*NODE_PACKAGES, "tests.fake")  # the misbehaving node is not shipped
 

@@ -31,7 +31,7 @@ from nav.runtime.recording import (
     iter_recording,
     make_private_dir,
 )
-from tests.test_recording import (
+from tests.process.test_recording import (
     REPO,
     NodeProcess,
     Source,

@@ -30,7 +30,7 @@ from nav.phantom import SHIPPED_PHANTOM_DIR
 from render.assets import build_assets
 from render.headset_client import ClientConfig, HeadsetClient, Phase
 from tests.conftest import NodeProcess, start_node
-from tests.test_headset_client import (
+from tests.process.test_headset_client import (
     RATE_HZ,
     FakeServer,
     _update,
@@ -39,10 +39,10 @@ from tests.test_headset_client import (
     step_until,
     tracker_spec,
 )
-from tests.test_igtl_nodes import RawClient, counters_until, server_port, sim_spec
-from tests.test_igtl_nodes import server_spec as igtl_server_spec
-from tests.test_render_node import Client, Listener
-from tests.test_render_node import render_spec as render_node_spec
+from tests.process.test_igtl_nodes import RawClient, counters_until, server_port, sim_spec
+from tests.process.test_igtl_nodes import server_spec as igtl_server_spec
+from tests.process.test_render_node import Client, Listener
+from tests.process.test_render_node import render_spec as render_node_spec
 from tracking import igtl_codec as igtl
 
 MS = 1_000_000

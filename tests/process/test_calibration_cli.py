@@ -471,7 +471,7 @@ def test_live_pivot_on_the_sim_pointer_touching_one_point_is_refused_for_too_lit
 def test_pivot_from_a_plus_sequence_uses_only_the_ok_samples_of_the_named_transform(
     tmp_path: Path,
 ) -> None:
-    from tests.test_calibration_pivot import pivot_poses
+    from tests.unit.test_calibration_pivot import pivot_poses
     from tracking.plus_sequence import PlusFrame, write_plus_sequence
 
     rng = np.random.default_rng(7)

@@ -3,7 +3,7 @@
 The traced patch is the phantom liver's anterior face (the side the reference's +z, and
 the pointer, come from): a raster over it, every vertex put exactly on the mesh by casting
 a ray along LPS +y (anterior to posterior), so the path's chords stay within ~0.01 mm of
-the surface. The simulation's truth (``TRUTH``, as in ``tests/test_nav_node.py``) carries
+the surface. The simulation's truth (``TRUTH``, as in ``tests/process/test_nav_node.py``) carries
 it into the reference frame, where the simulated pointer traces it.
 """
 

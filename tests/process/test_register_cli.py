@@ -26,7 +26,7 @@ from cli.register import read_points
 from nav.phantom import ply_ascii
 from nav.transforms import apply, make_rigid
 from tests.conftest import REPO
-from tests.test_registration_surface import organ, partial_view
+from tests.unit.test_registration_surface import organ, partial_view
 
 FloatArray = npt.NDArray[np.float64]
 

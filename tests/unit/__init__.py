@@ -1,0 +1,1 @@
+"""Pure, fast tests: no processes, no sockets (make test-fast)."""
