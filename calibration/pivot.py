@@ -18,7 +18,7 @@ doi:10.1117/12.2081348, section 2.1.2)::
 solved in the least-squares sense. This is the formulation, sign convention and
 RMS definition of scikit-surgery (``sksurgerycalibration.algorithms.pivot.
 pivot_calibration_aos``), so its published figures on its recorded data are
-reproduced to the micrometre (``tests/test_calibration_pivot.py``).
+reproduced to the micrometre (``tests/unit/test_calibration_pivot.py``).
 
 Spin calibration. With the tip still fixed, the pointer is turned about its own
 shaft. The shaft is then a direction ``d`` in the pointer frame that every pose

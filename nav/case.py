@@ -24,7 +24,7 @@ A case is a folder::
     critical = false                # optional, see below
 
 Everything :func:`load_case` returns is in the ``image`` frame (``nav.frames``): LPS, mm.
-Decisions, each checked by ``tests/test_case.py``:
+Decisions, each checked by ``tests/unit/test_case.py``:
 
 - Meshes may be stored in RAS (``coordinate_system = "RAS"``, as Slicer wrote models before
   4.11): x and y are negated on read. That is a rotation by 180 degrees about z, so the

@@ -1,7 +1,7 @@
 """A deterministic phantom case: a liver-sized organ, a tumor, two veins and a bile duct.
 
 The repo ships the output in ``nav/cases/phantom/`` (``SHIPPED_PHANTOM_DIR``) so that the
-stack runs with no outside data; ``tests/test_case.py`` checks that the shipped files are
+stack runs with no outside data; ``tests/unit/test_case.py`` checks that the shipped files are
 byte-identical to what :func:`phantom_files` builds now. Regenerate them after a change here
 with ``ornav case phantom nav/cases/phantom --force``.
 

@@ -7,7 +7,7 @@ T_reference_from_image``. Points are ``p_<frame>``, shape (N, 3) or (3,), in
 millimetres. Angles are radians. Quaternions are (4,) arrays in the order
 ``w, x, y, z`` (scalar FIRST; scipy's ``Rotation`` uses ``x, y, z, w``).
 
-Worked example (asserted by ``tests/test_transforms.py``, and a doctest).
+Worked example (asserted by ``tests/unit/test_transforms.py``, and a doctest).
 The patient reference marker sits 1000 mm along the tracker's z axis, turned
 90 degrees about that axis, so the reference's x axis points along the
 tracker's +y. The image origin lies at (-50, 0, 100) mm in reference

@@ -32,7 +32,7 @@ z = 0 with x to the right and y down the printed pattern, so z points into the b
 away from a camera that sees it. On the first frame of ``multipattern.avi`` with the
 scikit-surgerybard intrinsics ornav finds the reference 248 mm in front of the camera.
 With corner refinement off, as scikit-surgery runs it, ornav reproduces scikit-surgery's
-regression pose to 0.59 mm and 0.17 degrees (``tests/test_aruco.py``); its default
+regression pose to 0.59 mm and 0.17 degrees (``tests/unit/test_aruco.py``); its default
 sub-pixel corners move it by 2.4 mm, mostly in depth, and 1.0 degree.
 
 One difference from scikit-surgery: for a single-tag body it ignores the file's corners

@@ -70,7 +70,7 @@ prior (``deformation_sd_mm`` (2, 1)) halves that but loses 0.15-0.3 mm of accura
 deformed livers. It does not model tissue mechanics (no stiffness, no volume
 conservation, no sliding boundaries).
 
-Worked example (asserted as a doctest by ``tests/test_registration_deformable.py``): a
+Worked example (asserted as a doctest by ``tests/unit/test_registration_deformable.py``): a
 sphere of radius 50 mm is seen on its upper half, moved up by 3 mm. The rigid part takes
 the translation and the field stays near zero:
 

@@ -33,7 +33,7 @@ far above ``sqrt(1 - 2/N) * FLE`` means a fiducial was mis-touched or two were
 swapped; the per-fiducial residuals ``fiducial_errors_mm`` then point at the
 culprits. Within the normal range FRE says nothing about the target.
 
-Worked example (asserted by ``tests/test_registration_paired_point.py`` as a
+Worked example (asserted by ``tests/unit/test_registration_paired_point.py`` as a
 doctest). Four fiducials on a square of half-diagonal 50 mm in the model's
 z = 0 plane, an RMS FLE of 1 mm. At their centroid the predicted RMS TRE is
 FLE / sqrt(N) = 0.5 mm. 100 mm above the centroid the principal axes are x, y

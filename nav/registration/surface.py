@@ -67,7 +67,7 @@ Refusals (:class:`~nav.registration.errors.RegistrationError`):
 ``insufficient_overlap`` below ``min_fitness``, ``not_converged`` when the
 final stage hit ``max_iterations``.
 
-Worked example (asserted by ``tests/test_registration_surface.py`` as a
+Worked example (asserted by ``tests/unit/test_registration_surface.py`` as a
 doctest). The model is an ellipsoid with semi-axes 60, 40 and 30 mm. The
 patient's points are the model's upper half (z > 0), shifted by (3, -2, 1) mm:
 a partial view with exact correspondences, so ICP from the identity finds the
