@@ -109,7 +109,7 @@ def test_a_recorder_restarted_after_sigkill_recovers_the_crashed_file_and_report
             return sum(1 for _ in reader)
 
     wait_until(lambda: on_disk() == n, "the flush timer to write the frames")
-    recorder.proc.send_signal(signal.SIGKILL)
+    recorder.child.send_signal(signal.SIGKILL)
     assert recorder.wait() == -signal.SIGKILL
     with iter_recording(path) as reader:
         before = [m.payload for m in reader]
