@@ -1003,10 +1003,12 @@ def recover_recording(
     receive time of the last message, ``resumed_wall_ns`` and the gap to it, and
     ``continued_in`` (the file recording went on in). The new file is written beside the
     original (``.recovering``), fsynced, read back with the standard ``mcap`` reader, and
-    only then renamed over it; if anything was unreadable the original bytes stay as
-    ``<name>.partial``. Raises ``RecordingError`` (one line; the original untouched) if the
-    file is not MCAP, is already complete, or cannot be rewritten; ``RecoveryAbortedError``
-    when ``should_stop`` turns true.
+    only then renamed over it; unless reading reached a clean end of the file, the
+    original bytes stay as ``<name>.partial`` (a crash cuts the last record, so that is
+    the usual case: nothing that could not be read is ever deleted). Notes the file held
+    (``ornav.restart``) are copied too. Raises ``RecordingError`` (one line; the original
+    untouched) if the file is not MCAP, is already complete, or cannot be rewritten;
+    ``RecoveryAbortedError`` when ``should_stop`` turns true.
     """
     path = Path(path)
     if is_complete(path):
@@ -1050,6 +1052,8 @@ def recover_recording(
                     last = message.log_time_ns if last is None else max(last, message.log_time_ns)
                     message = next(reader, None)
                 gap_ns = None if last is None else resumed_wall_ns - last
+                for name, values in reader.notes.items():  # e.g. its own ornav.restart note
+                    writer.add_metadata(name, values)
                 writer.add_metadata(
                     RECOVERY_METADATA,
                     {
@@ -1066,7 +1070,10 @@ def recover_recording(
                 )
         _verify(scratch, count)
         kept: Path | None = None
-        if reader.corrupt_chunks or reader.lost_messages:
+        # Unless reading reached a clean end of file, bytes may follow that it could not
+        # read (a bad record length mid-file stops it without counting anything lost):
+        # the crashed file is kept whole under another name, never replaced and gone.
+        if reader.truncated or reader.problems or reader.corrupt_chunks or reader.lost_messages:
             kept = path.with_name(path.name + ".partial")
             kept.unlink(missing_ok=True)
             os.link(path, kept)  # the crashed bytes stay, under another name

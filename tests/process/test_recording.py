@@ -15,7 +15,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,12 @@ from nav.runtime import bus
 from nav.runtime.launchfile import NodeSpec
 from nav.runtime.process import ChildProcess, NotReadyError
 from nav.runtime.recording import (
+    RESTART_METADATA,
     RecordingError,
     RecordingWriter,
     inspect_recording,
     iter_recording,
+    recover_recording,
 )
 from nav.runtime.replay_node import replay_payload
 
@@ -259,14 +261,22 @@ def assert_replayed(got: list[bus.Received], recorded: Sent) -> None:
 
 
 def write_synthetic(
-    path: Path, messages: list[tuple[str, Message, int]], **writer_args: Any
+    path: Path,
+    messages: list[tuple[str, Message, int]],
+    *,
+    notes: Mapping[str, Mapping[str, str]] | None = None,
+    **writer_args: Any,
 ) -> Sent:
-    """Write (topic, message, t_recv offset ns) with fixed clocks; returns what was written."""
+    """Write (topic, message, t_recv offset ns) with fixed clocks; returns what was written.
+
+    ``notes``: metadata records written first (e.g. ``ornav.restart``)."""
     written: Sent = []
     seqs: dict[str, int] = {}
     with RecordingWriter(
         path, wall_ns_at_open=T0_WALL_NS, monotonic_ns_at_open=T0_MONO_NS, **writer_args
     ) as writer:
+        for name, values in (notes or {}).items():
+            writer.add_metadata(name, values)
         for topic, message, dt_ns in messages:
             seq = seqs.get(topic, 0)
             seqs[topic] = seq + 1
@@ -434,6 +444,35 @@ def test_a_corrupt_chunk_in_a_crashed_file_is_skipped_and_its_indexed_messages_c
     lost = assert_one_gap(got, written[: len(got) + reader.lost_messages])
     assert not reader.indexed and reader.truncated
     assert reader.corrupt_chunks == 1 and reader.lost_messages == lost
+
+
+def test_recovery_keeps_the_crashed_bytes_when_a_bad_record_length_stops_it_midway(
+    tmp_path: Path,
+) -> None:
+    """A length field broken mid-file stops reading without counting anything lost: the
+    recovered file holds only what came before, so the crashed bytes must stay (they were
+    replaced and gone), and the file's own notes travel into the recovered one."""
+    path = tmp_path / "s.mcap"
+    restart_note = {"previous": "session-0.mcap", "gap_ns": "123"}
+    written = write_synthetic(
+        path, one_second_session(), chunk_size_bytes=2048, notes={RESTART_METADATA: restart_note}
+    )
+    chunks = chunk_offsets(path)
+    data = bytearray(path.read_bytes())
+    last_start, last_length = chunks[-1]
+    del data[last_start + last_length :]  # no summary: a recorder killed here
+    start, _ = chunks[2]
+    data[start + 1 : start + 9] = (1 << 40).to_bytes(8, "little")  # the chunk record's length
+    crashed = bytes(data)
+    path.write_bytes(crashed)
+
+    report = recover_recording(path, resumed_wall_ns=T0_WALL_NS + 2_000_000_000)
+
+    assert 0 < report.messages < len(written)
+    assert report.kept_original is not None and report.kept_original.read_bytes() == crashed
+    recovered = inspect_recording(path)
+    assert recovered.message_count == report.messages and not recovered.truncated
+    assert recovered.notes[RESTART_METADATA] == restart_note
 
 
 def test_a_recording_with_every_chunk_corrupt_reads_nothing_and_says_why(tmp_path: Path) -> None:
