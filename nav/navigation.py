@@ -577,4 +577,5 @@ def nav_state(
         predicted_tre_mm=(
             registration.max_predicted_tre_mm if active and registration else math.nan
         ),
+        case_id=geometry.case_id,
     )

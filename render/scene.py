@@ -173,12 +173,15 @@ class SceneState:
     def case_code(self, registration_id: int) -> str | None:
         """None if registration ``registration_id`` is of the case drawn; else why not.
 
-        CASE_MISMATCH: it is of another case. CASE_UNCONFIRMED: not seen yet, or it names
-        no case (a recording made before case ids). 0 (no registration) is None: nothing
-        is drawn without one anyway.
+        CASE_MISMATCH: it is of another case, or the newest nav state says the nav node
+        navigates another case (it may reach us before that case's registration does).
+        CASE_UNCONFIRMED: not seen yet, or it names no case (a recording made before case
+        ids). 0 (no registration) is None: nothing is drawn without one anyway.
         """
         if registration_id == 0:
             return None
+        if self.nav is not None and self.nav.case_id and self.nav.case_id != self.case_id:
+            return "CASE_MISMATCH"
         registered = self._registration_cases.get(registration_id)
         if not registered:
             return "CASE_UNCONFIRMED"

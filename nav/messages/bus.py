@@ -363,6 +363,8 @@ class NavState:
     nearest surface of each critical structure), NaN when unknown. ``predicted_tre_mm``:
     the largest predicted TRE over the case targets (NaN when unregistered).
     ``needs_verification``: the registration was restored from disk and not yet confirmed.
+    ``case_id``: the case the nav node navigates (``nav.navigation.case_id``), so a
+    consumer never draws another case's models under it; "" in recordings made before it.
     """
 
     TYPE: ClassVar[str] = "NavState"
@@ -379,6 +381,7 @@ class NavState:
     critical_names: tuple[str, ...]
     critical_distances_mm: FloatArray
     predicted_tre_mm: float
+    case_id: str = ""
 
     def to_body(self) -> dict[str, Any]:
         return {
@@ -397,6 +400,7 @@ class NavState:
                 np.asarray(self.critical_distances_mm, np.float64)
             ),
             "predicted_tre_mm": float(self.predicted_tre_mm),
+            "case_id": self.case_id,
         }
 
     @classmethod
@@ -413,6 +417,9 @@ class NavState:
         targets, target_distances = _named_distances(body, "target")
         criticals, critical_distances = _named_distances(body, "critical")
         tre = _predicted_tre(body)
+        case_id = _get(body, "case_id", str) if "case_id" in body else ""  # older recordings
+        if case_id and not _SHA256.fullmatch(case_id):
+            raise MessageError("invalid", f"case_id {case_id[:80]!r} is not 64 hex digits")
         return cls(
             t_sensor_ns=_time_ns(body, "t_sensor_ns"),
             frame_number=_time_ns(body, "frame_number"),
@@ -427,6 +434,7 @@ class NavState:
             critical_names=criticals,
             critical_distances_mm=critical_distances,
             predicted_tre_mm=tre,
+            case_id=case_id,
         )
 
 

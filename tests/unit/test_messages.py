@@ -8,6 +8,7 @@ they exercise exactly what a hostile or buggy peer could put on the wire.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -880,6 +881,21 @@ def test_nav_state_round_trips_with_nan_for_unknown_distances() -> None:
     assert out.target_names == ("tumor_centre", "margin")
     assert out.target_distances_mm[0] == 12.5 and np.isnan(out.target_distances_mm[1])
     assert np.isnan(out.p_tip_image).all() and np.isnan(out.predicted_tre_mm)
+
+
+def test_nav_state_carries_its_case_id_and_an_old_payload_without_one_reads_as_unknown() -> None:
+    case_id = "0123456789abcdef" * 4
+    state = dataclasses.replace(_nav_state(), case_id=case_id)
+    out = decode(encode(state, seq=1, t_pub_ns=2)).message
+    assert isinstance(out, NavState) and out.case_id == case_id
+    raw = msgpack.unpackb(encode(state, seq=1, t_pub_ns=2), raw=False)
+    del raw["body"]["case_id"]  # recorded before NavState named its case
+    old = decode(msgpack.packb(raw, use_bin_type=True)).message
+    assert isinstance(old, NavState) and old.case_id == ""
+    raw["body"]["case_id"] = "not a digest"
+    with pytest.raises(MessageError) as caught:
+        decode(msgpack.packb(raw, use_bin_type=True))
+    assert caught.value.kind == "invalid"
 
 
 def test_nav_state_ok_with_a_non_rigid_model_pose_is_refused() -> None:

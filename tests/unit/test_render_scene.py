@@ -54,6 +54,7 @@ def nav(
     p_tip_image: tuple[float, float, float] = (10.0, 20.0, 30.0),
     registration_id: int = 7,
     needs_verification: bool = False,
+    case_id: str = "",
 ) -> NavState:
     ok = status is NavStatus.OK
     return NavState(
@@ -74,6 +75,7 @@ def nav(
         critical_names=("portal_vein",),
         critical_distances_mm=np.array([3.0]) if ok else np.full(1, np.nan),
         predicted_tre_mm=0.4,
+        case_id=case_id,
     )
 
 
@@ -461,6 +463,20 @@ def test_an_unseen_or_caseless_registration_is_hidden_until_its_case_is_confirme
     s.on_registration(_registration("restored", 10))
     assert s.update(T0).overlay is OverlayState.CURRENT and s.case_code(10) is None
     assert s.case_code(0) is None  # no registration: UNREGISTERED says it already
+
+
+def test_a_nav_state_of_another_case_is_hidden_though_its_registration_id_is_known() -> None:
+    """A restored file without a case id keeps its registration id across a case change:
+    the nav state, which names its case, may arrive before the new registration does."""
+    s = state()
+    s.on_headset(headset())
+    s.on_nav(nav(t_sensor_ns=T0, case_id=CASE))
+    assert s.update(T0).overlay is OverlayState.CURRENT
+    s.on_nav(nav(t_sensor_ns=T0 + MS, case_id=OTHER_CASE))  # same registration id 7
+    hidden = roundtrip(s.update(T0 + MS))
+    assert hidden.overlay is OverlayState.HIDDEN and s.case_code(7) == "CASE_MISMATCH"
+    s.on_nav(nav(t_sensor_ns=T0 + 2 * MS))  # "" (a recording before case ids): as before
+    assert s.update(T0 + 2 * MS).overlay is OverlayState.CURRENT
 
 
 def test_the_scene_remembers_a_bounded_number_of_registrations() -> None:
