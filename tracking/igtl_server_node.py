@@ -228,7 +228,12 @@ class _Server:
         self.runtime = runtime
         self.counters = runtime.counters
         self.models = models
-        self.listener = socket.create_server((cfg.host, cfg.port), reuse_port=False, backlog=16)
+        try:
+            self.listener = socket.create_server((cfg.host, cfg.port), reuse_port=False, backlog=16)
+        except OSError as error:  # a taken port: exit 3 and one line, like every bound socket
+            raise bus.BindError(
+                f"cannot bind tcp://{cfg.host}:{cfg.port}: {error.strerror}"
+            ) from None
         self.listener.setblocking(False)
         self.port: int = self.listener.getsockname()[1]
         self.peers: dict[int, _Peer] = {}

@@ -178,28 +178,36 @@ SUPERVISOR_PID_ENV = "ORNAV_SUPERVISOR_PID"
 
 
 def _supervisor_pid() -> int | None:
-    """The supervisor's pid if it started this process and is still our parent, else None."""
+    """The pid of the supervisor that started this process (``ORNAV_SUPERVISOR_PID``), if any.
+
+    Not checked against our parent here: a supervisor that died before we looked must
+    still stop us (``_die_with_supervisor``, ``NodeRuntime.service``).
+    """
     try:
-        pid = int(os.environ.get(SUPERVISOR_PID_ENV, ""))
+        return int(os.environ.get(SUPERVISOR_PID_ENV, ""))
     except ValueError:
         return None
-    return pid if pid == os.getppid() else None
 
 
-def _die_with_supervisor() -> None:
-    """Linux: ask the kernel for SIGTERM when our parent dies (``prctl(PR_SET_PDEATHSIG)``).
+def _die_with_supervisor() -> bool:
+    """Tie this node's life to its supervisor's; False if the supervisor is already gone.
 
-    The parent-pid check in ``NodeRuntime.service`` covers other systems and the moment
-    before this call. Harmless where ``prctl`` is missing.
+    Linux: ask the kernel for SIGTERM when our parent dies (``prctl(PR_SET_PDEATHSIG)``),
+    then check the parent once more, since it may have died before the call. The
+    parent-pid check in ``NodeRuntime.service`` covers other systems. Without a
+    supervisor (a node run by hand) there is nothing to tie and this returns True.
     """
-    if _supervisor_pid() is None or not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
-    except (OSError, AttributeError) as error:  # not glibc/musl: the pid check remains
-        log.debug("prctl(PR_SET_PDEATHSIG) unavailable: %s", error)
+    supervisor = _supervisor_pid()
+    if supervisor is None:
+        return True
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            pr_set_pdeathsig = 1
+            libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+        except (OSError, AttributeError) as error:  # not glibc/musl: the pid check remains
+            log.debug("prctl(PR_SET_PDEATHSIG) unavailable: %s", error)
+    return os.getppid() == supervisor
 
 
 def stop_on_signal(stop: threading.Event, name: str) -> Callable[[int, object], None]:
@@ -287,7 +295,11 @@ def _run_node(
 
     signal.signal(signal.SIGINT, stop_on_signal(stop, spec.name))
     signal.signal(signal.SIGTERM, stop_on_signal(stop, spec.name))
-    _die_with_supervisor()
+    if not _die_with_supervisor():
+        log.error(
+            "%s: supervisor %s is gone before start: not starting", spec.name, _supervisor_pid()
+        )
+        return 1
     try:
         return run(cfg, spec, stop)
     except bus.BindError as error:

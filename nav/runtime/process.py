@@ -150,6 +150,7 @@ class ChildProcess:
                 stdout=out,
                 stderr=err,
                 text=True,
+                errors="replace",  # one stray byte must not kill the reader and block the child
                 cwd=self.cwd,
                 env=self.env,
                 start_new_session=self.new_session,

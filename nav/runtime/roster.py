@@ -21,7 +21,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -30,8 +30,10 @@ FORMAT = "ornav-roster"
 VERSION = 1
 EPOCH_ENV = "ORNAV_EPOCH"
 ROSTER_ENV = "ORNAV_ROSTER"
+TRUSTED_NODES_ENV = "ORNAV_TRUSTED_NODES"
 MAX_EPOCH = (1 << 63) - 1
 RELOAD_INTERVAL_NS = 20_000_000  # an unknown epoch re-reads the file at most every 20 ms
+WARN_INTERVAL_NS = 5_000_000_000
 
 EpochTrust = Callable[[int], bool]
 
@@ -80,18 +82,32 @@ def read_roster(path: Path) -> dict[str, int]:
 class RosterTrust:
     """``trusted(epoch)``: is ``epoch`` on the roster now? Re-reads the file when needed.
 
+    ``nodes``: trust only the epochs of these nodes (the ones this subscriber reads;
+    ``ORNAV_TRUSTED_NODES`` under a supervisor); None trusts any node on the roster. So a
+    stranger who copies the epoch of a node this subscriber does not read is refused.
+    Epochs travel in the clear on tcp without CurveZMQ: one copied from a node this
+    subscriber does read is still taken, until the streams are authenticated.
+
     The file is re-read when it changed, at most every ``RELOAD_INTERVAL_NS``: the
     supervisor may just have restarted a node. An epoch that left the roster (its process
     was replaced) is no longer trusted after that re-read. A roster that cannot be read
-    adds nothing (fail closed) and logs.
+    trusts nothing (fail closed) and says so at most every ``WARN_INTERVAL_NS``.
     """
 
-    def __init__(self, path: Path, *, clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        nodes: Collection[str] | None = None,
+        clock_ns: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
         self.path = path
+        self.nodes = None if nodes is None else frozenset(nodes)
         self._clock_ns = clock_ns
         self._trusted: frozenset[int] = frozenset()
         self._stamp: tuple[int, int] = (-1, -1)  # (inode, mtime): a replace gives a new inode
         self._next_reload_ns = 0
+        self._next_warning_ns = 0
         self._reload(force=True)
 
     def _reload(self, *, force: bool = False) -> None:
@@ -106,10 +122,15 @@ class RosterTrust:
                 return
             epochs = read_roster(self.path)
         except (OSError, ValueError) as error:
-            log.warning("roster unreadable, trusting no new publisher: %s", error)
+            self._trusted, self._stamp = frozenset(), (-1, -1)
+            if now_ns >= self._next_warning_ns:
+                self._next_warning_ns = now_ns + WARN_INTERVAL_NS
+                log.warning("roster unreadable, trusting no publisher: %s", error)
             return
         self._stamp = stamp
-        self._trusted = frozenset(epochs.values())
+        self._trusted = frozenset(
+            epoch for node, epoch in epochs.items() if self.nodes is None or node in self.nodes
+        )
 
     def __call__(self, epoch: int) -> bool:
         self._reload()  # rate-limited: a clock read per message, a stat every 20 ms at most
@@ -117,6 +138,14 @@ class RosterTrust:
 
 
 def trust_from_environment() -> EpochTrust | None:
-    """The stack's roster check if this process runs under a supervisor, else None."""
+    """The stack's roster check if this process runs under a supervisor, else None.
+
+    ``ORNAV_TRUSTED_NODES`` (comma-separated node names, set by the supervisor from the
+    node's ``subscribe``) narrows the trust to the nodes this process reads.
+    """
     path = os.environ.get(ROSTER_ENV)
-    return RosterTrust(Path(path)) if path else None
+    if not path:
+        return None
+    names = os.environ.get(TRUSTED_NODES_ENV)
+    nodes = None if names is None else [n for n in names.split(",") if n]
+    return RosterTrust(Path(path), nodes=nodes)

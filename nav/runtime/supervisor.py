@@ -171,6 +171,8 @@ class Supervisor:
             "PYTHONUNBUFFERED": "1",
             roster.EPOCH_ENV: str(node.epoch),
             roster.ROSTER_ENV: str(self.roster_path),
+            # Trust only the epochs of the nodes it reads (nav.runtime.roster.RosterTrust).
+            roster.TRUSTED_NODES_ENV: ",".join(spec.subscribe),
             SUPERVISOR_PID_ENV: str(os.getpid()),
         }
         child = node.child = ChildProcess(
@@ -315,7 +317,13 @@ class Supervisor:
         self._event(f"{spec.name}: {reason}: {action}", level=logging.WARNING)
         node.reason = reason
         node.watchdog_restarts += 1
-        self._after_exit(node, self._terminate(node), explained=True)
+        # Wedged: nothing it sends now can be vouched for, and a stopped or deadlocked
+        # process ignores SIGINT and SIGTERM (4 s of grace would blind this loop): its
+        # epoch leaves the roster now, then SIGKILL.
+        if self.epochs.pop(spec.name, None) is not None:
+            self._write_roster()
+        assert node.child is not None
+        self._after_exit(node, node.child.kill(), explained=True)
 
     def _may_restart(self, node: NodeState) -> bool:
         policy = node.spec.restart

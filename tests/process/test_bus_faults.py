@@ -5,6 +5,8 @@ Real sockets throughout; the node tests start the simulated tracker as a real pr
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 import threading
@@ -302,3 +304,78 @@ def test_a_control_flood_does_not_stall_the_pose_stream(
     # 100 Hz: 10 ms between poses. Stale is 100 ms; a gap beyond it is a visible stall.
     assert worst["junk"] < 100 and worst["ping"] < 100, worst
     assert node.terminate() == 0
+
+
+def test_a_subscriber_trusts_only_the_epochs_of_the_nodes_it_reads(ipc_dir: Path) -> None:
+    """A stranger who copied the nav node's epoch (it travels in the clear) and took the
+    tracker's port is not taken for the tracker by a node that reads only the tracker."""
+    roster_path = ipc_dir / "roster.json"
+    roster.write_roster(roster_path, {"tracker": 11, "nav": 22})
+    endpoint = f"ipc://{ipc_dir}/tracker.pub"
+    skew_ns = [0]  # moves this trust's clock past its reload interval at the end
+    trust = roster.RosterTrust(
+        roster_path, nodes=["tracker"], clock_ns=lambda: time.monotonic_ns() + skew_ns[0]
+    )
+    sub = bus.QueueSubscriber([endpoint], ["pose"], trust=trust)
+    try:
+        forger = bus.Publisher(endpoint, epoch=22)
+        deadline = time.monotonic() + 5
+        accepted: list[bus.Received] = []
+        while sub.counters["rejected_untrusted"] < 5 and time.monotonic() < deadline:
+            forger.publish("pose/sim", _heartbeat(1))
+            accepted += sub.poll(0.005)
+        forger.close()
+        assert accepted == [] and sub.counters["rejected_untrusted"] >= 5
+        tracker = bus.Publisher(endpoint, epoch=11)
+        _joined(tracker, sub, "pose")
+        tracker.close()
+    finally:
+        sub.close()
+    # A roster that cannot be read any more trusts nothing (fail closed), not the old set.
+    roster_path.unlink()
+    skew_ns[0] = 2 * roster.RELOAD_INTERVAL_NS
+    assert not trust(11)
+
+
+def test_a_node_whose_supervisor_died_before_it_started_does_not_start(
+    ipc_dir: Path,
+) -> None:
+    """It would otherwise skip PR_SET_PDEATHSIG and run on as an orphan (the pid given is
+    not its parent: the supervisor died and it was re-parented before it looked)."""
+    spec = _tracker_spec(ipc_dir)
+    done = subprocess.run(
+        [sys.executable, "-m", spec.module, "--spec-json", spec.to_json()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "ORNAV_SUPERVISOR_PID": "1"},  # init, never our parent here
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.stdout == ""  # never READY
+    assert "is gone before start" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_openigtlink_server_on_a_taken_port_fails_loudly_with_exit_3(ipc_dir: Path) -> None:
+    holder = socket.create_server(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+    spec = NodeSpec(
+        name="slicer",
+        module="tracking.igtl_server_node",
+        pub=f"ipc://{ipc_dir}/slicer.pub",
+        control=f"ipc://{ipc_dir}/slicer.ctl",
+        subscribe=("tracker",),
+        subscribe_endpoints=(f"ipc://{ipc_dir}/tracker.pub",),
+        params={"host": "127.0.0.1", "port": port},
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", spec.module, "--spec-json", spec.to_json()],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        holder.close()
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert f"cannot bind tcp://127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr
