@@ -308,3 +308,87 @@ def rotation_distance_rad(T_a: Mat4, T_b: Mat4) -> float:
     Ta = _as_array(T_a, (4, 4), "T_a")
     Tb = _as_array(T_b, (4, 4), "T_b")
     return rotation_angle_rad(Ta[:3, :3].T @ Tb[:3, :3])
+
+
+# Where "nearly rigid" ends. Real tracker matrices are not exactly rigid: PLUS writes each
+# entry with about six significant digits and an NDI tracker reports its quaternion to four
+# decimals. Measured on PlusLibData's OK matrices (tests/unit/test_transforms.py reports
+# them), the deviation below reaches 3.6e-4 (EightLandmarkPointsTrackedForPhantomRegistration,
+# 2000 matrices), 2.8e-4 (WaterTankBottomTranslationTrackerBuffer, 15000), 2.0e-4
+# (Prostate10_tracker) and 4e-6 at most in the others. A real fault is far larger: an
+# ImageToProbe carries the pixel spacing (deviation 0.5-0.9), a mistaken unit a factor 1000,
+# a 1 % scale error in a calibration is 1e-2, a 1 degree shear 8.7e-3, a reflection 2.
+# 2e-3 sits 5x above the worst real matrix and 5x below a 1 % scale error; projecting a
+# matrix at that limit moves a point 100 mm from the tool's origin by at most 0.2 mm.
+MAX_PROJECTED_DEVIATION = 2e-3
+"""The largest :func:`nearest_rigid` deviation still projected and kept; above: not a pose."""
+
+# An already rigid matrix (round-off only) is kept bit for bit, deviation 0, so a clean
+# recording passes through unchanged and is not counted as projected.
+_ROUND_OFF = 1e-12
+
+
+def nearest_rigids(Ts: npt.ArrayLike) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """:func:`nearest_rigid` of each matrix of an (N, 4, 4) stack, vectorised.
+
+    Returns ``(Ts_rigid (N, 4, 4), deviations (N,))``; a non-finite matrix comes back
+    unchanged with deviation inf. Raises ValueError for a shape other than (N, 4, 4).
+    """
+    a = np.array(Ts, dtype=np.float64)  # a copy: the result never aliases the argument
+    if a.ndim != 3 or a.shape[1:] != (4, 4):
+        raise ValueError(f"Ts must have shape (N, 4, 4), got {a.shape}")
+    deviations = np.full(len(a), math.inf)
+    finite = np.isfinite(a).all(axis=(1, 2))
+    if not finite.any():
+        return a, deviations
+    with np.errstate(over="ignore", invalid="ignore"):
+        already = np.zeros(len(a), dtype=bool)
+        already[finite] = rigidity_errors(a[finite]) <= _ROUND_OFF
+        todo = finite & ~already
+        deviations[already] = 0.0
+        if todo.any():
+            try:
+                U, s, Vt = np.linalg.svd(a[todo, :3, :3])
+            except np.linalg.LinAlgError:  # no convergence (huge entries): not a pose
+                return a, deviations
+            # det(U Vt) is +-1; D = diag(1, 1, det) keeps a proper rotation (Umeyama 1991).
+            d = np.sign(np.linalg.det(U @ Vt))
+            d[d == 0.0] = 1.0
+            target = np.ones_like(s)
+            target[:, 2] = d
+            U[:, :, 2] *= d[:, None]
+            a[todo, :3, :3] = U @ Vt
+            # ||R - U D Vt||_2 = max |s_i - d_i|: the most any unit vector is moved.
+            spectral = np.abs(s - target).max(axis=1)
+            last_row = np.abs(a[todo, 3, :] - _LAST_ROW).max(axis=1)
+            a[todo, 3, :] = _LAST_ROW
+            deviation = np.maximum(spectral, last_row)
+            deviations[todo] = np.where(np.isfinite(deviation), deviation, math.inf)
+    return a, deviations
+
+
+def nearest_rigid(T: npt.ArrayLike) -> tuple[Mat4, float]:
+    """Return ``(T_rigid, deviation)``: the rigid transform nearest ``T`` and how far it is.
+
+    The rotation block is projected onto the nearest rotation in the Frobenius norm,
+    ``R -> U diag(1, 1, det(U V^T)) V^T`` from the SVD ``R = U S V^T`` (Umeyama, IEEE
+    PAMI 13(4):376-380, 1991, eq. 39, the same det fix against a reflection); the
+    translation is kept and the last row set to exactly [0, 0, 0, 1]. ``deviation``
+    (dimensionless) is the larger of ``||R - R_rigid||_2`` (= max |s_i - d_i|: a point at
+    distance r from the origin of the tool frame moves by at most deviation * r) and the last
+    row's largest difference from [0, 0, 0, 1]. A matrix rigid to round-off (1e-12) comes
+    back unchanged with deviation 0; a non-finite one unchanged with deviation inf; a
+    reflection scores about 2. Callers keep the result as a pose only for a deviation up to
+    :data:`MAX_PROJECTED_DEVIATION`. Raises ValueError for a shape other than (4, 4).
+
+    >>> T = np.diag([1.0002, 0.9999, 1.0, 1.0])
+    >>> T_rigid, deviation = nearest_rigid(T)
+    >>> T_rigid.tolist() == np.eye(4).tolist(), round(deviation, 6)
+    (True, 0.0002)
+    """
+    a = np.asarray(T, dtype=np.float64)
+    if a.shape != (4, 4):
+        raise ValueError(f"T must have shape (4, 4), got {a.shape}")
+    Ts, deviations = nearest_rigids(a[None])
+    T_rigid: Mat4 = Ts[0]
+    return T_rigid, float(deviations[0])

@@ -19,6 +19,7 @@ from scipy.spatial.transform import Rotation
 
 from nav import frames, transforms
 from nav.transforms import (
+    MAX_PROJECTED_DEVIATION,
     Mat4,
     apply,
     axis_angle_to_matrix,
@@ -27,6 +28,8 @@ from nav.transforms import (
     is_rigid,
     make_rigid,
     matrix_to_quat,
+    nearest_rigid,
+    nearest_rigids,
     pose_from_quat,
     quat_to_matrix,
     rigidity_error,
@@ -95,6 +98,109 @@ def test_docstring_doctest_runs_clean() -> None:
     result = doctest.testmod(transforms, raise_on_error=False, verbose=False)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+# --- nearest_rigid: projecting a nearly rigid tracker matrix ------------------------
+
+small = st.floats(-1.0, 1.0, allow_nan=False, allow_infinity=False)
+noise_sizes = st.floats(1e-8, 1e-3)
+noise_3x3 = st.lists(small, min_size=9, max_size=9).map(lambda v: np.array(v).reshape(3, 3))
+
+
+def _perturbed(T: Mat4, E: npt.NDArray[np.float64]) -> Mat4:
+    """``T`` with ``E`` (3, 3) added to its rotation block."""
+    noisy = T.copy()
+    noisy[:3, :3] += E
+    return noisy
+
+
+@given(poses)
+@seeded
+def test_nearest_rigid_keeps_a_rigid_transform_bit_for_bit_with_deviation_0(T: Mat4) -> None:
+    T_rigid, deviation = nearest_rigid(T)
+    assert np.array_equal(T_rigid, T) and T_rigid is not T
+    assert deviation == 0.0
+
+
+@given(poses, noise_3x3, noise_sizes)
+@seeded
+def test_a_rotation_stretched_symmetrically_projects_back_exactly_with_deviation_the_stretch(
+    T: Mat4, A: npt.NDArray[np.float64], e: float
+) -> None:
+    # Closed form (polar decomposition): R (I + S) with S symmetric, |eig S| < 1, has the
+    # nearest rotation R and singular values 1 + eig(S), so the deviation is max |eig S|.
+    S = e * (A + A.T) / 2.0
+    T_rigid, deviation = nearest_rigid(_perturbed(T, T[:3, :3] @ S))
+    np.testing.assert_allclose(T_rigid, T, atol=1e-12, rtol=0)
+    assert deviation == pytest.approx(np.abs(np.linalg.eigvalsh(S)).max(), abs=1e-12)
+
+
+@given(poses, noise_3x3, noise_sizes)
+@seeded
+def test_a_rigid_transform_plus_noise_of_size_e_projects_within_2e_of_it_with_deviation_at_most_e(
+    T: Mat4, A: npt.NDArray[np.float64], e: float
+) -> None:
+    E = e * A
+    T_rigid, deviation = nearest_rigid(_perturbed(T, E))
+    assert rigidity_error(T_rigid) <= 1e-12 and np.linalg.det(T_rigid[:3, :3]) > 0.0
+    assert np.array_equal(T_rigid[:3, 3], T[:3, 3]) and np.array_equal(T_rigid[3], [0, 0, 0, 1])
+    # R_rigid is the rotation nearest R + E, so no farther from it than R is: by the
+    # triangle inequality ||R_rigid - R||_F <= 2 ||E||_F. Weyl: |s_i - 1| <= ||E||_2.
+    norm_E = np.linalg.norm(E)
+    assert np.linalg.norm(T_rigid[:3, :3] - T[:3, :3]) <= 2.0 * norm_E + 1e-12
+    assert deviation <= np.linalg.norm(E, 2) + 1e-12
+    assert deviation <= MAX_PROJECTED_DEVIATION * 1.8  # e <= 1e-3, |A|_2 <= 3: nearly rigid
+
+
+@given(poses, st.floats(0.01, 0.5), st.sampled_from([-1.0, 1.0]))
+@seeded
+def test_a_scaled_matrix_deviates_by_its_scale_error_and_is_refused(
+    T: Mat4, error: float, sign: float
+) -> None:
+    scaled = T.copy()
+    scaled[:3, :3] *= 1.0 + sign * error  # a 1 % (or worse) scale error: not a pose
+    _T, deviation = nearest_rigid(scaled)
+    assert deviation == pytest.approx(error, rel=1e-9)
+    assert deviation > 4.9 * MAX_PROJECTED_DEVIATION
+
+
+@given(poses, st.floats(1.0, 45.0), st.integers(0, 2), st.integers(1, 2))
+@seeded
+def test_a_sheared_matrix_is_refused(T: Mat4, angle_deg: float, row: int, step: int) -> None:
+    shear = np.eye(3)
+    shear[row, (row + step) % 3] = math.tan(math.radians(angle_deg))
+    # A shear k = tan(angle) has singular values sqrt(1 + k^2/4) +- k/2 (and 1).
+    k = math.tan(math.radians(angle_deg))
+    _T, deviation = nearest_rigid(_perturbed(T, T[:3, :3] @ shear - T[:3, :3]))
+    assert deviation == pytest.approx(math.sqrt(1 + k * k / 4) + k / 2 - 1, rel=1e-9)
+    assert deviation > 4 * MAX_PROJECTED_DEVIATION
+
+
+def test_a_reflection_a_broken_last_row_or_a_non_finite_matrix_is_refused() -> None:
+    reflected, deviation = nearest_rigid(np.diag([1.0, 1.0, -1.0, 1.0]))
+    assert deviation == pytest.approx(2.0) and np.linalg.det(reflected[:3, :3]) > 0
+    perspective = np.eye(4)
+    perspective[3, 0] = 0.01
+    T_rigid, deviation = nearest_rigid(perspective)
+    assert deviation == pytest.approx(0.01) and np.array_equal(T_rigid, np.eye(4))
+    for bad in (np.full((4, 4), np.nan), np.diag([np.inf, 1.0, 1.0, 1.0]), np.zeros((4, 4))):
+        assert not nearest_rigid(bad)[1] <= MAX_PROJECTED_DEVIATION
+    with pytest.raises(ValueError, match="shape"):
+        nearest_rigid(np.eye(3))
+
+
+@given(st.lists(st.tuples(poses, noise_3x3, noise_sizes), min_size=1, max_size=6))
+@seeded
+def test_nearest_rigids_of_a_stack_matches_nearest_rigid_of_each(
+    draws: list[tuple[Mat4, npt.NDArray[np.float64], float]],
+) -> None:
+    Ts = np.stack([_perturbed(T, e * A) for T, A, e in draws] + [np.full((4, 4), np.nan)])
+    rigid, deviations = nearest_rigids(Ts)
+    for i, T in enumerate(Ts):
+        one, deviation = nearest_rigid(T)
+        np.testing.assert_allclose(rigid[i], one, atol=1e-15, rtol=0)
+        assert deviations[i] == pytest.approx(deviation, abs=1e-15)
+    assert deviations[-1] == math.inf and np.isnan(rigid[-1]).all()
 
 
 # --- make_rigid, compose, invert, apply --------------------------------------
