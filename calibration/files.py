@@ -141,6 +141,10 @@ def _fraction(a: npt.NDArray[Any]) -> str | None:
     return None if 0.0 <= float(a) <= 1.0 else f"expected 0..1, got {float(a):g}"
 
 
+def _unit_sign(a: npt.NDArray[Any]) -> str | None:
+    return None if int(a) in (-1, 1) else f"expected +1 or -1, got {int(a)}"
+
+
 def _count(a: npt.NDArray[Any]) -> str | None:
     return None if int(a) >= 0 else f"expected a count >= 0, got {int(a)}"
 
@@ -229,6 +233,12 @@ SCHEMAS: Final[Mapping[str, KindSchema]] = {
     "temporal": KindSchema(
         result={
             "dt_a_from_b_s": KeySpec("s, add to stream b's timestamps to put them on a's clock"),
+            "sign": KeySpec(
+                "+1, or -1: one motion signal is the other mirrored",
+                integer=True,
+                required=False,
+                check=_unit_sign,
+            ),
             "confidence": KeySpec(
                 "0..1, correlation of the motion signals at the peak",
                 required=False,

@@ -7,12 +7,13 @@ both streams are resampled onto one uniform time grid, with the correlation
 peak refined below the grid step by a parabola through its three top samples.
 This is the approach of PLUS's temporal calibration
 (``vtkPlusTemporalCalibrationAlgo``: normalised cross-correlation of motion
-signals resampled by linear interpolation; A. Lasso et al., "PLUS: open-source
-toolkit for ultrasound-guided intervention systems", IEEE TBME 61(10):2527-2537,
-2014) with
-the peak refined as in sub-sample time-delay estimation (G. Jacovitti,
-G. Scarano, "Discrete time techniques for time delay estimation", IEEE Trans.
-Signal Processing 41(2):525-533, 1993, parabolic interpolation).
+signals resampled by linear interpolation, searched for both signs of the
+correlation, since which way the motion axis points in each stream is arbitrary;
+A. Lasso et al., "PLUS: open-source toolkit for ultrasound-guided intervention
+systems", IEEE TBME 61(10):2527-2537, 2014) with the peak refined as in
+sub-sample time-delay estimation (G. Jacovitti, G. Scarano, "Discrete time
+techniques for time delay estimation", IEEE Trans. Signal Processing
+41(2):525-533, 1993, parabolic interpolation).
 
 Convention. ``dt_a_from_b_s`` is what to ADD to a stream-b timestamp to get
 the stream-a clock time of the same event::
@@ -51,6 +52,17 @@ from nav.arrays import FloatArray
 MIN_WINDOW_SAMPLES = 8
 """Fewest grid samples a lag's overlap may hold before its correlation means anything."""
 
+SIGN_TIE = 1e-3
+"""Two peaks of opposite sign closer than this (or than half of ``1 - peak``) are a tie.
+
+A back-and-forth motion correlates almost as well with itself mirrored half a period
+away as with itself unmirrored: a pure 0.914 s sine, mirrored, scores 1.000 at the true
+offset and 1.000 at +-0.457 s; a hand's up-and-down motion whose pace and amplitude
+drift scores 1.000 and 0.994. Noise lowers both by about ``1 - peak``, so two peaks
+closer than half of that may have swapped places: such an offset is refused, not
+guessed.
+"""
+
 
 @dataclass(frozen=True, eq=False, kw_only=True)
 class TemporalResult:
@@ -60,8 +72,11 @@ class TemporalResult:
 
     - ``dt_a_from_b_s``: s, add to a stream-b timestamp to get stream a's
       clock time of the same event (module docstring, worked example).
+    - ``sign``: +1 if the two motion signals rise together, -1 if one is the
+      mirror image of the other (a scalar signal whose axis points the other
+      way in one stream); always +1 for positions, which are compared by speed.
     - ``confidence``: the normalised (Pearson) correlation of the two motion
-      signals at the peak, clipped to [0, 1]. 1: one signal is an exact
+      signals at the peak, times ``sign``, clipped to [0, 1]. 1: one signal is an exact
       shifted, scaled copy of the other. Two views of one brisk hand motion
       score above 0.95; a side lobe of a quasi-periodic motion, found when
       the true offset lies outside the lag window, scored 0.65 in the tests,
@@ -76,10 +91,12 @@ class TemporalResult:
     - ``resample_hz``: the grid rate used; ``n_samples``: grid samples in the
       overlap at the peak lag.
     - ``lags_s`` (L,) and ``correlations`` (L,): the correlation curve over
-      the lag window, for plots (integer grid steps; NaN where undefined).
+      the lag window, for plots (integer grid steps; NaN where undefined),
+      with its own signs (not multiplied by ``sign``).
     """
 
     dt_a_from_b_s: float
+    sign: int
     confidence: float
     peak_width_s: float
     residual_rms: float
@@ -160,8 +177,10 @@ def temporal_calibration(
     signal, used as given (a position projected on the main direction of
     motion, a speed, an angle); or (N, D) / (M, D') positions, which are
     turned into speeds (see ``_motion``), so the two streams may be in
-    different frames and units. The correlation is sought with a positive
-    sign only: a scalar signal must not be mirrored in the other stream.
+    different frames and units. For a scalar signal the correlation is
+    sought with both signs, as PLUS does (an axis may point the other way in
+    one stream: ``result.sign`` is then -1); speeds, never mirrored, only
+    with a positive sign.
 
     Both motion signals are linearly interpolated onto the grid ``j /
     resample_hz`` (default: the faster stream's median rate, so neither is
@@ -173,15 +192,17 @@ def temporal_calibration(
     neighbours. Choose ``max_lag_s`` above any offset the streams may have: a
     periodic motion correlates with itself one period away, and a window that
     misses the true offset can hold such a side lobe, which only
-    ``min_correlation`` then rejects.
+    ``min_correlation`` then rejects. With both signs, a mirrored side lobe
+    lies half a period away: a regular back-and-forth motion whose best
+    peaks of the two signs are tied (``SIGN_TIE``) is refused.
 
     Raises CalibrationError with ``kind``: ``bad_input`` (shapes, non-finite
     values, timestamps not increasing, a bad parameter); ``too_few_poses``
     (fewer than 3 samples in a stream, or, at some lag, fewer than
     ``max(2K + 1, 8)`` overlapping grid samples: record longer than the lag
     window is wide); ``degenerate`` (a flat motion signal, a correlation peak
-    at the edge of the lag window, or a peak correlation below
-    ``min_correlation``).
+    at the edge of the lag window, a peak correlation below
+    ``min_correlation``, or peaks of both signs that score alike).
     """
     if isinstance(max_lag_s, bool) or not (math.isfinite(max_lag_s) and max_lag_s > 0.0):
         raise CalibrationError("bad_input", f"max_lag_s must be finite and > 0, got {max_lag_s}")
@@ -245,14 +266,31 @@ def temporal_calibration(
 
     if np.isnan(corr).all():
         raise CalibrationError("degenerate", "the signals are flat at every lag")
-    p = int(np.nanargmax(corr))
+    # A scalar signal's axis may point the other way in one stream: then the true offset
+    # is a trough of the curve, and the highest crest is a side lobe (half a period off
+    # for a back-and-forth motion) that scores as confidently as a true peak.
+    both_signs = x_a.ndim == 1 or x_b.ndim == 1
+    p = int(np.nanargmax(np.abs(corr) if both_signs else corr))
+    sign = -1 if corr[p] < 0.0 else 1
+    if both_signs:
+        best, other = float(sign * corr[p]), float(np.nanmax(-sign * corr))
+        if best - other < max(SIGN_TIE, 0.5 * (1.0 - best)):
+            q = int(np.nanargmax(-sign * corr))
+            raise CalibrationError(
+                "degenerate",
+                f"the correlation peaks {best:.3f} at {lags[p] * step_s:+.3f} s and "
+                f"{other:.3f} mirrored at {lags[q] * step_s:+.3f} s: the motion is too regular "
+                "to tell a flipped axis from an offset; move less periodically, or pass "
+                "positions (compared by speed)",
+            )
+    corr_aligned = sign * corr
     if p == 0 or p == len(lags) - 1:
         raise CalibrationError(
             "degenerate",
             f"the correlation peak lies at the edge of the lag window ({lags[p] * step_s:+.3f} s): "
             "widen max_lag_s, or the streams do not show the same motion",
         )
-    c_minus, c0, c_plus = corr[p - 1], corr[p], corr[p + 1]
+    c_minus, c0, c_plus = corr_aligned[p - 1], corr_aligned[p], corr_aligned[p + 1]
     if np.isnan(c_minus) or np.isnan(c_plus):
         raise CalibrationError("degenerate", "the correlation peak has an undefined neighbour")
     curvature = c_minus - 2.0 * c0 + c_plus  # <= 0 at a maximum
@@ -270,6 +308,7 @@ def temporal_calibration(
         arr.setflags(write=False)
     return TemporalResult(
         dt_a_from_b_s=float((lags[p] + delta) * step_s),
+        sign=sign,
         confidence=min(1.0, max(0.0, peak)),
         peak_width_s=peak_width_s,
         residual_rms=math.sqrt(max(0.0, 2.0 * (1.0 - peak))),

@@ -692,6 +692,9 @@ def cmd_temporal(args: argparse.Namespace) -> int:
     if args.min_correlation is not None:
         options["min_correlation"] = args.min_correlation
     result = temporal_calibration(t_a, signal_a, t_b, signal_b, **options)
+    min_correlation = options.get(
+        "min_correlation", _default(temporal_calibration, "min_correlation")
+    )
     name_a, name_b = Path(path_a).name, Path(path_b).name
     _print_summary(
         f"temporal calibration: {len(t_a)} samples of {name_a}, {len(t_b)} of {name_b}",
@@ -702,9 +705,14 @@ def cmd_temporal(args: argparse.Namespace) -> int:
                 f"s: add to {name_b}'s times to put them on {name_a}'s clock",
             ),
             (
+                "sign",
+                f"{result.sign:+d}",
+                "-1: one signal is the other mirrored (its axis points the other way)",
+            ),
+            (
                 "confidence",
                 f"{result.confidence:.3f}",
-                "0..1, correlation at the peak (below 0.5: not the same motion)",
+                f"0..1, correlation at the peak (refused below {min_correlation:g})",
             ),
             ("peak_width_s", f"{result.peak_width_s:.4f}", "s, smaller is sharper"),
             (
@@ -727,6 +735,7 @@ def cmd_temporal(args: argparse.Namespace) -> int:
         },
         result={
             "dt_a_from_b_s": result.dt_a_from_b_s,
+            "sign": result.sign,
             "confidence": result.confidence,
             "resample_hz": result.resample_hz,
             "n_samples": result.n_samples,

@@ -298,6 +298,8 @@ def test_temporal_from_two_csv_files_finds_the_offset(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert read_calibration(out).scalar("dt_a_from_b_s") == pytest.approx(0.037, abs=1e-3)
+    assert read_calibration(out).result["sign"] == 1
+    assert "correlation at the peak (refused below 0.8)" in result.stdout  # the default
     (tmp_path / "b.csv").write_text("t_s,x\n0,1\n0.1,oops\n")
     line = _one_error_line(
         _ornav("calibrate", "temporal", "--input", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"))

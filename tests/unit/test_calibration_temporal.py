@@ -118,6 +118,7 @@ def test_recovers_a_known_lag_to_a_small_fraction_of_a_sample(
 
     assert abs(result.dt_a_from_b_s - dt_s) < 0.05 / result.resample_hz
     assert result.confidence > 0.99
+    assert result.sign == 1  # speeds are never mirrored
 
 
 def test_sign_convention_adding_the_offset_to_a_b_stamp_gives_the_a_stamp_of_the_event() -> None:
@@ -146,6 +147,69 @@ def test_a_scalar_signal_is_used_as_given() -> None:
     result = temporal_calibration(tau_a - 0.021, p(tau_a)[:, 0], t_b, p(t_b)[:, 0], max_lag_s=0.3)
 
     assert result.dt_a_from_b_s == pytest.approx(-0.021, abs=0.05 / result.resample_hz)
+
+
+def up_and_down(t: FloatArray) -> FloatArray:
+    """A probe moved up and down about every 0.9 s (PLUS's protocol), mm; pace and depth drift."""
+    phase = 2.0 * math.pi * (t / 0.914 + 0.03 * np.sin(2.0 * math.pi * t / 7.0))
+    return np.asarray((30.0 + 8.0 * np.sin(2.0 * math.pi * t / 5.3)) * np.sin(phase))
+
+
+@seeded
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    rates=st.sampled_from([(60.0, 100.0), (100.0, 60.0), (30.0, 120.0), (120.0, 120.0)]),
+    dt_s=st.floats(-0.3, 0.3),
+    axis_sign=st.sampled_from([1, -1]),
+)
+def test_recovers_a_known_lag_from_a_scalar_signal_whichever_way_its_axis_points(
+    seed: int, rates: tuple[float, float], dt_s: float, axis_sign: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    p = smooth_motion(rng)
+    tau_a = np.arange(0.0, 20.0, 1.0 / rates[0]) + rng.uniform(0.0, 0.05)
+    t_b = np.arange(0.0, 20.0, 1.0 / rates[1])
+    # One coordinate of one motion; in stream b the axis may point the other way.
+    a, b = p(tau_a)[:, 0], axis_sign * p(t_b)[:, 0]
+
+    result = temporal_calibration(EPOCH_S + tau_a + dt_s, a, EPOCH_S + t_b, b, max_lag_s=0.5)
+
+    assert result.sign == axis_sign
+    assert abs(result.dt_a_from_b_s - dt_s) < 0.05 / result.resample_hz
+    assert result.confidence > 0.99
+
+
+def test_a_flipped_axis_gives_the_true_lag_not_a_confident_one_half_a_period_away() -> None:
+    # Regression: the probe moves up and down; the video (a) sees it 40 ms after the
+    # tracker (b), whose axis points down. Searching positive correlation only, the
+    # mirrored motion matched itself half a period on: +0.497 s at confidence 0.994.
+    t_a = np.arange(0.0, 20.0, 1.0 / 60.0)
+    t_b = np.arange(0.0, 20.0, 1.0 / 100.0)
+
+    flipped = temporal_calibration(
+        t_a, up_and_down(t_a - 0.040), t_b, -up_and_down(t_b), max_lag_s=1.0
+    )
+    same = temporal_calibration(t_a, up_and_down(t_a - 0.040), t_b, up_and_down(t_b), max_lag_s=1.0)
+
+    assert flipped.dt_a_from_b_s == pytest.approx(0.040, abs=0.05 / flipped.resample_hz)
+    assert flipped.sign == -1 and flipped.confidence > 0.99
+    assert same.dt_a_from_b_s == pytest.approx(flipped.dt_a_from_b_s, abs=1e-4)
+    assert same.sign == 1
+    # The curve keeps its own sign: the true offset is its trough.
+    assert flipped.lags_s[np.nanargmin(flipped.correlations)] == pytest.approx(0.04)
+
+
+def test_refuses_a_motion_too_regular_to_tell_a_flipped_axis_from_an_offset() -> None:
+    # A pure sine mirrored is itself half a period on: both peaks score 1.000.
+    t = np.arange(0.0, 20.0, 0.01)
+    wave = np.sin(2.0 * math.pi * t / 0.914)
+    with pytest.raises(CalibrationError) as info:
+        temporal_calibration(t, wave, t, -wave, max_lag_s=1.0)
+    assert info.value.kind == "degenerate"
+    assert "too regular to tell a flipped axis from an offset" in str(info.value)
+    # Searched within less than half a period, the mirrored peak is out of the window.
+    result = temporal_calibration(t, wave, t, -wave, max_lag_s=0.3)
+    assert result.sign == -1 and result.dt_a_from_b_s == pytest.approx(0.0, abs=1e-4)
 
 
 def test_the_correlation_curve_spans_the_lag_window_and_peaks_at_the_offset() -> None:
