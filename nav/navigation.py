@@ -487,9 +487,11 @@ def _tool(frame: TrackerFrame, tool: str) -> tuple[ToolStatus, Mat4 | None]:
 
 
 def _tip_in_reference(T_ref: Mat4, T_ptr: Mat4, p_tip_in_pointer: FloatArray) -> FloatArray:
-    # R_ref^T (R_ptr p + t_ptr - t_ref): the rigid inverse without building it.
+    # R_ref^-1 (R_ptr p + t_ptr - t_ref), solved rather than transposed: R^T is the inverse
+    # only of an exact rotation; a reference off rigid by 1e-4 (the bus's tolerance) put a
+    # tip 1 m away 0.1 mm off, and PLUS's own matrices are off by up to 5e-4.
     p_tracker = T_ptr[:3, :3] @ p_tip_in_pointer + T_ptr[:3, 3]
-    p: FloatArray = T_ref[:3, :3].T @ (p_tracker - T_ref[:3, 3])
+    p: FloatArray = np.linalg.solve(T_ref[:3, :3], p_tracker - T_ref[:3, 3])
     return p
 
 

@@ -212,6 +212,22 @@ def test_tip_in_reference_is_the_tip_on_the_patient_and_none_without_both_tools(
     assert tip_in_reference(lost, p_tip_in_pointer=P_TIP) is None
 
 
+def test_tip_in_reference_inverts_a_reference_rigid_only_to_the_bus_tolerance() -> None:
+    # Regression: the reference pose was inverted by transposing its rotation, the inverse
+    # only of an exact rotation. A reference off rigid by 9.8e-5 (the bus accepts 1e-4)
+    # put a tip 1 m away 0.098 mm off.
+    T_ref = make_rigid(axis_angle_to_matrix([0.0, 1.0, 0.0], 0.7), [10.0, 150.0, -1300.0])
+    T_ref[:3, :3] = T_ref[:3, :3] @ np.diag([1.0, 1.0, 1.0 + 4.9e-5])
+    p_ref = np.array([0.0, 0.0, 1000.0])
+    R = axis_angle_to_matrix([1.0, 0.4, 0.0], 0.3)
+    T_ptr = make_rigid(R, T_ref[:3, :3] @ p_ref + T_ref[:3, 3] - R @ P_TIP)
+
+    tip = tip_in_reference(_frame(T_ref, T_ptr), p_tip_in_pointer=P_TIP)
+
+    assert tip is not None
+    np.testing.assert_allclose(tip, p_ref, atol=1e-9)
+
+
 # --- status precedence --------------------------------------------------------------------
 
 
