@@ -33,7 +33,8 @@ What the messages cannot carry goes into the recording's ``ornav.recording`` met
                          fields {name: text}, "s" {PLUS name: status text} where the
                          published status differs (e.g. REQ_TIMEOUT published as
                          INVALID), "m" {PLUS name: [16 numbers as text]} where the
-                         published matrix differs (a non-finite one, sent as identity)
+                         published matrix differs (a non-finite one, sent as identity;
+                         a nearly rigid one, projected onto the nearest rotation)
 
 MCAP -> PLUS. A recording with ``plus.transforms`` is written back exactly: every
 transform (bit for bit), status and timestamp (to the ns) of the original, so PLUS -> MCAP ->
@@ -64,6 +65,7 @@ from nav.runtime.recording import (
     damage_report,
     iter_recording,
 )
+from nav.transforms import MAX_PROJECTED_DEVIATION
 from tracking.plus_sequence import (
     DEFAULT_TRACKER,
     DEFAULT_TRACKER_FRAME,
@@ -104,6 +106,8 @@ class ConvertReport:
     skipped: int = 0
     downgraded: int = 0
     problems: tuple[str, ...] = field(default_factory=tuple)
+    projected: int = 0
+    max_deviation: float = 0.0
 
 
 def convert(
@@ -269,7 +273,8 @@ def plus_to_mcap(
     wall_ns = max(0, source.stat().st_mtime_ns - (last_ns - first_ns))
     partial = destination.with_name(destination.name + ".partial")
     partial.unlink(missing_ok=True)
-    messages = downgraded = frames = 0
+    messages = downgraded = projected = frames = 0
+    max_deviation = 0.0
     seqs: dict[str, int] = {}
     try:
         with (
@@ -284,6 +289,8 @@ def plus_to_mcap(
             for position, frame in enumerate(reader):
                 bus = _bus_frames(frame, position, offset_ns, tracker, tracker_frame)
                 downgraded += len(bus.downgraded)
+                projected += len(bus.projected)
+                max_deviation = max(max_deviation, bus.max_deviation)
                 for message in bus.frames:
                     topic = f"pose/{message.tracker}"
                     seq = seqs.get(topic, 0)
@@ -304,10 +311,26 @@ def plus_to_mcap(
         os.replace(partial, destination)
     finally:
         partial.unlink(missing_ok=True)
+    if projected:
+        problems.append(
+            f"{projected} OK transforms were nearly rigid (max deviation {max_deviation:.2g}): "
+            "projected onto the nearest rotation, sent as OK"
+        )
     if downgraded:
-        problems.append(f"{downgraded} OK transforms were not rigid or finite: sent as INVALID")
+        problems.append(
+            f"{downgraded} OK transforms were not a pose (not finite, scaled or sheared): "
+            "sent as INVALID"
+        )
     return ConvertReport(
-        source, destination, frames, messages, skipped, downgraded, tuple(problems)
+        source,
+        destination,
+        frames,
+        messages,
+        skipped,
+        downgraded,
+        tuple(problems),
+        projected=projected,
+        max_deviation=max_deviation,
     )
 
 
@@ -507,16 +530,21 @@ def cmd_inspect_plus(args: argparse.Namespace) -> int:
 
     summary = _summary(args.file)
     table = Table(title=f"{summary.path} (PLUS {summary.format})", title_justify="left")
-    for column in ("PLUS transform", "topic", "tool", "frames", "not OK", "statuses"):
-        table.add_column(column, justify="right" if column in ("frames", "not OK") else "left")
+    numeric = ("frames", "not OK", "projected", "max dev")
+    for column in ("PLUS transform", "topic", "tool", *numeric, "statuses"):
+        table.add_column(column, justify="right" if column in numeric else "left")
     for t in summary.transforms:
         statuses = ", ".join(f"{s} {n}" for s, n in sorted(t.statuses.items()))
+        if t.refused:
+            statuses += f"; {t.refused} OK not a pose: sent INVALID"
         table.add_row(
             t.mapping.plus_name,
             t.mapping.topic,
             t.mapping.tool,
             str(t.frames),
             f"{100 * t.not_ok_fraction:.1f}%",
+            str(t.projected),
+            f"{t.max_deviation:.2g}" if t.projected else "-",
             statuses,
         )
     clocks = ["Timestamp"]
@@ -533,6 +561,11 @@ def cmd_inspect_plus(args: argparse.Namespace) -> int:
         f"{summary.frame_count} frames{skipped}, {summary.duration_s:.2f} s, "
         f"{summary.rate_hz:.1f} Hz; {', '.join(clocks)}; {pixels}"
     ]
+    if any(t.projected for t in summary.transforms):
+        lines.append(
+            "projected: OK matrices nearly rigid (deviation <= "
+            f"{MAX_PROJECTED_DEVIATION:g}), sent OK as the nearest rigid transform"
+        )
     lines += [f"note: {p}" for p in summary.problems]
     table.caption = "\n".join(lines)
     Console(width=120).print(table)

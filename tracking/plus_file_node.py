@@ -9,9 +9,11 @@ Publishes:
   (names and frames: ``tracking.plus_sequence``);
 - ``heartbeat/<name>``: counters ``frames``, ``skipped`` (broken frames, and frames with a
   non-finite, negative, backward or jumping timestamp: ``tracking.plus_sequence``; the
-  log says how many, once), ``downgraded``
-  (OK transforms that were not rigid), ``passes``; rates ``tool/<tool>`` counting OK
-  samples (``tool/<tool>_in_<frame>`` for the other frames, when that fits a heartbeat key).
+  log says how many, once), ``downgraded`` (OK transforms that were not a pose: sent
+  INVALID), ``projected_poses`` (OK transforms sent as the nearest rigid transform) with the
+  gauge ``projected_max_deviation_ppm`` (their largest deviation, x 1e6), ``passes``;
+  rates ``tool/<tool>`` counting OK samples (``tool/<tool>_in_<frame>`` for the other
+  frames, when that fits a heartbeat key).
 Subscribes: nothing.
 Control: ``play`` (start now), ``plus`` -> ``{"path", "state", "frames", "passes"}``.
 
@@ -33,6 +35,7 @@ or whose names do not map onto ornav tools, is one log line and exit 2, before R
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -199,6 +202,13 @@ class _Player:
                     self.pub.publish(f"pose/{message.tracker}", message)
                     self.count_ok(message.tracker, message.tools, message.statuses)
                 self.runtime.counters["downgraded"] += len(converted.downgraded)
+                if converted.projected:
+                    counters = self.runtime.counters
+                    counters["projected_poses"] += len(converted.projected)
+                    ppm = math.ceil(converted.max_deviation * 1e6)
+                    counters["projected_max_deviation_ppm"] = max(
+                        counters["projected_max_deviation_ppm"], ppm
+                    )
                 self.published_frames += 1
                 self.service()
             self.runtime.counters["skipped"] += reader.skipped

@@ -50,10 +50,16 @@ composed or dropped: the PLUS name comes back from (tracker, tool) alone.
 Statuses onto ornav (``tool_status``): ``OK``, ``MISSING``, ``OUT_OF_VIEW``,
 ``OUT_OF_VOLUME``, ``INVALID`` map to themselves (older PLUS wrote ``TOOL_MISSING`` etc.;
 the prefix is accepted); every other PLUS status (``REQ_TIMEOUT``, ``SWITCH1_IS_ON``,
-``UNKNOWN``, ...) is ``INVALID``: not drawn. An ``OK`` matrix that is not finite or not rigid
-within ``nav.messages.RIGID_TOLERANCE`` (an ``ImageToProbe`` carries the pixel spacing) is
-published as ``INVALID`` and counted as ``downgraded``; a non-finite matrix of a non-OK tool
-travels as identity (the bus refuses non-finite numbers). PLUS files carry no marker fit
+``UNKNOWN``, ...) is ``INVALID``: not drawn. Real tracker matrices are rigid only to the
+digits written (PLUS files of NDI trackers lie up to 3.6e-4 from a rotation), so an ``OK``
+matrix is projected onto the nearest rigid transform (``nav.transforms.nearest_rigid``) and
+published ``OK``, counted in ``projected`` with its deviation, when its deviation is at most
+``nav.transforms.MAX_PROJECTED_DEVIATION`` (2e-3); a matrix rigid to round-off is published
+bit for bit. An ``OK`` matrix that is not finite or clearly not a pose (scale, shear: an
+``ImageToProbe`` carries the pixel spacing) is published as ``INVALID`` and counted as
+``downgraded``; a non-finite matrix of a non-OK tool travels as identity (the bus refuses
+non-finite numbers). So every ``OK`` pose on the bus is rigid within
+``nav.messages.RIGID_TOLERANCE``. PLUS files carry no marker fit
 error: every tool gets ``fit_error_mm`` NaN ("not measured"). Invalid tools are always carried.
 
 Bad input: a file that is not a sequence header, a header cut off before its end (a
@@ -89,11 +95,12 @@ from types import MappingProxyType, TracebackType
 from typing import BinaryIO, Final, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from nav.arrays import FloatArray
 from nav.frames import is_valid_tool_name
-from nav.messages import MAX_TOOLS_PER_FRAME, RIGID_TOLERANCE, ToolStatus, TrackerFrame
-from nav.transforms import rigidity_errors
+from nav.messages import MAX_TOOLS_PER_FRAME, ToolStatus, TrackerFrame
+from nav.transforms import MAX_PROJECTED_DEVIATION, nearest_rigids
 
 log = logging.getLogger(__name__)
 
@@ -934,11 +941,37 @@ class BusFrames:
     """The ``TrackerFrame``s of one PLUS frame (first: the tracker's own, ``pose/<tracker>``).
 
     ``downgraded`` names the PLUS transforms whose OK status was published as INVALID
-    (a non-finite or non-rigid matrix).
+    (a non-finite matrix or not a pose); ``projected`` those published OK after projection
+    onto the nearest rigid transform, ``max_deviation`` the largest such deviation (0 if none;
+    ``nav.transforms.nearest_rigid``).
     """
 
     frames: tuple[TrackerFrame, ...]
     downgraded: tuple[str, ...]
+    projected: tuple[str, ...] = ()
+    max_deviation: float = 0.0
+
+
+def _project_ok_poses(
+    Ts: FloatArray, ok: npt.NDArray[np.bool_]
+) -> tuple[FloatArray, npt.NDArray[np.bool_], FloatArray]:
+    """The poses a tracker reports OK, as the bus will carry them.
+
+    ``Ts`` (N, 4, 4) and ``ok`` (N,): returns ``(Ts, refused, deviations)``, where the OK
+    matrices within ``MAX_PROJECTED_DEVIATION`` of rigid are projected onto the nearest rigid
+    transform, ``refused`` (N,) marks the OK ones that are not (non-finite, scaled, sheared),
+    and ``deviations`` (N,) is each OK matrix's deviation (0 for the others). Non-OK
+    matrices come back as they were.
+    """
+    out = np.array(Ts, dtype=np.float64)
+    deviations = np.zeros(len(out))
+    refused = np.zeros(len(out), dtype=bool)
+    if ok.any():
+        rigid, deviations[ok] = nearest_rigids(out[ok])
+        refused[ok] = ~(deviations[ok] <= MAX_PROJECTED_DEVIATION)
+        keep = ok & ~refused
+        out[keep] = rigid[~refused[ok]]
+    return out, refused, deviations
 
 
 def to_tracker_frames(
@@ -960,6 +993,8 @@ def to_tracker_frames(
         status = tool_status(frame.statuses.get(plus_name, ToolStatus.INVALID.value))
         groups.setdefault(mapping.tracker, []).append((plus_name, mapping.tool, matrix, status))
     downgraded: list[str] = []
+    projected: list[str] = []
+    max_deviation = 0.0
     out: list[TrackerFrame] = []
     for name, tools in groups.items():
         n = len(tools)
@@ -968,15 +1003,17 @@ def to_tracker_frames(
         Ts = np.empty((n, 4, 4))
         for i, (_plus, _tool, matrix, _status) in enumerate(tools):
             Ts[i] = matrix
-        finite = np.isfinite(Ts).all(axis=(1, 2))
-        Ts[~finite] = _IDENTITY  # the bus refuses non-finite numbers; such a pose is not OK
-        with np.errstate(over="ignore", invalid="ignore"):
-            rigid = finite & (rigidity_errors(Ts) <= RIGID_TOLERANCE)
+        ok = np.array([status is ToolStatus.OK for _p, _t, _m, status in tools], dtype=bool)
+        Ts, refused, deviations = _project_ok_poses(Ts, ok)
+        Ts[~np.isfinite(Ts).all(axis=(1, 2))] = _IDENTITY  # the bus refuses non-finite numbers
         statuses: list[ToolStatus] = []
         for i, (plus_name, _tool, _matrix, status) in enumerate(tools):
-            if status is ToolStatus.OK and not rigid[i]:
+            if refused[i]:
                 status = ToolStatus.INVALID
                 downgraded.append(plus_name)
+            elif deviations[i] > 0.0:
+                projected.append(plus_name)
+                max_deviation = max(max_deviation, float(deviations[i]))
             statuses.append(status)
         out.append(
             TrackerFrame(
@@ -989,7 +1026,7 @@ def to_tracker_frames(
                 fit_errors_mm=np.full(len(statuses), math.nan),  # PLUS records no fit error
             )
         )
-    return BusFrames(tuple(out), tuple(downgraded))
+    return BusFrames(tuple(out), tuple(downgraded), tuple(projected), max_deviation)
 
 
 # --- summary -------------------------------------------------------------------------
@@ -997,15 +1034,26 @@ def to_tracker_frames(
 
 @dataclass(frozen=True)
 class TransformSummary:
-    """One PLUS transform over a file: where it goes, in how many frames, with what status."""
+    """One PLUS transform over a file: where it goes, in how many frames, with what status.
+
+    ``statuses`` counts the file's own status texts; ``ok_frames`` and ``not_ok_fraction``
+    are what the bus carries: an OK matrix that is not a pose (``refused``) is published
+    INVALID. ``projected`` counts the OK matrices published after projection onto the
+    nearest rigid transform, ``max_deviation`` their largest deviation
+    (``nav.transforms.nearest_rigid``).
+    """
 
     mapping: ToolMapping
     frames: int
     statuses: Mapping[str, int]  # PLUS status text -> frames
+    projected: int = 0
+    refused: int = 0
+    max_deviation: float = 0.0
 
     @property
     def ok_frames(self) -> int:
-        return sum(n for s, n in self.statuses.items() if tool_status(s) is ToolStatus.OK)
+        ok = sum(n for s, n in self.statuses.items() if tool_status(s) is ToolStatus.OK)
+        return ok - self.refused
 
     @property
     def not_ok_fraction(self) -> float:
@@ -1065,6 +1113,9 @@ def summarize_plus_sequence(
     """
     path = Path(path)
     counts: dict[str, dict[str, int]] = {}
+    projected: dict[str, int] = {}
+    refused: dict[str, int] = {}
+    max_deviation: dict[str, float] = {}
     first = last = lowest = None
     unfiltered = numbers = False
     with open_plus_sequence(path, log_problems=log_problems) as reader:
@@ -1075,16 +1126,33 @@ def summarize_plus_sequence(
             lowest = t if lowest is None else min(lowest, t)
             unfiltered = unfiltered or frame.unfiltered_timestamp_ns is not None
             numbers = numbers or frame.frame_number is not None
+            ok_names: list[str] = []
             for plus_name in frame.transforms:
                 per_status = counts.setdefault(plus_name, {})
                 status = frame.statuses[plus_name]
                 per_status[status] = per_status.get(status, 0) + 1
+                if tool_status(status) is ToolStatus.OK:
+                    ok_names.append(plus_name)
+            if ok_names:  # what the bus will carry: the same rule as to_tracker_frames
+                Ts = np.stack([frame.transforms[n] for n in ok_names])
+                _Ts, bad, deviations = _project_ok_poses(Ts, np.ones(len(Ts), dtype=bool))
+                for plus_name, is_bad, deviation in zip(ok_names, bad, deviations, strict=True):
+                    if is_bad:
+                        refused[plus_name] = refused.get(plus_name, 0) + 1
+                    elif deviation > 0.0:
+                        projected[plus_name] = projected.get(plus_name, 0) + 1
+                        max_deviation[plus_name] = max(
+                            max_deviation.get(plus_name, 0.0), float(deviation)
+                        )
         header_bytes = reader.header_bytes or 0
         transforms = tuple(
             TransformSummary(
                 tool_mapping(name, tracker=tracker, tracker_frame=tracker_frame),
                 sum(per_status.values()),
                 per_status,
+                projected=projected.get(name, 0),
+                refused=refused.get(name, 0),
+                max_deviation=max_deviation.get(name, 0.0),
             )
             for name, per_status in counts.items()
         )

@@ -13,6 +13,7 @@ import pytest
 from nav.messages import Heartbeat, ToolStatus, TrackerFrame
 from nav.runtime import bus
 from nav.runtime.launchfile import NodeSpec
+from nav.transforms import nearest_rigids
 from tests.conftest import REPO, NodeProcess, shared_data, start_node
 from tracking.plus_sequence import PlusFrame, read_plus_sequence, write_plus_sequence
 
@@ -70,22 +71,28 @@ def test_plus_file_node_publishes_the_files_frames_with_their_statuses_and_exits
         _play_when_joined(sub, node)
         received, _all = _receive(sub, "pose/plus", len(frames))  # the first pass, in order
         rates: dict[str, float] = {}
+        counters: dict[str, int] = {}
         deadline = time.monotonic() + 10.0
         while rates.get("tool/probe", 0.0) < 100.0:  # looping at 400 Hz
             assert time.monotonic() < deadline, f"no OK rate for the probe: {rates}"
             for r in sub.poll(0.1):
                 if isinstance(r.message, Heartbeat):
-                    rates = r.message.rates_hz
+                    rates, counters = r.message.rates_hz, r.message.counters
     finally:
         sub.close()
     assert rates["tool/stylus"] == 0.0  # INVALID in every frame: no OK rate, but listed
+    assert counters["projected_poses"] > 0 and counters["downgraded"] == 0
+    assert counters["projected_max_deviation_ppm"] == 2  # 1.33e-6, rounded up
     for i, (frame, got) in enumerate(zip(frames, received, strict=True)):
         message = got.message
         assert isinstance(message, TrackerFrame)
         assert message.tracker == "plus" and message.frame_number == i  # file has no numbers
         assert message.tools == ("probe", "reference", "stylus")
         assert message.statuses == (ToolStatus.OK, ToolStatus.OK, ToolStatus.INVALID)
+        # OK matrices travel projected onto the nearest rigid transform (this file's are
+        # within 1.3e-6 of one), the INVALID stylus as the file has it.
         expected = np.stack([frame.transforms[n] for n in frame.transforms])
+        expected[:2] = nearest_rigids(expected[:2])[0]
         assert np.array_equal(message.T_tracker_from_tools, expected)
     assert node.terminate() == 0
 

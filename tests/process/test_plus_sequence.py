@@ -23,9 +23,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cli.convert import ConvertError, convert
-from nav.messages import ToolStatus, TrackerFrame, decode, encode
+from nav.messages import RIGID_TOLERANCE, MessageError, ToolStatus, TrackerFrame, decode, encode
 from nav.runtime.recording import RecordingWriter, inspect_recording, iter_recording
-from nav.transforms import pose_from_quat
+from nav.transforms import (
+    MAX_PROJECTED_DEVIATION,
+    axis_angle_to_matrix,
+    make_rigid,
+    pose_from_quat,
+    rigidity_error,
+)
 from tests.conftest import REPO, shared_data
 from tracking.plus_sequence import (
     PlusFrame,
@@ -369,6 +375,28 @@ def test_an_ok_matrix_that_is_not_rigid_or_finite_is_published_invalid_and_count
         assert isinstance(decode(encode(message, seq=0, t_pub_ns=0)).message, TrackerFrame)
 
 
+def test_a_nearly_rigid_ok_matrix_is_projected_and_stays_ok_where_the_bus_would_refuse_it() -> None:
+    T = make_rigid(axis_angle_to_matrix([1.0, 2.0, 3.0], 0.7), [10.0, -20.0, 1500.0])
+    nearly = T.copy()
+    nearly[:3, :3] @= np.diag([1.0004, 0.9998, 1.0])  # an NDI matrix's size of error
+    assert rigidity_error(nearly) > RIGID_TOLERANCE
+    unprojected = TrackerFrame(
+        tracker="plus", t_sensor_ns=7, frame_number=3, tools=("stylus",),
+        T_tracker_from_tools=nearly[None], statuses=(ToolStatus.OK,),
+        fit_errors_mm=np.full(1, np.nan),
+    )  # fmt: skip
+    with pytest.raises(MessageError, match="not a rigid transform"):  # the bus stays strict
+        decode(encode(unprojected, seq=0, t_pub_ns=0))
+    frame = _frame(0, {"StylusToTracker": nearly}, {"StylusToTracker": "OK"}, 5)
+    bus = to_tracker_frames(frame, t_sensor_ns=7, frame_number=3)
+    assert bus.downgraded == () and bus.projected == ("StylusToTracker",)
+    assert bus.max_deviation == pytest.approx(4e-4, rel=1e-6)
+    (own,) = bus.frames
+    assert own.statuses == (ToolStatus.OK,)
+    np.testing.assert_allclose(own.T_tracker_from_tools[0], T, atol=1e-12, rtol=0)
+    assert isinstance(decode(encode(own, seq=0, t_pub_ns=0)).message, TrackerFrame)
+
+
 def test_statuses_and_matrices_the_bus_cannot_carry_survive_plus_to_mcap_to_plus(
     tmp_path: Path,
 ) -> None:
@@ -576,6 +604,57 @@ def test_ornav_inspect_shows_tools_frames_duration_rate_and_invalid_fraction() -
     for text in ("StylusToTracker", "pose/plus", "stylus", "100.0%", "97 frames", "10.16 s"):
         assert text in out, out
     assert "9.5 Hz" in out and "820x616" in out
+
+
+# Real NDI recordings whose matrices are off rigid by more than the bus's 1e-4: each was
+# converted with (nearly) every OK transform sent as INVALID before projection (1971 of
+# 2000; 4997/5000 ReferenceToTracker of WaterTank). Figures: OK transforms, max deviation.
+REAL_NEARLY_RIGID = {
+    "EightLandmarkPointsTrackedForPhantomRegistration": (2000, 3.59e-4),
+    "WaterTankBottomTranslationTrackerBuffer": (15000, 2.75e-4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REAL_NEARLY_RIGID))
+def test_real_ndi_recordings_convert_with_no_transform_invalid_for_rigidity(
+    name: str, tmp_path: Path
+) -> None:
+    path = shared_data(f"{TEST_IMAGES}/{name}.igs.mha")
+    ok, max_deviation = REAL_NEARLY_RIGID[name]
+    report = convert(path, tmp_path / "r.mcap")
+    assert report.downgraded == 0, report.problems
+    assert report.projected == ok
+    assert report.max_deviation == pytest.approx(max_deviation, rel=0.01)
+    assert report.max_deviation < MAX_PROJECTED_DEVIATION / 5  # well inside the limit
+    assert any(f"{ok} OK transforms were nearly rigid" in p for p in report.problems)
+    published = 0
+    for recorded in iter_recording(tmp_path / "r.mcap"):
+        message = decode(recorded.payload).message  # the bus's own strict check
+        assert isinstance(message, TrackerFrame)
+        assert set(message.statuses) == {ToolStatus.OK}
+        published += len(message.tools)
+    assert published == ok
+    # inspect reports what the bus carries: every frame OK, every matrix projected
+    summary = summarize_plus_sequence(path)
+    for transform in summary.transforms:
+        assert transform.not_ok_fraction == 0.0 and transform.refused == 0
+        assert transform.projected == transform.frames
+    assert max(t.max_deviation for t in summary.transforms) == report.max_deviation
+    # and PLUS -> MCAP -> PLUS still gives back the file's own matrices, bit for bit
+    convert(tmp_path / "r.mcap", tmp_path / "back.igs.mha")
+    _same(read_plus_sequence(path)[1], read_plus_sequence(tmp_path / "back.igs.mha")[1])
+
+
+def test_ornav_inspect_of_an_ndi_recording_shows_projected_counts_and_max_deviation() -> None:
+    result = _ornav("inspect", str(shared_data(f"{TEST_IMAGES}/{min(REAL_NEARLY_RIGID)}.igs.mha")))
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if "ToTracker" in line]
+    assert len(rows) == 2, result.stdout
+    for row in rows:  # frames, not OK, projected, max dev
+        cells = [c.strip() for c in row.split("│") if c.strip()]
+        assert cells[3:6] == ["1000", "0.0%", "1000"], row
+        assert 1e-4 < float(cells[6]) < MAX_PROJECTED_DEVIATION, row
+    assert "projected" in result.stdout and "nearest rigid" in result.stdout
 
 
 def test_ornav_convert_writes_the_mcap_and_a_truncated_file_is_one_line_exit_2(
