@@ -33,8 +33,12 @@ MISSING, OUT_OF_VIEW, OUT_OF_VOLUME; any other value, e.g. REQ_TIMEOUT, is INVAL
 ``TransformValid`` (true/false); OK when the message has neither (a v1 server has no status
 channel; PLUS then sends valid transforms only). A STATUS message with a code other than OK
 marks its device's tool INVALID, or every tool when its device name maps to no tool, until a
-STATUS with code OK for the same device. An OK pose with a non-finite entry or that is not
-rigid (``nav.messages.RIGID_TOLERANCE``) is published INVALID and counted (``not_rigid``).
+STATUS with code OK for the same device. An OK pose is published as the nearest rigid
+transform (``nav.transforms.nearest_rigid``: a tracker's matrix is rigid only to the digits
+it sends) when it is within ``nav.transforms.MAX_PROJECTED_DEVIATION`` of one, counted
+(``projected_poses``, and the gauge ``projected_max_deviation_ppm``, the largest deviation
+x 1e6); one with a non-finite entry or clearly not a pose (scaled, sheared) is published
+INVALID and counted (``not_rigid``).
 OpenIGTLink carries no marker fit error: every tool has ``fit_error_mm`` NaN ("not
 measured", see ``nav.messages``).
 
@@ -52,8 +56,9 @@ Counters (heartbeat): ``igtl_connects``, ``igtl_disconnects``, ``igtl_messages``
 version, body, metadata, oversized, ...), ``igtl_partial`` (a connection that dropped
 mid-message: the partial message is discarded), ``igtl_resync`` (framing lost: the connection
 is dropped and reopened), ``igtl_ignored`` (types not used here), ``igtl_unmapped``,
-``igtl_status``, ``not_rigid``, ``timestamp_unmapped``, ``timestamp_missing`` and the gauge
-``igtl_connected`` (0/1). A wrong header version is counted and logged; the node keeps
+``igtl_status``, ``not_rigid``, ``projected_poses``, ``timestamp_unmapped``,
+``timestamp_missing`` and the gauges ``igtl_connected`` (0/1) and
+``projected_max_deviation_ppm``. A wrong header version is counted and logged; the node keeps
 running, and a frame with a bad CRC or body is skipped without dropping the connection.
 """
 
@@ -74,10 +79,10 @@ import numpy as np
 import numpy.typing as npt
 
 from nav.frames import is_valid_tool_name
-from nav.messages import RIGID_TOLERANCE, Command, Reply, ToolStatus, TrackerFrame
+from nav.messages import Command, Reply, ToolStatus, TrackerFrame
 from nav.runtime.launchfile import NodeSpec
 from nav.runtime.node import POLL_TIMEOUT_S, NodeRuntime, node_main
-from nav.transforms import quat_to_matrix, rigidity_error
+from nav.transforms import MAX_PROJECTED_DEVIATION, nearest_rigid, quat_to_matrix
 from tracking import igtl_codec as igtl
 
 log = logging.getLogger(__name__)
@@ -181,17 +186,21 @@ def status_from_metadata(message: igtl.IgtlMessage) -> ToolStatus:
 
 def checked_pose(
     T: npt.NDArray[np.float64], status: ToolStatus
-) -> tuple[npt.NDArray[np.float64], ToolStatus]:
-    """(matrix, status) safe to publish: a non-finite matrix becomes identity and INVALID,
-    an OK pose that is not rigid becomes INVALID (a TrackerFrame refuses either)."""
+) -> tuple[npt.NDArray[np.float64], ToolStatus, float]:
+    """(matrix, status, deviation) safe to publish (a TrackerFrame refuses a non-rigid OK pose).
+
+    A non-finite matrix becomes identity and INVALID; an OK pose within
+    ``MAX_PROJECTED_DEVIATION`` of rigid becomes the nearest rigid transform, with its
+    deviation (0 when already rigid); an OK pose farther off (scale, shear) becomes INVALID.
+    """
     if not np.isfinite(T).all():
-        return np.eye(4), ToolStatus.INVALID
-    if status is ToolStatus.OK:
-        with np.errstate(over="ignore", invalid="ignore"):
-            error = rigidity_error(T)
-        if not error <= RIGID_TOLERANCE:
-            return T, ToolStatus.INVALID
-    return T, status
+        return np.eye(4), ToolStatus.INVALID, math.inf
+    if status is not ToolStatus.OK:
+        return T, status, 0.0
+    T_rigid, deviation = nearest_rigid(T)
+    if not deviation <= MAX_PROJECTED_DEVIATION:
+        return T, ToolStatus.INVALID, deviation
+    return T_rigid, status, deviation
 
 
 def position_matrix(body: igtl.Position) -> npt.NDArray[np.float64]:
@@ -538,9 +547,14 @@ class _Client:
     def _checked(
         self, T: npt.NDArray[np.float64], status: ToolStatus
     ) -> tuple[npt.NDArray[np.float64], ToolStatus]:
-        checked_T, checked_status = checked_pose(T, status)
+        checked_T, checked_status, deviation = checked_pose(T, status)
         if checked_status is not status:
             self.counters["not_rigid"] += 1
+        elif deviation > 0.0:
+            self.counters["projected_poses"] += 1
+            ppm = math.ceil(deviation * 1e6)
+            if ppm > self.counters["projected_max_deviation_ppm"]:
+                self.counters["projected_max_deviation_ppm"] = ppm
         return checked_T, checked_status
 
     def _publish_batch(self) -> None:

@@ -11,7 +11,9 @@ was sent. It runs until killed or SIGTERM.
 Each sample k sends, with the same header timestamp (wall clock, as PLUS does):
 ``StylusToTracker`` (translation (k mod 1000, 0, 0) mm plus ``--offset-mm`` on y; metadata
 ``TransformStatus`` INVALID on every ``--invalid-every``-th sample, else OK) and
-``ReferenceToTracker`` (translation (0, 100, 0) mm), as TRANSFORMs (header version
+``ReferenceToTracker`` (translation (0, 100, 0) mm; its rotation block scaled by
+diag(1 + e, 1 - e, 1) with ``--scale-error e``, a real tracker's rounding or a fault), as
+TRANSFORMs (header version
 ``--header-version``), POSITIONs, or one TDATA (``--kind``). ``--fault`` acts on the first
 connection only, after ``--fault-after`` samples:
 - ``bad_version``: one TRANSFORM with header version 99, then streaming goes on;
@@ -42,6 +44,7 @@ def sample_messages(k: int, args: argparse.Namespace, stamp: int) -> list[igtl.I
     stylus[:3, 3] = [k % 1000, args.offset_mm, 0.0]
     reference = np.eye(4)
     reference[:3, 3] = [0.0, 100.0, 0.0]
+    reference[:3, :3] = np.diag([1.0 + args.scale_error, 1.0 - args.scale_error, 1.0])
     invalid = args.invalid_every > 0 and k % args.invalid_every == 0
     version = args.header_version
     if args.kind == "tdata":
@@ -115,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--header-version", type=int, default=2)
     parser.add_argument("--invalid-every", type=int, default=10)
     parser.add_argument("--offset-mm", type=float, default=0.0)
+    parser.add_argument("--scale-error", type=float, default=0.0)
     parser.add_argument(
         "--fault",
         choices=("none", "bad_version", "bad_crc", "garbage", "partial", "status"),

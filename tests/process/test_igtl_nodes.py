@@ -84,9 +84,21 @@ def test_an_ok_pose_that_is_not_rigid_or_finite_is_published_invalid() -> None:
     sheared = np.eye(4)
     sheared[0, 1] = 0.3
     assert checked_pose(sheared, ToolStatus.OK)[1] is ToolStatus.INVALID
-    T, status = checked_pose(np.full((4, 4), np.nan), ToolStatus.OK)
+    T, status, _deviation = checked_pose(np.full((4, 4), np.nan), ToolStatus.OK)
     assert status is ToolStatus.INVALID and np.array_equal(T, np.eye(4))
-    assert checked_pose(np.eye(4), ToolStatus.OK)[1] is ToolStatus.OK
+    assert checked_pose(np.eye(4), ToolStatus.OK)[1:] == (ToolStatus.OK, 0.0)
+
+
+def test_a_nearly_rigid_ok_pose_is_published_ok_as_the_nearest_rotation() -> None:
+    nearly = np.diag([1.0004, 0.9998, 1.0, 1.0])  # off rigid as real NDI matrices are
+    nearly[:3, 3] = [1.0, 2.0, 3.0]
+    T, status, deviation = checked_pose(nearly, ToolStatus.OK)
+    assert status is ToolStatus.OK and deviation == pytest.approx(4e-4)
+    expected = np.eye(4)
+    expected[:3, 3] = [1.0, 2.0, 3.0]
+    np.testing.assert_allclose(T, expected, atol=1e-15, rtol=0)
+    # A non-OK pose is not a pose to check: published as it came.
+    assert checked_pose(nearly, ToolStatus.MISSING)[1] is ToolStatus.MISSING
 
 
 def test_message_time_is_mapped_onto_the_monotonic_clock_within_bounds() -> None:
@@ -408,6 +420,41 @@ def test_client_node_counts_a_faulty_server_and_keeps_running(
     else:
         assert values["igtl_connects"] == 1
     assert node.process.poll() is None
+    assert node.terminate() == 0
+
+
+@pytest.mark.parametrize(("scale_error", "reference_ok"), [(4e-4, True), (0.05, False)])
+def test_client_node_projects_a_nearly_rigid_pose_and_refuses_a_scaled_one(
+    scale_error: float,
+    reference_ok: bool,
+    ipc_dir: Path,
+    fake_servers: Callable[..., FakeServer],
+    node_processes: list[NodeProcess],
+) -> None:
+    server = fake_servers(f"--scale-error={scale_error}", "--invalid-every=0")
+    spec = client_spec(ipc_dir, server.port)
+    sub = bus.QueueSubscriber([spec.pub or ""], ["pose/plus"])
+    node = start_node(spec)
+    node_processes.append(node)
+    try:
+        frames = frames_until(sub, lambda f: len(f) >= 10)
+    finally:
+        sub.close()
+    for frame in frames[2:]:  # the first batches may lack a tool (MISSING)
+        reference = frame.tools.index("reference")
+        if reference_ok:  # 4e-4, a real tracker's rounding: OK, and exactly rigid
+            assert frame.statuses[reference] is ToolStatus.OK
+            np.testing.assert_allclose(
+                frame.T_tracker_from_tools[reference, :3, :3], np.eye(3), atol=1e-15, rtol=0
+            )
+        else:  # a 5 % scale is no pose
+            assert frame.statuses[reference] is ToolStatus.INVALID
+    values = counters(spec)
+    if reference_ok:
+        assert values["projected_poses"] >= 8 and values.get("not_rigid", 0) == 0
+        assert values["projected_max_deviation_ppm"] in (400, 401)  # 4e-4 as float32, ceil
+    else:
+        assert values["not_rigid"] >= 8 and values.get("projected_poses", 0) == 0
     assert node.terminate() == 0
 
 
