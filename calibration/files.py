@@ -39,7 +39,10 @@ Interop:
 - PLUS device-set configs (XML): ``read_plus_transforms`` returns every
   ``<CoordinateDefinitions><Transform From= To= Matrix= Error= Date=/>``;
   ``write_plus_transform`` adds or replaces one, as PLUS's fCal does. PLUS's
-  ``From="StylusTip" To="Stylus"`` is ornav's ``T_pointer_from_pointer_tip``.
+  ``From="StylusTip" To="Stylus"`` is ornav's ``T_pointer_from_pointer_tip``:
+  ``read_plus_tip_offset`` (and ``read_tip_offset`` for a ``.xml`` name) reads its tip.
+  ``read_plus_phantom_landmarks``: the ``<PhantomDefinition>`` landmarks, mm in the
+  phantom frame.
 - OpenCV camera files (``cv2.FileStorage``: ``.yml``, ``.yaml``, ``.xml``, ``.json``):
   ``read_opencv_camera`` / ``write_opencv_camera``, with ``camera_matrix``,
   ``distortion_coefficients``, ``image_width``, ``image_height`` as OpenCV's calibration
@@ -602,8 +605,12 @@ def read_calibration(path: str | os.PathLike[str]) -> CalibrationFile:
 def read_tip_offset(path: str | os.PathLike[str]) -> FloatArray:
     """``p_tip_in_pointer`` (3,) mm from a pivot calibration file, for a node's config.
 
+    An ornav pivot calibration (TOML), or, for a name ending in ``.xml``, a PLUS device-set
+    configuration that holds the stylus tip calibration (``read_plus_tip_offset``).
     Raises CalibrationFileError if the file is bad or is not a pivot calibration.
     """
+    if Path(path).suffix.lower() == ".xml":
+        return read_plus_tip_offset(path)
     calibration = read_calibration(path)
     if calibration.kind != "pivot":
         raise _fail(Path(path), "kind", f"expected a pivot calibration, got {calibration.kind!r}")
@@ -675,6 +682,15 @@ def _is_float(token: str) -> bool:
     return True
 
 
+def _plus_root(path: Path) -> ET.Element:
+    root = _parse_xml(path).getroot()
+    if root.tag != "PlusConfiguration":
+        raise CalibrationFileError(
+            f"{path}: not a PLUS device-set configuration (root <{root.tag}>)"
+        )
+    return root
+
+
 def read_plus_transforms(path: str | os.PathLike[str]) -> tuple[PlusTransform, ...]:
     """Every ``CoordinateDefinitions/Transform`` of a PLUS device-set config, in file order.
 
@@ -684,11 +700,10 @@ def read_plus_transforms(path: str | os.PathLike[str]) -> tuple[PlusTransform, .
     ``Error`` that is not a number, or the same From/To twice.
     """
     path = Path(path)
-    root = _parse_xml(path).getroot()
-    if root.tag != "PlusConfiguration":
-        raise CalibrationFileError(
-            f"{path}: not a PLUS device-set configuration (root <{root.tag}>)"
-        )
+    return _plus_transforms(path, _plus_root(path))
+
+
+def _plus_transforms(path: Path, root: ET.Element) -> tuple[PlusTransform, ...]:
     out: list[PlusTransform] = []
     seen: set[tuple[str, str]] = set()
     for i, element in enumerate(root.iterfind("CoordinateDefinitions/Transform")):
@@ -711,6 +726,118 @@ def read_plus_transforms(path: str | os.PathLike[str]) -> tuple[PlusTransform, .
         matrix = _plus_matrix(path, what, element.get("Matrix"))
         matrix.flags.writeable = False
         out.append(PlusTransform(source, target, matrix, error, element.get("Date")))
+    return tuple(out)
+
+
+PLUS_TIP_FRAME: Final = "StylusTip"
+PLUS_STYLUS_FRAME: Final = "Stylus"
+
+
+def read_plus_tip_offset(path: str | os.PathLike[str]) -> FloatArray:
+    """``p_tip_in_pointer`` (3,) mm from a PLUS device-set config's stylus tip calibration.
+
+    PLUS's pivot calibration (fCal, ``vtkPlusPivotCalibrationAlgo``) stores
+    ``<Transform From="StylusTip" To="Stylus" Matrix=...>``: the tip frame in the marker
+    frame, so its translation is the tip. The frame names are the ones the file's
+    ``<vtkPlusPivotCalibrationAlgo ObjectPivotPointCoordinateFrame= ObjectMarkerCoordinateFrame=>``
+    gives, else ``StylusTip`` and ``Stylus``. A file that holds the transform the other
+    way (``StylusToStylusTip``) is inverted with a general inverse, since PLUS matrices
+    are rigid only to their printed digits. Raises CalibrationFileError (one line) for a
+    bad file, a missing tip transform, or a tip at the marker origin or beyond 10 m.
+    """
+    path = Path(path)
+    root = _plus_root(path)
+    algo = root.find(".//vtkPlusPivotCalibrationAlgo")
+    tip_frame, marker_frame = PLUS_TIP_FRAME, PLUS_STYLUS_FRAME
+    if algo is not None:
+        tip_frame = algo.get("ObjectPivotPointCoordinateFrame") or ""
+        marker_frame = algo.get("ObjectMarkerCoordinateFrame") or ""
+        if not tip_frame or not marker_frame:
+            raise CalibrationFileError(
+                f"{path}: <vtkPlusPivotCalibrationAlgo> lacks ObjectPivotPointCoordinateFrame "
+                "or ObjectMarkerCoordinateFrame"
+            )
+    transforms = _plus_transforms(path, root)
+    name = f"{tip_frame}To{marker_frame}"
+    p_tip: FloatArray | None = None
+    for transform in transforms:
+        if (transform.from_frame, transform.to_frame) == (tip_frame, marker_frame):
+            p_tip = transform.matrix[:3, 3].copy()
+        elif (transform.from_frame, transform.to_frame) == (marker_frame, tip_frame):
+            try:
+                p_tip = np.linalg.inv(transform.matrix)[:3, 3].astype(np.float64)
+            except np.linalg.LinAlgError:
+                raise CalibrationFileError(
+                    f"{path}: {transform.name}: Matrix is singular, it has no inverse"
+                ) from None
+    if p_tip is None:
+        found = ", ".join(t.name for t in transforms) or "none"
+        raise CalibrationFileError(
+            f"{path}: no {name} transform in <CoordinateDefinitions> (found: {found}): "
+            "not a stylus tip calibration"
+        )
+    if not np.any(p_tip):
+        raise CalibrationFileError(f"{path}: {name}: the tip is at the marker origin")
+    if (problem := _position(p_tip)) is not None:
+        raise CalibrationFileError(f"{path}: {name}: the tip is {problem}")
+    p_tip.flags.writeable = False
+    return p_tip
+
+
+@dataclass(frozen=True)
+class Landmark:
+    """A named point on a phantom: ``p_phantom`` (3,) mm in the phantom's own frame."""
+
+    name: str
+    p_phantom: FloatArray
+
+
+def read_plus_phantom_landmarks(path: str | os.PathLike[str]) -> tuple[Landmark, ...]:
+    """The landmarks of a PLUS phantom definition, in file order.
+
+    PLUS's landmark registration (``vtkPlusPhantomLandmarkRegistrationAlgo``, fCal) reads
+    ``<PhantomDefinition><Geometry><Landmarks><Landmark Name= Position="x y z"/>``, mm in
+    the phantom frame, from the device-set configuration (e.g.
+    ``PlusDeviceSet_fCal_Sim_RecordPhantomLandmarks.xml``). Raises CalibrationFileError
+    (one line, naming the file and the landmark) for a bad file, no phantom definition or
+    no landmarks, a landmark without a name or with a name used twice, a Position that is
+    not 3 finite numbers within 10 m, or two landmarks at the same point.
+    """
+    path = Path(path)
+    root = _plus_root(path)
+    if root.find("PhantomDefinition") is None:
+        raise CalibrationFileError(f"{path}: no <PhantomDefinition>")
+    elements = root.findall("PhantomDefinition/Geometry/Landmarks/Landmark")
+    if not elements:
+        raise CalibrationFileError(
+            f"{path}: <PhantomDefinition> has no Geometry/Landmarks/Landmark"
+        )
+    out: list[Landmark] = []
+    for i, element in enumerate(elements):
+        name = (element.get("Name") or "").strip()
+        if not name:
+            raise CalibrationFileError(f"{path}: Landmark #{i + 1} has no Name")
+        what = f"Landmark {name!r}"
+        if any(landmark.name == name for landmark in out):
+            raise CalibrationFileError(f"{path}: {what} is defined twice")
+        text = element.get("Position")
+        if text is None:
+            raise CalibrationFileError(f"{path}: {what}: no Position attribute")
+        tokens = text.split()
+        if len(tokens) != 3 or not all(_is_float(t) for t in tokens):
+            raise CalibrationFileError(
+                f"{path}: {what}: Position {text.strip()[:40]!r} is not 3 numbers"
+            )
+        p = np.array([float(t) for t in tokens])
+        if not np.all(np.isfinite(p)):
+            raise CalibrationFileError(f"{path}: {what}: Position holds a non-finite number")
+        if (problem := _position(p)) is not None:
+            raise CalibrationFileError(f"{path}: {what}: Position is {problem}")
+        for other in out:
+            if np.array_equal(other.p_phantom, p):
+                raise CalibrationFileError(f"{path}: {what} is at the same point as {other.name!r}")
+        p.flags.writeable = False
+        out.append(Landmark(name, p))
     return tuple(out)
 
 

@@ -45,6 +45,7 @@ from calibration.files import (
     plus_tip_transform,
     read_calibration,
     read_matrix_dir,
+    read_tip_offset,
     write_calibration,
     write_opencv_camera,
     write_plus_transform,
@@ -364,7 +365,9 @@ def _describe_spin(min_spin_deg: float) -> Callable[[SpinResult], str]:
 @_user_errors
 def cmd_spin(args: argparse.Namespace) -> int:
     tip = None
-    if args.tip_from is not None:
+    if args.tip_from is not None and Path(args.tip_from).suffix.lower() == ".xml":
+        tip = read_tip_offset(args.tip_from)  # a PLUS device set's StylusTipToStylus
+    elif args.tip_from is not None:
         tip_file = read_calibration(args.tip_from)
         if tip_file.kind != "pivot":
             raise UserError(f"--tip-from {args.tip_from}: a {tip_file.kind} file, not a pivot one")
@@ -836,7 +839,10 @@ def add_calibrate_parser(commands: Any) -> None:
     spin = kinds.add_parser("spin", help="pointer shaft direction from poses spun about the shaft")
     _add_pose_source(spin, "spinning the pointer about its shaft")
     spin.add_argument(
-        "--tip-from", metavar="PIVOT.toml", help="a pivot calibration: orient the shaft to the tip"
+        "--tip-from",
+        metavar="PIVOT.toml|PLUS.xml",
+        help="a pivot calibration, or a PLUS device set with a StylusTipToStylus: "
+        "orient the shaft to the tip",
     )
     spin.add_argument(
         "--min-poses",

@@ -14,10 +14,13 @@ import numpy as np
 import pytest
 
 from calibration.files import (
+    PlusTransform,
+    plus_tip_transform,
     read_calibration,
     read_opencv_camera,
     read_plus_transforms,
     write_calibration,
+    write_plus_transform,
 )
 from calibration.live import LiveCollectionError, collect_poses
 from calibration.pivot import PivotResult
@@ -247,6 +250,15 @@ def test_spin_from_a_matrix_dir_finds_the_shaft_oriented_by_a_pivot_file(tmp_pat
         _ornav("calibrate", "spin", "--input", str(tmp_path / "spin"), "--tip-from", str(out))
     )
     assert "a spin file, not a pivot one" in line
+    # A PLUS device set's StylusTipToStylus orients the shaft as the pivot file does.
+    plus = tmp_path / "stylus.xml"
+    write_plus_transform(plus, PlusTransform("StylusTip", "Stylus", plus_tip_transform(-tip)))
+    result = _ornav(
+        "calibrate", "spin", "--input", str(tmp_path / "spin"), "--tip-from", str(plus),
+        "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_allclose(read_calibration(out).array("shaft_direction_in_pointer"), -shaft)
 
 
 def _write_poses(directory: Path, Ts: np.ndarray) -> None:

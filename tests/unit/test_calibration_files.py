@@ -21,6 +21,7 @@ from calibration.files import (
     read_calibration,
     read_matrix_dir,
     read_opencv_camera,
+    read_plus_phantom_landmarks,
     read_plus_transforms,
     read_tip_offset,
     write_calibration,
@@ -276,6 +277,127 @@ def test_plus_tip_transform_is_rigid_puts_the_tip_at_the_origin_and_z_along_the_
         assert is_rigid(T, tol=1e-12)
         assert np.allclose(T[:3, 3], tip)
         assert np.allclose(T[:3, 2], np.asarray(tip) / np.linalg.norm(tip))
+
+
+LANDMARKS_CONFIG = "PlusDeviceSet_fCal_Sim_RecordPhantomLandmarks.xml"
+
+
+def test_phantom_landmarks_are_read_from_the_real_fcal_config() -> None:
+    config = shared_data(PLUS_CONFIGS) / LANDMARKS_CONFIG
+    landmarks = read_plus_phantom_landmarks(config)
+    # Counted independently of ElementTree; <Reference> repeats them and is not read.
+    assert len(landmarks) == len(re.findall(r"<Landmark\s+Name=", config.read_text())) == 8
+    assert [m.name for m in landmarks] == [f"#{i}" for i in range(1, 9)]
+    assert np.array_equal(landmarks[0].p_phantom, [104.3, 5.0, 20.0])
+    assert np.array_equal(landmarks[4].p_phantom, [-34.3, 45.0, 15.0])
+    with pytest.raises(ValueError):
+        landmarks[0].p_phantom[0] = 0.0
+    pivot_only = shared_data(PLUS_CONFIGS) / "PlusDeviceSet_fCal_Sim_PivotCalibration.xml"
+    with pytest.raises(CalibrationFileError, match="no <PhantomDefinition>"):
+        read_plus_phantom_landmarks(pivot_only)
+
+
+def test_read_tip_offset_reads_the_stylus_tip_of_real_plus_configs() -> None:
+    configs = shared_data(PLUS_CONFIGS)
+    tip = read_tip_offset(configs / LANDMARKS_CONFIG)
+    assert np.array_equal(tip, [108.565, 7.77385, 2.5389])  # StylusTipToStylus's translation
+    polaris = read_tip_offset(configs / "PlusDeviceSet_Server_NDIPolaris.xml")
+    assert np.array_equal(polaris, [0.0180449, -0.00144002, -88.5321])
+    with pytest.raises(CalibrationFileError) as caught:
+        read_tip_offset(configs / "PlusDeviceSet_fCal_Sim_PivotCalibration.xml")
+    assert "no StylusTipToStylus transform in <CoordinateDefinitions> (found: none)" in str(
+        caught.value
+    )
+
+
+def _plus_config(path: Path, body: str) -> Path:
+    path.write_text(f"<PlusConfiguration>{body}</PlusConfiguration>")
+    return path
+
+
+def _matrix_text(T: np.ndarray) -> str:
+    return " ".join(repr(float(x)) for x in T.reshape(-1))
+
+
+def test_read_tip_offset_inverts_a_plus_tip_stored_the_other_way_with_a_general_inverse(
+    tmp_path: Path,
+) -> None:
+    # StylusToStylusTip, off rigid by 5e-4 as real PLUS matrices are: the tip is the
+    # translation of its inverse; transposing the rotation would miss it by 0.08 mm.
+    T_tip_from_stylus = np.linalg.inv(plus_tip_transform([-14.5, 395.1, -7.6]))
+    T_tip_from_stylus[:3, :3] @= np.diag([1.0, 1.0 + 5e-4, 1.0])
+    path = _plus_config(
+        tmp_path / "tip.xml",
+        "<CoordinateDefinitions><Transform From='Stylus' To='StylusTip' "
+        f"Matrix='{_matrix_text(T_tip_from_stylus)}'/></CoordinateDefinitions>",
+    )
+    tip = read_tip_offset(path)
+    np.testing.assert_allclose(tip, np.linalg.inv(T_tip_from_stylus)[:3, 3], atol=1e-9)
+    R = T_tip_from_stylus[:3, :3]
+    assert np.linalg.norm(-R.T @ T_tip_from_stylus[:3, 3] - tip) > 0.05
+
+
+def test_read_tip_offset_takes_the_frame_names_of_the_plus_pivot_algorithm(tmp_path: Path) -> None:
+    T = plus_tip_transform([1.0, 2.0, -150.0])
+    path = _plus_config(
+        tmp_path / "needle.xml",
+        "<CoordinateDefinitions>"
+        f"<Transform From='StylusTip' To='Stylus' Matrix='{_matrix_text(np.eye(4))}'/>"
+        f"<Transform From='NeedleTip' To='Needle' Matrix='{_matrix_text(T)}'/>"
+        "</CoordinateDefinitions><vtkPlusPivotCalibrationAlgo"
+        " ObjectMarkerCoordinateFrame='Needle' ReferenceCoordinateFrame='Reference'"
+        " ObjectPivotPointCoordinateFrame='NeedleTip'/>",
+    )
+    assert np.array_equal(read_tip_offset(path), [1.0, 2.0, -150.0])
+
+
+_LANDMARK = "<Landmark Name='#1' Position='104.3 5.0 20.0'/>"
+MALFORMED_LANDMARKS = [
+    ("<PhantomDefinition><Geometry/></PhantomDefinition>", "has no Geometry/Landmarks/Landmark"),
+    (_LANDMARK.replace("Name='#1'", ""), "Landmark #1 has no Name"),
+    (_LANDMARK + _LANDMARK, "Landmark '#1' is defined twice"),
+    (_LANDMARK.replace(" Position='104.3 5.0 20.0'", ""), "Landmark '#1': no Position"),
+    (_LANDMARK.replace("104.3 5.0 20.0", "104.3 5.0"), "Position '104.3 5.0' is not 3 numbers"),
+    (_LANDMARK.replace("104.3 5.0 20.0", "104.3 x 20.0"), "is not 3 numbers"),
+    (_LANDMARK.replace("104.3", "nan"), "non-finite"),
+    (_LANDMARK.replace("104.3", "1e5"), "beyond the 10000 mm limit"),
+    (_LANDMARK + _LANDMARK.replace("#1", "#2"), "Landmark '#2' is at the same point as '#1'"),
+]
+
+
+@pytest.mark.parametrize(("landmarks", "problem"), MALFORMED_LANDMARKS)
+def test_a_malformed_phantom_landmark_is_refused_in_one_line(
+    tmp_path: Path, landmarks: str, problem: str
+) -> None:
+    if not landmarks.startswith("<PhantomDefinition"):
+        landmarks = (
+            f"<PhantomDefinition><Geometry><Landmarks>{landmarks}</Landmarks></Geometry>"
+            "</PhantomDefinition>"
+        )
+    path = _plus_config(tmp_path / "bad.xml", landmarks)
+    with pytest.raises(CalibrationFileError) as caught:
+        read_plus_phantom_landmarks(path)
+    assert str(caught.value).startswith(str(path)) and problem in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("reader", [read_plus_phantom_landmarks, read_tip_offset])
+def test_a_plus_xml_that_is_not_well_formed_or_not_plus_is_refused_in_one_line(
+    tmp_path: Path, reader: Any
+) -> None:
+    broken = tmp_path / "broken.xml"
+    broken.write_text("<PlusConfiguration><PhantomDefinition></PlusConfiguration>")
+    with pytest.raises(CalibrationFileError, match="not well-formed XML") as caught:
+        reader(broken)
+    assert "\n" not in str(caught.value)
+    other = tmp_path / "other.xml"
+    other.write_text("<svg/>")
+    with pytest.raises(
+        CalibrationFileError, match=r"not a PLUS device-set configuration \(root <svg>\)"
+    ):
+        reader(other)
+    with pytest.raises(CalibrationFileError, match="no such file"):
+        reader(tmp_path / "missing.xml")
 
 
 MALFORMED_PLUS = [
