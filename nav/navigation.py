@@ -491,7 +491,7 @@ def _tip_in_reference(T_ref: Mat4, T_ptr: Mat4, p_tip_in_pointer: FloatArray) ->
     # only of an exact rotation; a reference off rigid by 1e-4 (the bus's tolerance) put a
     # tip 1 m away 0.1 mm off, and PLUS's own matrices are off by up to 5e-4.
     p_tracker = T_ptr[:3, :3] @ p_tip_in_pointer + T_ptr[:3, 3]
-    p: FloatArray = np.linalg.solve(T_ref[:3, :3], p_tracker - T_ref[:3, 3])
+    p: FloatArray = np.linalg.solve(T_ref[:3, :3], p_tracker - T_ref[:3, 3]).astype(np.float64)
     return p
 
 
