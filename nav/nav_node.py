@@ -100,7 +100,8 @@ class Config:
     - ``tracker_topic``: a topic prefix selecting one tracker's ``TrackerFrame``s (the
       default takes every tracker subscribed to; with several, name one: ``pose/sim``).
     - ``p_tip_in_pointer`` (mm, pointer marker frame): the simulator's default unless
-      ``tip_calibration`` names a pivot calibration file, which then wins.
+      ``tip_calibration`` names a pivot calibration file (ornav TOML, or a PLUS device-set
+      XML with a StylusTipToStylus transform), which then wins.
     - ``stale_after_ms``: a frame older than this is STALE; ``state_period_ms``: how often
       ``nav/state`` is re-published while no frames arrive.
     - ``registration_file``: where an accepted registration is written and restored from
