@@ -6,7 +6,8 @@
   state, registration results);
 - ``headset``: the headset protocol's types (docs/headset-protocol.md);
 - ``control``: the typed control requests and replies a ``Command``'s args and a
-  ``Reply``'s result hold (the nav node's registration protocol);
+  ``Reply``'s result hold (the nav node's registration protocol, the simulated
+  tracker's pointer and occlusion commands);
 - ``codec``: the type registry, the envelope, ``encode`` and ``decode``.
 
 Everything is re-exported here: ``from nav.messages import TrackerFrame, decode``.
@@ -45,6 +46,10 @@ from nav.messages.control import (
     FiducialsProposed,
     GetRegistrationStatus,
     LoadCase,
+    OccludeTool,
+    PointerRest,
+    PointerTouch,
+    PointerTrace,
     Progress,
     RegistrationAccepted,
     RegistrationRef,
@@ -52,9 +57,11 @@ from nav.messages.control import (
     RegistrationSummary,
     RejectRegistration,
     Residuals,
+    ScriptStarted,
     StartCollection,
     SurfaceCompute,
     SurfaceComputeStarted,
+    ToolOccluded,
     TraceProgress,
     VerifyRegistration,
     compute_reply_from_result,
@@ -131,7 +138,11 @@ __all__ = [
     "MessageError",
     "NavState",
     "NavStatus",
+    "OccludeTool",
     "OverlayState",
+    "PointerRest",
+    "PointerTouch",
+    "PointerTrace",
     "Progress",
     "RIGID_TOLERANCE",
     "RegistrationAccepted",
@@ -144,10 +155,12 @@ __all__ = [
     "Residuals",
     "SCHEMA_VERSION",
     "SceneUpdate",
+    "ScriptStarted",
     "SnapshotRequest",
     "StartCollection",
     "SurfaceCompute",
     "SurfaceComputeStarted",
+    "ToolOccluded",
     "ToolPose",
     "ToolStatus",
     "TraceProgress",

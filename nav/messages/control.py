@@ -25,6 +25,18 @@ registration.verify    VerifyRegistration    RegistrationRef
 registration.status    GetRegistrationStatus RegistrationStatus
 case.load              LoadCase              CaseLoaded
 ====================== ===================== ==========================================
+
+The simulated tracker's commands (``tracking/sim_node.py``: a scripted pointer and forced
+occlusions, for tests and demos; the ranges are this module's constants):
+
+====================== ===================== ==========================================
+command                request               reply
+====================== ===================== ==========================================
+pointer.touch          PointerTouch          ScriptStarted
+pointer.trace          PointerTrace          ScriptStarted
+pointer.rest           PointerRest           ScriptStarted
+tool.occlude           OccludeTool           ToolOccluded
+====================== ===================== ==========================================
 """
 
 from __future__ import annotations
@@ -780,3 +792,228 @@ REQUESTS: Final = (
     LoadCase,
 )
 """The nav node's control requests, in the order of the table above."""
+
+
+# --- the simulated tracker's commands ----------------------------------------------------
+# ``tracking/sim_node.py``: a scripted pointer and forced occlusions, for tests and demos.
+# Their refusals name the command ("unknown argument 'x'; pointer.rest takes no
+# arguments") and each range below; what depends on the node's state (a tool it does not
+# have, a script that would last longer than MAX_SCRIPT_S) the node refuses.
+
+MAX_OCCLUDE_S: Final = 3600.0
+MAX_SCRIPT_S: Final = 3600.0  # a scripted touch or trace; a longer one is a typo, not a test
+MIN_STEP_S: Final = 1e-3  # a dwell or travel shorter than one sample at 1 kHz is no motion
+MIN_SPEED_MM_S: Final = 0.1
+MAX_SPEED_MM_S: Final = 1000.0  # a metre a second: faster than any hand traces a surface
+MAX_SCRIPT_POINTS: Final = 10_000
+MAX_POSITION_MM: Final = 1e4  # reference frame: 10 m, beyond any tracker's working volume
+
+Point3 = tuple[float, float, float]
+
+
+def _sim_keys(args: Args, name: str, allowed: tuple[str, ...]) -> None:
+    """Refuse the first key ``name`` does not take, naming what it does take."""
+    if not isinstance(args, Mapping):
+        raise ValueError(f"{name}: expected a map, got {type(args).__name__}")
+    for key in args:
+        if key not in allowed:
+            takes = ", ".join(allowed) if allowed else "no arguments"
+            raise ValueError(f"unknown argument {key!r}; {name} takes {takes}")
+
+
+def _in_range(value: object, key: str, *, low: float, high: float) -> float:
+    """A number in [low, high] (NaN and inf are outside); ValueError naming ``key`` if not."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{key!r} must be a number")
+    if not low <= value <= high:
+        raise ValueError(f"{key!r} must be in [{low:g}, {high:g}], got {value!r}")
+    return float(value)
+
+
+def _step_s(value: object, key: str) -> float:
+    return _in_range(value, key, low=MIN_STEP_S, high=MAX_SCRIPT_S)
+
+
+def _script_points(value: object, key: str) -> tuple[Point3, ...]:
+    """At most MAX_SCRIPT_POINTS [x, y, z] points (mm), each coordinate within MAX_POSITION_MM."""
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"{key!r} must be a list of [x, y, z] points in mm")
+    if len(value) > MAX_SCRIPT_POINTS:
+        raise ValueError(f"{key!r} has {len(value)} points, at most {MAX_SCRIPT_POINTS}")
+    points: list[Point3] = []
+    for point in value:
+        if not isinstance(point, list | tuple) or len(point) != 3:
+            raise ValueError(f"{key!r} must be a list of [x, y, z] points in mm")
+        if any(isinstance(c, bool) or not isinstance(c, int | float) for c in point):
+            raise ValueError(f"{key!r} must be a list of [x, y, z] points in mm")
+        points.append((float(point[0]), float(point[1]), float(point[2])))
+    far = [abs(c) for p in points for c in p if not abs(c) <= MAX_POSITION_MM]  # NaN too
+    if far:
+        largest = math.nan if any(math.isnan(c) for c in far) else max(far)
+        raise ValueError(
+            f"{key!r} has a coordinate of {largest:.3g} mm, beyond {MAX_POSITION_MM:g} mm"
+        )
+    return tuple(points)
+
+
+def _set(obj: object, key: str, value: object) -> None:
+    object.__setattr__(obj, key, value)  # a frozen field, normalised once in __post_init__
+
+
+@dataclass(frozen=True, kw_only=True)
+class PointerTouch:
+    """Touch each of ``points`` ([x, y, z] mm, reference frame) in turn: travel
+    ``travel_s`` (lifting off), then hold ``dwell_s`` (``pointer.touch``; defaults 1.0 s and
+    1.5 s, each in [MIN_STEP_S, MAX_SCRIPT_S]). The new script replaces the running one
+    from the latest sample on. Replies ``ScriptStarted``."""
+
+    NAME: ClassVar[str] = "pointer.touch"
+    points: tuple[Point3, ...]
+    dwell_s: float = 1.0
+    travel_s: float = 1.5
+
+    def __post_init__(self) -> None:
+        _set(self, "points", _script_points(self.points, "points"))
+        _set(self, "dwell_s", _step_s(self.dwell_s, "dwell_s"))
+        _set(self, "travel_s", _step_s(self.travel_s, "travel_s"))
+
+    @classmethod
+    def from_args(cls, args: Args) -> Self:
+        _sim_keys(args, cls.NAME, ("points", "dwell_s", "travel_s"))
+        return cls(
+            points=args.get("points"),  # type: ignore[arg-type]  # checked in __post_init__
+            dwell_s=args.get("dwell_s", 1.0),  # type: ignore[arg-type]
+            travel_s=args.get("travel_s", 1.5),  # type: ignore[arg-type]
+        )
+
+    def to_args(self) -> dict[str, JsonValue]:
+        return {
+            "points": [list(p) for p in self.points],
+            "dwell_s": self.dwell_s,
+            "travel_s": self.travel_s,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class PointerTrace:
+    """Travel ``travel_s`` to the start of ``polyline`` ([x, y, z] mm, reference frame) and
+    slide along it at ``speed_mm_s`` (``pointer.trace``; defaults 20 mm/s in
+    [MIN_SPEED_MM_S, MAX_SPEED_MM_S] and 1.5 s). Replies ``ScriptStarted``."""
+
+    NAME: ClassVar[str] = "pointer.trace"
+    polyline: tuple[Point3, ...]
+    speed_mm_s: float = 20.0
+    travel_s: float = 1.5
+
+    def __post_init__(self) -> None:
+        _set(self, "polyline", _script_points(self.polyline, "polyline"))
+        speed = _in_range(self.speed_mm_s, "speed_mm_s", low=MIN_SPEED_MM_S, high=MAX_SPEED_MM_S)
+        _set(self, "speed_mm_s", speed)
+        _set(self, "travel_s", _step_s(self.travel_s, "travel_s"))
+
+    @classmethod
+    def from_args(cls, args: Args) -> Self:
+        _sim_keys(args, cls.NAME, ("polyline", "speed_mm_s", "travel_s"))
+        return cls(
+            polyline=args.get("polyline"),  # type: ignore[arg-type]  # checked in __post_init__
+            speed_mm_s=args.get("speed_mm_s", 20.0),  # type: ignore[arg-type]
+            travel_s=args.get("travel_s", 1.5),  # type: ignore[arg-type]
+        )
+
+    def to_args(self) -> dict[str, JsonValue]:
+        return {
+            "polyline": [list(p) for p in self.polyline],
+            "speed_mm_s": self.speed_mm_s,
+            "travel_s": self.travel_s,
+        }
+
+
+@dataclass(frozen=True)
+class PointerRest:
+    """Put the pointer back on its rest pose (``pointer.rest``, no arguments); forced
+    occlusions still running stay. Replies ``ScriptStarted`` (duration 0)."""
+
+    NAME: ClassVar[str] = "pointer.rest"
+
+    @classmethod
+    def from_args(cls, args: Args) -> Self:
+        _sim_keys(args, cls.NAME, ())
+        return cls()
+
+    def to_args(self) -> dict[str, JsonValue]:
+        return {}
+
+
+@dataclass(frozen=True, kw_only=True)
+class OccludeTool:
+    """Make ``tool`` OUT_OF_VIEW from the next sample for ``duration_s`` (``tool.occlude``;
+    default 1 s, in (0, MAX_OCCLUDE_S]); the node refuses a tool it does not track.
+    Replies ``ToolOccluded``."""
+
+    NAME: ClassVar[str] = "tool.occlude"
+    tool: str
+    duration_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tool, str):
+            raise ValueError(f"'tool' must be a tool's name, got {self.tool!r}")
+        duration_s = _in_range(self.duration_s, "duration_s", low=0.0, high=MAX_OCCLUDE_S)
+        if not duration_s > 0.0:
+            raise ValueError(f"'duration_s' must be in (0, {MAX_OCCLUDE_S:g}], got {duration_s}")
+        _set(self, "duration_s", duration_s)
+
+    @classmethod
+    def from_args(cls, args: Args) -> Self:
+        _sim_keys(args, cls.NAME, ("tool", "duration_s"))
+        return cls(
+            tool=args.get("tool"),  # type: ignore[arg-type]  # checked in __post_init__
+            duration_s=args.get("duration_s", 1.0),  # type: ignore[arg-type]
+        )
+
+    def to_args(self) -> dict[str, JsonValue]:
+        return {"tool": self.tool, "duration_s": self.duration_s}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScriptStarted:
+    """``pointer.touch`` / ``trace`` / ``rest``: the new script starts at ``start_s`` (sim
+    seconds, the latest sample's) and lasts ``duration_s`` (0 for a rest)."""
+
+    start_s: float
+    duration_s: float
+
+    def to_result(self) -> dict[str, JsonValue]:
+        return {"start_s": self.start_s, "duration_s": self.duration_s}
+
+    @classmethod
+    def from_result(cls, result: Args) -> Self:
+        _read(cls, result)
+        return cls(
+            start_s=_float(result["start_s"], "start_s"),
+            duration_s=_float(result["duration_s"], "duration_s"),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolOccluded:
+    """``tool.occlude``: ``tool`` is OUT_OF_VIEW for sim times in [``start_s``, ``end_s``)."""
+
+    tool: str
+    start_s: float
+    end_s: float
+
+    def to_result(self) -> dict[str, JsonValue]:
+        return {"tool": self.tool, "start_s": self.start_s, "end_s": self.end_s}
+
+    @classmethod
+    def from_result(cls, result: Args) -> Self:
+        _read(cls, result)
+        return cls(
+            tool=_str(result, "tool"),
+            start_s=_float(result["start_s"], "start_s"),
+            end_s=_float(result["end_s"], "end_s"),
+        )
+
+
+SIM_REQUESTS: Final = (PointerTouch, PointerTrace, PointerRest, OccludeTool)
+"""The simulated tracker's control requests."""
