@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._procs import CpuMeter, Processes  # noqa: E402
 from cli.demo.sim_registration import write_true_registration  # noqa: E402
-from nav.messages import OverlayState, encode  # noqa: E402
+from nav.messages import Command, OccludeTool, OverlayState, encode  # noqa: E402
 from nav.runtime import bus  # noqa: E402
 from nav.runtime.launchfile import NodeSpec  # noqa: E402
 from nav.runtime.stats import LatencyWindow  # noqa: E402
@@ -214,7 +214,8 @@ def assets_and_occlusion(procs: Processes, ipc: Path, repeats: int) -> dict[str,
                 step_until(client, lambda: client.events.state is OverlayState.CURRENT, 30)
                 t_settle = time.monotonic() + 0.6
                 step_until(client, lambda t=t_settle: time.monotonic() > t, 5)
-                reply = control.call("tool.occlude", tool="reference", duration_s=0.5)
+                occlude = OccludeTool(tool="reference", duration_s=0.5)
+                reply = control.request(Command(occlude.NAME, occlude.to_args()))
                 t_cause = time.monotonic_ns()  # after the reply: the occlusion is in force
                 if not reply.ok:
                     raise RuntimeError(reply.error)

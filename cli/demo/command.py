@@ -69,10 +69,11 @@ from cli.demo.sim_registration import (
     RegistrationFigures,
     ScriptedRegistrationError,
     SimRegistration,
+    send,
 )
 from cli.errors import UserError
 from nav.case import Case, CaseError, load_case
-from nav.messages import NavState, NavStatus
+from nav.messages import NavState, NavStatus, OccludeTool, PointerRest, PointerTouch
 from nav.messages import decode as decode_message
 from nav.phantom import SHIPPED_PHANTOM_DIR
 from nav.runtime import bus
@@ -440,7 +441,7 @@ class Scenario:
             )
         log.error("registration failed: %s", why)
         try:
-            self.tracker.call("pointer.rest")
+            send(self.tracker, PointerRest())
         except TimeoutError:
             pass
         self._set_phase("failed", f"registration failed at {elapsed_s:.1f} s: {why}")
@@ -459,25 +460,30 @@ class Scenario:
         assert plan is not None
         if self.t_nav_ns is None:  # sent here, so a timed-out command is sent again
             t_sent_ns = time.monotonic_ns()
-            reply = self.tracker.call(
-                "pointer.touch",
-                points=[self.p_target_reference.tolist()],
-                travel_s=plan.approach_s,
-                dwell_s=plan.hold_s,
-            )
+            try:
+                touch = PointerTouch(
+                    points=[self.p_target_reference.tolist()],
+                    travel_s=plan.approach_s,
+                    dwell_s=plan.hold_s,
+                )
+                reply = send(self.tracker, touch)
+                error = None if reply.ok else reply.error
+            except ValueError as bad:  # as the tracker would have refused it
+                error = str(bad)
             self.t_nav_ns = t_sent_ns
-            if not reply.ok:
-                log.warning("pointer.touch refused: %s", reply.error)
+            if error is not None:
+                log.warning("%s refused: %s", PointerTouch.NAME, error)
         t = elapsed_s - self.t_nav_s
         if t >= plan.approach_s:
             self.detail = f"pointer on target {self.target_name}"
         if not self.occluded and plan.occlusion_at_s is not None and t >= plan.occlusion_at_s:
             self.occluded = True
-            reply = self.tracker.call("tool.occlude", tool="reference", duration_s=OCCLUSION_S)
+            occlude = OccludeTool(tool="reference", duration_s=OCCLUSION_S)
+            reply = send(self.tracker, occlude)
             if reply.ok:
                 log.info("reference occluded for %g s (REFERENCE_LOST on cue)", OCCLUSION_S)
             else:  # an older simulator: the random dropouts still happen
-                log.warning("tool.occlude refused: %s", reply.error)
+                log.warning("%s refused: %s", occlude.NAME, reply.error)
 
 
 # --- the display ------------------------------------------------------------------------

@@ -47,11 +47,13 @@ from nav.messages import (
     FiducialsProposed,
     GetRegistrationStatus,
     JsonValue,
+    PointerTouch,
     RegistrationAccepted,
     RegistrationRef,
     RegistrationStatus,
     RejectRegistration,
     Reply,
+    ScriptStarted,
     StartCollection,
 )
 from nav.navigation import Registration
@@ -120,6 +122,11 @@ def _ok(reply: Reply, what: str) -> dict[str, JsonValue]:
     if not reply.ok:
         raise ScriptedRegistrationError(f"{what}: {reply.error}")
     return dict(reply.result)
+
+
+def send(commands: Commands, request: _Request, *, timeout_s: float = COMMAND_TIMEOUT_S) -> Reply:
+    """Send a typed request (``nav.messages.control``) as its ``Command``; the Reply."""
+    return commands.call(request.NAME, timeout_s=timeout_s, **request.to_args())
 
 
 def _read(reply: Reply, what: str, from_result: Callable[[dict[str, JsonValue]], T]) -> T:
@@ -252,8 +259,7 @@ class SimRegistration:
         self._t_script = 0.0  # when it was sent (clock)
 
     def _call(self, request: _Request, from_result: Callable[[dict[str, JsonValue]], T]) -> T:
-        reply = self.nav.call(request.NAME, timeout_s=COMMAND_TIMEOUT_S, **request.to_args())
-        return _read(reply, request.NAME, from_result)
+        return _read(send(self.nav, request), request.NAME, from_result)
 
     def start(self, *, count: int | None = None) -> FiducialProgress:
         """Start collecting and touch the first ``count`` fiducials (default: all).
@@ -274,16 +280,13 @@ class SimRegistration:
 
     def _touch_from(self, first: int) -> None:
         points = self.points[first : self.count]
-        _ok(
-            self.tracker.call(
-                "pointer.touch",
-                points=points.tolist(),
-                dwell_s=self.plan.dwell_s,
-                travel_s=self.plan.travel_s,
-                timeout_s=COMMAND_TIMEOUT_S,
-            ),
-            "pointer.touch",
-        )
+        try:
+            touch = PointerTouch(
+                points=points.tolist(), dwell_s=self.plan.dwell_s, travel_s=self.plan.travel_s
+            )
+        except ValueError as error:  # as the tracker would have refused it
+            raise ScriptedRegistrationError(f"{PointerTouch.NAME}: {error}") from None
+        _read(send(self.tracker, touch), touch.NAME, ScriptStarted.from_result)
         self._first = first
         self._t_script = self.clock()
 

@@ -24,7 +24,7 @@ from calibration.files import (
 )
 from calibration.live import LiveCollectionError, collect_poses
 from calibration.pivot import PivotResult
-from nav.messages import ToolStatus, TrackerFrame
+from nav.messages import Command, PointerTouch, ToolStatus, TrackerFrame
 from nav.runtime import bus
 from nav.runtime.launchfile import NodeSpec
 from nav.transforms import axis_angle_to_matrix, invert_rigid, make_rigid
@@ -462,7 +462,8 @@ def test_live_pivot_on_the_sim_pointer_touching_one_point_is_refused_for_too_lit
     node_processes.append(node)
     client = bus.CommandClient(spec.control or "")
     try:
-        reply = client.call("pointer.touch", points=[[0.0, 0.0, 0.0]], dwell_s=60.0, travel_s=0.2)
+        touch = PointerTouch(points=[[0.0, 0.0, 0.0]], dwell_s=60.0, travel_s=0.2)
+        reply = client.request(Command(touch.NAME, touch.to_args()))
         assert reply.ok, reply.error
     finally:
         client.close()

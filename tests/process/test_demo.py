@@ -44,11 +44,16 @@ from nav.messages import (
     FiducialProgress,
     FiducialsProposed,
     NavState,
+    OccludeTool,
+    PointerRest,
+    PointerTouch,
     RegistrationAccepted,
     RegistrationRef,
     RegistrationStatus,
     RegistrationSummary,
     Reply,
+    ScriptStarted,
+    ToolOccluded,
     decode,
 )
 from nav.runtime.launchfile import load
@@ -184,13 +189,13 @@ class FakeSimStack:
             started = FiducialProgress(collected=0, total=n, labels=labels, next_label="F-1")
             return Reply(ok=True, result=started.to_result())
         if name == "pointer.touch":
-            touched = np.asarray(args["points"])
+            touched = np.asarray(PointerTouch.from_args(args).points)
             first = int(np.argmin(np.linalg.norm(self.points - touched[0], axis=1)))
             self.script = list(range(first, first + len(touched)))
             self.touches.append(first)
             self.t_script = self.clock()
             self.next_hold = 0
-            return Reply(ok=True, result={"start_s": 0.0, "duration_s": 1.0})
+            return Reply(ok=True, result=ScriptStarted(start_s=0.0, duration_s=1.0).to_result())
         if name == "registration.status":
             k = len(self.recorded)
             progress = FiducialProgress(
@@ -230,8 +235,16 @@ class FakeSimStack:
             )
         if name == "registration.reject":
             return Reply(ok=True, result=RegistrationRef(registration_id=7).to_result())
-        if name in ("tool.occlude", "pointer.rest"):
-            return Reply(ok=True, result={})
+        if name == "tool.occlude":
+            occlude = OccludeTool.from_args(args)
+            end_s = occlude.duration_s
+            return Reply(
+                ok=True,
+                result=ToolOccluded(tool=occlude.tool, start_s=0.0, end_s=end_s).to_result(),
+            )
+        if name == "pointer.rest":
+            PointerRest.from_args(args)
+            return Reply(ok=True, result=ScriptStarted(start_s=0.0, duration_s=0.0).to_result())
         return Reply(ok=False, error=f"unknown command {name!r}")
 
 

@@ -35,14 +35,17 @@ from nav.messages import (
     AssetRequest,
     ClockPing,
     ClockPong,
+    Command,
     HeadsetTelemetry,
     Hello,
     Message,
     NavStatus,
+    OccludeTool,
     OverlayState,
     Reply,
     SceneUpdate,
     SnapshotRequest,
+    ToolOccluded,
     Welcome,
     decode,
     encode,
@@ -581,8 +584,10 @@ def test_client_sees_reference_lost_after_an_occlusion_and_stale_hidden_after_a_
         step_until(client, lambda: client.events.state is OverlayState.CURRENT, timeout_s=20)
         step_until(client, lambda: client.stats.frames >= 20)
         t_cause = time.monotonic_ns()
-        reply = control.call("tool.occlude", tool="reference", duration_s=1.0)
+        occlude = OccludeTool(tool="reference", duration_s=1.0)
+        reply = control.request(Command(occlude.NAME, occlude.to_args()))
         assert reply.ok, reply.error
+        assert ToolOccluded.from_result(reply.result).tool == "reference"
         step_until(client, lambda: client.events.state is OverlayState.HIDDEN, timeout_s=5)
         hidden = client.events.history[-1]
         assert hidden.status is NavStatus.REFERENCE_LOST and hidden.reason == "REFERENCE_LOST"

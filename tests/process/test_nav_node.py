@@ -23,9 +23,11 @@ import pytest
 from cli.demo.sim_registration import SimRegistration, TouchPlan
 from nav.case import Case, load_case
 from nav.messages import (
+    Command,
     Heartbeat,
     NavState,
     NavStatus,
+    PointerTouch,
     RegistrationResult,
     Reply,
     ToolStatus,
@@ -139,6 +141,11 @@ def _ok(reply: Reply) -> dict[str, object]:
     return dict(reply.result)
 
 
+def _send(client: bus.CommandClient, request: PointerTouch) -> Reply:
+    """A typed simulated-tracker request as its Command."""
+    return client.request(Command(request.NAME, request.to_args()))
+
+
 def _start_pair(
     ipc_dir: Path, registration_file: Path, node_processes: list[NodeProcess], **params: object
 ) -> tuple[NodeProcess, NodeProcess]:
@@ -234,8 +241,9 @@ def test_registration_by_dwell_on_the_simulator_is_accurate_and_the_model_follow
         # Touch a target: its distance reads ~0.
         target = phantom.targets.points_lps[0]
         _ok(
-            tracker_client.call(
-                "pointer.touch", points=[apply(TRUTH, target).tolist()], dwell_s=3.0, travel_s=0.3
+            _send(
+                tracker_client,
+                PointerTouch(points=[apply(TRUTH, target).tolist()], dwell_s=3.0, travel_s=0.3),
             )
         )
         on_target = listener.wait_for(
@@ -399,8 +407,9 @@ def test_pedal_collection_compute_reject_and_the_errors_an_operator_can_meet(
         n, travel_s, dwell_s = 4, 0.6, 1.0
         p_reference = apply(TRUTH, phantom.fiducials.points_lps[:n])
         _ok(
-            tracker_client.call(
-                "pointer.touch", points=p_reference.tolist(), dwell_s=dwell_s, travel_s=travel_s
+            _send(
+                tracker_client,
+                PointerTouch(points=p_reference.tolist(), dwell_s=dwell_s, travel_s=travel_s),
             )
         )
         t_script = time.monotonic()

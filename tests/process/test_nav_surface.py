@@ -26,13 +26,16 @@ from nav.collectors import SurfaceCollector
 from nav.messages import (
     AcceptRegistration,
     CollectFiducial,
+    Command,
     ComputeRegistration,
     GetRegistrationStatus,
     Message,
     NavState,
     NavStatus,
+    PointerTrace,
     RegistrationResult,
     Reply,
+    ScriptStarted,
     StartCollection,
     ToolStatus,
     TrackerFrame,
@@ -538,14 +541,13 @@ def test_surface_registration_on_the_simulator_refines_the_fiducial_one_and_is_a
         path = apply(TRUTH, anterior_patch_image(phantom))
         travel_s, speed_mm_s = 1.0, 120.0
         t_sent = time.monotonic()
-        script = _ok(
-            tracker_client.call(
-                "pointer.trace", polyline=path.tolist(), speed_mm_s=speed_mm_s, travel_s=travel_s
-            )
+        trace = PointerTrace(polyline=path.tolist(), speed_mm_s=speed_mm_s, travel_s=travel_s)
+        script = ScriptStarted.from_result(
+            _ok(tracker_client.request(Command(trace.NAME, trace.to_args())))
         )
         until(t_sent + travel_s + 0.1)
         _ok(nav_client.call("registration.start", method="surface"))
-        until(t_sent + float(script["duration_s"]) - 0.05)
+        until(t_sent + script.duration_s - 0.05)
         progress = _ok(nav_client.call("registration.status"))["progress"]
         assert progress["method"] == "surface" and progress["collected"] > 250, progress
 

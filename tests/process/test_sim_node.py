@@ -9,12 +9,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nav.messages import Heartbeat, ToolStatus, TrackerFrame
+from nav.messages import (
+    Command,
+    Heartbeat,
+    OccludeTool,
+    PointerTouch,
+    PointerTrace,
+    Reply,
+    ScriptStarted,
+    ToolOccluded,
+    ToolStatus,
+    TrackerFrame,
+)
 from nav.runtime import bus
 from nav.runtime.launchfile import NodeSpec
 from nav.transforms import apply, invert_rigid
 from tests.conftest import NodeProcess, start_node
 from tracking.sim_model import SimConfig
+
+
+def _send(client: bus.CommandClient, request: PointerTouch | PointerTrace | OccludeTool) -> Reply:
+    """A typed request as its Command (the refusal tests send loose args on purpose)."""
+    return client.request(Command(request.NAME, request.to_args()))
 
 
 def _spec(ipc_dir: Path, **params: object) -> NodeSpec:
@@ -69,10 +85,10 @@ def test_pointer_touch_command_puts_the_tip_on_the_point_in_reference(
     sub = bus.LatestSubscriber([node.spec.pub or ""], ["pose/sim"])
     p_reference = [10.0, -20.0, 5.0]
     try:
-        reply = client.call("pointer.touch", points=[p_reference], dwell_s=5.0, travel_s=0.2)
+        reply = _send(client, PointerTouch(points=[p_reference], dwell_s=5.0, travel_s=0.2))
         assert reply.ok, reply.error
-        assert 5.0 < float(reply.result["duration_s"]) < 6.0  # type: ignore[arg-type]
-        bad = client.call("pointer.touch", points=[[1.0, 2.0]])
+        assert 5.0 < ScriptStarted.from_result(reply.result).duration_s < 6.0
+        bad = client.call("pointer.touch", points=[[1.0, 2.0]])  # a loose dict: the wire's check
         assert not bad.ok and "points" in bad.error
         time.sleep(0.5)  # into the dwell (the script's own travel time, not a socket wait)
         tip_errors = []
@@ -126,10 +142,13 @@ def test_tool_occlude_command_puts_the_reference_out_of_view_for_its_duration(
     sub = bus.QueueSubscriber([node.spec.pub or ""], ["pose/sim"])
     try:
         _frames(sub, 5)  # subscribed and flowing
-        bad = client.call("tool.occlude", tool="nope", duration_s=1.0)
+        bad = _send(client, OccludeTool(tool="nope", duration_s=1.0))
         assert not bad.ok and "tool" in bad.error
-        reply = client.call("tool.occlude", tool="reference", duration_s=0.3)
+        reply = _send(client, OccludeTool(tool="reference", duration_s=0.3))
         assert reply.ok, reply.error
+        occluded = ToolOccluded.from_result(reply.result)
+        assert occluded.tool == "reference"
+        assert occluded.end_s - occluded.start_s == pytest.approx(0.3)
         frames = [r.message for r in _frames(sub, 250)]  # 1 s at 250 Hz
     finally:
         client.close()
@@ -176,15 +195,16 @@ def test_pointer_and_occlude_commands_refuse_out_of_range_arguments_one_line_eac
         ("tool.occlude", {"tool": "reference", "duration_s": 0.0}, "'duration_s' must be in"),
     ]
     try:
-        good = client.call("pointer.trace", polyline=poly, speed_mm_s=25.0, travel_s=0.5)
+        trace = PointerTrace(polyline=poly, speed_mm_s=25.0, travel_s=0.5)
+        good = _send(client, trace)
         assert good.ok, good.error
-        assert float(good.result["duration_s"]) == pytest.approx(2.5)  # type: ignore[arg-type]
+        assert ScriptStarted.from_result(good.result).duration_s == pytest.approx(2.5)
         for name, args, words in bad:
             reply = client.call(name, **args)  # type: ignore[arg-type]
             assert not reply.ok, (name, args, reply.result)
             assert words in reply.error and "\n" not in reply.error, (name, args, reply.error)
         _frames(sub, 5)  # still publishing
-        again = client.call("pointer.trace", polyline=poly, speed_mm_s=25.0, travel_s=0.5)
+        again = _send(client, trace)
         assert again.ok, again.error
     finally:
         client.close()
