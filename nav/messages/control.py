@@ -42,7 +42,7 @@ tool.occlude           OccludeTool           ToolOccluded
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Final, Self
 
@@ -868,7 +868,7 @@ class PointerTouch:
     from the latest sample on. Replies ``ScriptStarted``."""
 
     NAME: ClassVar[str] = "pointer.touch"
-    points: tuple[Point3, ...]
+    points: Sequence[Sequence[float]]  # a tuple of (x, y, z) tuples once built
     dwell_s: float = 1.0
     travel_s: float = 1.5
 
@@ -901,7 +901,7 @@ class PointerTrace:
     [MIN_SPEED_MM_S, MAX_SPEED_MM_S] and 1.5 s). Replies ``ScriptStarted``."""
 
     NAME: ClassVar[str] = "pointer.trace"
-    polyline: tuple[Point3, ...]
+    polyline: Sequence[Sequence[float]]  # a tuple of (x, y, z) tuples once built
     speed_mm_s: float = 20.0
     travel_s: float = 1.5
 
