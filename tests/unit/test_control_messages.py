@@ -25,6 +25,10 @@ from nav.messages import (
     FiducialsProposed,
     GetRegistrationStatus,
     LoadCase,
+    OccludeTool,
+    PointerRest,
+    PointerTouch,
+    PointerTrace,
     RegistrationAccepted,
     RegistrationRef,
     RegistrationStatus,
@@ -32,9 +36,11 @@ from nav.messages import (
     RejectRegistration,
     Reply,
     Residuals,
+    ScriptStarted,
     StartCollection,
     SurfaceCompute,
     SurfaceComputeStarted,
+    ToolOccluded,
     TraceProgress,
     VerifyRegistration,
     compute_reply_from_result,
@@ -42,7 +48,16 @@ from nav.messages import (
     encode,
     progress_from_result,
 )
-from nav.messages.control import REQUESTS
+from nav.messages.control import (
+    MAX_OCCLUDE_S,
+    MAX_POSITION_MM,
+    MAX_SCRIPT_S,
+    MAX_SPEED_MM_S,
+    MIN_SPEED_MM_S,
+    MIN_STEP_S,
+    REQUESTS,
+    SIM_REQUESTS,
+)
 
 names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-_0123456789", min_size=1, max_size=12)
 labels = st.lists(names, max_size=10, unique=True).map(tuple)
@@ -332,3 +347,117 @@ def test_a_compute_record_names_the_fit_only_once_it_is_known() -> None:
     }
     with pytest.raises(ValueError, match="unknown compute state"):
         SurfaceCompute(registration_id=9, state="done", n_points=300, start="global")
+
+
+# --- the simulated tracker's commands ------------------------------------------------------
+
+coord = st.floats(min_value=-MAX_POSITION_MM, max_value=MAX_POSITION_MM, allow_nan=False)
+script_points = st.lists(st.tuples(coord, coord, coord), min_size=1, max_size=20).map(tuple)
+step_s = st.floats(min_value=MIN_STEP_S, max_value=MAX_SCRIPT_S)
+sim_requests = st.one_of(
+    st.builds(PointerTouch, points=script_points, dwell_s=step_s, travel_s=step_s),
+    st.builds(
+        PointerTrace,
+        polyline=script_points,
+        speed_mm_s=st.floats(min_value=MIN_SPEED_MM_S, max_value=MAX_SPEED_MM_S),
+        travel_s=step_s,
+    ),
+    st.just(PointerRest()),
+    st.builds(
+        OccludeTool,
+        tool=names,
+        duration_s=st.floats(min_value=0.0, max_value=MAX_OCCLUDE_S, exclude_min=True),
+    ),
+)
+seconds = st.floats(min_value=0.0, max_value=1e9, allow_nan=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(sim_requests)
+def test_every_sim_request_reads_back_as_itself_from_a_command(request: Any) -> None:
+    command = decode(encode(Command(request.NAME, request.to_args()), seq=0, t_pub_ns=0)).message
+    assert isinstance(command, Command) and command.name == request.NAME
+    assert type(request).from_args(command.args) == request
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.builds(ScriptStarted, start_s=seconds, duration_s=seconds)
+    | st.builds(ToolOccluded, tool=names, start_s=seconds, end_s=seconds)
+)
+def test_every_sim_reply_reads_back_as_itself_after_the_wire(reply: Any) -> None:
+    assert type(reply).from_result(_over_the_wire(reply.to_result())) == reply
+
+
+def test_the_sim_requests_cover_the_sim_trackers_commands_once_each() -> None:
+    assert [r.NAME for r in SIM_REQUESTS] == [
+        "pointer.touch",
+        "pointer.trace",
+        "pointer.rest",
+        "tool.occlude",
+    ]
+
+
+def test_sim_requests_take_the_trackers_defaults_and_keep_points_as_tuples() -> None:
+    touch = PointerTouch.from_args({"points": [[1, 2, 3]]})
+    assert touch == PointerTouch(points=((1.0, 2.0, 3.0),), dwell_s=1.0, travel_s=1.5)
+    assert PointerTouch(points=[[1.0, 2.0, 3.0]]) == touch  # a list is kept as tuples
+    trace = PointerTrace.from_args({"polyline": [[0, 0, 0], [1, 0, 0]]})
+    assert (trace.speed_mm_s, trace.travel_s) == (20.0, 1.5)
+    assert OccludeTool.from_args({"tool": "reference"}).duration_s == 1.0
+    assert PointerRest.from_args({}) == PointerRest()
+
+
+_POLY = [[0.0, 0.0, 0.0], [50.0, 0.0, 0.0]]
+
+
+@pytest.mark.parametrize(
+    ("request_type", "args", "message"),
+    [
+        (PointerTrace, {"polyline": _POLY, "duration_s": 5.0}, "unknown argument 'duration_s'"),
+        (PointerTrace, {"polyline": _POLY, "speed_mm_s": 1e-320}, r"'speed_mm_s' must be in \["),
+        (PointerTrace, {"polyline": _POLY, "speed_mm_s": 1e6}, r"'speed_mm_s' must be in \["),
+        (PointerTrace, {"polyline": _POLY, "speed_mm_s": True}, "'speed_mm_s' must be a number"),
+        (PointerTrace, {"polyline": _POLY, "travel_s": 1e308}, r"'travel_s' must be in \["),
+        (PointerTrace, {"polyline": [[0, 0, 0], [1e300, 0, 0]]}, "1e\\+300 mm, beyond"),
+        (PointerTrace, {"polyline": [[0, 0, 0], [math.nan, 0, 0]]}, "nan mm, beyond"),
+        (PointerTrace, {"polyline": [[0.0, 0.0, float(i)] for i in range(10_001)]}, "at most"),
+        (PointerTrace, {}, "'polyline' must be a list of"),
+        (PointerTouch, {"points": [[0, 0, 0]], "dwell_s": 1e308}, r"'dwell_s' must be in \["),
+        (PointerTouch, {"points": [[0, 0, 0]], "dwell_s": math.nan}, r"'dwell_s' must be in \["),
+        (PointerTouch, {"points": [[0, 0, 0]], "travel_s": 1e-320}, r"'travel_s' must be in \["),
+        (PointerTouch, {"points": [[0, 0, "x"]]}, r"'points' must be a list of \[x, y, z\]"),
+        (PointerTouch, {"points": [[1.0, 2.0]]}, r"'points' must be a list of \[x, y, z\]"),
+        (PointerTouch, {"points": "0 0 0"}, r"'points' must be a list of \[x, y, z\]"),
+        (
+            PointerTouch,
+            {"points": [[0, 0, 0]], "pts": 1},
+            "unknown argument 'pts'; pointer.touch takes points, dwell_s, travel_s",
+        ),
+        (PointerRest, {"for_s": 1.0}, "unknown argument 'for_s'; pointer.rest takes no arguments"),
+        (OccludeTool, {"tool": "reference", "duration_s": 1e308}, r"'duration_s' must be in \["),
+        (OccludeTool, {"tool": "reference", "duration_s": 0.0}, r"'duration_s' must be in \(0"),
+        (OccludeTool, {"tool": "reference", "duration_s": -1.0}, r"'duration_s' must be in \["),
+        (OccludeTool, {"duration_s": 1.0}, "'tool' must be a tool's name, got None"),
+    ],
+)
+def test_a_bad_sim_request_is_refused_in_one_line_naming_the_argument(
+    request_type: Any, args: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message) as refused:
+        request_type.from_args(args)
+    assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("read", "result", "message"),
+    [
+        (ScriptStarted.from_result, {"start_s": 0.0}, "missing 'duration_s'"),
+        (ScriptStarted.from_result, {"start_s": 0.0, "duration_s": "1"}, "'duration_s' must be"),
+        (ToolOccluded.from_result, {"tool": 1, "start_s": 0.0, "end_s": 1.0}, "'tool' must be"),
+    ],
+)
+def test_a_malformed_sim_reply_is_refused_in_one_line(read: Any, result: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as refused:
+        read(result)
+    assert "\n" not in str(refused.value)
