@@ -603,14 +603,19 @@ def test_record_then_replay_reproduces_every_message_under_the_replays_epoch(
     assert sub.counters["rejected"] == 0
 
 
-def test_recorder_killed_with_sigkill_leaves_a_file_readable_to_its_last_chunk(
-    tmp_path: Path,
+def record_then_kill(
+    source: Source,
+    path: Path,
     sock_dir: str,
     start_node: Callable[[NodeSpec], NodeProcess],
     closing: Callable[[Any], Any],
-) -> None:
-    source = closing(Source(f"ipc://{sock_dir}/source.pub"))
-    path = tmp_path / "session.mcap"
+    *,
+    frames: int,
+    unflushed_frames: int = 0,
+) -> tuple[NodeSpec, bus.CommandClient]:
+    """Record ``frames`` tracker frames until the flush timer has written them all, send
+    ``unflushed_frames`` more (they may or may not reach the file), then SIGKILL the
+    recorder. Returns its spec (to restart it) and its closed-on-exit control client."""
     # Chunks far larger than the data: only the flush timer can write these messages.
     spec = recorder_spec(
         sock_dir, source.endpoint, path=str(path), chunk_size_bytes=1 << 20, flush_period_s=0.2
@@ -620,20 +625,32 @@ def test_recorder_killed_with_sigkill_leaves_a_file_readable_to_its_last_chunk(
     assert spec.control is not None
     client = closing(bus.CommandClient(spec.control))
     warm_up(source, client)
-    n = 50
-    for i in range(n):
+    for i in range(frames):
         source.send("pose/sim", tracker_frame(i))
-    wait_until(lambda: recorded_on(client, "pose/sim") == n, "the recorder to get the frames")
+    wait_until(lambda: recorded_on(client, "pose/sim") == frames, "the recorder to get them")
 
     def on_disk() -> int:
         with iter_recording(path, topics=("pose/",)) as reader:
             return sum(1 for _ in reader)
 
-    wait_until(lambda: on_disk() == n, "the flush timer to write the frames", timeout_s=10.0)
-    for i in range(n, n + 20):  # these may or may not reach the file
+    wait_until(lambda: on_disk() == frames, "the flush timer to write them", timeout_s=10.0)
+    for i in range(frames, frames + unflushed_frames):
         source.send("pose/sim", tracker_frame(i))
     recorder.child.send_signal(signal.SIGKILL)
     assert recorder.wait() == -signal.SIGKILL
+    return spec, client
+
+
+def test_recorder_killed_with_sigkill_leaves_a_file_readable_to_its_last_chunk(
+    tmp_path: Path,
+    sock_dir: str,
+    start_node: Callable[[NodeSpec], NodeProcess],
+    closing: Callable[[Any], Any],
+) -> None:
+    source = closing(Source(f"ipc://{sock_dir}/source.pub"))
+    path = tmp_path / "session.mcap"
+    n = 50
+    record_then_kill(source, path, sock_dir, start_node, closing, frames=n, unflushed_frames=20)
 
     with iter_recording(path) as reader:
         recorded = [(m.topic, m.payload) for m in reader]

@@ -9,7 +9,6 @@ and damaged in tmp_path.
 from __future__ import annotations
 
 import os
-import signal
 import stat
 import subprocess
 import sys
@@ -40,8 +39,8 @@ from tests.process.test_recording import (
     flip_middle_chunk,
     one_second_session,
     play_when_joined,
+    record_then_kill,
     recorded_on,
-    recorder_spec,
     recording_status,
     replay_spec,
     replayed_until_exit,
@@ -49,7 +48,6 @@ from tests.process.test_recording import (
     start_node,
     tracker_frame,
     wait_until,
-    warm_up,
     write_synthetic,
 )
 
@@ -92,25 +90,8 @@ def test_a_recorder_restarted_after_sigkill_recovers_the_crashed_file_and_report
     source = closing(Source(f"ipc://{sock_dir}/source.pub"))
     run_dir = tmp_path / "run"  # the recorder creates it
     path = run_dir / "session.mcap"
-    spec = recorder_spec(
-        sock_dir, source.endpoint, path=str(path), chunk_size_bytes=1 << 20, flush_period_s=0.2
-    )
-    recorder = start_node(spec)
-    recorder.wait_ready()
-    assert spec.control is not None
-    client = closing(bus.CommandClient(spec.control))
-    warm_up(source, client)
     n = 50
-    for i in range(n):
-        source.send("pose/sim", tracker_frame(i))
-
-    def on_disk() -> int:
-        with iter_recording(path, topics=("pose/",)) as reader:
-            return sum(1 for _ in reader)
-
-    wait_until(lambda: on_disk() == n, "the flush timer to write the frames")
-    recorder.child.send_signal(signal.SIGKILL)
-    assert recorder.wait() == -signal.SIGKILL
+    spec, client = record_then_kill(source, path, sock_dir, start_node, closing, frames=n)
     with iter_recording(path) as reader:
         before = [m.payload for m in reader]
     assert reader.truncated
@@ -120,6 +101,7 @@ def test_a_recorder_restarted_after_sigkill_recovers_the_crashed_file_and_report
     restarted = start_node(spec)
     restarted.wait_ready()
     client.close()
+    assert spec.control is not None
     client = closing(bus.CommandClient(spec.control))
     wait_until(
         lambda: recording_status(client)["recovery"]["state"] == "done",
