@@ -6,7 +6,11 @@ STAMP := $(VENV)/.installed-stamp
 # Seconds of the `ornav demo` scenario once the stack is up (9 at least).
 DURATION ?= 20
 # Open3D needs libusb; its offscreen renderer needs Vulkan (Mesa's software driver without a GPU).
-SYSTEM_PACKAGES := libusb-1.0-0 libvulkan1 mesa-vulkan-drivers libgl1 libegl1
+# Chromium (Debian's, driven by playwright) runs the browser pages in tests; node/npm fetch
+# their JavaScript dependencies from the lockfile.
+SYSTEM_PACKAGES := libusb-1.0-0 libvulkan1 mesa-vulkan-drivers libgl1 libegl1 chromium \
+	fonts-dejavu-core
+WEB := render/web
 
 .PHONY: demo test test-fast bench lint setup system-deps clean
 
@@ -42,6 +46,7 @@ system-deps:
 	for pkg in $(SYSTEM_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$pkg"; \
 	done; \
+	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi; \
@@ -50,12 +55,13 @@ system-deps:
 
 # torch is installed first, pinned, so pip takes the CPU build from local disk instead of
 # resolving an unpinned CUDA build of several GB.
-$(STAMP): pyproject.toml | system-deps
+$(STAMP): pyproject.toml $(WEB)/package-lock.json | system-deps
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache $(WEB)/node_modules

@@ -25,6 +25,8 @@ settings.register_profile(
 )
 settings.load_profile("ornav")
 
+pytest_plugins = ("tests.browser",)  # the `chromium` fixture for page tests
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 STOP_TIMEOUT_S = 5.0  # each of the SIGINT and SIGTERM waits: a node needs 50 ms
