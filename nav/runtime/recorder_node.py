@@ -24,6 +24,12 @@ resumed. The gap also goes into the recovered file (``ornav.recovery``) and into
 one (``ornav.restart``), where ``ornav inspect`` shows it; the ``recording`` command
 reports it under ``recovery``. A file that is not MCAP is left alone.
 
+Provenance: under a supervisor (``ORNAV_LAUNCH_FILE``) the launch file the stack ran goes
+into the recording as metadata ``ornav.launch`` (``path``, ``sha256``, ``toml``; at most
+``MAX_LAUNCH_BYTES``), so a recording says which stack made it, and a simulated session
+carries its ground truth (the nav node's ``truth_T_reference_from_image``) for
+``ornav validate``.
+
 Files are created 0600 and missing directories 0700: a recording is patient session data.
 
 ZeroMQ joins subscriptions asynchronously, so messages published in the first milliseconds
@@ -32,6 +38,7 @@ after READY may be missed; a recorder starts before the nodes it records.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -63,6 +70,9 @@ from nav.runtime.recording import (
 
 log = logging.getLogger(__name__)
 
+LAUNCH_METADATA = "ornav.launch"
+LAUNCH_FILE_ENV = "ORNAV_LAUNCH_FILE"
+MAX_LAUNCH_BYTES = 256 << 10  # a launch file is a few KiB; never copy a stray large file
 STOP_DRAIN_S = 1.0  # on stop, keep writing what is already queued for at most this long
 RECOVERY_JOIN_S = 5.0  # on stop, how long a recovery in progress may take to abort
 
@@ -217,6 +227,23 @@ def _note_restart(writer: RecordingWriter, report: RecoveryReport) -> None:
     )
 
 
+def _note_launch(writer: RecordingWriter) -> None:
+    """Copy the supervisor's launch file into the recording (``ornav.launch``), if readable."""
+    path = os.environ.get(LAUNCH_FILE_ENV, "")
+    if not path:
+        return
+    try:
+        data = Path(path).read_bytes()
+        if len(data) > MAX_LAUNCH_BYTES:
+            raise ValueError(f"{len(data)} bytes > {MAX_LAUNCH_BYTES}")
+        text = data.decode("utf-8")
+    except (OSError, ValueError) as error:
+        log.warning("launch file %s not noted in the recording: %s", path, error)
+        return
+    digest = hashlib.sha256(data).hexdigest()
+    writer.add_metadata(LAUNCH_METADATA, {"path": path, "sha256": digest, "toml": text})
+
+
 def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
     """Record until ``stop``; returns 0 after closing the file cleanly, 2 if it cannot open."""
     requested = Path(cfg.path)
@@ -239,6 +266,7 @@ def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
         log.error("%s: %s", spec.name, error)
         return 2
 
+    _note_launch(writer)
     recovery = _Recovery(previous, new_path=path, resumed_wall_ns=writer.wall_ns_at_open)
     with writer, NodeRuntime(spec, stop) as runtime:
         sub = bus.QueueSubscriber(spec.subscribe_endpoints, cfg.topics)

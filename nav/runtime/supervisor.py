@@ -174,6 +174,8 @@ class Supervisor:
             # Trust only the epochs of the nodes it reads (nav.runtime.roster.RosterTrust).
             roster.TRUSTED_NODES_ENV: ",".join(spec.subscribe),
             SUPERVISOR_PID_ENV: str(os.getpid()),
+            # The recorder copies it into the recording (provenance, a sim's ground truth).
+            "ORNAV_LAUNCH_FILE": str(Path(self.launch.path).resolve()),
         }
         child = node.child = ChildProcess(
             name=spec.name,
