@@ -19,6 +19,7 @@ from cli.convert import add_convert_parser
 from cli.demo.command import add_demo_parser
 from cli.errors import EXIT_BAD_INPUT, UserError
 from cli.headset import add_headset_parser
+from cli.keys import add_keys_parser
 from cli.launch import add_launch_parser
 from cli.recordings import add_recording_parsers
 from cli.register import add_register_parser
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_case_parser(commands)
     add_convert_parser(commands)
     add_headset_parser(commands)
+    add_keys_parser(commands)
     add_demo_parser(commands)
     add_register_parser(commands)
     return parser
