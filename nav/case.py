@@ -6,6 +6,7 @@ A case is a folder::
     models/liver.ply     one mesh per structure: PLY, STL, OBJ or GLB (read by trimesh)
     fiducials.mrk.json   3D Slicer point lists (.mrk.json, or a legacy .fcsv)
     targets.mrk.json
+    volume/<hash>.u16.gz  optional: the CT for rendering, named by ``[volume]`` (nav.imaging.brick)
 
 ``case.toml``::
 
@@ -14,6 +15,8 @@ A case is a folder::
     coordinate_system = "LPS"       # of the meshes: "LPS", or "RAS" (converted on read)
     fiducials = "fiducials.mrk.json"  # optional, relative to the case folder
     targets = "targets.mrk.json"      # optional, relative to the case folder
+    [volume]                        # optional: the CT brick, see nav.imaging.brick
+    [provenance]                    # optional: inputs and parameters of `ornav case build`
 
     [[structures]]
     name = "liver"                  # unique; a letter, then letters, digits, _ or -
@@ -68,6 +71,7 @@ import numpy.typing as npt
 import trimesh
 
 from nav.arrays import Points
+from nav.imaging.brick import BrickError, VolumeRef, parse_volume_table
 from nav.registration.errors import MAX_COORDINATE_MM
 
 """Points in mm, shape (N, 3)."""
@@ -94,7 +98,10 @@ DEFAULT_COLOURS: Final[Mapping[str, Colour]] = {
 
 STRUCTURE_NAME_PATTERN: Final = re.compile(r"\A[A-Za-z][A-Za-z0-9_-]{0,63}\Z")
 
-_CASE_KEYS: Final = ("name", "units", "coordinate_system", "fiducials", "targets", "structures")
+_CASE_KEYS: Final = (
+    "name", "units", "coordinate_system", "fiducials", "targets", "structures", "volume",
+    "provenance",
+)  # fmt: skip
 _STRUCTURE_KEYS: Final = ("name", "role", "mesh", "colour", "opacity", "critical")
 
 # .fcsv columns when the file has no "# columns = " line: Slicer 4+ files carry a
@@ -171,6 +178,8 @@ class Case:
     structures: tuple[Structure, ...]
     fiducials: Markups
     targets: Markups
+    volume: VolumeRef | None = None
+    """The CT brick for rendering (``[volume]``, ``nav.imaging.brick``), if the case has one."""
 
     def structure(self, name: str) -> Structure:
         """The structure called ``name``; KeyError if there is none."""
@@ -799,7 +808,21 @@ def load_case(path: str | Path) -> Case:
         structures=structures,
         fiducials=markups["fiducials"],
         targets=markups["targets"],
+        volume=_volume(toml_path, root, document),
     )
+
+
+def _volume(toml_path: Path, root: Path, document: Mapping[str, Any]) -> VolumeRef | None:
+    """The ``[volume]`` table checked (its bytes are checked when read); ``[provenance]``
+    (what ``ornav case build`` made it from) must be a table and is not read further."""
+    if not isinstance(document.get("provenance", {}), dict):
+        raise CaseError(toml_path, "[provenance] must be a table")
+    if "volume" not in document:
+        return None
+    try:
+        return parse_volume_table(root, document["volume"])
+    except BrickError as error:
+        raise CaseError(toml_path, str(error)) from None
 
 
 def bounds_lps(case: Case) -> Points:
