@@ -31,7 +31,8 @@ Publishes (its bus PUB, ``spec.pub``):
 
 Headset sessions: a ROUTER socket at ``headset_endpoint``. Hello -> Welcome (or a
 ``Reply`` error on a protocol mismatch), ClockPing -> ClockPong, AssetRequest ->
-AssetData, SnapshotRequest -> the newest ``SceneUpdate``, AlertAck, HeadsetTelemetry.
+AssetData, SnapshotRequest -> the newest ``SceneUpdate``, AlertAck, HeadsetTelemetry,
+XrRegistration (the session's ``T_xr_from_tracker``, echoed back as held).
 The session id (32 hex) is random per process start, so a client sees a restart. A
 session is dropped after ``client_timeout_s`` of silence (clients ping about once a
 second). With ``max_sessions`` open, a new Hello takes the seat of a session that has
@@ -60,8 +61,8 @@ Layout: ``Config``; ``HeadsetServer`` (the ROUTER socket and its sessions); ``_S
 (the per-tick work: registrations, poses and nav states in, updates and alerts out);
 ``run`` (set-up and wiring, then the poll loop) and ``main``.
 
-Per-sample cost on the phantom (5 structures): ~32 us for the headset pose, the scene
-update and its encoding (``render/scene.py``), of the 1000 us between samples at 1 kHz.
+Per-sample cost on the phantom (5 structures): a few tens of us for the headset pose, the
+scene update and its encoding (``render/scene.py``), of the 1000 us between samples at 1 kHz.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+import numpy as np
 import zmq
 
 from calibration.files import CalibrationFileError, read_calibration
@@ -85,6 +87,7 @@ from nav.frames import HEADSET, is_valid_tool_name
 from nav.messages import (
     HEADSET_PROTOCOL_VERSION,
     MAX_PAYLOAD_BYTES,
+    RIGID_TOLERANCE,
     Alert,
     AlertAck,
     AssetData,
@@ -103,6 +106,7 @@ from nav.messages import (
     SnapshotRequest,
     TrackerFrame,
     Welcome,
+    XrRegistration,
     decode,
     encode,
 )
@@ -110,7 +114,7 @@ from nav.phantom import SHIPPED_PHANTOM_DIR
 from nav.runtime import bus
 from nav.runtime.launchfile import NodeSpec
 from nav.runtime.node import POLL_TIMEOUT_S, NodeRuntime, node_main
-from nav.transforms import Mat4
+from nav.transforms import Mat4, rigidity_errors
 from render.alerts import AlertLog
 from render.assets import (
     DEFAULT_TRIANGLE_BUDGET,
@@ -143,6 +147,7 @@ _REQUESTS: Final = (
     SnapshotRequest,
     AlertAck,
     HeadsetTelemetry,
+    XrRegistration,
 )
 
 
@@ -157,7 +162,9 @@ class Config:
     - ``case``: the case folder; empty = the shipped phantom (as for the nav node).
     - ``display_calibration``: a calibration file of kind "display"
       (``T_display_from_headset``); empty = the simulated headset's
-      (``calibration/data/sim_headset_display.toml``, shipped with the package).
+      (``calibration/data/sim_headset_display.toml``, shipped with the package). Protocol
+      2 sends poses in the tracker frame, so the node only checks the file at start; the
+      demo hands it to the simulated headset client (``ornav headset``), which draws with it.
     - ``tracker_topic``: topic prefix of the ``TrackerFrame``s carrying ``headset_tool``.
     - ``stale_after_ms`` / ``hide_after_ms``: pose age past which the overlay is drawn
       STALE / not drawn (docs/headset-protocol.md).
@@ -168,6 +175,9 @@ class Config:
     - ``max_sessions``: sessions open at most; a Hello beyond it evicts an idle session
       or, if every one is in use, is refused with a Reply error (code "sessions_full").
     - ``session_sndhwm``: messages queued per client before sends to it are dropped.
+    - ``xr_from_tracker``: 16 numbers (row-major 4x4, mm), the ``T_xr_from_tracker`` a
+      new session starts with until its client sends an ``XrRegistration``; empty =
+      identity (the client's world is the tracker frame: a monitor view).
     """
 
     headset_endpoint: str
@@ -184,8 +194,15 @@ class Config:
     client_timeout_s: float = 5.0
     max_sessions: int = 16
     session_sndhwm: int = 100
+    xr_from_tracker: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.xr_from_tracker:
+            if len(self.xr_from_tracker) != 16:
+                raise ValueError("key 'xr_from_tracker': needs 16 numbers (row-major 4x4)")
+            T = np.asarray(self.xr_from_tracker, np.float64).reshape(4, 4)
+            if not (np.isfinite(T).all() and rigidity_errors(T[None])[0] <= RIGID_TOLERANCE):
+                raise ValueError("key 'xr_from_tracker': not a rigid transform")
         if not self.headset_endpoint:
             raise ValueError("key 'headset_endpoint': must name an endpoint")
         if not is_valid_tool_name(self.headset_tool):
@@ -207,6 +224,11 @@ class Config:
         for key in ("triangle_budget", "max_sessions", "session_sndhwm"):
             if getattr(self, key) < 1:
                 raise ValueError(f"key {key!r}: must be >= 1, got {getattr(self, key)}")
+
+    def T_xr_from_tracker(self) -> Mat4:
+        if not self.xr_from_tracker:
+            return np.eye(4)
+        return np.asarray(self.xr_from_tracker, np.float64).reshape(4, 4)
 
     def limits(self) -> OverlayLimits:
         return OverlayLimits(
@@ -249,6 +271,9 @@ class _Session:
     seq: int = 0
     pending: dict[int, tuple[Alert, int]] = field(default_factory=dict)
     """alert_id -> (alert, when to resend, ns)."""
+    T_xr_from_tracker: Mat4 = field(default_factory=lambda: np.eye(4))
+    """This session's registration of the tracker into its client's world (mm)."""
+    xr_rms_mm: float = math.nan
 
 
 class _RequestError(Exception):
@@ -440,13 +465,25 @@ class HeadsetServer:
             self.counters["telemetry_received"] += 1
             session.last_useful_ns = now_ns
             self.publisher.publish(TELEMETRY_TOPIC, message)
+        elif isinstance(message, XrRegistration):
+            # Rigid and finite (checked on decode): the session's world from now on.
+            session.T_xr_from_tracker = np.array(message.T_xr_from_tracker)
+            session.xr_rms_mm = message.rms_mm
+            session.last_useful_ns = now_ns
+            self.counters["xr_registrations"] += 1
+            log.info(
+                "headset %s: T_xr_from_tracker set (rms %.2f mm)", session.client, message.rms_mm
+            )
+            self._send(
+                identity, XrRegistration(session.T_xr_from_tracker, session.xr_rms_mm), now_ns
+            )
 
     def _hello(self, identity: bytes, hello: Hello, now_ns: int) -> None:
         if hello.protocol != HEADSET_PROTOCOL_VERSION:
             raise _RequestError(
                 "protocol",
-                f"protocol {hello.protocol} not supported: this render node speaks "
-                f"protocol {HEADSET_PROTOCOL_VERSION}",
+                f"protocol {HEADSET_PROTOCOL_VERSION} required: this render node speaks "
+                f"protocol {HEADSET_PROTOCOL_VERSION}, the client {hello.protocol}",
             )
         session = self.sessions.get(identity)
         if session is None:
@@ -457,7 +494,13 @@ class HeadsetServer:
                         "sessions_full", f"{len(self.sessions)} sessions in use: try later"
                     )
                 self._evict(victim, hello.client, now_ns)
-            session = _Session(identity, hello.client, now_ns, opened_ns=now_ns)
+            session = _Session(
+                identity,
+                hello.client,
+                now_ns,
+                opened_ns=now_ns,
+                T_xr_from_tracker=self.cfg.T_xr_from_tracker(),
+            )
             self.sessions[identity] = session
             self.counters["sessions_opened"] += 1
             self.counters["sessions"] = len(self.sessions)
@@ -470,6 +513,8 @@ class HeadsetServer:
             scene_version=self.scene_version,
             t_server_ns=time.monotonic_ns(),
             assets=self.assets.infos,
+            T_xr_from_tracker=session.T_xr_from_tracker,
+            xr_rms_mm=session.xr_rms_mm,
         )
         self._send(identity, welcome, now_ns)
         # A late joiner still learns what is wrong now (reference lost, verify first...).
@@ -745,7 +790,6 @@ def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
                 session=session_id,
                 scene_version=models.version,
                 structure_names=models.served.names,
-                T_display_from_headset=loaded.T_display_from_headset,
                 case_id=models.case_id,
                 limits=cfg.limits(),
             ),

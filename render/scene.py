@@ -1,19 +1,19 @@
-"""The headset's scene for one instant: structure poses in ``display``, overlay state, alerts.
+"""The headset's scene for one instant: structure poses in ``tracker``, overlay state, alerts.
 
 Pure: no sockets, no files, no clock reads (``now_ns`` is an argument everywhere). The
 render node (``render/render_node.py``) feeds it the newest ``NavState``, the newest
 headset marker pose from the tracker, and asks for a ``SceneUpdate`` at ``now_ns``.
 
-The chain, read right to left (frames in ``nav.frames``)::
+Protocol 2 is world-locked: the update carries ``T_tracker_from_image`` (the nav node's
+model pose, pinned to the patient reference) for every structure and ``p_tip_tracker``;
+each client places them in its own world with its session's ``T_xr_from_tracker``. A
+client that places its view with the headset marker (the simulated headset, the
+reference client) composes, right to left::
 
     T_display_from_image = T_display_from_headset @ inv(T_tracker_from_headset)
                            @ T_tracker_from_image
-    p_tip_display        = T_display_from_image @ p_tip_image
 
-``T_display_from_headset`` is the display calibration (``calibration.files``, kind
-"display"); ``T_tracker_from_headset`` the headset marker in the newest tracker sample;
-``T_tracker_from_image`` and ``p_tip_image`` come from the nav node. ``display`` here is
-the headset's view frame (x right, y down, z forward), see docs/headset-protocol.md.
+with its own display calibration and the update's ``T_tracker_from_headset``.
 
 Overlay rule (:func:`overlay_state`). ``age = now - t_sensor``, where ``t_sensor`` is the
 older of the drawn nav pose's and the headset pose's sample times; the first row that
@@ -47,10 +47,9 @@ may have died). HIDDEN carries identity poses and NaN tip and distances.
 
 Alerts (:class:`AlertMachine`): see its docstring for codes and the debounce.
 
-Per-sample cost on the phantom (5 structures), best of 7 x 5000 on a shared 2-core
-machine: :meth:`SceneState.on_headset` ~8 us (the rigid inverse, once per tracker sample),
-:meth:`SceneState.update` ~8 us, its ``messages.encode`` ~8 us (1244 bytes): ~32 us per
-sample in all, new headset pose and nav state included; about twice that under load.
+Per-sample cost on the phantom (5 structures), measured for protocol 1 (best of 7 x 5000
+on a shared 2-core machine): :meth:`SceneState.update` ~8 us, its ``messages.encode``
+~8 us (~1.2 KB); protocol 2 drops the per-sample rigid inverse and adds one 4x4 array.
 """
 
 from __future__ import annotations
@@ -71,7 +70,7 @@ from nav.messages import (
     ToolStatus,
     TrackerFrame,
 )
-from nav.transforms import Mat4, invert_rigid
+from nav.transforms import Mat4
 
 DEFAULT_STALE_AFTER_NS: Final = 100_000_000
 DEFAULT_HIDE_AFTER_NS: Final = 300_000_000
@@ -80,6 +79,8 @@ MAX_KNOWN_REGISTRATIONS: Final = 64
 
 _NAN3 = np.full(3, np.nan)
 _NAN3.setflags(write=False)
+_EYE4 = np.eye(4)
+_EYE4.setflags(write=False)
 
 
 @dataclass(frozen=True)
@@ -134,13 +135,11 @@ class SceneState:
 
     ``structure_names`` (S) are the case's asset names, all in the ``image`` frame;
     ``case_id`` the case they belong to (``nav.navigation.case_id``).
-    ``T_display_from_headset`` (4, 4) mm from the display calibration.
     """
 
     session: str
     scene_version: int
     structure_names: tuple[str, ...]
-    T_display_from_headset: Mat4
     case_id: str = ""
     limits: OverlayLimits = field(default_factory=OverlayLimits)
     nav: NavState | None = None
@@ -148,10 +147,8 @@ class SceneState:
     headset: HeadsetSample | None = None
 
     def __post_init__(self) -> None:
-        self.T_display_from_headset = np.array(self.T_display_from_headset, dtype=np.float64)
         self.set_case(self.case_id, self.structure_names, self.scene_version)
         self._registration_cases: dict[int, str] = {}
-        self._T_display_from_tracker: Mat4 | None = None
         if self.headset is not None:
             self.on_headset(self.headset)
 
@@ -198,12 +195,6 @@ class SceneState:
 
     def on_headset(self, sample: HeadsetSample) -> None:
         self.headset = sample
-        # Once per tracker sample, not per update: timer updates reuse it.
-        self._T_display_from_tracker = (
-            self.T_display_from_headset @ invert_rigid(sample.T_tracker_from_headset)
-            if sample.status is ToolStatus.OK
-            else None
-        )
 
     def _drawn(self) -> NavState | None:
         nav = self.nav
@@ -236,18 +227,18 @@ class SceneState:
             age_ns=age_ns,
             limits=self.limits,
         )
-        T_display_from_tracker = self._T_display_from_tracker
-        if overlay is OverlayState.HIDDEN or drawn is None or T_display_from_tracker is None:
+        if overlay is OverlayState.HIDDEN or drawn is None:
             Ts = self._identities
             p_tip = _NAN3
             target_d = np.full(len(nav.target_names) if nav else 0, np.nan)
             critical_d = np.full(len(nav.critical_names) if nav else 0, np.nan)
         else:
-            T_display_from_image = T_display_from_tracker @ drawn.T_tracker_from_image
-            Ts = np.repeat(T_display_from_image[None], len(self.structure_names), axis=0)
-            p_tip = T_display_from_image[:3, :3] @ drawn.p_tip_image + T_display_from_image[:3, 3]
+            T_tracker_from_image = drawn.T_tracker_from_image
+            Ts = np.repeat(T_tracker_from_image[None], len(self.structure_names), axis=0)
+            p_tip = T_tracker_from_image[:3, :3] @ drawn.p_tip_image + T_tracker_from_image[:3, 3]
             target_d = drawn.target_distances_mm
             critical_d = drawn.critical_distances_mm
+        T_headset = headset.T_tracker_from_headset if headset_ok and headset else _EYE4
         return SceneUpdate(
             session=self.session,
             scene_version=self.scene_version,
@@ -259,8 +250,9 @@ class SceneState:
             needs_verification=bool(nav.needs_verification) if nav else False,
             registration_id=nav.registration_id if nav else 0,
             structure_names=self.structure_names,
-            T_display_from_structures=Ts,
-            p_tip_display=p_tip,
+            T_tracker_from_structures=Ts,
+            p_tip_tracker=p_tip,
+            T_tracker_from_headset=T_headset,
             target_names=nav.target_names if nav else (),
             target_distances_mm=target_d,
             critical_names=nav.critical_names if nav else (),

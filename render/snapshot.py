@@ -4,7 +4,9 @@ The camera sits at the origin of the ``display`` frame with the display calibrat
 pinhole intrinsics (``calibration.files`` kind ``display``: ``camera_matrix``,
 ``image_size``), OpenCV convention: x right, y down, z forward, pixel (u, v) =
 ``K @ p_display / z``. Each structure's GLB mesh (vertices in ``image``, mm) is placed by
-its ``SceneUpdate.T_display_from_structures`` pose and drawn in its case colour and
+its ``SceneUpdate.T_tracker_from_structures`` pose, seen from the display
+(``DisplayCamera.display_from_tracker``: the display calibration and the update's headset
+marker pose), and drawn in its case colour and
 opacity; the pointer tip is a small sphere. A banner on top states the overlay state,
 the navigation status, the nearest target's distance and the predicted TRE.
 
@@ -37,7 +39,7 @@ import math
 import multiprocessing
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,7 @@ import trimesh
 import calibration
 from calibration.files import CalibrationFileError, read_calibration
 from nav.messages import AssetInfo, OverlayState, SceneUpdate
+from nav.transforms import invert_rigid
 from render.assets import glb_vertex_rgba
 
 log = logging.getLogger(__name__)
@@ -70,11 +73,25 @@ ImageRGB = npt.NDArray[np.uint8]
 
 @dataclass(frozen=True, eq=False)
 class DisplayCamera:
-    """The display's pinhole: ``K`` (3, 3) px, image ``width`` x ``height`` px."""
+    """The display's pinhole: ``K`` (3, 3) px, image ``width`` x ``height`` px, and where it
+    sits on the headset marker: ``T_display_from_headset`` (4, 4) mm (identity: the view is
+    the marker's)."""
 
     K: npt.NDArray[np.float64]
     width: int
     height: int
+    T_display_from_headset: npt.NDArray[np.float64] = field(default_factory=lambda: np.eye(4))
+
+    def display_from_tracker(self, update: SceneUpdate) -> npt.NDArray[np.float64] | None:
+        """``T_display_from_tracker`` for ``update`` (protocol 2 sends tracker-frame poses):
+        ``T_display_from_headset @ inv(T_tracker_from_headset)``; None without a headset pose.
+        """
+        if not update.headset_ok:
+            return None
+        out: npt.NDArray[np.float64] = self.T_display_from_headset @ invert_rigid(
+            update.T_tracker_from_headset
+        )
+        return out
 
     def project(self, p_display: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Points (N, 3) mm in the display frame -> pixels (N, 2) (u right, v down)."""
@@ -95,7 +112,9 @@ def load_display_camera(path: str | os.PathLike[str] | None = None) -> DisplayCa
         raise CalibrationFileError(f"{path}: kind {cal.kind!r}, expected a 'display' calibration")
     K = cal.array("camera_matrix")
     width, height = (int(v) for v in cal.array("image_size"))
-    return DisplayCamera(K=K, width=width, height=height)
+    return DisplayCamera(
+        K=K, width=width, height=height, T_display_from_headset=cal.array("T_display_from_headset")
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -170,15 +189,24 @@ def _dim_rgb(rgb: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 
 
 def _drawables(
-    update: SceneUpdate | None, overlay: OverlayState, meshes: Mapping[str, StructureMesh]
+    update: SceneUpdate | None,
+    overlay: OverlayState,
+    meshes: Mapping[str, StructureMesh],
+    camera: DisplayCamera,
 ) -> list[_Drawable]:
     if update is None or overlay is OverlayState.HIDDEN:
         return []  # never draw what the system cannot vouch for
+    T_display_from_tracker = camera.display_from_tracker(update)
+    if T_display_from_tracker is None:
+        return []  # no headset pose: nowhere to draw from
     out: list[_Drawable] = []
-    for name, T in zip(update.structure_names, update.T_display_from_structures, strict=True):
+    for name, T_tracker in zip(
+        update.structure_names, update.T_tracker_from_structures, strict=True
+    ):
         mesh = meshes.get(name)
         if mesh is None:
             continue
+        T = T_display_from_tracker @ T_tracker
         v = mesh.vertices @ T[:3, :3].T + T[:3, 3]
         current = overlay is OverlayState.CURRENT
         rgba = mesh.color_rgba if current else _dim(mesh.color_rgba)
@@ -186,7 +214,7 @@ def _drawables(
         if mesh.vertex_rgba is not None:
             vertex_rgb = mesh.vertex_rgba[:, :3] if current else _dim_rgb(mesh.vertex_rgba[:, :3])
         out.append(_Drawable(v, mesh.faces, rgba, vertex_rgb))
-    tip = update.p_tip_display
+    tip = T_display_from_tracker[:3, :3] @ update.p_tip_tracker + T_display_from_tracker[:3, 3]
     if np.isfinite(tip).all():
         sphere = trimesh.creation.icosphere(subdivisions=2, radius=TIP_RADIUS_MM)
         rgba = TIP_RGBA if overlay is OverlayState.CURRENT else _dim(TIP_RGBA)
@@ -433,7 +461,7 @@ def render_view(
     if update is None:
         overlay = OverlayState.HIDDEN
         reason = reason or "no scene yet"
-    drawables = _drawables(update, overlay, meshes)
+    drawables = _drawables(update, overlay, meshes, camera)
     image, used = _render_3d(drawables, camera, renderer, open3d_timeout_s)
     image = image.copy()
     text = banner_text(update, overlay, reason)

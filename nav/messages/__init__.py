@@ -85,6 +85,7 @@ from nav.messages.headset import (
     SceneUpdate,
     SnapshotRequest,
     Welcome,
+    XrRegistration,
 )
 from nav.messages.wire import (
     MAX_NAME_LEN,
@@ -167,6 +168,7 @@ __all__ = [
     "TrackerFrame",
     "VerifyRegistration",
     "Welcome",
+    "XrRegistration",
     "compute_reply_from_result",
     "decode",
     "decode_array",

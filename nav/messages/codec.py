@@ -29,6 +29,7 @@ from nav.messages.headset import (
     SceneUpdate,
     SnapshotRequest,
     Welcome,
+    XrRegistration,
 )
 from nav.messages.wire import (
     MAX_PAYLOAD_BYTES,
@@ -57,6 +58,7 @@ Message: TypeAlias = (
     | AssetData
     | SnapshotRequest
     | HeadsetTelemetry
+    | XrRegistration
 )
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
@@ -79,6 +81,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         AssetData,
         SnapshotRequest,
         HeadsetTelemetry,
+        XrRegistration,
     )
 }
 

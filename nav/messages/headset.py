@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from nav.transforms import rigidity_errors
 
 # --- headset protocol (docs/headset-protocol.md) -------------------------------------
 
-HEADSET_PROTOCOL_VERSION = 1
+HEADSET_PROTOCOL_VERSION = 2
 MAX_ASSET_BYTES = 32 << 20  # one decimated structure as GLB; far above the triangle budget
 _SESSION = re.compile(r"[0-9a-f]{32}")
 _CLIENT_NAME = r"[A-Za-z0-9_.-]{1,64}"
@@ -59,6 +60,12 @@ class OverlayState(enum.Enum):
     HIDDEN = "HIDDEN"
 
 
+def _check_rigid(T: FloatArray, key: str) -> None:
+    with np.errstate(over="ignore", invalid="ignore"):
+        if not (rigidity_errors(T[None]) <= RIGID_TOLERANCE).all():
+            raise MessageError("invalid", f"{key} is not a rigid transform")
+
+
 def _int_field(body: Mapping[str, Any], key: str, low: int, high: int) -> int:
     value: int = _get(body, key, int)
     if not low <= value <= high:
@@ -70,12 +77,16 @@ def _int_field(body: Mapping[str, Any], key: str, low: int, high: int) -> int:
 class SceneUpdate:
     """The overlay for one tracker sample, published by the render node on ``scene/update``.
 
-    All structures of the case share the ``image`` frame; ``T_display_from_structures``
-    (S, 4, 4) carries one pose per name in ``structure_names`` (equal today, kept per
-    structure so a structure can move on its own). ``display`` is the headset's view frame
-    (see docs/headset-protocol.md). ``p_tip_display`` (3,) mm, NaN when the tip is unknown.
-    ``age_ms``: the pose's age when the render node sent it (its clock minus
-    ``t_sensor_ns``). Poses are identity and meaningless while ``overlay`` is HIDDEN.
+    Protocol 2: poses are in the ``tracker`` frame (world-locked; the client places them in
+    its own world with its session's ``T_xr_from_tracker``). All structures of the case
+    share the ``image`` frame; ``T_tracker_from_structures`` (S, 4, 4) mm carries one pose
+    per name in ``structure_names`` (equal today, kept per structure so a structure can
+    move on its own). ``p_tip_tracker`` (3,) mm, NaN when the tip is unknown.
+    ``T_tracker_from_headset`` (4, 4) mm: the headset marker in the sample drawn, for a
+    client that places its view with that marker (the simulated headset); identity when
+    ``headset_ok`` is false. ``age_ms``: the pose's age when the render node sent it (its
+    clock minus ``t_sensor_ns``). Structure poses are identity and meaningless while
+    ``overlay`` is HIDDEN.
 
     Safety is checked on decode: an update that claims CURRENT while the navigation status
     is not OK or the headset is not tracked is refused, so no peer can make an overlay the
@@ -93,8 +104,9 @@ class SceneUpdate:
     needs_verification: bool
     registration_id: int
     structure_names: tuple[str, ...]
-    T_display_from_structures: FloatArray
-    p_tip_display: FloatArray
+    T_tracker_from_structures: FloatArray
+    p_tip_tracker: FloatArray
+    T_tracker_from_headset: FloatArray
     target_names: tuple[str, ...]
     target_distances_mm: FloatArray
     critical_names: tuple[str, ...]
@@ -114,10 +126,13 @@ class SceneUpdate:
             "needs_verification": bool(self.needs_verification),
             "registration_id": int(self.registration_id),
             "structure_names": list(self.structure_names),
-            "T_display_from_structures": encode_array(
-                np.asarray(self.T_display_from_structures, np.float64)
+            "T_tracker_from_structures": encode_array(
+                np.asarray(self.T_tracker_from_structures, np.float64)
             ),
-            "p_tip_display": encode_array(np.asarray(self.p_tip_display, np.float64)),
+            "p_tip_tracker": encode_array(np.asarray(self.p_tip_tracker, np.float64)),
+            "T_tracker_from_headset": encode_array(
+                np.asarray(self.T_tracker_from_headset, np.float64)
+            ),
             "target_names": list(self.target_names),
             "target_distances_mm": encode_array(np.asarray(self.target_distances_mm, np.float64)),
             "critical_names": list(self.critical_names),
@@ -148,12 +163,15 @@ class SceneUpdate:
         if len(structures) > MAX_TOOLS_PER_FRAME:
             raise MessageError("invalid", f"more than {MAX_TOOLS_PER_FRAME} structures")
         Ts = decode_array(
-            body, "T_display_from_structures", dtype="<f8", shape=(len(structures), 4, 4)
+            body, "T_tracker_from_structures", dtype="<f8", shape=(len(structures), 4, 4)
         )
         if overlay is not OverlayState.HIDDEN and len(structures):
             with np.errstate(over="ignore", invalid="ignore"):
                 if not (rigidity_errors(Ts) <= RIGID_TOLERANCE).all():
                     raise MessageError("invalid", "a drawn structure pose is not rigid")
+        T_headset = decode_array(body, "T_tracker_from_headset", dtype="<f8", shape=(4, 4))
+        if headset_ok:
+            _check_rigid(T_headset, "T_tracker_from_headset")
         targets, target_distances = _named_distances(body, "target")
         criticals, critical_distances = _named_distances(body, "critical")
         tre = _predicted_tre(body)
@@ -169,10 +187,11 @@ class SceneUpdate:
             needs_verification=_get(body, "needs_verification", bool),
             registration_id=_time_ns(body, "registration_id"),
             structure_names=structures,
-            T_display_from_structures=Ts,
-            p_tip_display=decode_array(
-                body, "p_tip_display", dtype="<f8", shape=(3,), allow_nan=True
+            T_tracker_from_structures=Ts,
+            p_tip_tracker=decode_array(
+                body, "p_tip_tracker", dtype="<f8", shape=(3,), allow_nan=True
             ),
+            T_tracker_from_headset=T_headset,
             target_names=targets,
             target_distances_mm=target_distances,
             critical_names=criticals,
@@ -315,6 +334,11 @@ class AssetInfo:
 class Welcome:
     """The render node's answer to ``Hello``: its session, where scene updates are
     published, the server clock at reply, and the case's assets (scene ``scene_version``).
+
+    ``T_xr_from_tracker`` (4, 4) mm: this session's registration of the tracker into the
+    client's own world-tracking space (``xr``), applied by the client on one root node;
+    the render node's configured default until the session sends an ``XrRegistration``
+    (``xr_rms_mm`` NaN: not from a registration procedure).
     """
 
     TYPE: ClassVar[str] = "Welcome"
@@ -324,9 +348,13 @@ class Welcome:
     scene_version: int
     t_server_ns: int
     assets: tuple[AssetInfo, ...]
+    T_xr_from_tracker: FloatArray
+    xr_rms_mm: float
 
     def to_body(self) -> dict[str, Any]:
         return {
+            "T_xr_from_tracker": encode_array(np.asarray(self.T_xr_from_tracker, np.float64)),
+            "xr_rms_mm": float(self.xr_rms_mm),
             "protocol": int(self.protocol),
             "session": self.session,
             "scene_endpoint": self.scene_endpoint,
@@ -351,7 +379,48 @@ class Welcome:
             scene_version=_time_ns(body, "scene_version"),
             t_server_ns=_time_ns(body, "t_server_ns"),
             assets=tuple(AssetInfo.from_wire(a) for a in raw_assets),
+            T_xr_from_tracker=_rigid_field(body, "T_xr_from_tracker"),
+            xr_rms_mm=_rms_field(body, "xr_rms_mm"),
         )
+
+
+def _rigid_field(body: Mapping[str, Any], key: str) -> FloatArray:
+    T = decode_array(body, key, dtype="<f8", shape=(4, 4))
+    _check_rigid(T, key)
+    return T
+
+
+def _rms_field(body: Mapping[str, Any], key: str) -> float:
+    rms = float(_get(body, key, (int, float)))
+    if not (math.isnan(rms) or 0.0 <= rms < 1e6):
+        raise MessageError("invalid", f"{key} {rms} is not NaN or in [0, 1e6)")
+    return rms
+
+
+@dataclass(frozen=True, eq=False)
+class XrRegistration:
+    """A headset session's ``T_xr_from_tracker`` (4, 4) mm and its RMS residual (mm; NaN
+    when not measured).
+
+    Client -> render node: use this registration for my session from now on. The render
+    node answers with the registration it now holds (the same message), or a ``Reply``
+    error. Rigid (checked on decode): a registration is a pose, never a scale or shear.
+    """
+
+    TYPE: ClassVar[str] = "XrRegistration"
+    T_xr_from_tracker: FloatArray
+    rms_mm: float
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "T_xr_from_tracker": encode_array(np.asarray(self.T_xr_from_tracker, np.float64)),
+            "rms_mm": float(self.rms_mm),
+        }
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> XrRegistration:
+        _check_fields(body, field_names(cls), cls.TYPE)
+        return cls(_rigid_field(body, "T_xr_from_tracker"), _rms_field(body, "rms_mm"))
 
 
 @dataclass(frozen=True)

@@ -140,8 +140,9 @@ def _update(
         needs_verification=False,
         registration_id=1,
         structure_names=names,
-        T_display_from_structures=np.stack([np.eye(4)] * len(names)),
-        p_tip_display=np.full(3, np.nan),
+        T_tracker_from_structures=np.stack([np.eye(4)] * len(names)),
+        p_tip_tracker=np.full(3, np.nan),
+        T_tracker_from_headset=np.eye(4),
         target_names=("T1",),
         target_distances_mm=np.array([12.5]),
         critical_names=(),
@@ -211,7 +212,9 @@ def phantom_assets() -> AssetSet:
 class FakeServer:
     """The render node's session protocol in a thread, from docs/headset-protocol.md."""
 
-    def __init__(self, ipc_dir: Path, assets: AssetSet, *, protocol: int = 1) -> None:
+    def __init__(
+        self, ipc_dir: Path, assets: AssetSet, *, protocol: int = HEADSET_PROTOCOL_VERSION
+    ) -> None:
         self.session_endpoint = f"ipc://{ipc_dir}/fake.headset"
         self.scene_endpoint = f"ipc://{ipc_dir}/fake.pub"
         self.assets = assets
@@ -300,6 +303,8 @@ class FakeServer:
             scene_version=self.scene_version,
             t_server_ns=time.monotonic_ns(),
             assets=self.assets.infos,
+            T_xr_from_tracker=np.eye(4),
+            xr_rms_mm=float("nan"),
         )
 
     def _scene_update(self, t_sensor_ns: int) -> SceneUpdate:
@@ -315,8 +320,9 @@ class FakeServer:
             needs_verification=False,
             registration_id=1,
             structure_names=names,
-            T_display_from_structures=np.stack([np.eye(4)] * len(names)),
-            p_tip_display=np.array([0.0, 0.0, 500.0]),
+            T_tracker_from_structures=np.stack([np.eye(4)] * len(names)),
+            p_tip_tracker=np.array([0.0, 0.0, 500.0]),
+            T_tracker_from_headset=np.eye(4),
             target_names=(),
             target_distances_mm=np.zeros(0),
             critical_names=(),

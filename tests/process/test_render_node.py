@@ -44,6 +44,7 @@ from nav.messages import (
     SceneUpdate,
     SnapshotRequest,
     Welcome,
+    XrRegistration,
     decode,
     encode,
 )
@@ -345,7 +346,10 @@ def test_protocol_mismatch_and_garbage_are_refused_counted_and_the_node_keeps_se
     try:
         mismatch = client.request(Hello(HEADSET_PROTOCOL_VERSION + 1, "future-client"))
         assert isinstance(mismatch, Reply) and not mismatch.ok
-        assert "protocol" in mismatch.error and "\n" not in mismatch.error
+        assert "protocol 2 required" in mismatch.error and "\n" not in mismatch.error
+        v1 = client.request(Hello(1, "protocol-1-client"))  # head-locked poses: refused
+        assert isinstance(v1, Reply) and not v1.ok and v1.result == {"code": "protocol"}
+        assert v1.error.startswith("protocol 2 required")
         no_session = client.request(SnapshotRequest())
         assert isinstance(no_session, Reply) and "Hello" in no_session.error
 
@@ -356,7 +360,7 @@ def test_protocol_mismatch_and_garbage_are_refused_counted_and_the_node_keeps_se
         # The node goes on serving this client, and every one of those was counted.
         assert isinstance(client.hello(), Welcome)
         counters = heartbeats.heartbeat(
-            lambda c: c.get("headset_rejected", 0) >= before.get("headset_rejected", 0) + 6
+            lambda c: c.get("headset_rejected", 0) >= before.get("headset_rejected", 0) + 7
         )
         for kind in ("protocol", "no_session", "malformed", "oversized", "unexpected"):
             assert counters[f"rejected_{kind}"] > before.get(f"rejected_{kind}", 0), kind
@@ -364,6 +368,28 @@ def test_protocol_mismatch_and_garbage_are_refused_counted_and_the_node_keeps_se
         client.close()
         heartbeats.close()
     assert stack.render.process.poll() is None
+
+
+def test_each_session_holds_its_own_xr_registration(stack: Stack) -> None:
+    """Protocol 2: a session starts from the configured T_xr_from_tracker (identity) and
+    keeps what its client sends; another session is not affected."""
+    first, second = Client(stack.headset_endpoint), Client(stack.headset_endpoint)
+    try:
+        welcome = first.hello()
+        np.testing.assert_array_equal(welcome.T_xr_from_tracker, np.eye(4))
+        assert np.isnan(welcome.xr_rms_mm)
+        T = np.eye(4)
+        T[:3, :3] = [[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
+        T[:3, 3] = [100.0, -1500.0, 800.0]
+        held = first.request(XrRegistration(T, 1.25))
+        assert isinstance(held, XrRegistration) and held.rms_mm == 1.25
+        np.testing.assert_array_equal(held.T_xr_from_tracker, T)
+        again = first.hello()  # the same session: it keeps its registration
+        np.testing.assert_array_equal(again.T_xr_from_tracker, T)
+        np.testing.assert_array_equal(second.hello().T_xr_from_tracker, np.eye(4))
+    finally:
+        first.close()
+        second.close()
 
 
 def test_an_alert_is_resent_until_acknowledged(stack: Stack) -> None:
@@ -629,7 +655,7 @@ def test_killing_the_tracker_turns_the_overlay_stale_then_hidden_on_time(
     between = [u for t, u in after if first_stale[0] <= t < first_hidden[0]]
     assert all(u.overlay is OverlayState.STALE for u in between)
     np.testing.assert_array_equal(
-        first_stale[1].T_display_from_structures, current[-1].T_display_from_structures
+        first_stale[1].T_tracker_from_structures, current[-1].T_tracker_from_structures
     )
     assert stack.render.process.poll() is None
     assert stack.render.terminate() == 0

@@ -64,8 +64,21 @@ def _T_display_from_image() -> np.ndarray:
     return T
 
 
+def _T_tracker_from_headset() -> np.ndarray:
+    T: np.ndarray = SimulatedTracker(SimConfig()).true_pose("headset", 0.0)
+    return T
+
+
 def _update(names: tuple[str, ...], overlay: OverlayState, tip: np.ndarray) -> SceneUpdate:
-    T = _T_display_from_image()
+    """Protocol 2: the poses of ``_T_display_from_image``'s chain in the tracker frame;
+    ``tip`` is given in the display frame."""
+    T_tracker_from_headset = _T_tracker_from_headset()
+    T_display_from_tracker = read_calibration(DEFAULT_DISPLAY_CALIBRATION).array(
+        "T_display_from_headset"
+    ) @ invert_rigid(T_tracker_from_headset)
+    T = invert_rigid(T_display_from_tracker) @ _T_display_from_image()
+    T_tracker_from_display = invert_rigid(T_display_from_tracker)
+    tip_tracker = T_tracker_from_display[:3, :3] @ tip + T_tracker_from_display[:3, 3]
     status = NavStatus.REFERENCE_LOST if overlay is OverlayState.HIDDEN else NavStatus.OK
     return SceneUpdate(
         session="c" * 32,
@@ -78,8 +91,9 @@ def _update(names: tuple[str, ...], overlay: OverlayState, tip: np.ndarray) -> S
         needs_verification=False,
         registration_id=1,
         structure_names=names,
-        T_display_from_structures=np.stack([T] * len(names)),
-        p_tip_display=tip,
+        T_tracker_from_structures=np.stack([T] * len(names)),
+        p_tip_tracker=tip_tracker,
+        T_tracker_from_headset=T_tracker_from_headset,
         target_names=("T1",),
         target_distances_mm=np.array([23.4]),
         critical_names=(),

@@ -1,4 +1,4 @@
-"""The headset scene: poses in the display frame, the overlay rule, debounced alerts."""
+"""The headset scene: poses in the tracker frame, the overlay rule, debounced alerts."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from render.scene import (
     headset_sample,
     overlay_state,
 )
+from render.snapshot import DisplayCamera
 
 SESSION = "0123456789abcdef0123456789abcdef"
 MS = 1_000_000
@@ -86,17 +87,12 @@ def headset(
     return HeadsetSample(T_default if T is None else T, status, t_sensor_ns)
 
 
-def state(T_display_from_headset: np.ndarray | None = None) -> SceneState:
+def state() -> SceneState:
     """A scene of ``CASE`` that has seen registrations 2, 7 and 8, all of ``CASE``."""
     s = SceneState(
         session=SESSION,
         scene_version=5,
         structure_names=STRUCTURES,
-        T_display_from_headset=(
-            load_display_calibration("")
-            if T_display_from_headset is None
-            else T_display_from_headset
-        ),
         case_id=CASE,
     )
     for registration_id in (2, 7, 8):
@@ -113,14 +109,19 @@ def roundtrip(update: SceneUpdate) -> SceneUpdate:
 # --- the chain ---------------------------------------------------------------------------
 
 
+def _camera(T_display_from_headset: np.ndarray) -> DisplayCamera:
+    return DisplayCamera(np.eye(3), 640, 480, T_display_from_headset)
+
+
 def test_structure_pose_is_the_composed_chain_in_closed_form() -> None:
-    # Headset marker 1 m in front of the tracker, turned 180 deg about y; display = marker
-    # shifted 50 mm; model 100 mm right of the tracker origin: the model ends up 900 mm
-    # ahead of the display, mirrored in x, shifted by the display offset.
+    # Protocol 2 sends the model in the tracker frame; a marker-placed client composes the
+    # display chain. Headset marker 1 m in front of the tracker, turned 180 deg about y;
+    # display = marker shifted 50 mm; model 100 mm right of the tracker origin: the model
+    # ends up 1000 mm ahead of the display, mirrored in x, shifted by the display offset.
     T_tracker_from_headset = rigid((0, 1, 0), 180, (0, 0, 1000))
     T_display_from_headset = rigid((0, 0, 1), 0, (0, 50, 0))
     T_tracker_from_image = rigid((0, 0, 1), 0, (100, 0, 0))
-    s = state(T_display_from_headset)
+    s = state()
     s.on_headset(headset(T=T_tracker_from_headset))
     s.on_nav(nav(T_tracker_from_image=T_tracker_from_image, p_tip_image=(0.0, 0.0, 0.0)))
     update = roundtrip(s.update(T0 + 5 * MS))
@@ -129,9 +130,18 @@ def test_structure_pose_is_the_composed_chain_in_closed_form() -> None:
     expected[:3, 3] = [-100.0, 50.0, 1000.0]
     assert update.overlay is OverlayState.CURRENT and update.status is NavStatus.OK
     assert update.structure_names == STRUCTURES
-    for T in update.T_display_from_structures:
-        np.testing.assert_allclose(T, expected, atol=1e-9)
-    np.testing.assert_allclose(update.p_tip_display, [-100.0, 50.0, 1000.0], atol=1e-9)
+    np.testing.assert_allclose(update.T_tracker_from_headset, T_tracker_from_headset, atol=1e-12)
+    np.testing.assert_allclose(update.p_tip_tracker, [100.0, 0.0, 0.0], atol=1e-9)
+    T_display_from_tracker = _camera(T_display_from_headset).display_from_tracker(update)
+    assert T_display_from_tracker is not None
+    for T in update.T_tracker_from_structures:
+        np.testing.assert_allclose(T, T_tracker_from_image, atol=1e-12)
+        np.testing.assert_allclose(T_display_from_tracker @ T, expected, atol=1e-9)
+    np.testing.assert_allclose(
+        T_display_from_tracker @ np.append(update.p_tip_tracker, 1.0),
+        [-100.0, 50.0, 1000.0, 1.0],
+        atol=1e-9,
+    )
     assert update.age_ms == pytest.approx(5.0)
     assert update.t_sensor_ns == T0 and update.frame_number == T0 // MS
     np.testing.assert_array_equal(update.target_distances_mm, [5.0, 9.0])
@@ -167,18 +177,21 @@ def test_a_point_of_the_model_lands_where_the_chain_puts_it(
     T_tracker_from_image: np.ndarray,
     p_image: tuple[float, float, float],
 ) -> None:
-    s = state(T_display_from_headset)
+    s = state()
     s.on_headset(headset(T=T_tracker_from_headset))
     s.on_nav(nav(T_tracker_from_image=T_tracker_from_image, p_tip_image=p_image))
     update = roundtrip(s.update(T0))
-    # Differential: a general inverse rather than the rigid one the module uses.
+    # Differential: a general inverse rather than the rigid one the client uses.
     T = T_display_from_headset @ np.linalg.inv(T_tracker_from_headset) @ T_tracker_from_image
     p = np.append(p_image, 1.0)
-    for T_structure in update.T_display_from_structures:
-        np.testing.assert_allclose(T_structure @ p, T @ p, atol=1e-6)
-    np.testing.assert_allclose(update.p_tip_display, (T @ p)[:3], atol=1e-6)
+    T_display_from_tracker = _camera(T_display_from_headset).display_from_tracker(update)
+    assert T_display_from_tracker is not None
+    for T_structure in update.T_tracker_from_structures:
+        np.testing.assert_allclose(T_structure @ p, T_tracker_from_image @ p, atol=1e-6)
+        np.testing.assert_allclose(T_display_from_tracker @ T_structure @ p, T @ p, atol=1e-6)
+    np.testing.assert_allclose(update.p_tip_tracker, (T_tracker_from_image @ p)[:3], atol=1e-6)
     # And back: display -> headset -> tracker recovers the model's tracker position.
-    p_display = np.append(update.p_tip_display, 1.0)
+    p_display = T_display_from_tracker @ np.append(update.p_tip_tracker, 1.0)
     back = T_tracker_from_headset @ invert_rigid(T_display_from_headset) @ p_display
     np.testing.assert_allclose(back, T_tracker_from_image @ p, atol=1e-6)
 
@@ -246,11 +259,11 @@ def test_a_silent_nav_node_turns_the_overlay_stale_then_hidden_by_age_alone() ->
     stale = roundtrip(s.update(T0 + 100 * MS + 1))
     assert stale.overlay is OverlayState.STALE
     assert stale.status is NavStatus.STALE  # OK from nav, but too old: stale as seen here
-    assert np.isfinite(stale.T_display_from_structures).all()
+    assert np.isfinite(stale.T_tracker_from_structures).all()
     hidden = roundtrip(s.update(T0 + 300 * MS + 1))
     assert hidden.overlay is OverlayState.HIDDEN
-    np.testing.assert_array_equal(hidden.T_display_from_structures, np.stack([np.eye(4)] * 3))
-    assert np.isnan(hidden.p_tip_display).all() and np.isnan(hidden.target_distances_mm).all()
+    np.testing.assert_array_equal(hidden.T_tracker_from_structures, np.stack([np.eye(4)] * 3))
+    assert np.isnan(hidden.p_tip_tracker).all() and np.isnan(hidden.target_distances_mm).all()
     assert s.transition_times_ns() == (T0 + 100 * MS, T0 + 300 * MS)
 
 
@@ -263,7 +276,7 @@ def test_nav_stale_draws_the_last_ok_pose_of_the_same_registration_only() -> Non
     stale = roundtrip(s.update(T0 + 120 * MS))
     assert stale.overlay is OverlayState.STALE
     np.testing.assert_array_equal(
-        stale.T_display_from_structures, current.T_display_from_structures
+        stale.T_tracker_from_structures, current.T_tracker_from_structures
     )
     # A different registration's STALE must not bring back the old pose.
     s.on_nav(nav(NavStatus.STALE, t_sensor_ns=T0, registration_id=8))
@@ -430,9 +443,9 @@ def test_a_registration_of_another_case_is_never_drawn_until_the_case_is_loaded(
     assert (hidden.overlay, hidden.status) == (OverlayState.HIDDEN, NavStatus.OK)
     assert hidden.registration_id == 9
     np.testing.assert_array_equal(
-        hidden.T_display_from_structures, np.repeat(np.eye(4)[None], 3, 0)
+        hidden.T_tracker_from_structures, np.repeat(np.eye(4)[None], 3, 0)
     )
-    assert np.isnan(hidden.p_tip_display).all()
+    assert np.isnan(hidden.p_tip_tracker).all()
     assert s.case_code(9) == "CASE_MISMATCH" and s.transition_times_ns() == ()
     # Its STALE state does not bring back the old case's pose either.
     s.on_nav(nav(NavStatus.STALE, t_sensor_ns=T0 + MS, registration_id=9))
@@ -443,7 +456,7 @@ def test_a_registration_of_another_case_is_never_drawn_until_the_case_is_loaded(
     shown = roundtrip(s.update(T0 + 3 * MS))
     assert shown.overlay is OverlayState.CURRENT
     assert (shown.structure_names, shown.scene_version) == (("liver", "tumor"), 6)
-    assert shown.T_display_from_structures.shape == (2, 4, 4)
+    assert shown.T_tracker_from_structures.shape == (2, 4, 4)
     # ... and now a registration of the first case is the foreign one.
     s.on_nav(nav(t_sensor_ns=T0 + 4 * MS, registration_id=7))
     assert (
