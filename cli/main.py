@@ -23,6 +23,7 @@ from cli.keys import add_keys_parser
 from cli.launch import add_launch_parser
 from cli.recordings import add_recording_parsers
 from cli.register import add_register_parser
+from cli.validate.command import add_validate_parser
 from nav.runtime.launchfile import LaunchError
 from nav.runtime.recording import RecordingError
 from nav.runtime.supervisor import StartupError
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_keys_parser(commands)
     add_demo_parser(commands)
     add_register_parser(commands)
+    add_validate_parser(commands)
     return parser
 
 

@@ -76,7 +76,11 @@ def _hops(session: Session) -> dict[str, npt.NDArray[np.float64]]:
 
 def _registration_json(session: Session) -> dict[str, Any]:
     history = []
+    last: tuple[int, str] | None = None
     for t_recv, r in session.registrations:
+        if (r.registration_id, r.state) == last:
+            continue  # republished (the nav node repeats its state for late joiners)
+        last = (r.registration_id, r.state)
         history.append(
             {
                 "t_s": float(session.seconds(t_recv)),

@@ -423,7 +423,12 @@ def setup_for(
         notes.append("tip from the recorded launch file")
     else:
         tip = np.array([0.0, 0.0, -160.0])  # nav.nav_node.Config's default: the simulator's
-        notes.append("tip: the simulator's default (no --tip, none in the recording)")
+        notes.append(
+            "tip: the nav node's default (the simulator's pointer; the recorded launch file "
+            "sets none)"
+            if session.launch_toml
+            else "tip: the simulator's default (no --tip, no launch file in the recording)"
+        )
     case: Case | None = None
     if phantom_file:
         try:
