@@ -70,8 +70,9 @@ DEFAULT_HEARTBEAT_TIMEOUT_S = 2.0
 # the node Configs): the OpenIGTLink server listens on plain TCP host:port.
 _BOUND_HOST_PORT = {"tracking.igtl_server_node": ("host", "port")}
 # Params that only name an address and are never bound: render's scene_endpoint is what it
-# tells headsets to subscribe to (its own pub, usually).
-_ADVERTISED_PARAMS = frozenset({"scene_endpoint"})
+# tells headsets to subscribe to (its own pub, usually); the web bridge's render_endpoint
+# is the render node's session socket, which it connects to.
+_ADVERTISED_PARAMS = frozenset({"scene_endpoint", "render_endpoint"})
 _WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "::", "[::]"})
 
 _STACK_KEYS = frozenset({"name", "ready_timeout_s", "stop_grace_s", "heartbeat_timeout_s"})
