@@ -28,9 +28,17 @@ Limits against hostile peers: a PUB socket refuses inbound frames (subscriptions
 at most ``CONTROL_RCVHWM`` queued per peer; every handshake must finish in
 ``HANDSHAKE_S``.
 
-Endpoints: ``ipc:///path`` on one host, ``tcp://host:port`` across hosts. A ``tcp://``
-endpoint is CurveZMQ-encrypted when given ``CurveKeys``; without keys it runs in the clear
-and logs a warning (the security issue makes keys mandatory for tcp).
+Endpoints: ``ipc:///path`` on one host (in a 0700 directory), ``tcp://host:port`` across
+hosts. Every ``tcp://`` socket of a node is CurveZMQ-encrypted and authenticated: the
+process's ``Security`` (``use_security``; the supervisor hands it to its nodes in
+``ORNAV_SECURITY``) gives servers this host's key pair and a ZAP handler over the
+allow-list (``nav.runtime.bus_auth``: an unknown key is refused, counted as
+``auth_refused`` and logged by fingerprint), and clients their own pair and the public
+key of the host they connect to. A socket may be given explicit ``CurveKeys`` instead
+(encryption, no allow-list). Without either, a tcp socket is refused
+(``InsecureEndpointError``) once the process said ``use_security(None, insecure=False)``;
+a launch file with ``insecure = true`` allows it in the clear with a warning, and a
+process that said nothing (a library user, a test) gets the warning only.
 """
 
 from __future__ import annotations
@@ -38,8 +46,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter as _Counter
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 import zmq
 
@@ -54,6 +62,7 @@ from nav.messages import (
     encode,
 )
 from nav.runtime import roster
+from nav.runtime.bus_auth import DOMAIN, AllowList, ZapHandler
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +93,85 @@ class CurveKeys:
         return CurveKeys(public, secret)
 
 
+@dataclass(frozen=True)
+class Security:
+    """CurveZMQ for every tcp socket of one process.
+
+    ``own``: this host's key pair (servers present it; clients authenticate with it).
+    ``server_keys``: tcp host (as written in endpoints) -> the public key of the host that
+    binds there; a host not listed is this host (``own.public``).
+    ``allow``: whom this process's servers let in (checked by the ZAP handler).
+    """
+
+    own: CurveKeys
+    allow: AllowList
+    server_keys: Mapping[str, bytes] = field(default_factory=dict)
+
+    def client_keys(self, endpoint: str) -> CurveKeys:
+        host = endpoint[len("tcp://") :].rsplit(":", 1)[0]
+        server = self.server_keys.get(host, self.own.public)
+        return CurveKeys(self.own.public, self.own.secret, server)
+
+
+class InsecureEndpointError(ValueError):
+    """A tcp endpoint without CurveZMQ keys where the stack did not allow that."""
+
+
+_security: Security | None = None
+_insecure_ok = True  # until a process says otherwise (use_security): old callers warn
+_zap: ZapHandler | None = None
+
+
+def use_security(security: Security | None, *, insecure: bool = False) -> None:
+    """Secure this process's tcp sockets with ``security`` from now on; with None, refuse
+    tcp sockets without keys unless ``insecure`` (then they run in the clear, warned)."""
+    global _security, _insecure_ok
+    _security = security
+    _insecure_ok = security is None and insecure
+
+
+def auth_counters() -> dict[str, int]:
+    """What this process's ZAP handler decided (``auth_accepted``, ``auth_refused``)."""
+    return dict(_zap.counters) if _zap is not None else {}
+
+
+def _start_zap(allow: AllowList) -> ZapHandler:
+    global _zap
+    if _zap is None:
+        zap = ZapHandler(context(), allow)
+        zap.start()  # bound before any CURVE server exists: none runs unauthenticated
+        _zap = zap
+    elif _zap.allow is not allow:
+        _zap.allow = allow
+    return _zap
+
+
 def _secure(
-    sock: zmq.Socket[bytes], endpoint: str, keys: CurveKeys | None, *, server: bool
+    sock: zmq.Socket[bytes],
+    endpoint: str,
+    keys: CurveKeys | Security | None,
+    *,
+    server: bool,
 ) -> None:
     if not endpoint.startswith("tcp://"):
         return  # ipc is protected by file permissions on the run directory
     if keys is None:
+        keys = _security
+    if keys is None:
+        if not _insecure_ok:
+            raise InsecureEndpointError(
+                f"{endpoint}: tcp needs CurveZMQ keys (`ornav keys init`), or "
+                "insecure = true in the launch file's [stack]"
+            )
         log.warning("%s is unencrypted: no CurveZMQ keys given", endpoint)
         return
+    if isinstance(keys, Security):
+        if server:
+            _start_zap(keys.allow).watch(sock)
+            sock.zap_domain = DOMAIN.encode()
+            keys = keys.own
+        else:
+            keys = keys.client_keys(endpoint)
     sock.curve_secretkey = keys.secret
     sock.curve_publickey = keys.public
     if server:
@@ -100,6 +180,20 @@ def _secure(
         if keys.server_public is None:
             raise ValueError(f"{endpoint}: client keys need the server's public key")
         sock.curve_serverkey = keys.server_public
+
+
+def secure_server(
+    sock: zmq.Socket[bytes], endpoint: str, keys: CurveKeys | Security | None = None
+) -> None:
+    """Make a socket this process binds at ``endpoint`` CURVE (tcp) like the bus's own."""
+    _secure(sock, endpoint, keys, server=True)
+
+
+def secure_client(
+    sock: zmq.Socket[bytes], endpoint: str, keys: CurveKeys | Security | None = None
+) -> None:
+    """Make a socket that connects to ``endpoint`` CURVE (tcp) like the bus's own."""
+    _secure(sock, endpoint, keys, server=False)
 
 
 class Counters(_Counter[str]):
@@ -153,7 +247,7 @@ class Publisher:
         self,
         endpoint: str,
         *,
-        keys: CurveKeys | None = None,
+        keys: CurveKeys | Security | None = None,
         sndhwm: int = PUB_SNDHWM,
         epoch: int | None = None,
     ) -> None:
@@ -197,7 +291,7 @@ class _Subscriber:
         topics: Iterable[str],
         *,
         rcvhwm: int,
-        keys: CurveKeys | None,
+        keys: CurveKeys | Security | None,
         max_bytes: int,
         trust: roster.EpochTrust | None,
     ) -> None:
@@ -286,7 +380,7 @@ class LatestSubscriber(_Subscriber):
         endpoints: Iterable[str],
         topics: Iterable[str] = ("",),
         *,
-        keys: CurveKeys | None = None,
+        keys: CurveKeys | Security | None = None,
         rcvhwm: int = POSE_RCVHWM,
         max_bytes: int = MAX_PAYLOAD_BYTES,
         trust: roster.EpochTrust | None = None,
@@ -324,7 +418,7 @@ class QueueSubscriber(_Subscriber):
         endpoints: Iterable[str],
         topics: Iterable[str] = ("",),
         *,
-        keys: CurveKeys | None = None,
+        keys: CurveKeys | Security | None = None,
         rcvhwm: int = QUEUE_RCVHWM,
         max_bytes: int = MAX_PAYLOAD_BYTES,
         trust: roster.EpochTrust | None = None,
@@ -354,7 +448,7 @@ class CommandServer:
     node answers a bounded number per loop pass (``nav.runtime.node``).
     """
 
-    def __init__(self, endpoint: str, *, keys: CurveKeys | None = None) -> None:
+    def __init__(self, endpoint: str, *, keys: CurveKeys | Security | None = None) -> None:
         self._sock = context().socket(zmq.REP)
         _harden(self._sock, max_inbound_bytes=MAX_PAYLOAD_BYTES)
         self._sock.setsockopt(zmq.RCVHWM, CONTROL_RCVHWM)
@@ -408,7 +502,7 @@ class CommandServer:
 class CommandClient:
     """REQ client with a deadline per request; a timeout rebuilds the socket (lazy pirate)."""
 
-    def __init__(self, endpoint: str, *, keys: CurveKeys | None = None) -> None:
+    def __init__(self, endpoint: str, *, keys: CurveKeys | Security | None = None) -> None:
         self.endpoint = endpoint
         self._keys = keys
         self._seq = 0

@@ -23,6 +23,20 @@ A launch file is TOML (read with the standard library). Example, annotated::
 ``{run_dir}`` is replaced by the stack's run directory (logs, recordings), ``{ipc_dir}`` by a
 short directory for ipc sockets (a Unix socket path is limited to 107 bytes, so it lives
 under /tmp, not next to a deep working copy).
+
+Security (``docs/security.md``): every ``tcp://`` endpoint is CurveZMQ-encrypted and
+authenticated with this host's keys (``ornav keys``); a stack with a tcp endpoint and no
+keys refuses to start unless ``[stack]`` says ``insecure = true`` (then every status table
+carries a red banner). The OpenIGTLink server's plain TCP port is not ZeroMQ: it is not
+covered (bind it to a trusted interface).
+
+Several hosts: ``[hosts.<name>]`` tables give each host's ``address`` and CURVE
+``public_key`` (``ornav keys show`` on that host), or ``hosts_file = "hosts.toml"`` in
+``[stack]`` names a TOML file of such tables (relative to the launch file). A node says
+``host = "<name>"``; ``{host}`` in its endpoints is that host's address, so
+``pub = "tcp://{host}:5601"``. ``ornav launch FILE --host NAME`` runs that host's nodes;
+the others are remote (watched by their heartbeats). A launch file with hosts puts every
+node on one.
 Every error is one ``LaunchError`` line naming the file, the node and the key.
 
 What is refused, beyond malformed values:
@@ -51,6 +65,7 @@ from pathlib import Path
 from typing import Any
 
 from nav.runtime.config import ConfigError, from_table
+from nav.runtime.keys import KeysError, parse_public_key
 
 NODE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
@@ -75,7 +90,11 @@ _BOUND_HOST_PORT = {"tracking.igtl_server_node": ("host", "port")}
 _ADVERTISED_PARAMS = frozenset({"scene_endpoint", "render_endpoint"})
 _WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "::", "[::]"})
 
-_STACK_KEYS = frozenset({"name", "ready_timeout_s", "stop_grace_s", "heartbeat_timeout_s"})
+_STACK_KEYS = frozenset(
+    {"name", "ready_timeout_s", "stop_grace_s", "heartbeat_timeout_s", "insecure", "hosts_file"}
+)
+_HOST_KEYS = frozenset({"address", "public_key"})
+_HOST_ADDRESS = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:]+\]")
 _NODE_KEYS = frozenset(
     {
         "module",
@@ -89,6 +108,7 @@ _NODE_KEYS = frozenset(
         "ready_timeout_s",
         "heartbeat_timeout_s",
         "params",
+        "host",
     }
 )
 
@@ -119,6 +139,7 @@ class NodeSpec:
     ready_timeout_s: float = 15.0
     heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S
     params: Mapping[str, Any] = field(default_factory=dict)
+    host: str | None = None  # the [hosts] entry it runs on; None: a single-host stack
 
     def to_json(self) -> str:
         return json.dumps(
@@ -134,6 +155,7 @@ class NodeSpec:
                 "ready_timeout_s": self.ready_timeout_s,
                 "heartbeat_timeout_s": self.heartbeat_timeout_s,
                 "params": dict(self.params),
+                "host": self.host,
             }
         )
 
@@ -152,7 +174,17 @@ class NodeSpec:
             ready_timeout_s=raw["ready_timeout_s"],
             heartbeat_timeout_s=raw.get("heartbeat_timeout_s", DEFAULT_HEARTBEAT_TIMEOUT_S),
             params=raw["params"],
+            host=raw.get("host"),
         )
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """One machine of a multi-host stack: where its nodes bind, and its CURVE public key."""
+
+    name: str
+    address: str
+    public_key: str  # Z85, 40 characters (``ornav keys show`` on that host)
 
 
 @dataclass(frozen=True)
@@ -163,6 +195,25 @@ class LaunchSpec:
     nodes: tuple[NodeSpec, ...]
     run_dir: Path
     ipc_dir: Path
+    insecure: bool = False  # tcp in the clear allowed ([stack] insecure = true)
+    hosts: Mapping[str, HostSpec] = field(default_factory=dict)
+
+    def nodes_on(self, host: str | None) -> tuple[NodeSpec, ...]:
+        """The nodes ``host`` runs (None: all of them, a single-host run)."""
+        return tuple(s for s in self.nodes if host is None or s.host == host)
+
+    def uses_tcp(self) -> bool:
+        """Whether any ZeroMQ socket of the stack is tcp (the OpenIGTLink port is not one)."""
+        for spec in self.nodes:
+            endpoints = [*spec.subscribe_endpoints, spec.pub or "", spec.control or ""]
+            endpoints += [
+                value
+                for key, value in bound_endpoints(spec).items()
+                if key.startswith("params.") and "/" not in key
+            ]
+            if any(e.startswith("tcp://") for e in endpoints):
+                return True
+        return False
 
     def node(self, name: str) -> NodeSpec:
         for spec in self.nodes:
@@ -275,7 +326,7 @@ def load(
     except tomllib.TOMLDecodeError as error:
         raise LaunchError(f"{path}: not valid TOML: {error}") from None
 
-    unknown = sorted(set(raw) - {"stack", "nodes"})
+    unknown = sorted(set(raw) - {"stack", "nodes", "hosts"})
     if unknown:
         raise LaunchError(f"{path}: unknown top-level key {unknown[0]!r}")
     stack = raw.get("stack", {})
@@ -297,6 +348,10 @@ def load(
     stop_grace_s = _number(
         stack.get("stop_grace_s", 2.0), f"{path}: [stack]: key 'stop_grace_s'", positive=True
     )
+    insecure = stack.get("insecure", False)
+    if not isinstance(insecure, bool):
+        raise LaunchError(f"{path}: [stack]: key 'insecure': expected true or false")
+    hosts = _hosts(path, raw.get("hosts"), stack.get("hosts_file"))
 
     nodes_raw = raw.get("nodes")
     if not isinstance(nodes_raw, dict) or not nodes_raw:
@@ -307,9 +362,6 @@ def load(
                 f"{path}: node {node_name!r}: a name is lowercase letters, digits and _"
             )
 
-    def substitute(value: str) -> str:
-        return value.replace("{run_dir}", str(run_dir)).replace("{ipc_dir}", str(ipc_dir))
-
     partial: list[NodeSpec] = []
     for node_name, table in nodes_raw.items():
         where = f"{path}: node {node_name!r}"
@@ -318,6 +370,22 @@ def load(
         unknown = sorted(set(table) - _NODE_KEYS)
         if unknown:
             raise LaunchError(f"{where}: unknown key {unknown[0]!r}")
+        host = table.get("host")
+        if hosts and host is None:
+            raise LaunchError(f"{where}: key 'host': this stack has [hosts]: name one")
+        if host is not None and (not isinstance(host, str) or host not in hosts):
+            raise LaunchError(
+                f"{where}: key 'host': {host!r} is not one of [hosts] "
+                f"({', '.join(sorted(hosts)) or 'none'})"
+            )
+        address = hosts[host].address if host is not None else None
+
+        def substitute(value: str, address: str | None = address, where: str = where) -> str:
+            if "{host}" in value and address is None:
+                raise LaunchError(f"{where}: {{host}} in {value!r}, but the node has no host")
+            value = value.replace("{host}", address or "")
+            return value.replace("{run_dir}", str(run_dir)).replace("{ipc_dir}", str(ipc_dir))
+
         module = table.get("module")
         if not isinstance(module, str) or not MODULE_NAME.fullmatch(module):
             raise LaunchError(f"{where}: key 'module': expected a Python module name")
@@ -383,6 +451,7 @@ def load(
                 ready_timeout_s=ready_s,
                 heartbeat_timeout_s=heartbeat_s,
                 params=params,
+                host=host,
             )
         )
 
@@ -416,7 +485,62 @@ def load(
             bound.append((spec.name, key, endpoint))
         nodes.append(resolved)
     _refuse_shared_binds(path, bound)
-    return LaunchSpec(path, name, stop_grace_s, tuple(nodes), run_dir, ipc_dir)
+    return LaunchSpec(
+        path, name, stop_grace_s, tuple(nodes), run_dir, ipc_dir, insecure=insecure, hosts=hosts
+    )
+
+
+def _hosts(path: Path, tables: Any, hosts_file: Any) -> dict[str, HostSpec]:
+    """The [hosts] tables of the launch file and of its ``hosts_file``; LaunchError."""
+    merged: dict[str, tuple[str, Any]] = {}
+    if tables is not None:
+        if not isinstance(tables, dict):
+            raise LaunchError(f"{path}: [hosts] must be a table of [hosts.<name>] tables")
+        merged.update({name: (str(path), table) for name, table in tables.items()})
+    if hosts_file is not None:
+        if not isinstance(hosts_file, str) or not hosts_file:
+            raise LaunchError(f"{path}: [stack]: key 'hosts_file': expected a file name")
+        file = path.parent / hosts_file
+        try:
+            raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+            raise LaunchError(f"{path}: [stack]: hosts_file {str(file)!r}: {error}") from None
+        unknown = sorted(set(raw) - {"hosts"})
+        if unknown or not isinstance(raw.get("hosts"), dict):
+            raise LaunchError(f"{file}: expected only [hosts.<name>] tables")
+        for name, table in raw["hosts"].items():
+            if name in merged:
+                raise LaunchError(f"{file}: host {name!r} is also in {merged[name][0]}")
+            merged[name] = (str(file), table)
+    hosts: dict[str, HostSpec] = {}
+    addresses: dict[str, str] = {}
+    for name, (source, table) in merged.items():
+        where = f"{source}: host {name!r}"
+        if not NODE_NAME.fullmatch(name.replace("-", "_")):
+            raise LaunchError(f"{where}: a host name is lowercase letters, digits, '-' and '_'")
+        if not isinstance(table, dict):
+            raise LaunchError(f"{where}: must be a table")
+        unknown = sorted(set(table) - _HOST_KEYS)
+        if unknown:
+            raise LaunchError(f"{where}: unknown key {unknown[0]!r}")
+        address = table.get("address")
+        if not isinstance(address, str) or not _HOST_ADDRESS.fullmatch(address):
+            raise LaunchError(f"{where}: key 'address': expected an IP address or host name")
+        if address in addresses:
+            raise LaunchError(f"{where}: address {address} is also host {addresses[address]!r}")
+        addresses[address] = name
+        key = table.get("public_key")
+        try:
+            if not isinstance(key, str):
+                raise KeysError("missing")
+            public = parse_public_key(key).decode("ascii")
+        except KeysError as error:
+            raise LaunchError(
+                f"{where}: key 'public_key': expected the host's CURVE public key, 40 Z85 "
+                f"characters (`ornav keys show` on it): {error}"
+            ) from None
+        hosts[name] = HostSpec(name, address, public)
+    return hosts
 
 
 def _heartbeat_timeout(value: Any, where: str) -> float:

@@ -15,6 +15,10 @@ Contract with the supervisor:
   exits 0. An unexpected exception is logged once and the node exits 1.
 - Heartbeats on ``heartbeat/<name>`` every ``HEARTBEAT_PERIOD_S``; built-in control
   commands ``ping`` and ``status``.
+- Security: the supervisor's ``ORNAV_SECURITY`` (``nav.runtime.security``) is applied
+  before any socket opens; the heartbeat carries the ZAP handler's ``auth_accepted`` and
+  ``auth_refused``. A run from a launch file by hand resolves it from the file and this
+  host's keys. A setting it cannot apply (no key pair) is one line and exit 2.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from types import TracebackType
 from typing import Any
 
 from nav.messages import Command, Heartbeat, Reply
-from nav.runtime import bus
+from nav.runtime import bus, security
 from nav.runtime.config import ConfigError
 from nav.runtime.launchfile import LaunchError, NodeSpec, load, node_config
 from nav.runtime.stats import LatencyWindow, RateMeter
@@ -111,6 +115,7 @@ class NodeRuntime:
             total["dropped"] += self.pub.counters["dropped"]
         if self.control is not None:
             total.update({k: v for k, v in self.control.counters.items() if k.startswith("rej")})
+        total.update(bus.auth_counters())
         for counters in self._watched:
             for key in ("received", "rejected", "superseded", "lost", "producer_restarts"):
                 total[key] += counters[key]
@@ -253,8 +258,13 @@ def node_main(
                 if not args.run_dir:
                     made_run_dir = Path(tempfile.mkdtemp(prefix="ornav-"))
                 run_dir = args.run_dir or str(made_run_dir)
-                spec = load(args.launch, run_dir=run_dir, check_modules=False).node(args.node)
+                launch = load(args.launch, run_dir=run_dir, check_modules=False)
+                spec = launch.node(args.node)
+                if security.SECURITY_ENV not in os.environ:
+                    setting = security.resolve(launch, host=spec.host)
+                    os.environ[security.SECURITY_ENV] = setting.to_env()
             cfg = node_config(spec)
+            security.apply_environment()
         except (LaunchError, ConfigError, KeyError, ValueError) as error:
             print(f"ornav: {error}", file=sys.stderr)
             return 2

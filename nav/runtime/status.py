@@ -17,6 +17,7 @@ from nav.runtime.supervisor import NodeState, Supervisor, ToolState
 HEARTBEAT_LATE_S = 2.0  # a running node silent this long is shown as late (its own limit wins)
 POSE_STALE_MS = 100.0  # the overlay's stale threshold (ARCHITECTURE: flagged at 100 ms)
 NAV_SILENT_MS = 500.0  # the nav node publishes at least every 50 ms, even without frames
+INSECURE_BANNER = "INSECURE: tcp streams unencrypted and unauthenticated (insecure = true)"
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class NodeRow:
     bind_failure: str = ""  # "tracker: cannot bind tcp://...: Address already in use ..."
     watchdog_restarts: int = 0
     heartbeat_timeout_s: float = HEARTBEAT_LATE_S
+    auth_refused: int = 0  # tcp connections its ZAP handler refused (unknown or no key)
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class StackStatus:
     nodes: tuple[NodeRow, ...]
     tools: tuple[ToolRow, ...]
     navigation: str = ""  # e.g. "OK", "STALE", "UNREGISTERED"; "" without a nav node
+    security: str = "none"  # none (no tcp), insecure (tcp in the clear), curve
 
     @property
     def end_to_end_latency_ms(self) -> dict[str, float]:
@@ -87,6 +90,7 @@ def _node_row(node: NodeState, now_ns: int) -> NodeRow:
         bind_failure=node.bind_failure,
         watchdog_restarts=node.watchdog_restarts,
         heartbeat_timeout_s=node.spec.heartbeat_timeout_s,
+        auth_refused=hb.counters.get("auth_refused", 0) if hb else 0,
     )
 
 
@@ -118,6 +122,7 @@ def snapshot(supervisor: Supervisor, now_ns: int) -> StackStatus:
             for tool in sorted(supervisor.tools.values(), key=lambda t: t.tool)
         ),
         navigation=_navigation(supervisor, now_ns),
+        security=supervisor.security.mode,
     )
 
 
@@ -150,8 +155,11 @@ _STATE_STYLE = {
 
 def render(status: StackStatus) -> Table:
     """The live table: nodes, then tools."""
+    title = f"ornav {status.stack}  {status.elapsed_s:6.1f} s  ({status.launch_file})"
+    if status.security == "insecure":
+        title = f"[bold white on red] {INSECURE_BANNER} [/]\n{title}"
     table = Table(
-        title=f"ornav {status.stack}  {status.elapsed_s:6.1f} s  ({status.launch_file})",
+        title=title,
         title_justify="left",
         expand=False,
     )
@@ -164,6 +172,7 @@ def render(status: StackStatus) -> Table:
         "rejected",
         "restarts",
         "hb age s",
+        "auth refused",
     ):
         table.add_column(column, justify="left" if column in ("node", "state") else "right")
     for row in status.nodes:
@@ -182,10 +191,11 @@ def render(status: StackStatus) -> Table:
             f"[red]{_fmt(row.heartbeat_age_s, '.1f', 'none')}[/]"
             if late
             else _fmt(row.heartbeat_age_s, ".1f"),
+            f"[red]{row.auth_refused}[/]" if row.auth_refused else "0",
         )
     if status.tools:
         table.add_section()
-        table.add_row("[bold]tool", "[bold]status", "", "", "[bold]Hz", "", "", "[bold]age ms")
+        table.add_row("[bold]tool", "[bold]status", "", "", "[bold]Hz", "", "", "[bold]age ms", "")
         for tool in status.tools:
             # An old sample is never shown as current, whatever status it had.
             stale = tool.pose_age_ms > POSE_STALE_MS
@@ -200,6 +210,7 @@ def render(status: StackStatus) -> Table:
                 "",
                 "",
                 _fmt(tool.pose_age_ms, ".1f"),
+                "",
             )
     caption = problem_lines(status)
     if status.navigation:
@@ -248,4 +259,6 @@ def summary(status: StackStatus) -> dict[str, Any]:
         "rejected": sum(row.rejected for row in status.nodes),
         "latency_ms": status.end_to_end_latency_ms,
         "navigation": status.navigation,
+        "security": status.security,
+        "auth_refused": sum(row.auth_refused for row in status.nodes),
     }

@@ -25,6 +25,11 @@
 - Stop: reverse order; SIGINT, then SIGTERM, then SIGKILL, ``stop_grace_s`` apart (the
   one child lifetime, ``nav.runtime.process.ChildProcess``, as for a node never ready).
 
+- Security: before any node starts, the stack's security is resolved
+  (``nav.runtime.security``): a stack with tcp endpoints needs this host's CURVE key pair
+  (else one StartupError line) unless the launch file says ``insecure = true``. Children
+  get the decision in ``ORNAV_SECURITY``; the supervisor's own subscriber uses it too.
+
 Files: the ipc directory must not be writable by others (it holds the roster); a dead
 node's ipc socket files in it are removed. Node output: stdout carries only the READY line;
 stderr goes to ``<run_dir>/logs/<node>.log`` (mode 0600; directories created 0700).
@@ -45,7 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nav.messages import Heartbeat, NavState, ToolStatus, TrackerFrame
-from nav.runtime import bus, roster
+from nav.runtime import bus, roster, security
+from nav.runtime.keys import KeysError
 from nav.runtime.launchfile import LaunchSpec, NodeSpec, bound_endpoints
 from nav.runtime.node import EXIT_BIND_FAILED, HEARTBEAT_TOPIC_PREFIX, SUPERVISOR_PID_ENV
 from nav.runtime.private_files import make_private_dir
@@ -107,9 +113,13 @@ class ToolState:
 class Supervisor:
     """Runs one stack. Not thread-safe: drive it from one thread (``tick`` in a loop)."""
 
-    def __init__(self, launch: LaunchSpec, *, python: str = sys.executable) -> None:
+    def __init__(
+        self, launch: LaunchSpec, *, python: str = sys.executable, keys_dir: Path | None = None
+    ) -> None:
         self.launch = launch
         self.python = python
+        self.keys_dir = keys_dir  # None: ORNAV_KEYS or the user's data dir
+        self.security = security.StackSecurity("none")  # resolved by start()
         self.nodes = {spec.name: NodeState(spec) for spec in launch.nodes}
         self.tools: dict[str, ToolState] = {}
         self.nav_state: NavState | None = None  # the newest, if a nav node runs
@@ -140,11 +150,23 @@ class Supervisor:
                 f"{self.launch.path}: ipc directory {ipc_dir} is writable by other users "
                 f"(mode {stat.S_IMODE(mode):o}): the roster of trusted publishers lives there"
             )
+        try:
+            self.security = security.resolve(self.launch, keys_dir=self.keys_dir)
+            keys = self.security.bus_security()
+        except KeysError as error:
+            raise StartupError(str(error)) from None
+        if self.security.mode == "insecure":
+            self._event(
+                f"{self.launch.path}: insecure = true: tcp endpoints run in the clear, "
+                "unauthenticated",
+                level=logging.WARNING,
+            )
         self._write_roster()
         pubs = [spec.pub for spec in self.launch.nodes if spec.pub]
         self._monitor = bus.LatestSubscriber(
             pubs,
             (HEARTBEAT_TOPIC_PREFIX, "pose/", "nav/state"),
+            keys=keys,
             trust=roster.RosterTrust(self.roster_path),
         )
         try:
@@ -174,6 +196,7 @@ class Supervisor:
             # Trust only the epochs of the nodes it reads (nav.runtime.roster.RosterTrust).
             roster.TRUSTED_NODES_ENV: ",".join(spec.subscribe),
             SUPERVISOR_PID_ENV: str(os.getpid()),
+            security.SECURITY_ENV: self.security.to_env(),
             # The recorder copies it into the recording (provenance, a sim's ground truth).
             "ORNAV_LAUNCH_FILE": str(Path(self.launch.path).resolve()),
         }
