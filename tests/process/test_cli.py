@@ -138,6 +138,7 @@ LAUNCH_STACK = """
 [stack]
 name = "hygiene"
 stop_grace_s = 2.0
+insecure = true  # a tcp pub here is about port hygiene, not keys (test_secure_stack.py)
 
 [nodes.tracker]
 module = "tracking.sim_node"

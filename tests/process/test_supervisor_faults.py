@@ -51,6 +51,7 @@ FORGE_STACK = """
 [stack]
 name = "forge"
 stop_grace_s = 2.0
+insecure = true  # the roster's defence of a stack in the clear; CURVE: test_secure_stack.py
 
 [nodes.tracker]
 module = "tracking.sim_node"
