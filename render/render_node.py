@@ -327,12 +327,9 @@ class HeadsetServer:
         # Mandatory routing: a send to a full or vanished peer raises instead of vanishing
         # silently, so it is counted; NOBLOCK below keeps a full peer from blocking us.
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        if cfg.headset_endpoint.startswith("tcp://"):
-            # CurveZMQ for headset sessions comes with key management (a later issue).
-            log.warning(
-                "%s is unencrypted: headset sessions have no CurveZMQ keys yet",
-                cfg.headset_endpoint,
-            )
+        # tcp: CurveZMQ with this host's keys, clients checked against the allow-list
+        # (ZAP, nav.runtime.bus_auth); ipc: the run's 0700 directory.
+        bus.secure_server(sock, cfg.headset_endpoint)
         self.endpoint: str = bus.bind(sock, cfg.headset_endpoint)  # BindError: exit 3
         self.sock = sock
 
