@@ -240,14 +240,14 @@ def error_map(doc: dict[str, Any]) -> Figure | None:
 
 
 def plus_timestamps(doc: dict[str, Any]) -> Figure | None:
-    """PLUS's filtered minus unfiltered timestamps: the jitter its filter removed."""
+    """PLUS's filtered minus unfiltered timestamps about their median: the jitter removed."""
     tf = (doc.get("plus") or {}).get("timestamp_filter")
     if not tf or not tf["residual_cdf_ms"][0]:
         return None
     fig, ax = plt.subplots(figsize=(9, 2.8))
     x, y = tf["residual_cdf_ms"]
     ax.step(x, y, where="post")
-    ax.set_xlabel("filtered - unfiltered timestamp (ms)")
+    ax.set_xlabel(f"filtered - unfiltered timestamp - {tf['offset_ms']:.1f} ms (ms)")
     ax.set_ylabel("fraction of frames")
     ax.grid(alpha=0.3)
     return fig

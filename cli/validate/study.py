@@ -64,6 +64,10 @@ def validate_one(path: str, out_dir: str, options: Options) -> Row:
     except (SourceError, RecordingError, OSError) as error:
         row.error = str(error).splitlines()[0] if str(error) else type(error).__name__
         return row
+    if session.messages == 0:  # an empty or headless file: nothing to report on
+        detail = f" ({session.problems[0]})" if session.problems else ""
+        row.error = f"{path}: no readable message{detail}"
+        return row
     offline: OfflineRun | None = None
     problem = ""
     case = None
