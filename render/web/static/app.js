@@ -1,0 +1,513 @@
+// The browser headset client: OR monitor view and WebXR immersive-ar (Quest 3), one page.
+// Protocol: docs/headset-protocol.md (version 2, world-locked). Served by the web bridge
+// (render/web/bridge_node.py); the pairing token comes in the URL fragment (#token=...),
+// which the browser never sends to a server.
+//
+// Scene graph (three.js, matrixAutoUpdate = false everywhere we set matrices):
+//   scene
+//     mmRoot          scale 1e-3: the wire is in mm, WebXR and three.js in metres
+//       xrNode        T_xr_from_tracker (this session's registration): world-locked
+//         <structure> T_tracker_from_structure of the newest update applied
+//         tip         p_tip_tracker
+//     camera
+//       headLocked    status line and alerts in AR (head-locked content only)
+//
+// Every pose is applied in the render loop (setAnimationLoop) from a one-slot latest-wins
+// box filled by the WebSocket; the STALE (> 100 ms, dimmed amber) / HIDDEN (> 300 ms or
+// not OK: nothing drawn but a banner saying why) rule runs each frame on this client's
+// clock with the offset from the clock worker, so a dead server never leaves a live-looking
+// overlay.
+import * as THREE from 'three';
+import { OrbitControls } from 'three/addons/controls/OrbitControls.js';
+import { GLTFLoader } from 'three/addons/loaders/GLTFLoader.js';
+import { wireArray, f64 } from './msgpack.js';
+import { PROTOCOL, envelope, openEnvelope, clientNowMs, msToNs, nsToMs, clientOverlay } from './protocol.js';
+
+const fragment = new URLSearchParams(location.hash.slice(1));
+const token = fragment.get('token') || '';
+const clientName = fragment.get('client') || 'browser-' + Math.random().toString(16).slice(2, 10);
+const wsUrl = `wss://${location.host}/ws?token=${encodeURIComponent(token)}`;
+const AMBER = new THREE.Color(1.0, 0.69, 0.0);
+const TELEMETRY_PERIOD_MS = 1000;
+
+// --- state (window.ornav is what tests and the OR engineer's console read) -------------
+const state = {
+  connected: false,
+  welcome: null,
+  session: '',
+  sceneVersion: -1,
+  offsetMs: 0,
+  offsetErrorMs: NaN,
+  clockSamples: 0,
+  latest: null,          // the newest update applied (decoded)
+  latestPubNs: -1,
+  overlay: { state: 'HIDDEN', reason: 'connecting', ageMs: NaN },
+  transitions: [],       // {state, reason, t_ms, age_ms, t_sensor_ns}
+  alerts: new Map(),     // `${session}:${id}` -> alert body, while shown
+  alertsShown: 0,
+  received: 0,
+  applied: 0,
+  superseded: 0,
+  dropped: 0,
+  reconnects: 0,
+  receiveLatencyMs: [],  // t_receive + offset - t_sensor, per update received
+  appliedLatencyMs: [],  // t_display + offset - t_sensor, per update applied in a frame
+  frameMs: [],
+  mode: 'monitor',
+  assetsLoaded: 0,
+};
+window.ornav = state;
+
+// --- three.js scene ------------------------------------------------------------------------
+const renderer = new THREE.WebGLRenderer({ antialias: true, alpha: true, preserveDrawingBuffer: true });
+renderer.setPixelRatio(1);
+renderer.setSize(innerWidth, innerHeight);
+renderer.setClearColor(0x000000, 1);
+renderer.xr.enabled = true;
+document.getElementById('view').appendChild(renderer.domElement);
+const scene = new THREE.Scene();
+const camera = new THREE.PerspectiveCamera(50, innerWidth / innerHeight, 0.01, 20);
+camera.position.set(0, 0, 1.5);
+scene.add(camera);
+scene.add(new THREE.HemisphereLight(0xffffff, 0x444444, 2.0));
+const headLight = new THREE.DirectionalLight(0xffffff, 1.5);
+camera.add(headLight);
+const controls = new OrbitControls(camera, renderer.domElement);
+const mmRoot = new THREE.Group();
+mmRoot.matrixAutoUpdate = false;
+mmRoot.matrix.makeScale(1e-3, 1e-3, 1e-3);
+scene.add(mmRoot);
+const xrNode = new THREE.Group();
+xrNode.matrixAutoUpdate = false;
+mmRoot.add(xrNode);
+const structures = new Map();  // name -> {node, sha}
+const tip = new THREE.Mesh(new THREE.SphereGeometry(2.5, 16, 12), new THREE.MeshBasicMaterial({ color: 0x33ffff }));
+tip.matrixAutoUpdate = false;
+tip.visible = false;
+xrNode.add(tip);
+const assetCache = new Map();  // sha256 -> Promise<THREE.Object3D>
+const loader = new GLTFLoader();
+let fitted = false;
+
+// Head-locked status line for AR: a canvas texture 0.6 m ahead, slightly below the gaze.
+const statusCanvas = document.createElement('canvas');
+statusCanvas.width = 1024; statusCanvas.height = 96;
+const statusTexture = new THREE.CanvasTexture(statusCanvas);
+const headLocked = new THREE.Mesh(
+  new THREE.PlaneGeometry(0.5, 0.047),
+  new THREE.MeshBasicMaterial({ map: statusTexture, transparent: true, depthTest: false }),
+);
+headLocked.position.set(0, -0.12, -0.6);
+headLocked.renderOrder = 10;
+headLocked.visible = false;
+camera.add(headLocked);
+
+function setMatrixFromWire(object, data, offset) {
+  // Wire matrices are row-major 4x4; Matrix4.set takes row-major arguments.
+  const m = data;
+  object.matrix.set(
+    m[offset], m[offset + 1], m[offset + 2], m[offset + 3],
+    m[offset + 4], m[offset + 5], m[offset + 6], m[offset + 7],
+    m[offset + 8], m[offset + 9], m[offset + 10], m[offset + 11],
+    m[offset + 12], m[offset + 13], m[offset + 14], m[offset + 15],
+  );
+  object.matrixWorldNeedsUpdate = true;
+}
+
+// --- the connection ------------------------------------------------------------------------
+let ws = null;
+let slot = null;          // latest-wins: {update, pubNs, tRecvMs}
+let backoffMs = 250;
+let telemetry = [];
+let lastTelemetryMs = clientNowMs();
+let xrRegistration = null;  // {matrix: Float64Array(16) row-major, rmsMm} made on this device
+
+function send(type, body) {
+  if (ws && ws.readyState === WebSocket.OPEN) ws.send(envelope(type, body));
+}
+
+function connect() {
+  ws = new WebSocket(wsUrl);
+  ws.binaryType = 'arraybuffer';
+  ws.onopen = () => {
+    state.connected = true;
+    backoffMs = 250;
+    send('Hello', { protocol: PROTOCOL, client: clientName });
+  };
+  ws.onmessage = (event) => onMessage(event.data, clientNowMs());
+  ws.onclose = (event) => {
+    state.connected = false;
+    state.closeReason = `${event.code} ${event.reason}`;
+    state.reconnects += 1;
+    setTimeout(connect, backoffMs);
+    backoffMs = Math.min(backoffMs * 2, 5000);
+  };
+}
+
+function onMessage(data, tRecvMs) {
+  let raw;
+  try { raw = openEnvelope(data); } catch (error) { state.dropped += 1; return; }
+  const body = raw.body;
+  switch (raw.type) {
+    case 'SceneUpdate': {
+      state.received += 1;
+      if (!state.welcome || body.session !== state.session) return;  // an old run's stream
+      if (raw.t_pub_ns <= state.latestPubNs && state.latest && state.latest.session === body.session) return;
+      if (body.scene_version !== state.sceneVersion) {  // new assets: Hello again
+        state.sceneVersion = body.scene_version;
+        send('Hello', { protocol: PROTOCOL, client: clientName });
+      }
+      if (slot) state.superseded += 1;
+      slot = { update: body, pubNs: raw.t_pub_ns, tRecvMs };
+      state.receiveLatencyMs.push(tRecvMs + state.offsetMs - nsToMs(body.t_sensor_ns));
+      if (state.receiveLatencyMs.length > 20000) state.receiveLatencyMs.splice(0, 10000);
+      break;
+    }
+    case 'Welcome': onWelcome(body); break;
+    case 'Alert': onAlert(body); break;
+    case 'XrRegistration': state.xrHeld = body.rms_mm; break;
+    case 'Reply':
+      if (!body.ok) {
+        state.lastError = body.error;
+        const code = body.result && body.result.code;
+        if (code === 'evicted' || code === 'no_session') send('Hello', { protocol: PROTOCOL, client: clientName });
+        else if (code === 'no_scene') setTimeout(() => send('SnapshotRequest', {}), 200);
+      }
+      break;
+    default: break;
+  }
+}
+
+function onWelcome(body) {
+  const restarted = state.session && state.session !== body.session;
+  state.welcome = body;
+  state.session = body.session;
+  state.sceneVersion = body.scene_version;
+  if (restarted) { state.latestPubNs = -1; state.latest = null; }
+  const T = wireArray(body.T_xr_from_tracker).data;
+  setMatrixFromWire(xrNode, T, 0);
+  if (xrRegistration) send('XrRegistration', { T_xr_from_tracker: xrRegistration.wire, rms_mm: f64(xrRegistration.rmsMm) });
+  for (const info of body.assets) loadAsset(info);
+  send('SnapshotRequest', {});
+}
+
+function loadAsset(info) {
+  let entry = structures.get(info.name);
+  if (!entry) {
+    const node = new THREE.Group();
+    node.matrixAutoUpdate = false;
+    node.name = info.name;
+    xrNode.add(node);
+    entry = { node, sha: '' };
+    structures.set(info.name, entry);
+  }
+  if (entry.sha === info.sha256) return;
+  entry.sha = info.sha256;
+  if (!assetCache.has(info.sha256)) {
+    // By hash, once: the bridge serves them immutable, so the browser cache keeps them too.
+    assetCache.set(info.sha256, fetch(`/assets/${info.sha256}`, { headers: { Authorization: `Bearer ${token}` } })
+      .then((r) => { if (!r.ok) throw new Error(`asset ${info.name}: HTTP ${r.status}`); return r.arrayBuffer(); })
+      .then((buffer) => new Promise((resolve, reject) => loader.parse(buffer, '', (gltf) => resolve(gltf.scene), reject))));
+  }
+  assetCache.get(info.sha256).then((object) => {
+    if (entry.sha !== info.sha256) return;  // replaced meanwhile
+    entry.node.clear();
+    const copy = object.clone(true);
+    copy.traverse((o) => {
+      o.matrixAutoUpdate = true;  // static within the asset
+      if (o.isMesh) {
+        o.material = o.material.clone();
+        o.userData.color = o.material.color.clone();
+        o.userData.opacity = o.material.opacity;
+        o.userData.transparent = o.material.transparent;
+      }
+    });
+    entry.node.add(copy);
+    state.assetsLoaded += 1;
+  }).catch((error) => { console.warn(String(error)); assetCache.delete(info.sha256); entry.sha = ''; });
+}
+
+// --- alerts: shown until the user acknowledges (then AlertAck) -----------------------------
+function onAlert(body) {
+  const key = `${body.session}:${body.alert_id}`;
+  if (state.alerts.has(key) || (state.acked && state.acked.has(key))) return;  // a resend
+  state.alerts.set(key, body);
+  state.alertsShown += 1;
+  const div = document.createElement('div');
+  div.className = `alert ${body.severity}`;
+  div.dataset.key = key;
+  div.dataset.code = body.code;
+  const text = document.createElement('span');
+  text.textContent = `${body.severity}: ${body.text}`;
+  const button = document.createElement('button');
+  button.textContent = 'Acknowledge';
+  button.onclick = () => acknowledge(key);
+  div.append(text, button);
+  document.getElementById('alerts').appendChild(div);
+}
+
+function acknowledge(key) {
+  const body = state.alerts.get(key);
+  if (!body) return;
+  send('AlertAck', { session: body.session, alert_id: body.alert_id });
+  state.alerts.delete(key);
+  state.acked = state.acked || new Set();
+  state.acked.add(key);
+  const div = document.querySelector(`#alerts [data-key="${key}"]`);
+  if (div) div.remove();
+}
+state.acknowledgeAll = () => [...state.alerts.keys()].forEach(acknowledge);
+
+// --- per frame -----------------------------------------------------------------------------
+function applyUpdate(update) {
+  const Ts = wireArray(update.T_tracker_from_structures).data;
+  update.structure_names.forEach((name, i) => {
+    const entry = structures.get(name);
+    if (entry) setMatrixFromWire(entry.node, Ts, 16 * i);
+  });
+  const p = wireArray(update.p_tip_tracker).data;
+  tip.visible = Number.isFinite(p[0]) && Number.isFinite(p[1]) && Number.isFinite(p[2]);
+  if (tip.visible) { tip.matrix.makeTranslation(p[0], p[1], p[2]); tip.matrixWorldNeedsUpdate = true; }
+}
+
+function setLook(overlayState) {
+  if (overlayState === state.lookState) return;
+  state.lookState = overlayState;
+  const stale = overlayState === 'STALE';
+  xrNode.traverse((o) => {
+    if (!o.isMesh || !o.userData.color) return;
+    o.material.color.copy(o.userData.color);
+    if (stale) o.material.color.lerp(AMBER, 0.6).multiplyScalar(0.6);
+    o.material.opacity = stale ? o.userData.opacity * 0.5 : o.userData.opacity;
+    o.material.transparent = stale || o.userData.transparent;
+  });
+}
+
+function fitCamera() {
+  const box = new THREE.Box3().setFromObject(xrNode);
+  if (box.isEmpty()) return;
+  const centre = box.getCenter(new THREE.Vector3());
+  const size = box.getSize(new THREE.Vector3()).length();
+  controls.target.copy(centre);
+  camera.position.copy(centre).add(new THREE.Vector3(0, 0, Math.max(size * 1.6, 0.2)));
+  camera.near = size / 50; camera.far = size * 50;
+  camera.updateProjectionMatrix();
+  controls.update();
+  fitted = true;
+}
+
+let lastFrameMs = 0;
+function frame() {
+  const now = clientNowMs();
+  if (lastFrameMs) { state.frameMs.push(now - lastFrameMs); if (state.frameMs.length > 2000) state.frameMs.shift(); }
+  lastFrameMs = now;
+  if (slot) {  // the newest update only: older ones were replaced in the slot
+    const { update, pubNs, tRecvMs } = slot;
+    slot = null;
+    applyUpdate(update);
+    state.latest = update;
+    state.latestPubNs = pubNs;
+    state.applied += 1;
+    state.appliedLatencyMs.push(now + state.offsetMs - nsToMs(update.t_sensor_ns));
+    if (state.appliedLatencyMs.length > 20000) state.appliedLatencyMs.splice(0, 10000);
+    telemetry.push([update.frame_number, update.t_sensor_ns, msToNs(tRecvMs), msToNs(now)]);
+  }
+  const overlay = clientOverlay(state.latest, now, state.offsetMs);
+  if (!state.latest && !state.connected) {
+    overlay.reason = token ? 'not connected to the bridge' : 'no pairing token in the URL (scan the QR code the bridge printed)';
+  }
+  if (overlay.state !== state.overlay.state) {
+    state.transitions.push({
+      state: overlay.state, reason: overlay.reason, t_ms: now, age_ms: overlay.ageMs,
+      t_sensor_ns: state.latest ? Number(state.latest.t_sensor_ns) : 0,
+    });
+    if (state.transitions.length > 1000) state.transitions.shift();
+  }
+  state.overlay = overlay;
+  mmRoot.visible = overlay.state !== 'HIDDEN';  // HIDDEN: nothing drawn
+  setLook(overlay.state);
+  if (!fitted && state.mode === 'monitor' && state.latest && overlay.state !== 'HIDDEN' && state.assetsLoaded) fitCamera();
+  showStatus(overlay, now);
+  if (now - lastTelemetryMs >= TELEMETRY_PERIOD_MS) flushTelemetry(now);
+  if (state.mode === 'monitor') controls.update();
+  renderer.render(scene, camera);
+  state.frames = (state.frames || 0) + 1;
+}
+
+function flushTelemetry(now) {
+  lastTelemetryMs = now;
+  if (!telemetry.length || !state.welcome) return;
+  const n = telemetry.length;
+  const column = (k) => ({ dtype: '<i8', shape: [n], data: new Uint8Array(BigInt64Array.from(telemetry, (row) => BigInt(row[k])).buffer) });
+  send('HeadsetTelemetry', {
+    client: clientName,
+    clock_offset_ns: msToNs(state.offsetMs),
+    frame_numbers: column(0), t_sensor_ns: column(1), t_receive_ns: column(2), t_display_ns: column(3),
+  });
+  telemetry = [];
+}
+
+// --- status: banner, table, distances, head-locked line --------------------------------
+const banner = document.getElementById('banner');
+function bannerText(overlay) {
+  const u = state.latest;
+  if (overlay.state === 'HIDDEN') return `HIDDEN: ${overlay.reason || 'no overlay'} - model not shown`;
+  const parts = [overlay.state === 'STALE' ? 'STALE' : 'LIVE', u.status];
+  if (u.needs_verification) parts.push('VERIFY REGISTRATION');
+  const d = wireArray(u.target_distances_mm).data;
+  if (d.length) {
+    let best = -1;
+    d.forEach((v, i) => { if (Number.isFinite(v) && (best < 0 || v < d[best])) best = i; });
+    if (best >= 0) parts.push(`${u.target_names[best]} ${d[best].toFixed(1)} mm`);
+  }
+  if (Number.isFinite(u.predicted_tre_mm)) parts.push(`TRE ${u.predicted_tre_mm.toFixed(1)} mm`);
+  if (overlay.state === 'STALE') parts.push(overlay.reason);
+  return parts.join(' | ');
+}
+
+let lastTableMs = 0;
+function showStatus(overlay, now) {
+  const text = bannerText(overlay);
+  if (text !== state.banner) {
+    state.banner = text;
+    banner.textContent = text;
+    banner.className = `banner ${overlay.state.toLowerCase()}-state`;
+    drawHeadLocked(text, overlay.state);
+  }
+  if (now - lastTableMs < 200) return;  // the DOM table at 5 Hz is plenty
+  lastTableMs = now;
+  const u = state.latest;
+  const age = Number.isFinite(overlay.ageMs) ? `${overlay.ageMs.toFixed(0)} ms` : '-';
+  const rows = [
+    ['bridge', state.connected ? 'connected' : 'disconnected'],
+    ['render session', state.session ? state.session.slice(0, 8) : '-'],
+    ['overlay', overlay.state],
+    ['navigation', u ? u.status : '-'],
+    ['headset marker', u ? (u.headset_ok ? 'tracked' : 'not tracked') : '-'],
+    ['pointer tip', tip.visible ? 'tracked' : 'unknown'],
+    ['registration', u ? String(u.registration_id) : '-'],
+    ['predicted TRE', u && Number.isFinite(u.predicted_tre_mm) ? `${u.predicted_tre_mm.toFixed(2)} mm` : '-'],
+    ['pose age', age],
+    ['clock offset', Number.isFinite(state.offsetErrorMs) ? `${state.offsetMs.toFixed(1)} ± ${state.offsetErrorMs.toFixed(2)} ms` : '-'],
+    ['updates', `${state.applied} applied, ${state.superseded} superseded`],
+  ];
+  fillTable('status', rows);
+  if (u) {
+    const t = wireArray(u.target_distances_mm).data;
+    const c = wireArray(u.critical_distances_mm).data;
+    const mm = (v) => (Number.isFinite(v) ? `${v.toFixed(1)} mm` : '-');
+    fillTable('distances', [
+      ...u.target_names.map((n, i) => [`target ${n}`, mm(t[i])]),
+      ...u.critical_names.map((n, i) => [`critical ${n}`, mm(c[i])]),
+    ]);
+  }
+}
+
+function fillTable(id, rows) {
+  const body = document.querySelector(`#${id} tbody`);
+  body.replaceChildren(...rows.map(([k, v]) => {
+    const tr = document.createElement('tr');
+    tr.dataset.key = k;
+    const a = document.createElement('td'); a.textContent = k;
+    const b = document.createElement('td'); b.textContent = v;
+    tr.append(a, b);
+    return tr;
+  }));
+}
+
+function drawHeadLocked(text, overlayState) {
+  const g = statusCanvas.getContext('2d');
+  g.clearRect(0, 0, statusCanvas.width, statusCanvas.height);
+  g.fillStyle = { CURRENT: '#0a3d1ccc', STALE: '#5a3c00cc', HIDDEN: '#5a0f0fcc' }[overlayState];
+  g.fillRect(0, 0, statusCanvas.width, statusCanvas.height);
+  g.fillStyle = { CURRENT: '#5fe08a', STALE: '#ffb000', HIDDEN: '#ff6a6a' }[overlayState];
+  g.font = 'bold 40px system-ui, sans-serif';
+  g.fillText(text.slice(0, 60), 16, 62);
+  statusTexture.needsUpdate = true;
+}
+
+// --- immersive-ar (Quest 3 passthrough; iwer in tests) ---------------------------------
+async function enterAR() {
+  const session = await navigator.xr.requestSession('immersive-ar', {
+    requiredFeatures: ['local-floor'], optionalFeatures: ['anchors', 'hit-test'],
+  });
+  renderer.xr.setReferenceSpaceType('local-floor');
+  renderer.setClearColor(0x000000, 0);  // passthrough shows through
+  await renderer.xr.setSession(session);
+  state.mode = 'ar';
+  headLocked.visible = true;
+  controls.enabled = false;
+  // The XR space reset (e.g. the user re-centred): T_xr_from_tracker no longer holds.
+  renderer.xr.getReferenceSpace().addEventListener('reset', () => {
+    state.xrReset = (state.xrReset || 0) + 1;
+    xrRegistration = null;
+  });
+  session.addEventListener('end', () => {
+    state.mode = 'monitor';
+    headLocked.visible = false;
+    controls.enabled = true;
+    renderer.setClearColor(0x000000, 1);
+  });
+  return true;
+}
+state.enterAR = enterAR;
+// The session's registration made on this device (the headset registration procedure):
+// row-major 16 numbers in mm. Kept for reconnects, sent after every Welcome.
+state.setXrRegistration = (rowMajor, rmsMm) => {
+  const matrix = Float64Array.from(rowMajor);
+  xrRegistration = { wire: { dtype: '<f8', shape: [4, 4], data: new Uint8Array(matrix.buffer) }, rmsMm };
+  setMatrixFromWire(xrNode, matrix, 0);
+  send('XrRegistration', { T_xr_from_tracker: xrRegistration.wire, rms_mm: f64(rmsMm) });
+};
+// World matrices in mm (column-major, as three.js keeps them): T_xr_from_structure.
+state.structureWorldMm = () => {
+  scene.updateMatrixWorld(true);
+  const toMm = new THREE.Matrix4().makeScale(1e3, 1e3, 1e3);
+  const out = {};
+  for (const [name, entry] of structures) out[name] = toMm.clone().multiply(entry.node.matrixWorld).elements;
+  return out;
+};
+// The newest update applied: its sample time, frame and structure poses (row-major, mm).
+state.latestPoses = () => {
+  const u = state.latest;
+  if (!u) return null;
+  return {
+    t_sensor_ns: String(u.t_sensor_ns), frame_number: u.frame_number, names: u.structure_names,
+    T: Array.from(wireArray(u.T_tracker_from_structures).data),
+  };
+};
+state.xrCameraMatrices = () => {
+  const cam = renderer.xr.getCamera();
+  const views = cam.cameras.length ? cam.cameras : [cam];
+  return views.map((c) => ({ world: c.matrixWorld.elements, projection: c.projectionMatrix.elements, viewport: c.viewport ? [c.viewport.x, c.viewport.y, c.viewport.z, c.viewport.w] : null }));
+};
+
+if (navigator.xr) {
+  navigator.xr.isSessionSupported('immersive-ar').then((ok) => {
+    const button = document.getElementById('enter-ar');
+    button.hidden = !ok;
+    button.onclick = () => enterAR().catch((e) => console.warn(String(e)));
+  }).catch(() => {});
+}
+
+// --- start ---------------------------------------------------------------------------------
+addEventListener('resize', () => {
+  camera.aspect = innerWidth / innerHeight;
+  camera.updateProjectionMatrix();
+  renderer.setSize(innerWidth, innerHeight);
+});
+const worker = new Worker('/static/clock_worker.js', { type: 'module' });
+worker.onmessage = (event) => {
+  state.offsetMs = event.data.offsetMs;
+  state.offsetErrorMs = event.data.errorMs;
+  state.clockSamples = event.data.samples;
+};
+if (token) {
+  worker.postMessage({ url: wsUrl });
+  connect();
+  fetch('/pair.svg', { headers: { Authorization: `Bearer ${token}` } })
+    .then((r) => (r.ok ? r.blob() : null))
+    .then((blob) => { if (blob) document.getElementById('pair-qr').src = URL.createObjectURL(blob); })
+    .catch(() => {});
+}
+renderer.setAnimationLoop(frame);
