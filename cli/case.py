@@ -1,9 +1,13 @@
-"""``ornav case``: write the phantom case, check a case bundle.
+"""``ornav case``: write the phantom case, build a case from a CT, check a case bundle.
 
 ``ornav case phantom OUT_DIR`` writes the deterministic phantom (``nav.phantom``);
-``ornav case check DIR`` loads a case (``nav.case``) and prints what is in it. A broken
-case is one line ``ornav: <file>: <problem>`` and exit code 2 (``CaseError`` re-raised
-as ``cli.errors.UserError``).
+``ornav case build --image CT --labels SEG --structures liver=5,... --out CASE`` builds a
+case from a CT (DICOM folder, NIfTI, NRRD) and its segmentation (``nav.case_build``) and
+prints each mesh's checks (volume against voxels, Hausdorff distance to the label
+boundary); ``ornav case check DIR`` loads a case (``nav.case``) and prints what is in it.
+A broken case or input is one line ``ornav: <file>: <problem>`` and exit code 2
+(``CaseError``, ``BuildError`` re-raised as ``cli.errors.UserError``); a failed build
+leaves no bundle.
 """
 
 from __future__ import annotations
@@ -18,6 +22,16 @@ from rich.table import Table
 
 from cli.errors import UserError
 from nav.case import CaseError, Markups, bounds_lps, load_case
+from nav.case_build.build import (
+    BuildError,
+    BuildResult,
+    BuildSpec,
+    build_case,
+    parse_structures,
+    read_label_names,
+)
+from nav.case_build.lesion import LesionSpec
+from nav.case_build.mesh import DEFAULT_SMOOTHING_ITERATIONS, DEFAULT_TRIANGLE_BUDGET
 from nav.phantom import SHIPPED_PHANTOM_DIR, write_phantom_case
 
 log = logging.getLogger("ornav.case")
@@ -74,11 +88,64 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_table(result: BuildResult) -> Table:
+    table = Table(title=f"built {result.out}", title_justify="left")
+    for column in (
+        "structure", "triangles", "voxels", "mesh ml", "voxels ml", "volume", "smoothed",
+        "Hausdorff mm", "p95 mm", "closed",
+    ):  # fmt: skip
+        table.add_column(column, justify="left" if column == "structure" else "right")
+    for name, r in result.reports.items():
+        table.add_row(
+            name,
+            str(len(r.mesh.faces)),
+            str(r.voxel_count),
+            f"{r.mesh_volume_mm3 / 1e3:.2f}",
+            f"{r.voxel_volume_mm3 / 1e3:.2f}",
+            f"{100 * (r.volume_ratio - 1):+.1f} %",
+            f"{100 * (r.smoothed_volume_mm3 / r.voxel_volume_mm3 - 1):+.1f} %",
+            f"{r.hausdorff_mm:.2f}",
+            f"{r.boundary_p95_mm:.2f}",
+            "yes" if r.watertight else "no",
+        )
+    table.caption = f"segmentation {result.alignment}"
+    return table
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    try:
+        names = read_label_names(Path(args.labels_names)) if args.labels_names else {}
+        lesions = tuple(LesionSpec.parse(text) for text in args.lesion)
+        if args.triangle_budget < 100:
+            raise BuildError(f"--triangle-budget {args.triangle_budget}: at least 100")
+        if not 0 <= args.smoothing_iterations <= 200:
+            raise BuildError(f"--smoothing-iterations {args.smoothing_iterations}: 0..200")
+        spec = BuildSpec(
+            image=Path(args.image),
+            labels=Path(args.labels),
+            structures=parse_structures(args.structures, names),
+            out=Path(args.out),
+            name=args.name or "",
+            fiducials=Path(args.fiducials) if args.fiducials else None,
+            lesions=lesions,
+            triangle_budget=args.triangle_budget,
+            smoothing_iterations=args.smoothing_iterations,
+            keep_all_components=args.all_components,
+            resample_labels=args.resample_labels,
+            force=args.force,
+        )
+        result = build_case(spec, progress=log.info)
+    except (BuildError, ValueError) as error:
+        raise UserError(str(error)) from None
+    Console(width=120).print(_build_table(result))
+    return 0
+
+
 def add_case_parser(commands: Any) -> None:
     """Register ``ornav case phantom|check`` on ``commands`` (an argparse subparsers object)."""
     case = commands.add_parser(
         "case",
-        help="write the phantom case, check a case bundle",
+        help="write the phantom case, build a case from a CT, check a case bundle",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -90,6 +157,57 @@ def add_case_parser(commands: Any) -> None:
         "--force", action="store_true", help="write into a non-empty folder, overwriting"
     )
     phantom.set_defaults(func=cmd_phantom)
+
+    build = actions.add_parser(
+        "build",
+        help="a case bundle from a CT and its segmentation",
+        description="Meshes each structure of the segmentation in the CT's frame (LPS mm), "
+        "adds lesions and fiducials, stores the CT downsampled for rendering; atomic.",
+    )
+    build.add_argument("--image", required=True, help="the CT: a DICOM folder, .nii(.gz), .nrrd")
+    build.add_argument(
+        "--labels", required=True, help="its label map: .nii(.gz), .nrrd or .seg.nrrd"
+    )
+    build.add_argument(
+        "--structures",
+        required=True,
+        help="NAME=LABEL[:ROLE],... e.g. liver=5,portal_vein=64 (a bare NAME is looked up in "
+        "--labels-names; the role defaults from the name: vessel or organ)",
+    )
+    build.add_argument("--out", required=True, help="the case folder to write")
+    build.add_argument("--labels-names", help="labels.json naming the label numbers")
+    build.add_argument("--fiducials", help="fiducials (.mrk.json or .fcsv) in the CT's frame")
+    build.add_argument(
+        "--lesion",
+        action="append",
+        default=[],
+        help="NAME=L,P,S:RADIUS_MM or NAME=inside:STRUCTURE:RADIUS_MM (repeatable)",
+    )
+    build.add_argument("--name", help="the case's name (default: the folder's)")
+    build.add_argument(
+        "--triangle-budget",
+        type=int,
+        default=DEFAULT_TRIANGLE_BUDGET,
+        help="most triangles per structure (default %(default)d)",
+    )
+    build.add_argument(
+        "--smoothing-iterations",
+        type=int,
+        default=DEFAULT_SMOOTHING_ITERATIONS,
+        help="Taubin smoothing passes (default %(default)d)",
+    )
+    build.add_argument(
+        "--all-components",
+        action="store_true",
+        help="keep every connected piece of organs too (default: the largest)",
+    )
+    build.add_argument(
+        "--resample-labels",
+        action="store_true",
+        help="resample a segmentation on another grid onto the CT (nearest neighbour)",
+    )
+    build.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    build.set_defaults(func=cmd_build)
 
     check = actions.add_parser("check", help="load a case, print its structures and markups")
     check.add_argument("case_dir", help="a case folder (holding case.toml)")
