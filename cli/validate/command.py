@@ -21,22 +21,26 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cli.errors import UserError
-from cli.validate.sources import is_plus_file
-from cli.validate.study import Options, Row, run_study, validate_one
 from nav.validation.verdict import LimitsError, read_limits
+
+if TYPE_CHECKING:
+    from cli.validate.study import Row
 
 log = logging.getLogger(__name__)
 MAX_RECORDINGS = 100_000
 
 
+PLUS_SUFFIXES = (".mha", ".mhd", ".nrrd", ".seq.nrrd")  # as cli.validate.sources reads
+
+
 def _is_recording(path: Path) -> bool:
-    return path.suffix.lower() == ".mcap" or is_plus_file(path)
+    return path.suffix.lower() == ".mcap" or path.name.lower().endswith(PLUS_SUFFIXES)
 
 
 def expand(arguments: list[str]) -> list[Path]:
@@ -72,6 +76,10 @@ def _row_line(row: Row) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: matplotlib, open3d and Dask load only for this verb, not for every
+    # `ornav` command (a start-up of seconds otherwise).
+    from cli.validate.study import Options, run_study, validate_one
+
     try:
         limits = read_limits(args.limits) if args.limits else ()
     except LimitsError as error:

@@ -342,7 +342,7 @@ document.querySelectorAll('th[data-sort]').forEach((th, col) => th.addEventListe
   const body = th.closest('table').tBodies[0];
   const rows = Array.from(body.rows);
   const asc = th.dataset.dir !== 'asc'; th.dataset.dir = asc ? 'asc' : 'desc';
-  const key = (r) => { const c = r.cells[col]; const v = c.dataset.value;
+  const key = (r) => { const c = r.cells[col]; const v = c ? c.dataset.value : undefined;
     return v === undefined || v === '' ? null : (isNaN(+v) ? v : +v); };
   rows.sort((a, b) => { const x = key(a), y = key(b);
     if (x === null) return 1; if (y === null) return -1;
