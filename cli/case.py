@@ -22,16 +22,7 @@ from rich.table import Table
 
 from cli.errors import UserError
 from nav.case import CaseError, Markups, bounds_lps, load_case
-from nav.case_build.build import (
-    BuildError,
-    BuildResult,
-    BuildSpec,
-    build_case,
-    parse_structures,
-    read_label_names,
-)
-from nav.case_build.lesion import LesionSpec
-from nav.case_build.mesh import DEFAULT_SMOOTHING_ITERATIONS, DEFAULT_TRIANGLE_BUDGET
+from nav.case_build.defaults import DEFAULT_SMOOTHING_ITERATIONS, DEFAULT_TRIANGLE_BUDGET
 from nav.phantom import SHIPPED_PHANTOM_DIR, write_phantom_case
 
 log = logging.getLogger("ornav.case")
@@ -88,7 +79,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build_table(result: BuildResult) -> Table:
+def _build_table(result: Any) -> Table:
+    """The checks of a ``nav.case_build.build.BuildResult``."""
     table = Table(title=f"built {result.out}", title_justify="left")
     for column in (
         "structure", "triangles", "voxels", "mesh ml", "voxels ml", "volume", "smoothed",
@@ -113,6 +105,16 @@ def _build_table(result: BuildResult) -> Table:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    # Imported here: the meshing libraries (scikit-image, Open3D) are for this verb only.
+    from nav.case_build.build import (
+        BuildError,
+        BuildSpec,
+        build_case,
+        parse_structures,
+        read_label_names,
+    )
+    from nav.case_build.lesion import LesionSpec
+
     try:
         names = read_label_names(Path(args.labels_names)) if args.labels_names else {}
         lesions = tuple(LesionSpec.parse(text) for text in args.lesion)

@@ -40,11 +40,10 @@ from nav.case import (
     load_case,
     read_markups,
 )
+from nav.case_build.defaults import DEFAULT_SMOOTHING_ITERATIONS, DEFAULT_TRIANGLE_BUDGET
 from nav.case_build.landmarks import surface_landmarks
 from nav.case_build.lesion import LesionSpec, deepest_point, sphere_mesh
 from nav.case_build.mesh import (
-    DEFAULT_SMOOTHING_ITERATIONS,
-    DEFAULT_TRIANGLE_BUDGET,
     MeshError,
     MeshReport,
     mesh_structure,

@@ -31,13 +31,10 @@ import trimesh
 import trimesh.smoothing
 from skimage.measure import marching_cubes
 
+from nav.case_build.defaults import DEFAULT_SMOOTHING_ITERATIONS, DEFAULT_TRIANGLE_BUDGET
+
 TAUBIN_LAMBDA: Final = 0.5
 TAUBIN_MU: Final = -0.53
-DEFAULT_SMOOTHING_ITERATIONS: Final = 3
-"""Light: each pass rounds a structure's extreme tips off by about 0.07 mm. On the shared
-liver (0.98 x 0.98 x 2 mm voxels) 3 passes keep its bounds within 0.4 mm of the voxels'
-(Hausdorff 1.1 mm); 10 passes took 0.9 mm off (Hausdorff 1.9 mm), more than half a voxel."""
-DEFAULT_TRIANGLE_BUDGET: Final = 20000
 
 
 class MeshError(ValueError):
