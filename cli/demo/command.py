@@ -51,6 +51,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from cli.demo.case_option import with_case
 from cli.demo.script import (
     DEFAULT_DURATION_S,
     MAX_ACCEPT_FRE_MM,
@@ -671,7 +672,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ipc_dir = Path(tempfile.mkdtemp(prefix="ornav-"))
     try:
         try:
-            stack = demo_stack(load(launch_path, run_dir=run_dir.resolve(), ipc_dir=ipc_dir))
+            launch = load(launch_path, run_dir=run_dir.resolve(), ipc_dir=ipc_dir)
+            if args.case:  # another case bundle, e.g. one built from a CT (cli/demo/case_option.py)
+                launch = with_case(launch, args.case)
+            stack = demo_stack(launch)
             plan = plan_scenario(args.duration, fiducials_available=len(stack.case.fiducials))
         except LaunchError:  # one line from cli.main; nothing was started
             raise
@@ -901,5 +905,10 @@ def add_demo_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
     )
     parser.add_argument(
         "--no-progress", action="store_true", help="no live display: one log line per phase"
+    )
+    parser.add_argument(
+        "--case",
+        help="run on this case bundle (e.g. from `ornav case build`) instead of the launch "
+        "file's; the simulation places it where that case was",
     )
     parser.set_defaults(func=cmd_demo)
