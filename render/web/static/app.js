@@ -70,8 +70,13 @@ const camera = new THREE.PerspectiveCamera(50, innerWidth / innerHeight, 0.01, 2
 camera.position.set(0, 0, 1.5);
 scene.add(camera);
 scene.add(new THREE.HemisphereLight(0xffffff, 0x444444, 2.0));
+// A head lamp: the light travels along the view direction, so what faces the viewer is lit
+// wherever the head is (its target rides on the camera too).
 const headLight = new THREE.DirectionalLight(0xffffff, 1.5);
-camera.add(headLight);
+const headLightTarget = new THREE.Object3D();
+headLightTarget.position.set(0, 0, -1);
+camera.add(headLight, headLightTarget);
+headLight.target = headLightTarget;
 const controls = new OrbitControls(camera, renderer.domElement);
 const mmRoot = new THREE.Group();
 mmRoot.matrixAutoUpdate = false;
@@ -165,7 +170,10 @@ function onMessage(data, tRecvMs) {
     }
     case 'Welcome': onWelcome(body); break;
     case 'Alert': onAlert(body); break;
-    case 'XrRegistration': state.xrHeld = body.rms_mm; break;
+    case 'XrRegistration':  // the registration the render node now holds for us
+      setMatrixFromWire(xrNode, wireArray(body.T_xr_from_tracker).data, 0);
+      state.xrHeld = body.rms_mm;
+      break;
     case 'Reply':
       if (!body.ok) {
         state.lastError = body.error;
@@ -184,7 +192,7 @@ function onWelcome(body) {
   state.session = body.session;
   state.sceneVersion = body.scene_version;
   if (restarted) { state.latestPubNs = -1; state.latest = null; }
-  const T = wireArray(body.T_xr_from_tracker).data;
+  const T = xrRegistration ? xrRegistration.matrix : wireArray(body.T_xr_from_tracker).data;
   setMatrixFromWire(xrNode, T, 0);
   if (xrRegistration) send('XrRegistration', { T_xr_from_tracker: xrRegistration.wire, rms_mm: f64(xrRegistration.rmsMm) });
   for (const info of body.assets) loadAsset(info);
@@ -260,6 +268,9 @@ state.acknowledgeAll = () => [...state.alerts.keys()].forEach(acknowledge);
 
 // --- per frame -----------------------------------------------------------------------------
 function applyUpdate(update) {
+  // A HIDDEN update carries identity poses: keep the last drawn ones (nothing is drawn
+  // while HIDDEN anyway, and the place is right again with the next pose).
+  if (update.overlay === 'HIDDEN') return;
   const Ts = wireArray(update.T_tracker_from_structures).data;
   update.structure_names.forEach((name, i) => {
     const entry = structures.get(name);
@@ -284,7 +295,8 @@ function setLook(overlayState) {
 }
 
 function fitCamera() {
-  const box = new THREE.Box3().setFromObject(xrNode);
+  const box = new THREE.Box3();
+  for (const { node } of structures.values()) box.expandByObject(node);
   if (box.isEmpty()) return;
   const centre = box.getCenter(new THREE.Vector3());
   const size = box.getSize(new THREE.Vector3()).length();
@@ -295,6 +307,43 @@ function fitCamera() {
   controls.update();
   fitted = true;
 }
+
+// Test and diagnostics hook: the colour of canvas pixels (u right, v down) as drawn in a
+// frame whose overlay is CURRENT (read right after that frame's render).
+const pixelRequests = [];
+state.readPixelsWhenCurrent = (points) => new Promise((resolve) => pixelRequests.push({ points, resolve }));
+function readPixels(overlayState) {
+  if (overlayState !== 'CURRENT') return;
+  const gl = renderer.getContext();
+  const height = gl.drawingBufferHeight;
+  for (const { points, resolve } of pixelRequests.splice(0)) {
+    resolve(points.map(([u, v]) => {
+      const px = new Uint8Array(4);
+      gl.readPixels(Math.round(u), height - 1 - Math.round(v), 1, 1, gl.RGBA, gl.UNSIGNED_BYTE, px);
+      return Array.from(px);
+    }));
+  }
+}
+
+// The overlay rule on this client's clock. Run every frame and, so that a slow or stalled
+// render loop cannot delay the decision (and the DOM banner), every 10 ms by a timer.
+function evaluateOverlay(now) {
+  const overlay = clientOverlay(state.latest, now, state.offsetMs);
+  if (!state.latest && !state.connected) {
+    overlay.reason = token ? 'not connected to the bridge' : 'no pairing token in the URL (scan the QR code the bridge printed)';
+  }
+  if (overlay.state !== state.overlay.state) {
+    state.transitions.push({
+      state: overlay.state, reason: overlay.reason, t_ms: now, age_ms: overlay.ageMs,
+      t_sensor_ns: state.latest ? Number(state.latest.t_sensor_ns) : 0,
+    });
+    if (state.transitions.length > 1000) state.transitions.shift();
+  }
+  state.overlay = overlay;
+  mmRoot.visible = overlay.state !== 'HIDDEN';  // HIDDEN: nothing drawn from the next frame
+  return overlay;
+}
+setInterval(() => showStatus(evaluateOverlay(clientNowMs()), clientNowMs()), 10);
 
 let lastFrameMs = 0;
 function frame() {
@@ -312,18 +361,7 @@ function frame() {
     if (state.appliedLatencyMs.length > 20000) state.appliedLatencyMs.splice(0, 10000);
     telemetry.push([update.frame_number, update.t_sensor_ns, msToNs(tRecvMs), msToNs(now)]);
   }
-  const overlay = clientOverlay(state.latest, now, state.offsetMs);
-  if (!state.latest && !state.connected) {
-    overlay.reason = token ? 'not connected to the bridge' : 'no pairing token in the URL (scan the QR code the bridge printed)';
-  }
-  if (overlay.state !== state.overlay.state) {
-    state.transitions.push({
-      state: overlay.state, reason: overlay.reason, t_ms: now, age_ms: overlay.ageMs,
-      t_sensor_ns: state.latest ? Number(state.latest.t_sensor_ns) : 0,
-    });
-    if (state.transitions.length > 1000) state.transitions.shift();
-  }
-  state.overlay = overlay;
+  const overlay = evaluateOverlay(now);
   mmRoot.visible = overlay.state !== 'HIDDEN';  // HIDDEN: nothing drawn
   setLook(overlay.state);
   if (!fitted && state.mode === 'monitor' && state.latest && overlay.state !== 'HIDDEN' && state.assetsLoaded) fitCamera();
@@ -332,6 +370,7 @@ function frame() {
   if (state.mode === 'monitor') controls.update();
   renderer.render(scene, camera);
   state.frames = (state.frames || 0) + 1;
+  if (pixelRequests.length) readPixels(overlay.state);
 }
 
 function flushTelemetry(now) {
@@ -455,9 +494,15 @@ state.enterAR = enterAR;
 // row-major 16 numbers in mm. Kept for reconnects, sent after every Welcome.
 state.setXrRegistration = (rowMajor, rmsMm) => {
   const matrix = Float64Array.from(rowMajor);
-  xrRegistration = { wire: { dtype: '<f8', shape: [4, 4], data: new Uint8Array(matrix.buffer) }, rmsMm };
+  xrRegistration = { matrix, wire: { dtype: '<f8', shape: [4, 4], data: new Uint8Array(matrix.buffer) }, rmsMm };
   setMatrixFromWire(xrNode, matrix, 0);
   send('XrRegistration', { T_xr_from_tracker: xrRegistration.wire, rms_mm: f64(rmsMm) });
+};
+// A structure's bounding-box centre in the world (xr frame, mm).
+state.structureCentreMm = (name) => {
+  scene.updateMatrixWorld(true);
+  const box = new THREE.Box3().setFromObject(structures.get(name).node);
+  return box.getCenter(new THREE.Vector3()).multiplyScalar(1e3).toArray();
 };
 // World matrices in mm (column-major, as three.js keeps them): T_xr_from_structure.
 state.structureWorldMm = () => {
