@@ -1,4 +1,11 @@
-"""``ornav launch``: run a stack from a launch file with a live status table."""
+"""``ornav launch``: run a stack from a launch file with a live status table.
+
+``--host NAME`` runs one host's share of a multi-host launch file (its ``[hosts]``): that
+host's nodes here, the others watched by their heartbeats (``nav.runtime.supervisor``).
+
+``python -m cli.launch ...`` is ``ornav launch ...`` without loading every other verb
+(seconds, not tens of seconds, on a busy machine): for a host's service unit, and tests.
+"""
 
 from __future__ import annotations
 
@@ -34,6 +41,7 @@ def add_launch_parser(commands: Any) -> None:
     launch.add_argument("--summary", help="write the final status as JSON here")
     launch.add_argument("--run-dir", help="logs and recordings (default runs/<stack>-<time>)")
     launch.add_argument("--no-table", action="store_true", help="no status table")
+    launch.add_argument("--host", help="run this [hosts] entry's nodes (a multi-host stack)")
     launch.set_defaults(func=cmd_launch)
 
 
@@ -66,7 +74,7 @@ def _run_stack(launch: LaunchSpec, args: argparse.Namespace) -> int:
         logging.getLogger().handlers[:] = [
             RichHandler(console=console, show_path=False, log_time_format="%H:%M:%S")
         ]
-    supervisor = Supervisor(launch)
+    supervisor = Supervisor(launch, host=args.host)
 
     stop_requested: list[str] = []
 
@@ -123,3 +131,32 @@ def _run_stack(launch: LaunchSpec, args: argparse.Namespace) -> int:
     if live is None and not args.no_table:
         console.print(stack_status.render(final))
     return 0 if healthy else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``ornav launch`` alone: the same arguments, one-line errors and exit codes."""
+    from nav.runtime.launchfile import LaunchError
+
+    parser = argparse.ArgumentParser(prog="ornav")
+    add_launch_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["launch", *(sys.argv[1:] if argv is None else argv)])
+    logging.basicConfig(
+        stream=sys.stderr,
+        level="INFO",
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args.func(args))
+    except (UserError, LaunchError) as error:
+        print(f"ornav: {error}", file=sys.stderr)
+        return 2
+    except StartupError as error:
+        print(f"ornav: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -469,6 +469,11 @@ def load(
             other_pub = by_name[other].pub
             if other_pub is None:
                 raise LaunchError(f"{where}: node {other!r} has no pub endpoint")
+            if by_name[other].host != spec.host and not other_pub.startswith("tcp://"):
+                raise LaunchError(
+                    f"{where}: node {other!r} is on host {by_name[other].host!r}, this one on "
+                    f"{spec.host!r}: its pub {other_pub!r} must be tcp to cross hosts"
+                )
             endpoints.append(other_pub)
         resolved = NodeSpec(**{**vars(spec), "subscribe_endpoints": tuple(endpoints)})
         config = (

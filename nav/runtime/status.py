@@ -38,6 +38,7 @@ class NodeRow:
     watchdog_restarts: int = 0
     heartbeat_timeout_s: float = HEARTBEAT_LATE_S
     auth_refused: int = 0  # tcp connections its ZAP handler refused (unknown or no key)
+    host: str = ""  # the [hosts] entry it runs on, in a multi-host stack
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def _node_row(node: NodeState, now_ns: int) -> NodeRow:
     hb = node.heartbeat
     age = (now_ns - node.t_heartbeat_ns) / 1e9 if node.t_heartbeat_ns is not None else None
     uptime = (now_ns - node.t_started_ns) / 1e9 if node.t_started_ns is not None else None
-    alive = node.state == "running"
+    alive = node.state in ("running", "remote")  # remote: heard from its own host
     return NodeRow(
         name=node.spec.name,
         state=node.state,
@@ -91,6 +92,7 @@ def _node_row(node: NodeState, now_ns: int) -> NodeRow:
         watchdog_restarts=node.watchdog_restarts,
         heartbeat_timeout_s=node.spec.heartbeat_timeout_s,
         auth_refused=hb.counters.get("auth_refused", 0) if hb else 0,
+        host=node.spec.host or "",
     )
 
 
@@ -150,6 +152,9 @@ _STATE_STYLE = {
     "dead": "bold red",
     "exited": "dim",
     "stopped": "dim",
+    "remote": "cyan",  # on another host, heard from by its heartbeats
+    "stale": "bold red",  # on another host that went silent
+    "unheard": "yellow",  # on another host, no heartbeat yet
 }
 
 
@@ -181,7 +186,7 @@ def render(status: StackStatus) -> Table:
             row.heartbeat_age_s is None or row.heartbeat_age_s > row.heartbeat_timeout_s
         )
         table.add_row(
-            row.name,
+            f"{row.name}@{row.host}" if row.host else row.name,
             f"[{_STATE_STYLE.get(row.state, '')}]{state}[/]",
             _fmt(row.pid, "d"),
             _fmt(row.uptime_s, ".1f"),

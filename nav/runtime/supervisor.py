@@ -30,6 +30,14 @@
   (else one StartupError line) unless the launch file says ``insecure = true``. Children
   get the decision in ``ORNAV_SECURITY``; the supervisor's own subscriber uses it too.
 
+- Several hosts: with ``host`` given, only that host's nodes are started; the others are
+  *remote*: shown by their heartbeats (state ``remote``), never restarted from here. A
+  remote node's epoch, learned from its heartbeat over the CURVE connection pinned to its
+  host's key, goes on this host's roster, so local nodes trust its stream; a remote node
+  silent past its ``heartbeat_timeout_s`` is shown ``stale`` and leaves the roster (its
+  readers drop anything more until it is heard again), so a host that goes silent turns
+  its nodes STALE everywhere, and its poses with them.
+
 Files: the ipc directory must not be writable by others (it holds the roster); a dead
 node's ipc socket files in it are removed. Node output: stdout carries only the READY line;
 stderr goes to ``<run_dir>/logs/<node>.log`` (mode 0600; directories created 0700).
@@ -80,7 +88,9 @@ class NodeState:
     """What the supervisor knows of one node (a row of the status table)."""
 
     spec: NodeSpec
-    state: str = "pending"  # pending, starting, running, restarting, dead, exited, stopped
+    # pending, starting, running, restarting, dead, exited, stopped; on another host:
+    # unheard (no heartbeat yet), remote (heard within its limit), stale (silent since)
+    state: str = "pending"
     pid: int | None = None
     exit_code: int | None = None
     restarts: int = 0
@@ -114,13 +124,30 @@ class Supervisor:
     """Runs one stack. Not thread-safe: drive it from one thread (``tick`` in a loop)."""
 
     def __init__(
-        self, launch: LaunchSpec, *, python: str = sys.executable, keys_dir: Path | None = None
+        self,
+        launch: LaunchSpec,
+        *,
+        python: str = sys.executable,
+        keys_dir: Path | None = None,
+        host: str | None = None,
     ) -> None:
+        if launch.hosts and host not in launch.hosts:
+            raise StartupError(
+                f"{launch.path}: this stack runs on hosts {', '.join(sorted(launch.hosts))}: "
+                f"say which one this is (--host), not {host!r}"
+            )
+        if host is not None and not launch.hosts:
+            raise StartupError(f"{launch.path}: no [hosts] in this launch file, yet --host {host}")
+        self.host = host
+        self.local = {spec.name for spec in launch.nodes_on(host)}
         self.launch = launch
         self.python = python
         self.keys_dir = keys_dir  # None: ORNAV_KEYS or the user's data dir
         self.security = security.StackSecurity("none")  # resolved by start()
-        self.nodes = {spec.name: NodeState(spec) for spec in launch.nodes}
+        self.nodes = {
+            spec.name: NodeState(spec, state="pending" if spec.name in self.local else "unheard")
+            for spec in launch.nodes
+        }
         self.tools: dict[str, ToolState] = {}
         self.nav_state: NavState | None = None  # the newest, if a nav node runs
         self.t_nav_state_ns = 0  # when it arrived (monotonic)
@@ -151,7 +178,7 @@ class Supervisor:
                 f"(mode {stat.S_IMODE(mode):o}): the roster of trusted publishers lives there"
             )
         try:
-            self.security = security.resolve(self.launch, keys_dir=self.keys_dir)
+            self.security = security.resolve(self.launch, host=self.host, keys_dir=self.keys_dir)
             keys = self.security.bus_security()
         except KeysError as error:
             raise StartupError(str(error)) from None
@@ -167,11 +194,12 @@ class Supervisor:
             pubs,
             (HEARTBEAT_TOPIC_PREFIX, "pose/", "nav/state"),
             keys=keys,
-            trust=roster.RosterTrust(self.roster_path),
+            trust=self._trust_factory(),
         )
         try:
             for node in self.nodes.values():
-                self._start_node(node)
+                if node.spec.name in self.local:
+                    self._start_node(node)
         except StartupError:
             self.stop()
             raise
@@ -281,12 +309,61 @@ class Supervisor:
             time.sleep(timeout_s)
         now_ns = time.monotonic_ns()
         for node in self.nodes.values():
-            self._check_process(node, now_ns)
+            if node.spec.name in self.local:
+                self._check_process(node, now_ns)
+            else:
+                self._check_remote(node, now_ns)
+
+    def _trust_factory(self) -> roster.EpochTrust:
+        local = roster.RosterTrust(self.roster_path)
+        if len(self.local) == len(self.nodes):
+            return local
+        # Remote streams arrive over CURVE connections pinned to their host's key (or in the
+        # clear, bannered, with insecure = true); _observe vouches for a remote epoch only
+        # through a heartbeat naming a remote node, and local names stay roster-checked.
+        return lambda epoch: True
+
+    def _observe_remote(self, node: NodeState, message: Heartbeat, received: bus.Received) -> None:
+        epoch = received.envelope.epoch
+        if node.epoch != epoch or node.state != "remote":
+            first = node.epoch is None
+            node.epoch = epoch
+            node.pid = message.pid
+            self.epochs[node.spec.name] = epoch
+            self._write_roster()
+            restarted = "" if first else " (new process)"
+            was_stale = node.state == "stale"
+            node.state = "remote"
+            self._event(
+                f"{node.spec.name} on {node.spec.host}: heard again{restarted}"
+                if was_stale
+                else f"{node.spec.name} on {node.spec.host}: heard (pid {message.pid}){restarted}"
+            )
+        node.heartbeat = message
+        node.t_heartbeat_ns = received.t_recv_ns
+
+    def _check_remote(self, node: NodeState, now_ns: int) -> None:
+        """A remote node silent past its limit is stale: off the roster until heard again."""
+        if node.state != "remote" or node.t_heartbeat_ns is None:
+            return
+        age_s = (now_ns - node.t_heartbeat_ns) / 1e9
+        if age_s <= node.spec.heartbeat_timeout_s:
+            return
+        node.state = "stale"
+        node.reason = f"host {node.spec.host} silent for {age_s:.1f} s"
+        if self.epochs.pop(node.spec.name, None) is not None:
+            self._write_roster()
+        self._event(f"{node.spec.name} on {node.spec.host}: {node.reason}", level=logging.WARNING)
 
     def _observe(self, received: bus.Received) -> None:
         message = received.message
         if isinstance(message, Heartbeat) and message.node in self.nodes:
             node = self.nodes[message.node]
+            if message.node not in self.local:
+                self._observe_remote(node, message, received)
+                return
+            if received.envelope.epoch != node.epoch:
+                return  # a local name is vouched for by our own roster only
             if node.pid == message.pid:  # ignore a late heartbeat from a previous process
                 node.heartbeat = message
                 node.t_heartbeat_ns = received.t_recv_ns
@@ -425,4 +502,7 @@ class Supervisor:
         return node.child.stop()
 
     def all_running(self) -> bool:
-        return all(node.state == "running" for node in self.nodes.values())
+        """Every local node running (remote ones are their own supervisor's to run)."""
+        return all(
+            node.state == "running" for node in self.nodes.values() if node.spec.name in self.local
+        )
