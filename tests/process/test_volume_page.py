@@ -1,0 +1,198 @@
+"""The WebGL2 volume page (render/web/volume/) in real headless Chromium on a case built
+from the shared CT: the meshes land on the CT where they are, no console errors."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import io
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nav.case import load_case
+from tests.browser import ConsoleLog
+from tests.conftest import REPO, shared_data
+
+WEB = REPO / "render" / "web"
+SCREENSHOTS = Path("/tmp/ornav-volume-page")
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """render/web as the root; /case/ is the case bundle."""
+
+    case_dir: Path = Path()
+
+    def translate_path(self, path: str) -> str:
+        clean = path.split("?", 1)[0].split("#", 1)[0]
+        if clean.startswith("/case/"):
+            target = (self.case_dir / clean[len("/case/") :]).resolve()
+            return str(target) if target.is_relative_to(self.case_dir.resolve()) else "/nonexistent"
+        return super().translate_path(path)
+
+    def log_message(self, *args: object) -> None:  # quiet
+        pass
+
+
+def serve(case_dir: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
+    handler = type("Handler", (_Handler,), {"case_dir": case_dir})
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(handler, directory=str(WEB))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+@pytest.fixture(scope="module")
+def ct_case(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from nav.case_build.build import BuildSpec, build_case, parse_structures, read_label_names
+    from nav.case_build.lesion import LesionSpec
+
+    data = shared_data("totalsegmentator")
+    out = tmp_path_factory.mktemp("cases") / "ct_case"
+    build_case(
+        BuildSpec(
+            image=data / "example_ct_dicom",
+            labels=data / "example_seg_dicom.nii.gz",
+            structures=parse_structures(
+                "liver,portal_vein_and_splenic_vein,aorta",
+                read_label_names(data / "labels.json"),
+            ),
+            out=out,
+            lesions=(LesionSpec.parse("lesion=inside:liver:12"),),
+        ),
+        progress=lambda _: None,
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(ct_case: Path) -> Iterator[str]:
+    httpd, url = serve(ct_case)
+    yield url
+    httpd.shutdown()
+
+
+def _open(chromium: object, url: str, console: ConsoleLog) -> object:
+    page = chromium.new_page(viewport={"width": 800, "height": 600})  # type: ignore[attr-defined]
+    console.attach(page)
+    page.goto(url)
+    page.wait_for_function("window.volumeReady === true || window.volumeError", timeout=120_000)
+    error = page.evaluate("window.volumeError || null")
+    assert error is None, error
+    return page
+
+
+def _pixel(png: bytes, x: float, y: float) -> np.ndarray:
+    from PIL import Image
+
+    image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float64)
+    return image[int(round(y)), int(round(x))] / 255.0
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_liver_centroid_pixel_has_the_liver_colour_on_the_ct(
+    chromium: object, server: str, ct_case: Path
+) -> None:
+    console = ConsoleLog()
+    page = _open(chromium, f"{server}/volume/index.html?case=/case/&preset=vessels", console)
+    case = load_case(ct_case)
+    liver = case.structure("liver")
+    centroid = liver.mesh.center_mass
+    # the anterior surface point in front of the centroid: what the camera sees there
+    where = page.evaluate(f"window.volumeView.project({json.dumps(centroid.tolist())})")
+    png = page.screenshot(path=str(SCREENSHOTS / "vessels.png"))
+    colour = _pixel(png, where["x"], where["y"])
+    others = {s.name: np.array(s.colour) for s in case.structures if s.name != "liver"}
+    liver_similarity = _cosine(colour, np.array(liver.colour))
+    assert liver_similarity > 0.98, (colour, liver.colour)
+    assert all(liver_similarity > _cosine(colour, c) for c in others.values()), colour
+    # the aorta lies behind the liver's left lobe from the front: with the liver hidden,
+    # its centroid's pixel is the aorta's red (its lumen, ~180 HU, is below the window)
+    page.evaluate(
+        "window.volumeView.structures.get('liver').mesh.visible = false; window.volumeView.render()"
+    )
+    aorta = case.structure("aorta").mesh.center_mass
+    where = page.evaluate(f"window.volumeView.project({json.dumps(aorta.tolist())})")
+    png = page.screenshot(path=str(SCREENSHOTS / "vessels_no_liver.png"))
+    aorta_colour = _pixel(png, where["x"], where["y"])
+    assert aorta_colour[0] > 2 * max(aorta_colour[1], aorta_colour[2]), aorta_colour
+    status = page.text_content("#status")
+    assert "volume 256x256x20" in status
+    assert console.errors == []
+    page.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_presets_window_and_clipping_change_the_picture(chromium: object, server: str) -> None:
+    """Soft tissue covers the liver (the abdominal wall in front); clipping the anterior
+    half away shows it; the bone preset shows the spine; the volume off shows meshes only."""
+    console = ConsoleLog()
+    page = _open(chromium, f"{server}/volume/index.html?case=/case/", console)
+    shots = {}
+    shots["soft_tissue"] = page.screenshot(path=str(SCREENSHOTS / "soft_tissue.png"))
+    page.evaluate("window.volumeView.setClip([0, 0.5, 0], [1, 1, 1]); window.volumeView.render()")
+    shots["clipped"] = page.screenshot(path=str(SCREENSHOTS / "soft_tissue_clipped.png"))
+    page.evaluate(
+        "window.volumeView.setClip([0, 0, 0], [1, 1, 1]); window.volumeView.setPreset('bone');"
+        "window.volumeView.render()"
+    )
+    shots["bone"] = page.screenshot(path=str(SCREENSHOTS / "bone.png"))
+    page.evaluate("window.volumeView.setVolumeVisible(false); window.volumeView.render()")
+    shots["meshes"] = page.screenshot(path=str(SCREENSHOTS / "meshes_only.png"))
+    from PIL import Image
+
+    arrays = {
+        k: np.asarray(Image.open(io.BytesIO(v)).convert("RGB"), float) for k, v in shots.items()
+    }
+    for a, b in (("soft_tissue", "clipped"), ("soft_tissue", "bone"), ("bone", "meshes")):
+        assert np.abs(arrays[a] - arrays[b]).mean() > 2.0, (a, b)
+    frame_ms = page.evaluate("window.volumeView.measureFrameMs(3)")
+    assert frame_ms > 0
+    assert console.errors == []
+    page.close()
+
+
+def test_a_bundle_whose_brick_does_not_match_its_hash_is_an_error_on_the_page(
+    chromium: object, tmp_path: Path
+) -> None:
+    """A case bundle with a tampered brick: the page says so, and renders no volume."""
+    import gzip
+    import hashlib
+
+    from nav.phantom import write_phantom_case
+
+    write_phantom_case(tmp_path)
+    data = gzip.compress(np.zeros(8, "<u2").tobytes())
+    (tmp_path / "volume").mkdir()
+    (tmp_path / "volume" / "v.u16.gz").write_bytes(gzip.compress(np.ones(8, "<u2").tobytes()))
+    toml = (tmp_path / "case.toml").read_text()
+    table = (
+        f'\n[volume]\nfile = "volume/v.u16.gz"\nsha256 = "{hashlib.sha256(data).hexdigest()}"\n'
+        'shape = [2, 2, 2]\ndtype = "uint16"\nhu_offset = -1024.0\n'
+        "T_image_from_ijk = [1.0, 0, 0, 0, 0, 1.0, 0, 0, 0, 0, 1.0, 0, 0, 0, 0, 1.0]\n"
+    )
+    head, sep, rest = toml.partition("[[structures]]")
+    (tmp_path / "case.toml").write_text(head + table + "\n" + sep + rest)
+    httpd, url = serve(tmp_path)
+    try:
+        page = chromium.new_page()  # type: ignore[attr-defined]
+        console = ConsoleLog()
+        console.attach(page)
+        page.goto(f"{url}/volume/index.html?case=/case/")
+        page.wait_for_function("window.volumeReady === true || window.volumeError", timeout=60_000)
+        assert "sha256" in page.evaluate("window.volumeError")
+        assert "sha256" in page.text_content("#status")
+        page.close()
+    finally:
+        httpd.shutdown()
