@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
@@ -63,6 +64,8 @@ module = "tracking.sim_node"
 pub = "tcp://{{host}}:{tracker}"
 control = "ipc://{{ipc_dir}}/tracker.ctl"
 rate_hz = 100
+restart = "on-failure"
+restart_delay_s = 0.2
 [nodes.tracker.params]
 seed = 3
 dropout_rate_hz = 0.0
@@ -73,6 +76,8 @@ module = "nav.nav_node"
 pub = "tcp://{{host}}:{nav}"
 control = "ipc://{{ipc_dir}}/nav.ctl"
 subscribe = ["tracker"]
+restart = "on-failure"
+restart_delay_s = 0.2
 [nodes.nav.params]
 registration_file = "{registration}"
 
@@ -184,6 +189,55 @@ def three_hosts(tmp_path: Path) -> Iterator[tuple[Path, dict[str, KeyStore], dic
     yield path, stores, hosts
     for host in hosts.values():
         host.stop()
+
+
+class Headset:
+    """A keyed headset of render-pc: session (DEALER) and scene updates (SUB)."""
+
+    def __init__(self, launch: Any, keys: KeyPair, server: bytes) -> None:
+        render = launch.node("render")
+        client = bus.CurveKeys(keys.public, keys.secret, server)
+        self.session = bus.context().socket(zmq.DEALER)
+        self.session.setsockopt(zmq.LINGER, 0)
+        bus.secure_client(self.session, str(render.params["headset_endpoint"]), client)
+        self.session.connect(str(render.params["headset_endpoint"]))
+        self.scene = bus.QueueSubscriber(
+            [render.pub or ""], ["scene/update"], keys=client, trust=lambda _e: True
+        )
+        # (render's t_pub_ns, update): when render sent it, not when this busy test read it
+        self.updates: list[tuple[int, SceneUpdate]] = []
+
+    def join(self, sup: Supervisor, timeout_s: float = 40) -> None:
+        hello = encode(Hello(HEADSET_PROTOCOL_VERSION, "h"), seq=0, t_pub_ns=time.monotonic_ns())
+        self.session.send(hello, flags=zmq.NOBLOCK)
+        # Render heartbeats while it loads its case: READY (and its session socket) may
+        # come seconds later on a loaded machine. The Hello waits in the queue.
+        deadline = time.monotonic() + timeout_s
+        while not self.session.poll(100, zmq.POLLIN):
+            assert time.monotonic() < deadline, "no Welcome from render-pc"
+            sup.tick(0.0)
+        assert isinstance(decode(self.session.recv()).message, Welcome)
+
+    def read(self, sup: Supervisor, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            sup.tick(0.0)
+            for received in self.scene.poll(0.02):
+                if isinstance(received.message, SceneUpdate):
+                    self.updates.append((received.envelope.t_pub_ns, received.message))
+
+    def until(self, sup: Supervisor, want: OverlayState, timeout_s: float) -> float:
+        t0 = time.monotonic()
+        n = len(self.updates)
+        while time.monotonic() - t0 < timeout_s:
+            self.read(sup, 0.05)
+            if any(u.overlay is want for _, u in self.updates[n:]):
+                return time.monotonic() - t0
+        raise AssertionError(f"overlay never {want} within {timeout_s} s")
+
+    def close(self) -> None:
+        self.scene.close()
+        self.session.close()
 
 
 def _tick_until(sup: Supervisor, done: Callable[[], bool], timeout_s: float, what: str) -> float:
@@ -316,3 +370,73 @@ def test_a_multi_host_file_refuses_ipc_across_hosts_and_a_wrong_host(tmp_path: P
     sup = Supervisor(launch, host="nav-pc", keys_dir=store.directory)
     with pytest.raises(StartupError, match="host 'nav-pc' lists public key"):
         sup.start()
+
+
+@pytest.mark.slow
+def test_sigkill_of_each_node_on_its_host_is_restarted_and_never_shows_an_old_overlay(
+    tmp_path: Path,
+    ipc_dir: Path,
+    three_hosts: tuple[Path, dict[str, KeyStore], dict[str, Host]],
+) -> None:
+    """tracker on tracker-pc, nav on nav-pc: each SIGKILLed in a session, restarted by its
+    own host's supervisor; no CURRENT overlay from before a kill once the stale limit has
+    passed; nav's registration comes back needing verification."""
+    path, stores, hosts = three_hosts
+    headset = _pair()
+    stores["render-pc"].authorize("headset-1", headset.public)
+    for host in hosts.values():
+        host.start()
+    launch = load(path, run_dir=tmp_path / "run-nav-pc", ipc_dir=ipc_dir)
+    sup = Supervisor(launch, host="nav-pc", keys_dir=stores["nav-pc"].directory)
+    client = Headset(launch, headset, stores["render-pc"].load().public)
+    figures: dict[str, float] = {}
+    try:
+        sup.start()
+
+        def navigating() -> bool:
+            state = sup.nav_state
+            return (
+                state is not None
+                and state.status is NavStatus.OK
+                and all(sup.nodes[n].state == "remote" for n in ("tracker", "render"))
+            )
+
+        _tick_until(sup, navigating, 90, "navigating across hosts")
+        client.join(sup)
+        client.until(sup, OverlayState.CURRENT, 20)
+
+        for victim in ("tracker", "nav"):
+            node = sup.nodes[victim]
+            old_epoch = node.epoch
+            assert node.pid is not None
+            t_kill_ns = time.monotonic_ns()
+            os.kill(node.pid, signal.SIGKILL)  # tracker's is on tracker-pc, nav's here
+            figures[f"{victim}_restart_s"] = _tick_until(
+                sup,
+                lambda n=node, e=old_epoch: (
+                    n.epoch not in (None, e) and n.state in ("running", "remote")
+                ),
+                30,
+                f"{victim} restarted",
+            )
+            figures[f"{victim}_navigating_s"] = _tick_until(sup, navigating, 60, "navigating")
+            client.until(sup, OverlayState.CURRENT, 30)
+            # The usual rule, across hosts: render sends nothing sampled before the kill as
+            # CURRENT once the stale limit (100 ms) and a hop have passed (one monotonic
+            # clock: the "hosts" share this machine).
+            limit_ns = t_kill_ns + 250_000_000
+            old = [
+                u
+                for t_pub, u in client.updates
+                if t_pub > limit_ns
+                and u.overlay is OverlayState.CURRENT
+                and u.t_sensor_ns < t_kill_ns
+            ]
+            assert old == [], f"{victim}: {len(old)} CURRENT updates of pre-kill samples"
+        state = sup.nav_state
+        assert state is not None and state.needs_verification  # restored, not yet confirmed
+        assert sup.nodes["nav"].restarts == 1
+    finally:
+        client.close()
+        sup.stop()
+    print(" ".join(f"{k}={v:.1f}" for k, v in figures.items()))
