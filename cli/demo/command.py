@@ -51,6 +51,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from cli.demo.browser import browser_figures, monitor_url_file, wait_for_url
 from cli.demo.case_option import with_case
 from cli.demo.script import (
     DEFAULT_DURATION_S,
@@ -101,6 +102,7 @@ STEP_PERIOD_S = 0.1  # how often the scenario polls the nav node (an operator's 
 # casting if that takes over 5 s) and writes its summary: ~6 s on a 2-core machine without
 # a GPU. Past its duration plus this, it is stopped.
 HEADSET_EXIT_GRACE_S = 60.0
+MONITOR_URL_TIMEOUT_S = 5.0  # the bridge writes it before READY: this is only a margin
 # Stopping it: SIGINT asks it to finish (snapshot and summary: the time above), SIGTERM
 # again, SIGKILL as a last resort.
 HEADSET_SIGINT_TIMEOUT_S = 30.0
@@ -584,6 +586,16 @@ def summary_table(summary: dict[str, Any]) -> Table:
             for name, node in nodes.items()
         ),
     )
+    browser = summary.get("browser")
+    if browser:
+        receive, drawn = browser["receive_latency_ms"], browser["applied_latency_ms"]
+        table.add_row(
+            "latency tracker -> browser",
+            f"receive p50 {receive['p50']:.1f} / p99 {receive['p99']:.1f} ms, drawn p50 "
+            f"{drawn['p50']:.1f} / p99 {drawn['p99']:.1f} ms ({len(browser['clients'])} pages)",
+        )
+    if summary.get("monitor_url"):
+        table.add_row("monitor page", str(summary["monitor_url"]))
     table.add_row("recording", str(summary["recording"]))
     table.add_row("snapshot", str(summary["snapshot"]))
     table.add_row("duration", f"{summary['duration_s']:.1f} s")
@@ -706,6 +718,8 @@ class DemoRun:
         self.console = Console(stderr=not tty, width=None if tty else 110)
         self.live_display = tty and not args.no_progress
         self.stop_requested: list[str] = []
+        self.open_browser = bool(getattr(args, "open", False))
+        self.monitor_url = ""
         self.supervisor = Supervisor(stack.launch)
         self.headset = HeadsetProcess(
             endpoint=stack.headset_endpoint,
@@ -751,6 +765,7 @@ class DemoRun:
         try:
             self.supervisor.start()
             self._wait_for_navigation()
+            self._announce_monitor()
             recording = self._recording_path(recorder)
             self.headset.start()
             if self.live_display:
@@ -808,6 +823,24 @@ class DemoRun:
             headset=self.headset,
             status=stack_status.snapshot(self.supervisor, time.monotonic_ns()),
         )
+
+    def _announce_monitor(self) -> None:
+        """Print the monitor page's URL (the web bridge's, with a pairing token); --open
+        opens it in this machine's browser (which must trust the local CA: README)."""
+        url_file = monitor_url_file(self.stack.launch)
+        if url_file is None:
+            return
+        url = wait_for_url(url_file, MONITOR_URL_TIMEOUT_S)
+        if url is None:
+            log.warning("the web bridge wrote no URL to %s", url_file)
+            return
+        self.monitor_url = url
+        log.info("monitor page (and the headset's, scan the QR code there): %s", url)
+        if self.open_browser:
+            import webbrowser
+
+            if not webbrowser.open(url):
+                log.warning("no local browser could be opened: open the URL above by hand")
 
     def _wait_for_navigation(self) -> None:
         """Tick until the nav node's state arrives: the tracker and nav are talking."""
@@ -871,6 +904,20 @@ class DemoRun:
             interrupted=self.stop_requested[0] if self.stop_requested else "",
         )
         summary["approach"] = facts.approach
+        browser = (
+            browser_figures(Path(recording), exclude_client=HEADSET_NAME) if recording else None
+        )
+        if browser is not None:  # a browser was connected: its figures too
+            summary["browser"] = browser
+            log.info(
+                "browser %s: sample -> page receive p50 %.1f / p99 %.1f ms, -> drawn p50 %.1f ms",
+                ", ".join(browser["clients"]),
+                browser["receive_latency_ms"]["p50"],
+                browser["receive_latency_ms"]["p99"],
+                browser["applied_latency_ms"]["p50"],
+            )
+        if self.monitor_url:
+            summary["monitor_url"] = self.monitor_url.split("#", 1)[0]  # never the token
         if self.headset.pid is not None:
             summary["headset"]["pid"] = self.headset.pid
         summary["wall_s"] = round(wall_s, 3)  # with start-up and the headset's snapshot
@@ -905,6 +952,12 @@ def add_demo_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
     )
     parser.add_argument(
         "--no-progress", action="store_true", help="no live display: one log line per phase"
+    )
+    parser.add_argument(
+        "--open",
+        action="store_true",
+        help="open the monitor page (the web bridge's URL, printed anyway) in this machine's "
+        "browser",
     )
     parser.add_argument(
         "--case",
