@@ -7,6 +7,8 @@
     ornav keys list                   the allow-list, with fingerprints
     ornav keys pair [--ttl S] [--qr]  a one-time code (and QR) for a new client to enrol
     ornav keys enrol CODE NAME PUBKEY redeem a pairing code: authorizes the key once
+    ornav keys web-token | web-revoke | web-ca   browser pairing tokens and the local CA
+                                      of the web bridge (``cli/web_keys.py``)
 
 The keys directory is ``ORNAV_KEYS`` or the user's data dir (``nav.runtime.keys_dir``);
 files are in the ZeroMQ certificate format (``nav.runtime.keys``). Bad input is one line
@@ -21,6 +23,7 @@ import time
 from typing import Any
 
 from cli.errors import UserError
+from cli.web_keys import add_web_key_parsers
 from nav.runtime import bus
 from nav.runtime.keys import (
     PAIRING_TTL_S,
@@ -61,6 +64,7 @@ def add_keys_parser(commands: Any) -> None:
     enrol.add_argument("name")
     enrol.add_argument("pubkey")
     enrol.set_defaults(func=cmd_enrol)
+    add_web_key_parsers(verbs)  # web-token, web-revoke, web-ca: the browser bridge's
 
 
 def _store() -> KeyStore:
