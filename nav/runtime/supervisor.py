@@ -189,7 +189,12 @@ class Supervisor:
                 level=logging.WARNING,
             )
         self._write_roster()
-        pubs = [spec.pub for spec in self.launch.nodes if spec.pub]
+        # Another host's ipc pub is a path on that host, not here: only tcp crosses.
+        pubs = [
+            spec.pub
+            for spec in self.launch.nodes
+            if spec.pub and (spec.name in self.local or spec.pub.startswith("tcp://"))
+        ]
         self._monitor = bus.LatestSubscriber(
             pubs,
             (HEARTBEAT_TOPIC_PREFIX, "pose/", "nav/state"),

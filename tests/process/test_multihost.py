@@ -26,9 +26,11 @@ from cli.demo.sim_registration import write_true_registration
 from nav.messages import (
     HEADSET_PROTOCOL_VERSION,
     Hello,
+    NavState,
     NavStatus,
     OverlayState,
     SceneUpdate,
+    TrackerFrame,
     Welcome,
     decode,
     encode,
@@ -37,6 +39,7 @@ from nav.runtime import bus, roster
 from nav.runtime import status as stack_status
 from nav.runtime.keys import KeyPair, KeyStore
 from nav.runtime.launchfile import LaunchError, load
+from nav.runtime.recording import damage_report, iter_recording
 from nav.runtime.supervisor import StartupError, Supervisor
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,6 +83,17 @@ restart = "on-failure"
 restart_delay_s = 0.2
 [nodes.nav.params]
 registration_file = "{registration}"
+
+[nodes.recorder]
+host = "nav-pc"
+module = "nav.runtime.recorder_node"
+pub = "ipc://{{ipc_dir}}/recorder.pub"
+control = "ipc://{{ipc_dir}}/recorder.ctl"
+subscribe = ["tracker", "nav"]
+[nodes.recorder.params]
+path = "{{run_dir}}/session.mcap"
+topics = ["pose/", "nav/state"]
+flush_period_s = 0.5
 
 [nodes.render]
 host = "render-pc"
@@ -405,6 +419,7 @@ def test_sigkill_of_each_node_on_its_host_is_restarted_and_never_shows_an_old_ov
         client.join(sup)
         client.until(sup, OverlayState.CURRENT, 20)
 
+        outages: dict[str, tuple[int, int]] = {}  # victim -> (kill, heard again), ns
         for victim in ("tracker", "nav"):
             node = sup.nodes[victim]
             old_epoch = node.epoch
@@ -419,6 +434,7 @@ def test_sigkill_of_each_node_on_its_host_is_restarted_and_never_shows_an_old_ov
                 30,
                 f"{victim} restarted",
             )
+            outages[victim] = (t_kill_ns, time.monotonic_ns())
             figures[f"{victim}_navigating_s"] = _tick_until(sup, navigating, 60, "navigating")
             client.until(sup, OverlayState.CURRENT, 30)
             # The usual rule, across hosts: render sends nothing sampled before the kill as
@@ -440,3 +456,23 @@ def test_sigkill_of_each_node_on_its_host_is_restarted_and_never_shows_an_old_ov
         client.close()
         sup.stop()
     print(" ".join(f"{k}={v:.1f}" for k, v in figures.items()))
+    # The recording on nav-pc is readable and has no hole longer than the outages: the
+    # tracker's frames (from another host) and nav's states around each kill.
+    reader = iter_recording(tmp_path / "run-nav-pc" / "session.mcap")
+    sensor_ns: dict[str, list[int]] = {"pose/": [], "nav/state": []}
+    for recorded in reader:
+        message = decode(recorded.payload).message
+        if isinstance(message, TrackerFrame):
+            sensor_ns["pose/"].append(message.t_sensor_ns)
+        elif isinstance(message, NavState):
+            sensor_ns["nav/state"].append(recorded.publish_time_ns)
+    assert not reader.problem and reader.corrupt_chunks == 0, damage_report(reader)
+    for topic, victim in (("pose/", "tracker"), ("nav/state", "nav")):
+        stamps = sorted(sensor_ns[topic])
+        assert len(stamps) > 100, topic
+        longest_ns = max(b - a for a, b in zip(stamps, stamps[1:], strict=False))
+        kill_ns, heard_ns = outages[victim]
+        # The hole spans the outage (kill -> heard again) plus one sample period's slack
+        # and the 0.5 s heartbeat that announced the new process.
+        assert longest_ns <= heard_ns - kill_ns + 600_000_000, (topic, longest_ns / 1e9)
+        assert stamps[-1] > heard_ns, f"nothing of the restarted {victim} was recorded"
