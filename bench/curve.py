@@ -91,6 +91,8 @@ stop_grace_s = 2.0
 heartbeat_timeout_s = 5.0
 
 [nodes.tracker]
+restart = "on-failure"
+restart_limit = 10
 module = "tracking.sim_node"
 pub = "tcp://127.0.0.1:{tracker}"
 control = "ipc://{{ipc_dir}}/tracker.ctl"
@@ -99,6 +101,8 @@ rate_hz = {rate}
 seed = 1
 
 [nodes.nav]
+restart = "on-failure"
+restart_limit = 10
 module = "nav.nav_node"
 pub = "tcp://127.0.0.1:{nav}"
 control = "ipc://{{ipc_dir}}/nav.ctl"
@@ -107,6 +111,8 @@ subscribe = ["tracker"]
 registration_file = "{registration}"
 
 [nodes.render]
+restart = "on-failure"
+restart_limit = 10
 module = "render.render_node"
 pub = "tcp://127.0.0.1:{render}"
 control = "ipc://{{ipc_dir}}/render.ctl"
