@@ -166,6 +166,9 @@ class Config:
       2 sends poses in the tracker frame, so the node only checks the file at start; the
       demo hands it to the simulated headset client (``ornav headset``), which draws with it.
     - ``tracker_topic``: topic prefix of the ``TrackerFrame``s carrying ``headset_tool``.
+    - ``headset_tool``: the marker on the headset; empty = none (a headset with its own
+      world tracking, e.g. a Quest 3 through the web bridge): the overlay then depends on
+      the nav pose alone and updates say ``headset_ok`` (``render/scene.py``).
     - ``stale_after_ms`` / ``hide_after_ms``: pose age past which the overlay is drawn
       STALE / not drawn (docs/headset-protocol.md).
     - ``min_update_hz``: scene updates per second at least, when inputs stop.
@@ -205,7 +208,7 @@ class Config:
                 raise ValueError("key 'xr_from_tracker': not a rigid transform")
         if not self.headset_endpoint:
             raise ValueError("key 'headset_endpoint': must name an endpoint")
-        if not is_valid_tool_name(self.headset_tool):
+        if self.headset_tool and not is_valid_tool_name(self.headset_tool):
             raise ValueError(f"key 'headset_tool': {self.headset_tool!r} is not a tool name")
         if not self.tracker_topic:
             raise ValueError("key 'tracker_topic': must not be empty")
@@ -672,7 +675,7 @@ class _Scene:
         navs: list[NavState] = []
         for r in received:
             message = r.message
-            if isinstance(message, TrackerFrame):
+            if isinstance(message, TrackerFrame) and self.cfg.headset_tool:
                 sample = headset_sample(message, self.cfg.headset_tool)
                 old = self.scene.headset
                 # Newer within one tracker process; a restarted tracker (new epoch)
@@ -789,6 +792,7 @@ def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
                 structure_names=models.served.names,
                 case_id=models.case_id,
                 limits=cfg.limits(),
+                headset_marker=bool(cfg.headset_tool),
             ),
             models=models,
             alerts=AlertLog(session_id, counters),

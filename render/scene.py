@@ -135,12 +135,17 @@ class SceneState:
 
     ``structure_names`` (S) are the case's asset names, all in the ``image`` frame;
     ``case_id`` the case they belong to (``nav.navigation.case_id``).
+    ``headset_marker``: the stack tracks a marker on the headset. False (a Quest with its
+    own world tracking, world-locked clients only): the overlay does not depend on one,
+    ``headset_ok`` is true, ``T_tracker_from_headset`` identity, and the sample time is
+    the nav pose's alone.
     """
 
     session: str
     scene_version: int
     structure_names: tuple[str, ...]
     case_id: str = ""
+    headset_marker: bool = True
     limits: OverlayLimits = field(default_factory=OverlayLimits)
     nav: NavState | None = None
     last_ok_nav: NavState | None = None
@@ -210,10 +215,12 @@ class SceneState:
 
     def update(self, now_ns: int) -> SceneUpdate:
         """The ``SceneUpdate`` for ``now_ns`` (same monotonic clock as ``t_sensor_ns``)."""
-        nav, headset = self.nav, self.headset
+        nav, headset = self.nav, self.headset if self.headset_marker else None
         drawn = self._drawn()
         status = nav.status if nav is not None else NavStatus.STALE
-        headset_ok = headset is not None and headset.status is ToolStatus.OK
+        headset_ok = not self.headset_marker or (
+            headset is not None and headset.status is ToolStatus.OK
+        )
         source = drawn if drawn is not None else nav
         times = [t.t_sensor_ns for t in (source, headset) if t is not None]
         t_sensor_ns = min(times) if times else 0
@@ -268,9 +275,14 @@ class SceneState:
         no input arrives.
         """
         drawn = self._drawn()
-        if drawn is None or self.headset is None:
+        if drawn is None:
             return ()
-        t = min(drawn.t_sensor_ns, self.headset.t_sensor_ns)
+        if not self.headset_marker:
+            t = drawn.t_sensor_ns
+        elif self.headset is None:
+            return ()
+        else:
+            t = min(drawn.t_sensor_ns, self.headset.t_sensor_ns)
         return (t + self.limits.stale_after_ns, t + self.limits.hide_after_ns)
 
 

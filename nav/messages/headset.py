@@ -84,7 +84,10 @@ class SceneUpdate:
     move on its own). ``p_tip_tracker`` (3,) mm, NaN when the tip is unknown.
     ``T_tracker_from_headset`` (4, 4) mm: the headset marker in the sample drawn, for a
     client that places its view with that marker (the simulated headset); identity when
-    ``headset_ok`` is false. ``age_ms``: the pose's age when the render node sent it (its
+    ``headset_ok`` is false or the stack tracks no headset marker. ``headset_ok``: the
+    headset marker is tracked in the newest sample, or the stack tracks none (its
+    render node's ``headset_tool`` is empty: world-locked clients place themselves).
+    ``age_ms``: the pose's age when the render node sent it (its
     clock minus ``t_sensor_ns``). Structure poses are identity and meaningless while
     ``overlay`` is HIDDEN.
 

@@ -69,25 +69,27 @@ def _nav(T_tracker_from_image: np.ndarray, p_tip_image: np.ndarray) -> NavState:
     )
 
 
+def _registration() -> RegistrationResult:
+    return RegistrationResult(
+        registration_id=4,
+        state="accepted",
+        method="points",
+        needs_verification=False,
+        T_reference_from_image=np.eye(4),
+        fre_mm=0.1,
+        fiducial_errors_mm=np.array([0.1]),
+        target_names=(),
+        predicted_tre_mm=np.zeros(0),
+        true_tre_mm=np.zeros(0),
+        case_id=CASE,
+    )
+
+
 def _scene() -> SceneState:
     s = SceneState(
         session=SESSION, scene_version=1, structure_names=("liver", "tumor"), case_id=CASE
     )
-    s.on_registration(
-        RegistrationResult(
-            registration_id=4,
-            state="accepted",
-            method="points",
-            needs_verification=False,
-            T_reference_from_image=np.eye(4),
-            fre_mm=0.1,
-            fiducial_errors_mm=np.array([0.1]),
-            target_names=(),
-            predicted_tre_mm=np.zeros(0),
-            true_tre_mm=np.zeros(0),
-            case_id=CASE,
-        )
-    )
+    s.on_registration(_registration())
     return s
 
 
@@ -185,3 +187,26 @@ def test_a_hidden_update_carries_identity_and_no_headset_pose_when_it_is_lost() 
     assert not update.headset_ok
     np.testing.assert_array_equal(update.T_tracker_from_headset, np.eye(4))
     assert np.isnan(update.p_tip_tracker).all()
+
+
+def test_without_a_headset_marker_the_overlay_depends_on_the_nav_pose_alone() -> None:
+    """A Quest places itself (render node headset_tool = ""): no marker, no HEADSET_LOST;
+    the age is the nav pose's, and the STALE/HIDDEN instants follow it."""
+    s = SceneState(
+        session=SESSION,
+        scene_version=1,
+        structure_names=("liver", "tumor"),
+        case_id=CASE,
+        headset_marker=False,
+    )
+    s.on_registration(_registration())
+    s.on_nav(_nav(make_rigid(np.eye(3), [1.0, 2.0, 3.0]), np.zeros(3)))
+    assert s.transition_times_ns() == (T0 + 100 * MS, T0 + 300 * MS)
+    current = s.update(T0 + 50 * MS)
+    assert current.overlay.value == "CURRENT" and current.headset_ok
+    np.testing.assert_array_equal(current.T_tracker_from_headset, np.eye(4))
+    assert s.update(T0 + 150 * MS).overlay.value == "STALE"
+    assert s.update(T0 + 301 * MS).overlay.value == "HIDDEN"
+    # A stray headset sample changes nothing.
+    s.on_headset(HeadsetSample(np.eye(4), ToolStatus.OUT_OF_VIEW, T0 - 10 * MS))
+    assert s.update(T0 + 50 * MS).overlay.value == "CURRENT"
