@@ -727,15 +727,18 @@ def test_or_plus_stack_records_plus_poses_and_serves_them_to_slicer(
     tmp_path: Path,
     fake_servers: Callable[..., FakeServer],
     node_processes: list[NodeProcess],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     plus = fake_servers("--rate-hz=100")
+    monkeypatch.setenv("ORNAV_KEYS", str(tmp_path / "keys"))  # the web bridge's CA, not ours
     stack = load(REPO / "launch" / "or-plus.toml", run_dir=tmp_path, ipc_dir=ipc_dir)
     overrides: dict[str, dict[str, Any]] = {
         "tracker": {"port": plus.port, "reconnect_s": 0.05},
         "slicer": {"port": 0},
+        "web": {"port": 0, "host": "127.0.0.1", "print_qr": False},
     }
     specs = [replace(s, params={**s.params, **overrides.get(s.name, {})}) for s in stack.nodes]
-    for spec in specs:  # launch-file order: tracker, recorder, slicer
+    for spec in specs:  # launch-file order: tracker, nav, render, web, recorder, slicer
         node_processes.append(start_node(spec))
     slicer_spec = specs[[s.name for s in specs].index("slicer")]
     slicer = RawClient(server_port(slicer_spec))
