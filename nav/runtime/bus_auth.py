@@ -42,6 +42,8 @@ DOMAIN = "ornav"
 # Handshakes that failed before ZAP (no CURVE, a broken hello); AUTH failures are ZAP's own.
 _HANDSHAKE_FAILED = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 WARN_EVERY_S = 5.0  # one log line per refused key per this many seconds: a flood is one line
+MAX_WARNED_KEYS = 10_000  # refused keys remembered for that; a flood of new keys resets it
+LINES_PER_WINDOW = 10
 
 
 class AllowList:
@@ -93,6 +95,8 @@ class ZapHandler:
         self._bound = threading.Event()
         self._error: str | None = None
         self._warned: dict[bytes, float] = {}
+        self._window_start = 0.0
+        self._window_lines = 0
         self._thread = threading.Thread(target=self._serve, name="zap", daemon=True)
         self._new_monitors: queue.SimpleQueue[zmq.Socket[bytes]] = queue.SimpleQueue()
 
@@ -183,19 +187,32 @@ class ZapHandler:
         return [ZAP_VERSION, request_id, b"200", b"OK", name.encode("utf-8"), b""]
 
     def _refuse(self, key: bytes | None, peer: str, why: str) -> None:
+        """Count a refusal; log it once per key per WARN_EVERY_S, and at most
+        LINES_PER_WINDOW lines per window in all (a flood of fresh keys is a few lines)."""
         self.counters["auth_refused"] += 1
         now = time.monotonic()
+        if now - self._window_start >= WARN_EVERY_S:
+            self._window_start, self._window_lines = now, 0
         slot = key or b""
-        if now - self._warned.get(slot, -WARN_EVERY_S) >= WARN_EVERY_S:
-            self._warned[slot] = now
-            who = fingerprint(key) if key is not None else "no key"
-            log.warning(
-                "refused a connection from %s (%s): %s; %d refused so far",
-                peer or "?",
-                who,
-                why,
-                self.counters["auth_refused"],
-            )
+        if len(self._warned) > MAX_WARNED_KEYS:  # a flood of fresh keys must not grow memory
+            self._warned.clear()
+        if now - self._warned.get(slot, -WARN_EVERY_S) < WARN_EVERY_S:
+            return
+        self._warned[slot] = now
+        if self._window_lines >= LINES_PER_WINDOW:
+            return
+        self._window_lines += 1
+        who = fingerprint(key) if key is not None else "no key"
+        log.warning(
+            "refused a connection from %s (%s): %s; %d refused so far%s",
+            peer or "?",
+            who,
+            why,
+            self.counters["auth_refused"],
+            "; further refusals this 5 s counted, not logged"
+            if self._window_lines == LINES_PER_WINDOW
+            else "",
+        )
 
 
 def allow_list_for(keys_dir: Path | None, fixed: Iterable[tuple[str, bytes]]) -> AllowList:

@@ -109,3 +109,16 @@ def test_resolve_needs_keys_only_for_tcp_and_not_when_insecure(tmp_path: Path) -
         StackSecurity.from_env(
             json.dumps({"mode": "open", "keys_dir": "", "server_keys": {}, "fixed_allowed": {}})
         )
+
+
+def test_a_flood_of_fresh_keys_is_counted_in_full_but_logged_in_a_few_lines(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    zap = ZapHandler(zmq.Context.instance(), allow_list_for(tmp_path, []))
+    with caplog.at_level("WARNING", logger="nav.runtime.bus_auth"):
+        for _ in range(50):
+            zap.decide(_request(b"CURVE", z85.decode(_pair().public)))
+    assert zap.counters["auth_refused"] == 50
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 10
+    assert "SHA256:" in lines[0] and "counted, not logged" in lines[-1]
