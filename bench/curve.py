@@ -422,7 +422,10 @@ def bench_soak(work: Path, keys: Path, *, seconds: float) -> dict[str, Any]:
                     welcomed = welcomed or isinstance(
                         decode(session.recv(), max_bytes=64 << 20).message, Welcome
                     )
-                for received in scene.poll(0.02):
+                # Small batches: a backlog decoded 10 000 at a time kept this loop from
+                # ticking the supervisor for seconds, whose watchdog then killed a healthy
+                # tracker (its heartbeats lost behind the monitor's full queue).
+                for received in scene.poll(0.02, max_messages=100):
                     update = received.message
                     # Render repeats the last sample when inputs stop: count each one once.
                     if isinstance(update, SceneUpdate) and update.frame_number != last_frame:
