@@ -74,6 +74,8 @@ class Config:
     dropout_duration_s: float = 0.4
     extra_tools: int = 0
     publish_tool_poses: bool = False
+    head_sway_mm: float = 5.0
+    head_sway_deg: float = 2.0
 
     def __post_init__(self) -> None:
         if not MIN_RATE_HZ <= self.rate_hz <= MAX_RATE_HZ:
@@ -93,6 +95,8 @@ class Config:
             dropout_rate_hz=self.dropout_rate_hz,
             dropout_duration_s=self.dropout_duration_s,
             extra_tools=self.extra_tools,
+            head_sway_mm=self.head_sway_mm,
+            head_sway_deg=self.head_sway_deg,
         )
 
 
