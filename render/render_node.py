@@ -104,8 +104,10 @@ from nav.messages import (
     Reply,
     SceneUpdate,
     SnapshotRequest,
+    ToolStatus,
     TrackerFrame,
     Welcome,
+    XrPairedPoses,
     XrRegistration,
     decode,
     encode,
@@ -123,6 +125,12 @@ from render.assets import (
 )
 from render.case_models import CaseModels
 from render.scene import OverlayLimits, SceneState, headset_sample
+from render.xr_registration import (
+    DEFAULT_MAX_RESIDUAL_MM,
+    MarkerHistory,
+    XrRegistrationError,
+    register_from_history,
+)
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +156,9 @@ _REQUESTS: Final = (
     AlertAck,
     HeadsetTelemetry,
     XrRegistration,
+    XrPairedPoses,
 )
+_XR_HISTORY_SAMPLES: Final = 1 << 14  # ~16 s at 1 kHz, ~270 s at 60 Hz
 
 
 @dataclass(frozen=True)
@@ -178,6 +188,9 @@ class Config:
     - ``max_sessions``: sessions open at most; a Hello beyond it evicts an idle session
       or, if every one is in use, is refused with a Reply error (code "sessions_full").
     - ``session_sndhwm``: messages queued per client before sends to it are dropped.
+    - ``xr_marker_tool``: the tracked marker fixed to the headset's controller (or the
+      headset) for the headset registration (``XrPairedPoses``); empty = refused.
+    - ``xr_max_residual_mm``: a headset registration with a larger residual is refused.
     - ``xr_from_tracker``: 16 numbers (row-major 4x4, mm), the ``T_xr_from_tracker`` a
       new session starts with until its client sends an ``XrRegistration``; empty =
       identity (the client's world is the tracker frame: a monitor view).
@@ -198,8 +211,14 @@ class Config:
     max_sessions: int = 16
     session_sndhwm: int = 100
     xr_from_tracker: tuple[float, ...] = ()
+    xr_marker_tool: str = ""
+    xr_max_residual_mm: float = DEFAULT_MAX_RESIDUAL_MM
 
     def __post_init__(self) -> None:
+        if self.xr_marker_tool and not is_valid_tool_name(self.xr_marker_tool):
+            raise ValueError(f"key 'xr_marker_tool': {self.xr_marker_tool!r} is not a tool name")
+        if not (math.isfinite(self.xr_max_residual_mm) and self.xr_max_residual_mm > 0):
+            raise ValueError("key 'xr_max_residual_mm': must be finite and > 0")
         if self.xr_from_tracker:
             if len(self.xr_from_tracker) != 16:
                 raise ValueError("key 'xr_from_tracker': needs 16 numbers (row-major 4x4)")
@@ -315,6 +334,7 @@ class HeadsetServer:
         self.publisher = publish
         self.sessions: dict[bytes, _Session] = {}
         self.latest_update: SceneUpdate | None = None
+        self.xr_history = MarkerHistory(_XR_HISTORY_SAMPLES) if cfg.xr_marker_tool else None
         self.standing: list[Alert] = []
         self._retired: dict[str, tuple[str, bytes]] = {}
         """sha256 -> (name, GLB) of the previous asset set: a client mid-fetch gets them."""
@@ -465,6 +485,8 @@ class HeadsetServer:
             self.counters["telemetry_received"] += 1
             session.last_useful_ns = now_ns
             self.publisher.publish(TELEMETRY_TOPIC, message)
+        elif isinstance(message, XrPairedPoses):
+            self._xr_register(session, message, now_ns)
         elif isinstance(message, XrRegistration):
             # Rigid and finite (checked on decode): the session's world from now on.
             session.T_xr_from_tracker = np.array(message.T_xr_from_tracker)
@@ -477,6 +499,37 @@ class HeadsetServer:
             self._send(
                 identity, XrRegistration(session.T_xr_from_tracker, session.xr_rms_mm), now_ns
             )
+
+    def _xr_register(self, session: _Session, message: XrPairedPoses, now_ns: int) -> None:
+        """Solve this session's T_xr_from_tracker from its collection, or say why not."""
+        session.last_useful_ns = now_ns
+        if self.xr_history is None:
+            raise _RequestError(
+                "xr_registration",
+                "headset registration is not set up: give the render node an xr_marker_tool",
+            )
+        try:
+            result = register_from_history(
+                self.xr_history,
+                message.t_sensor_ns,
+                message.T_xr_from_grip,
+                max_residual_mm=self.cfg.xr_max_residual_mm,
+            )
+        except XrRegistrationError as error:
+            self.counters["xr_registrations_refused"] += 1
+            raise _RequestError("xr_registration", str(error)) from None
+        session.T_xr_from_tracker, session.xr_rms_mm = result.T_xr_from_tracker, result.rms_mm
+        self.counters["xr_registrations"] += 1
+        log.info(
+            "headset %s registered to the tracker: %d poses, residual %.2f mm (worst %.2f mm)",
+            session.client,
+            result.n_poses,
+            result.rms_mm,
+            result.max_error_mm,
+        )
+        self._send(
+            session.identity, XrRegistration(result.T_xr_from_tracker, result.rms_mm), now_ns
+        )
 
     def _hello(self, identity: bytes, hello: Hello, now_ns: int) -> None:
         if hello.protocol != HEADSET_PROTOCOL_VERSION:
@@ -675,6 +728,10 @@ class _Scene:
         navs: list[NavState] = []
         for r in received:
             message = r.message
+            if isinstance(message, TrackerFrame) and self.server.xr_history is not None:
+                marker = headset_sample(message, self.cfg.xr_marker_tool)
+                if marker is not None and marker.status is ToolStatus.OK:
+                    self.server.xr_history.add(marker.t_sensor_ns, marker.T_tracker_from_headset)
             if isinstance(message, TrackerFrame) and self.cfg.headset_tool:
                 sample = headset_sample(message, self.cfg.headset_tool)
                 old = self.scene.headset

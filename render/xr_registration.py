@@ -43,6 +43,12 @@ DEFAULT_MAX_RESIDUAL_MM: Final = 5.0
 visibly off and the registration is refused (the tracker itself is ~0.25 mm)."""
 
 
+MATCH_TOLERANCE_NS: Final = 10_000_000
+"""A grip pose pairs with the tracker sample nearest in time if within this (10 ms: under
+one sample at 100 Hz; a hand moves ~1 mm in that time at a slow wave)."""
+MIN_MATCHED: Final = 6
+
+
 class XrRegistrationError(ValueError):
     """The headset registration was refused: one line saying why and what to do."""
 
@@ -101,3 +107,58 @@ def register_headset(
         max_error_mm=float(errors.max()),
         n_poses=len(G),
     )
+
+
+class MarkerHistory:
+    """The last ``capacity`` tracker poses of one marker, OK samples only, oldest first."""
+
+    def __init__(self, capacity: int) -> None:
+        self.t_ns = np.zeros(capacity, np.int64)
+        self.T = np.zeros((capacity, 4, 4))
+        self.n = 0
+        self._next = 0
+
+    def add(self, t_sensor_ns: int, T: FloatArray) -> None:
+        self.t_ns[self._next] = t_sensor_ns
+        self.T[self._next] = T
+        self._next = (self._next + 1) % len(self.t_ns)
+        self.n = min(self.n + 1, len(self.t_ns))
+
+    def match(
+        self, t_query_ns: npt.ArrayLike, tolerance_ns: int = MATCH_TOLERANCE_NS
+    ) -> tuple[npt.NDArray[np.bool_], FloatArray]:
+        """For each query time, whether a sample lies within ``tolerance_ns`` and the
+        nearest such sample's pose (identity where none)."""
+        q = np.asarray(t_query_ns, np.int64)
+        out = np.repeat(np.eye(4)[None], len(q), axis=0)
+        if self.n == 0:
+            return np.zeros(len(q), bool), out
+        order = np.argsort(self.t_ns[: self.n] if self.n < len(self.t_ns) else self.t_ns)
+        t = (self.t_ns[: self.n] if self.n < len(self.t_ns) else self.t_ns)[order]
+        T = (self.T[: self.n] if self.n < len(self.T) else self.T)[order]
+        right = np.clip(np.searchsorted(t, q), 0, len(t) - 1)
+        left = np.clip(right - 1, 0, len(t) - 1)
+        nearest = np.where(np.abs(t[left] - q) <= np.abs(t[right] - q), left, right)
+        ok = np.abs(t[nearest] - q) <= tolerance_ns
+        out[ok] = T[nearest[ok]]
+        return ok, out
+
+
+def register_from_history(
+    history: MarkerHistory,
+    t_sensor_ns: npt.ArrayLike,
+    T_xr_from_grip: npt.ArrayLike,
+    *,
+    max_residual_mm: float = DEFAULT_MAX_RESIDUAL_MM,
+) -> XrRegistrationResult:
+    """Pair each grip pose with the marker's tracker pose at its instant, then
+    :func:`register_headset`; XrRegistrationError (one line) if too few pair up."""
+    G = np.asarray(T_xr_from_grip, np.float64)
+    ok, M = history.match(t_sensor_ns)
+    if int(ok.sum()) < MIN_MATCHED:
+        raise XrRegistrationError(
+            f"headset registration refused: {int(ok.sum())} of {len(G)} controller poses have "
+            f"a tracker sample of the marker within {MATCH_TOLERANCE_NS / 1e6:g} ms (need "
+            f"{MIN_MATCHED}); keep the marker in the tracker's view, and the clocks in sync"
+        )
+    return register_headset(G[ok], M[ok], max_residual_mm=max_residual_mm)

@@ -85,6 +85,7 @@ from nav.messages.headset import (
     SceneUpdate,
     SnapshotRequest,
     Welcome,
+    XrPairedPoses,
     XrRegistration,
 )
 from nav.messages.wire import (
@@ -168,6 +169,7 @@ __all__ = [
     "TrackerFrame",
     "VerifyRegistration",
     "Welcome",
+    "XrPairedPoses",
     "XrRegistration",
     "compute_reply_from_result",
     "decode",

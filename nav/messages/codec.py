@@ -29,6 +29,7 @@ from nav.messages.headset import (
     SceneUpdate,
     SnapshotRequest,
     Welcome,
+    XrPairedPoses,
     XrRegistration,
 )
 from nav.messages.wire import (
@@ -59,6 +60,7 @@ Message: TypeAlias = (
     | SnapshotRequest
     | HeadsetTelemetry
     | XrRegistration
+    | XrPairedPoses
 )
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
@@ -82,6 +84,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         SnapshotRequest,
         HeadsetTelemetry,
         XrRegistration,
+        XrPairedPoses,
     )
 }
 

@@ -400,6 +400,48 @@ def _rms_field(body: Mapping[str, Any], key: str) -> float:
     return rms
 
 
+MAX_XR_PAIRED_POSES = 2048
+
+
+@dataclass(frozen=True, eq=False)
+class XrPairedPoses:
+    """The headset registration's collection, client -> render node: at each instant k
+    the controller's grip pose in the headset's world, ``T_xr_from_grip`` (N, 4, 4) mm
+    (WebXR's metres times 1000), and that instant on the **server** clock,
+    ``t_sensor_ns`` (N,) (the client's clock plus its offset estimate). The render node
+    pairs each with the tracker's pose of its ``xr_marker_tool`` (the marker fixed to the
+    controller) at that instant, solves ``T_xr_from_tracker`` (``render/xr_registration.py``)
+    and answers ``XrRegistration`` (now this session's) or a ``Reply`` error with the reason
+    (code ``xr_registration``). Every pose must be rigid (checked on decode).
+    """
+
+    TYPE: ClassVar[str] = "XrPairedPoses"
+    t_sensor_ns: npt.NDArray[np.int64]
+    T_xr_from_grip: FloatArray
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "t_sensor_ns": encode_array(np.asarray(self.t_sensor_ns, np.int64)),
+            "T_xr_from_grip": encode_array(np.asarray(self.T_xr_from_grip, np.float64)),
+        }
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> XrPairedPoses:
+        _check_fields(body, field_names(cls), cls.TYPE)
+        times = decode_array(body, "t_sensor_ns", dtype="<i8", shape=(None,))
+        n = len(times)
+        if n > MAX_XR_PAIRED_POSES:
+            raise MessageError("invalid", f"{n} paired poses > {MAX_XR_PAIRED_POSES}")
+        if n and times.min() < 0:
+            raise MessageError("invalid", "negative t_sensor_ns")
+        poses = decode_array(body, "T_xr_from_grip", dtype="<f8", shape=(n, 4, 4))
+        if n:
+            with np.errstate(over="ignore", invalid="ignore"):
+                if not (rigidity_errors(poses) <= RIGID_TOLERANCE).all():
+                    raise MessageError("invalid", "a grip pose is not rigid")
+        return cls(times, poses)
+
+
 @dataclass(frozen=True, eq=False)
 class XrRegistration:
     """A headset session's ``T_xr_from_tracker`` (4, 4) mm and its RMS residual (mm; NaN

@@ -82,6 +82,7 @@ from nav.messages import (
     MessageError,
     SnapshotRequest,
     Welcome,
+    XrPairedPoses,
     XrRegistration,
     decode,
     encode,
@@ -113,6 +114,7 @@ FORWARDED: Final = (
     AlertAck,
     HeadsetTelemetry,
     XrRegistration,
+    XrPairedPoses,
 )
 _QUEUE_LIMIT: Final = 256
 _ASSET_TIMEOUT_S: Final = 5.0

@@ -512,6 +512,11 @@ def test_immersive_ar_draws_the_tumour_world_locked_where_the_registration_puts_
         u3, v3 = _project(moved_views, target + [250.0, 0.0, 0.0])
         (there,) = page.evaluate(f"ornav.readPixelsWhenCurrent([[{u3}, {v3}]])")
         page.screenshot(path="/tmp/ornav_web_ar.png")
+        # The headset registration's collection reaches the render node and its answer
+        # comes back to the page (this stack has no marker on a controller: refused so).
+        page.evaluate("ornav.registerHeadset(1.0)")
+        reason = wait_js(page, "ornav.xrRegistrationError", timeout_s=15.0)
+        assert "xr_marker_tool" in reason and page.evaluate("ornav.xrCollected") > 0
         # Seen from the new head pose the case is still drawn where the world puts it (its
         # colour there mixes the vessels seen at this angle: only "drawn" is asserted).
         assert max(there[:3]) > 40, (there, u3, v3)

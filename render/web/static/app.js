@@ -170,14 +170,20 @@ function onMessage(data, tRecvMs) {
     }
     case 'Welcome': onWelcome(body); break;
     case 'Alert': onAlert(body); break;
-    case 'XrRegistration':  // the registration the render node now holds for us
-      setMatrixFromWire(xrNode, wireArray(body.T_xr_from_tracker).data, 0);
+    case 'XrRegistration': {  // the registration the render node now holds for us
+      const matrix = Float64Array.from(wireArray(body.T_xr_from_tracker).data);
+      setMatrixFromWire(xrNode, matrix, 0);
       state.xrHeld = body.rms_mm;
+      // Kept on this device: a reconnect (a new session) sends it again after Welcome.
+      xrRegistration = { matrix, wire: body.T_xr_from_tracker, rmsMm: body.rms_mm };
+      state.xrRegistrationError = '';
       break;
+    }
     case 'Reply':
       if (!body.ok) {
         state.lastError = body.error;
         const code = body.result && body.result.code;
+        if (code === 'xr_registration') state.xrRegistrationError = body.error;
         if (code === 'evicted' || code === 'no_session') send('Hello', { protocol: PROTOCOL, client: clientName });
         else if (code === 'no_scene') setTimeout(() => send('SnapshotRequest', {}), 200);
       }
@@ -371,6 +377,7 @@ function frame() {
   renderer.render(scene, camera);
   state.frames = (state.frames || 0) + 1;
   if (pixelRequests.length) readPixels(overlay.state);
+  if (collecting) collectGrip(now);
 }
 
 function flushTelemetry(now) {
@@ -429,6 +436,8 @@ function showStatus(overlay, now) {
     ['pose age', age],
     ['clock offset', Number.isFinite(state.offsetErrorMs) ? `${state.offsetMs.toFixed(1)} ± ${state.offsetErrorMs.toFixed(2)} ms` : '-'],
     ['updates', `${state.applied} applied, ${state.superseded} superseded`],
+    ['headset registration', state.xrRegistrationError ? `refused: ${state.xrRegistrationError}`
+      : Number.isFinite(state.xrHeld) ? `residual ${state.xrHeld.toFixed(2)} mm` : 'default'],
   ];
   fillTable('status', rows);
   if (u) {
@@ -503,6 +512,40 @@ state.structureCentreMm = (name) => {
   scene.updateMatrixWorld(true);
   const box = new THREE.Box3().setFromObject(structures.get(name).node);
   return box.getCenter(new THREE.Vector3()).multiplyScalar(1e3).toArray();
+};
+// The headset registration (docs/headset-protocol.md, XrPairedPoses): while the user waves
+// the controller that carries the tracked marker, its grip pose in this device's world is
+// collected each frame with the instant on the server clock; the render node pairs them
+// with the tracker's marker poses, solves T_xr_from_tracker, and answers XrRegistration
+// (kept for this session and re-sent after a reconnect) or a one-line reason.
+let collecting = null;  // {until, handedness, times: [], poses: []}
+function collectGrip(now) {
+  const frame = renderer.xr.getFrame();
+  const session = renderer.xr.getSession();
+  if (!frame || !session) return;
+  for (const source of session.inputSources) {
+    if (source.handedness !== collecting.handedness || !source.gripSpace) continue;
+    const pose = frame.getPose(source.gripSpace, renderer.xr.getReferenceSpace());
+    if (!pose) continue;
+    const m = pose.transform.matrix;  // column-major, metres
+    collecting.times.push(msToNs(now + state.offsetMs));
+    collecting.poses.push([
+      m[0], m[4], m[8], m[12] * 1e3, m[1], m[5], m[9], m[13] * 1e3,
+      m[2], m[6], m[10], m[14] * 1e3, 0, 0, 0, 1]);
+  }
+  if (now >= collecting.until) {
+    const { times, poses } = collecting;
+    collecting = null;
+    state.xrCollected = poses.length;
+    send('XrPairedPoses', {
+      t_sensor_ns: { dtype: '<i8', shape: [times.length], data: new Uint8Array(BigInt64Array.from(times).buffer) },
+      T_xr_from_grip: { dtype: '<f8', shape: [poses.length, 4, 4], data: new Uint8Array(Float64Array.from(poses.flat()).buffer) },
+    });
+  }
+}
+state.registerHeadset = (seconds = 10, handedness = 'right') => {
+  state.xrRegistrationError = '';
+  collecting = { until: clientNowMs() + seconds * 1000, handedness, times: [], poses: [] };
 };
 // World matrices in mm (column-major, as three.js keeps them): T_xr_from_structure.
 state.structureWorldMm = () => {
