@@ -247,8 +247,9 @@ def _check_out(spec: BuildSpec) -> None:
         raise BuildError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not spec.force:
         raise BuildError(f"{out}: not empty; --force replaces it")
-    if not out.parent.is_dir():
-        raise BuildError(f"{out.parent}: no such folder")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise BuildError(f"{out.parent}: not a folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
 
 
 def _structure_masks(
