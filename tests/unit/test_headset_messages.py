@@ -30,6 +30,7 @@ from nav.messages import (
     SceneUpdate,
     SnapshotRequest,
     Welcome,
+    XrPairedPoses,
     XrRegistration,
     decode,
     encode,
@@ -104,6 +105,9 @@ SAMPLES: dict[str, Message] = {
         float("nan"),
     ),
     "XrRegistration": XrRegistration(_rigid(0.3), 1.5),
+    "XrPairedPoses": XrPairedPoses(
+        np.array([10, 20, 30], np.int64), np.stack([_rigid(0.1), _rigid(0.2), _rigid(0.3)])
+    ),
     "ClockPing": ClockPing(11),
     "ClockPong": ClockPong(11, 12),
     "AssetRequest": AssetRequest(GLB_SHA),

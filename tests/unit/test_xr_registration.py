@@ -90,3 +90,28 @@ def test_unpaired_stacks_are_refused() -> None:
     _, _, G, M = _collection(2)
     with pytest.raises(XrRegistrationError, match="one length"):
         register_headset(G, M[:-1])
+
+
+def test_history_pairs_each_instant_with_the_nearest_sample_within_tolerance() -> None:
+    from render.xr_registration import MarkerHistory
+
+    history = MarkerHistory(4)
+    for k in range(6):  # wraps: keeps the samples at 20..50 ms
+        history.add(k * 10_000_000, make_rigid(np.eye(3), [float(k), 0.0, 0.0]))
+    ok, T = history.match([19_000_000, 34_000_000, 36_000_000, 70_000_000, 5_000_000])
+    assert ok.tolist() == [True, True, True, False, False]
+    assert T[:3, 0, 3].tolist() == [2.0, 3.0, 4.0]  # nearest in time, not first
+    np.testing.assert_array_equal(T[3], np.eye(4))
+
+
+def test_a_grip_pose_that_is_not_rigid_never_reaches_the_solver() -> None:
+    import msgpack
+
+    from nav.messages import MessageError, XrPairedPoses, decode, encode
+
+    raw = msgpack.unpackb(
+        encode(XrPairedPoses(np.array([1], np.int64), np.eye(4)[None]), seq=0, t_pub_ns=0)
+    )
+    raw["body"]["T_xr_from_grip"]["data"] = np.diag([1.0, 1.0, 1.001, 1.0]).tobytes()
+    with pytest.raises(MessageError, match="not rigid"):
+        decode(msgpack.packb(raw, use_bin_type=True))
