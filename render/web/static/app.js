@@ -397,6 +397,7 @@ function flushTelemetry(now) {
 const banner = document.getElementById('banner');
 function bannerText(overlay) {
   const u = state.latest;
+  if (collecting) return `REGISTERING HEADSET: wave the controller (${((collecting.until - clientNowMs()) / 1000).toFixed(0)} s)`;
   if (overlay.state === 'HIDDEN') return `HIDDEN: ${overlay.reason || 'no overlay'} - model not shown`;
   const parts = [overlay.state === 'STALE' ? 'STALE' : 'LIVE', u.status];
   if (u.needs_verification) parts.push('VERIFY REGISTRATION');
@@ -489,6 +490,11 @@ async function enterAR() {
   renderer.xr.getReferenceSpace().addEventListener('reset', () => {
     state.xrReset = (state.xrReset || 0) + 1;
     xrRegistration = null;
+  });
+  // The headset registration from inside AR: squeeze the right controller's grip (the
+  // controller with the tracked marker), then wave it through wide turns for 10 s.
+  session.addEventListener('squeezestart', (event) => {
+    if (event.inputSource.handedness === 'right' && !collecting) state.registerHeadset(10, 'right');
   });
   session.addEventListener('end', () => {
     state.mode = 'monitor';
