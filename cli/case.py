@@ -117,6 +117,10 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     try:
         names = read_label_names(Path(args.labels_names)) if args.labels_names else {}
+        if not names and args.labels.lower().endswith((".nrrd", ".nhdr")):
+            from nav.imaging.nrrd import segment_names  # a .seg.nrrd names its segments
+
+            names = {name: value for value, name in segment_names(args.labels).items()}
         lesions = tuple(LesionSpec.parse(text) for text in args.lesion)
         if args.triangle_budget < 100:
             raise BuildError(f"--triangle-budget {args.triangle_budget}: at least 100")
@@ -137,7 +141,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             force=args.force,
         )
         result = build_case(spec, progress=log.info)
-    except (BuildError, ValueError) as error:
+    except (BuildError, ValueError) as error:  # ImagingError is a ValueError
         raise UserError(str(error)) from None
     Console(width=120).print(_build_table(result))
     return 0
@@ -177,7 +181,10 @@ def add_case_parser(commands: Any) -> None:
         "--labels-names; the role defaults from the name: vessel or organ)",
     )
     build.add_argument("--out", required=True, help="the case folder to write")
-    build.add_argument("--labels-names", help="labels.json naming the label numbers")
+    build.add_argument(
+        "--labels-names",
+        help="labels.json naming the label numbers (a .seg.nrrd's own segment names otherwise)",
+    )
     build.add_argument("--fiducials", help="fiducials (.mrk.json or .fcsv) in the CT's frame")
     build.add_argument(
         "--lesion",

@@ -45,6 +45,15 @@ def _segment_names(header: dict[str, Any]) -> dict[int, str]:
     return names
 
 
+def segment_names(path: str | Path) -> dict[int, str]:
+    """A Slicer ``.seg.nrrd``'s segment names by label value, from its header alone
+    (empty for a plain NRRD). Raises ImagingError for an unreadable header."""
+    try:
+        return _segment_names(nrrd.read_header(str(path)))
+    except Exception as error:  # pynrrd raises NRRDError, ValueError, OSError
+        raise ImagingError(path, f"not a NRRD file: {type(error).__name__}: {error}") from None
+
+
 def nrrd_affine_lps(path: str | Path, header: dict[str, Any]) -> npt.NDArray[np.float64]:
     """``T_image_from_ijk`` (LPS) of a 3D NRRD header's space directions and origin."""
     space = str(header.get("space", "")).lower()

@@ -160,3 +160,79 @@ def test_an_oversized_volume_is_refused_before_reading(tmp_path: Path) -> None:
         header.write_to(f)  # no voxels at all: they must never be needed
     with pytest.raises(ImagingError, match="over the limit"):
         read_volume(path)
+
+
+# --- NRRD and Slicer segmentations -------------------------------------------------------
+
+
+def _write_seg_nrrd(path: Path, data: np.ndarray, header: dict) -> None:
+    import nrrd
+
+    nrrd.write(str(path), data, header, index_order="F")
+
+
+def test_a_slicer_seg_nrrd_names_its_segments_and_places_them(tmp_path: Path) -> None:
+    from nav.imaging.nrrd import segment_names
+
+    data = np.zeros((6, 5, 4), np.uint8)
+    data[2, 3, 1] = 7
+    header = {
+        "space": "left-posterior-superior",
+        "space directions": np.diag([0.5, 0.75, 2.0]),
+        "space origin": np.array([10.0, -20.0, 30.0]),
+        "Segment0_Name": "tumor",
+        "Segment0_LabelValue": "7",
+        "Segment0_Layer": "0",
+    }
+    _write_seg_nrrd(tmp_path / "s.seg.nrrd", data, header)
+    volume = read_volume(tmp_path / "s.seg.nrrd", labels=True)
+    assert volume.names == {7: "tumor"}
+    assert segment_names(tmp_path / "s.seg.nrrd") == {7: "tumor"}
+    np.testing.assert_allclose(
+        volume.ijk_to_lps(np.argwhere(volume.array == 7)), [[11.0, -17.75, 32.0]]
+    )
+
+
+def test_a_layered_segmentation_is_refused(tmp_path: Path) -> None:
+    data = np.zeros((2, 6, 5, 4), np.uint8)
+    header = {
+        "space": "left-posterior-superior",
+        "space directions": np.vstack([np.full(3, np.nan), np.eye(3)]),  # "none" for the list
+        "space origin": np.zeros(3),
+        "kinds": ["list", "domain", "domain", "domain"],
+    }
+    _write_seg_nrrd(tmp_path / "layers.seg.nrrd", data, header)
+    with pytest.raises(ImagingError, match="2 layers \\(overlapping segments\\)"):
+        read_volume(tmp_path / "layers.seg.nrrd", labels=True)
+
+
+def test_a_nrrd_without_patient_space_is_refused(tmp_path: Path) -> None:
+    import nrrd
+
+    nrrd.write(str(tmp_path / "plain.nrrd"), np.zeros((3, 3, 3), np.uint8))
+    with pytest.raises(ImagingError, match="expected LPS, RAS or LAS"):
+        read_volume(tmp_path / "plain.nrrd")
+
+
+def test_a_label_map_of_fractions_is_refused(tmp_path: Path) -> None:
+    image = nib.Nifti1Image(np.full((2, 2, 2), 0.5, np.float32), np.eye(4))
+    image.set_sform(np.eye(4), code=1)
+    nib.save(image, tmp_path / "prob.nii.gz")
+    with pytest.raises(ImagingError, match="whole numbers"):
+        read_volume(tmp_path / "prob.nii.gz", labels=True)
+
+
+def test_a_one_layer_segmentation_is_read_as_3d(tmp_path: Path) -> None:
+    data = np.zeros((1, 6, 5, 4), np.uint8)
+    data[0, 1, 2, 3] = 4
+    header = {
+        "space": "right-anterior-superior",
+        "space directions": np.vstack([np.full(3, np.nan), np.eye(3)]),
+        "space origin": np.array([1.0, 2.0, 3.0]),
+        "kinds": ["list", "domain", "domain", "domain"],
+    }
+    _write_seg_nrrd(tmp_path / "one.seg.nrrd", data, header)
+    volume = read_volume(tmp_path / "one.seg.nrrd", labels=True)
+    assert volume.shape == (6, 5, 4)
+    # RAS (1 + 1, 2 + 2, 3 + 3) -> LPS (-2, -4, 6)
+    np.testing.assert_allclose(volume.ijk_to_lps(np.argwhere(volume.array == 4)), [[-2, -4, 6]])
