@@ -1,8 +1,9 @@
 """``ornav case build`` as a user runs it: the shared CT to a bundle ``ornav case check``
-accepts; bad input is one line, exit 2, and no bundle."""
+accepts and ``ornav demo --case`` runs on; bad input is one line, exit 2, and no bundle."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -34,11 +35,13 @@ def _assert_one_line_error(done: subprocess.CompletedProcess[str], *needles: str
         assert needle in errors[0], errors[0]
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)  # a few seconds alone; minutes on a loaded 2-core machine
-def test_case_build_on_the_shared_dicom_ct_passes_case_check(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def cli_build(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """``ornav case build`` on the shared DICOM CT, once for this module's tests."""
     data = shared_data("totalsegmentator")
-    out = tmp_path / "ct_case"
+    out = tmp_path_factory.mktemp("cases") / "ct_case"
     done = _ornav(
         "case", "build",
         "--image", str(data / "example_ct_dicom"),
@@ -48,6 +51,13 @@ def test_case_build_on_the_shared_dicom_ct_passes_case_check(tmp_path: Path) -> 
         "--lesion", "lesion=inside:liver:12",
         "--out", str(out),
     )  # fmt: skip
+    return done, out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)  # a few seconds alone; minutes on a loaded 2-core machine
+def test_case_build_on_the_shared_dicom_ct_passes_case_check(cli_build) -> None:
+    done, out = cli_build
     assert done.returncode == 0, done.stderr
     # progress on stderr, one line per step; the checks' table on stdout
     assert "meshing liver (label 5, 1/4)" in done.stderr
@@ -59,6 +69,27 @@ def test_case_build_on_the_shared_dicom_ct_passes_case_check(tmp_path: Path) -> 
     check = _ornav("case", "check", str(out))
     assert check.returncode == 0, check.stderr
     assert "lesion" in check.stdout and "F-6" in check.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # a 12 s demo: about a minute alone, more when loaded
+def test_demo_runs_on_the_case_built_from_the_shared_ct(cli_build, tmp_path: Path) -> None:
+    """The whole stack on it: registration accepted, the lesion reached, a snapshot."""
+    done, out = cli_build
+    assert done.returncode == 0, done.stderr
+    run_dir = tmp_path / "run"
+    demo = _ornav(
+        "demo", "--case", str(out), "--duration", "12", "--no-progress",
+        "--run-dir", str(run_dir), "--summary", str(run_dir / "summary.json"),
+        timeout_s=480,
+    )  # fmt: skip
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    assert "demonstration lesion" in demo.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["ok"] is True
+    assert summary["registration"]["accepted"] is True
+    assert summary["registration"]["tre_mm"]["targets"]["lesion"] < 1.0
+    assert (run_dir / "snapshot.png").stat().st_size > 1000
 
 
 def test_a_label_absent_from_the_segmentation_is_one_line_and_no_bundle(tmp_path: Path) -> None:

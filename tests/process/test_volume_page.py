@@ -16,7 +16,8 @@ import pytest
 
 from nav.case import load_case
 from tests.browser import ConsoleLog
-from tests.conftest import REPO, shared_data
+from tests.conftest import REPO
+from tests.ct_case import ct_case as built_ct_case
 
 WEB = REPO / "render" / "web"
 SCREENSHOTS = Path("/tmp/ornav-volume-page")
@@ -48,26 +49,8 @@ def serve(case_dir: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
 
 
 @pytest.fixture(scope="module")
-def ct_case(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from nav.case_build.build import BuildSpec, build_case, parse_structures, read_label_names
-    from nav.case_build.lesion import LesionSpec
-
-    data = shared_data("totalsegmentator")
-    out = tmp_path_factory.mktemp("cases") / "ct_case"
-    build_case(
-        BuildSpec(
-            image=data / "example_ct_dicom",
-            labels=data / "example_seg_dicom.nii.gz",
-            structures=parse_structures(
-                "liver,portal_vein_and_splenic_vein,aorta",
-                read_label_names(data / "labels.json"),
-            ),
-            out=out,
-            lesions=(LesionSpec.parse("lesion=inside:liver:12"),),
-        ),
-        progress=lambda _: None,
-    )
-    return out
+def ct_case() -> Path:
+    return built_ct_case()
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ against the voxels, and bad input leaving no bundle."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -14,19 +15,19 @@ import trimesh
 from nav.case import load_case
 from nav.case_build import build as build_module
 from nav.case_build.build import (
+    REPORT_FILE,
     BuildError,
-    BuildResult,
     BuildSpec,
     StructureSpec,
     build_case,
     parse_structures,
-    read_label_names,
 )
 from nav.case_build.lesion import LesionSpec
 from nav.imaging.geometry import T_lps_from_ras, align_labels
 from nav.imaging.read import read_volume
 from nav.imaging.volume import Volume
 from tests.conftest import shared_data
+from tests.ct_case import ct_case
 
 LIVER, PORTAL, AORTA = 5, 64, 52
 
@@ -43,62 +44,60 @@ def signed_distance_mm(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[BuildResult, Volume, Volume]:
-    ct_path = shared_data("totalsegmentator/example_ct_dicom")
-    seg_path = shared_data("totalsegmentator/example_seg_dicom.nii.gz")
-    out = tmp_path_factory.mktemp("cases") / "ct_case"
-    spec = BuildSpec(
-        image=ct_path,
-        labels=seg_path,
-        structures=parse_structures(
-            "liver,portal_vein=64,aorta=52",
-            read_label_names(shared_data("totalsegmentator/labels.json")),
-        ),
-        out=out,
-        lesions=(LesionSpec.parse("lesion=inside:liver:12"),),
-    )
-    result = build_case(spec, progress=lambda _: None)
-    ct = read_volume(ct_path)
-    labels, _ = align_labels(read_volume(seg_path, labels=True), ct)
-    return result, ct, labels
+def built() -> tuple[Path, Volume, Volume]:
+    """The shared build (tests/ct_case.py), the CT and its labels on the CT's grid."""
+    out = ct_case()
+    ct = read_volume(shared_data("totalsegmentator/example_ct_dicom"))
+    seg = read_volume(shared_data("totalsegmentator/example_seg_dicom.nii.gz"), labels=True)
+    labels, _ = align_labels(seg, ct)
+    return out, ct, labels
+
+
+def _report(out: Path) -> dict:
+    return json.loads((out / REPORT_FILE).read_text())["structures"]
 
 
 @pytest.mark.slow  # builds the real case once (10-60 s on a shared machine)
 def test_the_built_bundle_loads_as_ornav_case_check_reads_it(built) -> None:
-    result, _, _ = built
-    case = load_case(result.out)
-    assert [s.name for s in case.structures] == ["liver", "portal_vein", "aorta", "lesion"]
+    out, _, _ = built
+    case = load_case(out)
+    assert [s.name for s in case.structures] == [
+        "liver",
+        "portal_vein_and_splenic_vein",
+        "aorta",
+        "lesion",
+    ]
     assert [s.role for s in case.structures] == ["organ", "vessel", "vessel", "tumor"]
     assert case.structure("liver").mesh.is_watertight
     assert len(case.fiducials) == 6
     assert case.targets.labels == ("lesion",)
     assert case.volume is not None
-    assert not list(result.out.parent.glob(".*partial*"))  # no temporary folder left
+    assert not list(out.parent.glob(".*partial*"))  # no temporary folder left
 
 
 @pytest.mark.slow  # builds the real case once (10-60 s on a shared machine)
 def test_liver_mesh_centroid_and_bounds_match_its_voxels_within_half_a_voxel(built) -> None:
     """The label's voxels mapped through the image geometry (LPS) against the mesh."""
-    result, ct, labels = built
-    mesh = load_case(result.out).structure("liver").mesh
+    out, ct, labels = built
+    mesh = load_case(out).structure("liver").mesh
     voxels_lps = ct.ijk_to_lps(np.argwhere(labels.array == LIVER))
     half = ct.spacing_mm / 2  # 0.49, 0.49, 1.0 mm
     assert np.all(np.abs(mesh.center_mass - voxels_lps.mean(axis=0)) <= half)
     # the label's extent is its extreme voxel centres plus half a voxel (their faces)
     np.testing.assert_array_less(np.abs(mesh.bounds[0] - (voxels_lps.min(axis=0) - half)), half)
     np.testing.assert_array_less(np.abs(mesh.bounds[1] - (voxels_lps.max(axis=0) + half)), half)
-    report = result.reports["liver"]
-    assert report.voxel_count == (labels.array == LIVER).sum()
-    assert report.mesh_volume_mm3 == pytest.approx(report.voxel_volume_mm3, rel=1e-3)
-    assert report.hausdorff_mm < 2 * ct.spacing_mm.max()
+    report = _report(out)["liver"]
+    assert report["voxels"] == (labels.array == LIVER).sum()
+    assert report["mesh_volume_mm3"] == pytest.approx(report["voxel_volume_mm3"], rel=1e-3)
+    assert report["hausdorff_mm"] < 2 * ct.spacing_mm.max()
 
 
 @pytest.mark.slow  # builds the real case once (10-60 s on a shared machine)
 def test_vessels_keep_their_components_and_sit_on_their_contrast(built) -> None:
     """Every vertex of the aorta mesh is within a voxel of an aorta voxel in the CT, whose
     mean HU is contrast-filled blood."""
-    result, ct, labels = built
-    aorta = load_case(result.out).structure("aorta").mesh
+    out, ct, labels = built
+    aorta = load_case(out).structure("aorta").mesh
     ijk = np.round(ct.lps_to_ijk(aorta.vertices)).astype(int)
     ijk = np.clip(ijk, 0, np.array(ct.shape) - 1)
     near = np.zeros(labels.shape, bool)
@@ -108,17 +107,19 @@ def test_vessels_keep_their_components_and_sit_on_their_contrast(built) -> None:
     aorta_voxels = labels.array == AORTA
     assert np.all(binary_dilation(aorta_voxels, iterations=2)[tuple(ijk.T)])
     assert ct.array[aorta_voxels].mean() > 150
-    assert result.reports["portal_vein"].kept_components == result.reports["portal_vein"].components
+    portal = _report(out)["portal_vein_and_splenic_vein"]
+    assert portal["kept_components"] == portal["components"] == 2  # vessels: every piece
 
 
 @pytest.mark.slow  # builds the real case once (10-60 s on a shared machine)
 def test_the_lesion_lies_inside_the_liver_and_the_fiducials_on_it(built) -> None:
-    result, _, _ = built
-    case = load_case(result.out)
+    out, _, _ = built
+    case = load_case(out)
     liver = case.structure("liver").mesh
     lesion = case.structure("lesion").mesh
     assert np.all(signed_distance_mm(liver, lesion.vertices) < 0)  # inside
-    centre, radius = result.lesions["lesion"]
+    lesion_report = json.loads((out / REPORT_FILE).read_text())["lesions"]["lesion"]
+    centre, radius = lesion_report["centre_lps"], lesion_report["radius_mm"]
     assert radius == 12.0
     np.testing.assert_allclose(case.targets.points_lps[0], centre)
     distance = np.abs(signed_distance_mm(liver, case.fiducials.points_lps))
@@ -128,8 +129,8 @@ def test_the_lesion_lies_inside_the_liver_and_the_fiducials_on_it(built) -> None
 @pytest.mark.slow  # builds the real case once (10-60 s on a shared machine)
 def test_the_volume_brick_holds_the_ct_where_it_is(built) -> None:
     """The brick's voxel at the liver's centroid holds the liver's HU (downsampled x2)."""
-    result, ct, labels = built
-    volume = load_case(result.out).volume
+    out, ct, labels = built
+    volume = load_case(out).volume
     assert volume is not None
     values = volume.read().astype(np.float64) + volume.hu_offset
     assert values.shape == (256, 256, 20)
@@ -145,13 +146,13 @@ def test_the_volume_brick_holds_the_ct_where_it_is(built) -> None:
 def test_provenance_names_the_inputs_by_hash(built) -> None:
     import tomllib
 
-    result, _, _ = built
-    document = tomllib.loads((result.out / "case.toml").read_text())
+    out, _, _ = built
+    document = tomllib.loads((out / "case.toml").read_text())
     provenance = document["provenance"]
     assert len(provenance["image_sha256"]) == 64
     assert len(provenance["labels_sha256"]) == 64
     assert "demonstration" in provenance["lesions"]
-    assert provenance["structures"] == "liver=5,portal_vein=64,aorta=52"
+    assert provenance["structures"] == "liver=5,portal_vein_and_splenic_vein=64,aorta=52"
 
 
 # --- bad input: one line, and no bundle ----------------------------------------------------

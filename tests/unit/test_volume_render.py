@@ -106,26 +106,15 @@ def test_cuda_renders_what_the_cpu_renders() -> None:
 
 
 @pytest.mark.slow
-def test_the_ct_case_renders_with_the_liver_where_it_is(tmp_path: Path) -> None:
+def test_the_ct_case_renders_with_the_liver_where_it_is() -> None:
     """The case built from the shared CT: the liver's centroid pixel has the liver's colour
     (vessels preset: the abdominal wall in front is transparent)."""
     from PIL import Image
 
     from nav.case import bounds_lps, load_case
-    from nav.case_build.build import BuildSpec, build_case, parse_structures, read_label_names
-    from tests.conftest import shared_data
+    from tests.ct_case import ct_case
 
-    data = shared_data("totalsegmentator")
-    out = tmp_path / "ct_case"
-    build_case(
-        BuildSpec(
-            image=data / "example_ct_dicom",
-            labels=data / "example_seg_dicom.nii.gz",
-            structures=parse_structures("liver,aorta", read_label_names(data / "labels.json")),
-            out=out,
-        ),
-        progress=lambda _: None,
-    )
+    out = ct_case()
     case = load_case(out)
     assert case.volume is not None
     values = case.volume.read().astype(np.float32) + case.volume.hu_offset
