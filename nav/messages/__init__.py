@@ -8,6 +8,8 @@
 - ``control``: the typed control requests and replies a ``Command``'s args and a
   ``Reply``'s result hold (the nav node's registration protocol, the simulated
   tracker's pointer and occlusion commands);
+- ``surface``: ``SurfaceCloud``, intraoperative surface points from a stereo or depth
+  camera (or the pointer);
 - ``codec``: the type registry, the envelope, ``encode`` and ``decode``.
 
 Everything is re-exported here: ``from nav.messages import TrackerFrame, decode``.
@@ -88,6 +90,7 @@ from nav.messages.headset import (
     XrPairedPoses,
     XrRegistration,
 )
+from nav.messages.surface import MAX_SURFACE_POINTS, SurfaceCloud
 from nav.messages.wire import (
     MAX_NAME_LEN,
     MAX_PAYLOAD_BYTES,
@@ -170,6 +173,8 @@ __all__ = [
     "VerifyRegistration",
     "Welcome",
     "XrPairedPoses",
+    "SurfaceCloud",
+    "MAX_SURFACE_POINTS",
     "XrRegistration",
     "compute_reply_from_result",
     "decode",

@@ -32,6 +32,7 @@ from nav.messages.headset import (
     XrPairedPoses,
     XrRegistration,
 )
+from nav.messages.surface import SurfaceCloud
 from nav.messages.wire import (
     MAX_PAYLOAD_BYTES,
     SCHEMA_VERSION,
@@ -61,6 +62,7 @@ Message: TypeAlias = (
     | HeadsetTelemetry
     | XrRegistration
     | XrPairedPoses
+    | SurfaceCloud
 )
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
@@ -85,6 +87,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         HeadsetTelemetry,
         XrRegistration,
         XrPairedPoses,
+        SurfaceCloud,
     )
 }
 
