@@ -44,7 +44,7 @@ def _body(**change: object) -> dict[str, object]:
                     "s", "camera", 0, np.array([[np.nan, 0, 0]], np.float32), np.ones(1, np.float32)
                 ).to_body()["points_mm"]
             },
-            "NaN",
+            "non-finite",
         ),
         (
             {
