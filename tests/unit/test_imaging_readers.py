@@ -236,3 +236,41 @@ def test_a_one_layer_segmentation_is_read_as_3d(tmp_path: Path) -> None:
     assert volume.shape == (6, 5, 4)
     # RAS (1 + 1, 2 + 2, 3 + 3) -> LPS (-2, -4, 6)
     np.testing.assert_allclose(volume.ijk_to_lps(np.argwhere(volume.array == 4)), [[-2, -4, 6]])
+
+
+# --- DICOM orientation: every row/column direction, slices stored either way -------------
+
+_AXES = [np.array(v, dtype=float) for v in np.vstack([np.eye(3), -np.eye(3)])]
+_ORIENTATIONS = [
+    (r, c) for r in range(6) for c in range(6) if abs(_AXES[r] @ _AXES[c]) < 0.5
+]  # 24: every right-handed (row, column, normal) frame of signed axes
+
+
+@pytest.mark.parametrize(("row", "col"), _ORIENTATIONS)
+def test_dicom_orientation_and_slice_order_map_each_pixel_to_its_position(
+    tmp_path: Path, row: int, col: int
+) -> None:
+    """Slices written with a given ImageOrientationPatient and positions along its normal,
+    in files named in reverse order for half the cases: voxel [i, j, k] is pixel (row j,
+    column i) of the slice at position k along the normal, at origin + i r dx + j c dy."""
+    r, c = _AXES[row], _AXES[col]
+    normal = np.cross(r, c)
+    files = _copy_series(tmp_path, n=3)
+    origin = np.array([-100.0, 50.0, -700.0])
+    step = 2.5
+    reverse = (row + col) % 2 == 1
+    pixels = {}
+    for n, path in enumerate(files):
+        k = len(files) - 1 - n if reverse else n
+        _edit(
+            path,
+            ImageOrientationPatient=[*r.tolist(), *c.tolist()],
+            ImagePositionPatient=(origin + k * step * normal).tolist(),
+        )
+        pixels[k] = pydicom.dcmread(path).pixel_array.astype(np.int32) - 1024
+    volume = read_volume(files[0].parent)
+    dx, dy = 0.9765625, 0.9765625
+    for i, j, k in [(0, 0, 0), (5, 300, 1), (400, 17, 2)]:
+        expected = origin + k * step * normal + i * dx * r + j * dy * c
+        np.testing.assert_allclose(volume.ijk_to_lps([[i, j, k]])[0], expected, atol=1e-9)
+        assert volume.array[i, j, k] == pixels[k][j, i]
