@@ -306,3 +306,20 @@ def test_structures_are_parsed_with_names_and_roles() -> None:
 
 def test_lps_from_ras_is_its_own_inverse() -> None:
     np.testing.assert_array_equal(T_lps_from_ras @ T_lps_from_ras, np.eye(4))
+
+
+def test_an_oversized_ct_is_refused_before_reading_and_nothing_is_written(
+    small_pair, tmp_path
+) -> None:
+    """A 2 GB CT (1024^3 int16; its header alone is on disk): refused from the header."""
+    header = nib.Nifti1Header()
+    header.set_data_shape((1024, 1024, 1024))
+    header.set_data_dtype(np.int16)
+    header.set_sform(np.eye(4), code=1)
+    huge = tmp_path / "huge.nii"
+    with huge.open("wb") as f:
+        header.write_to(f)
+    out = tmp_path / "case"
+    with pytest.raises(BuildError, match="over the limit"):
+        build_case(_spec(small_pair, out, image=huge), progress=lambda _: None)
+    _assert_nothing_written(out)
