@@ -109,6 +109,13 @@ def test_liver_centroid_pixel_has_the_liver_colour_on_the_ct(
     png = page.screenshot(path=str(SCREENSHOTS / "vessels_no_liver.png"))
     aorta_colour = _pixel(png, where["x"], where["y"])
     assert aorta_colour[0] > 2 * max(aorta_colour[1], aorta_colour[2]), aorta_colour
+    # the tool tip, 60 mm in front of the liver's centroid, is drawn there, over the CT
+    tip = (centroid + [0.0, -60.0, 0.0]).tolist()
+    page.evaluate(f"window.volumeView.setToolTip({json.dumps(tip)}); window.volumeView.render()")
+    where = page.evaluate(f"window.volumeView.project({json.dumps(tip)})")
+    png = page.screenshot(path=str(SCREENSHOTS / "tool_tip.png"))
+    tip_colour = _pixel(png, where["x"], where["y"])
+    assert _cosine(tip_colour, np.array([0.0, 0.9, 1.0])) > 0.95, tip_colour
     status = page.text_content("#status")
     assert "volume 256x256x20" in status
     assert console.errors == []
@@ -144,6 +151,29 @@ def test_presets_window_and_clipping_change_the_picture(chromium: object, server
     assert frame_ms > 0
     assert console.errors == []
     page.close()
+
+
+def test_the_page_and_the_offscreen_renderer_share_their_presets() -> None:
+    """The transfer functions in volume.js are render/volume_render.py's, number for number."""
+    import re
+
+    from render.volume_render import PRESETS
+
+    source = (WEB / "volume" / "volume.js").read_text()
+    block = source[
+        source.index("export const PRESETS = {") : source.index(
+            "};", source.index("export const PRESETS")
+        )
+    ]
+    for name, (level, width, points) in PRESETS.items():
+        match = re.search(
+            name + r": \{\s*level: ([-\d.]+), width: ([-\d.]+),\s*points: (\[.*?\]),\s*\}",
+            block,
+            re.S,
+        )
+        assert match, name
+        assert (float(match.group(1)), float(match.group(2))) == (level, width)
+        np.testing.assert_allclose(json.loads(match.group(3)), points)
 
 
 def test_a_bundle_whose_brick_does_not_match_its_hash_is_an_error_on_the_page(
