@@ -24,8 +24,9 @@ Publishes (its bus PUB, ``spec.pub``):
   ``headset_received``, ``headset_rejected`` (also in ``rejected`` / ``rejected_<kind>``:
   ``malformed``, ``oversized``, ``version``, ``unknown_type``, ``invalid``, ``protocol``,
   ``no_session``, ``unexpected``, ``unknown_asset``, ``no_scene``, ``sessions_full``,
-  ``forged``),
-  ``headset_send_dropped``, ``confidence_assets_built``, ``case_reloads``,
+  ``forged``, ``xr_registration``),
+  ``headset_send_dropped``, ``xr_registrations``, ``xr_registrations_refused``
+  (``rejected_xr_registration``), ``confidence_assets_built``, ``case_reloads``,
   ``case_mismatches``; latency = tracker ``t_sensor_ns`` -> ``scene/update`` publish, for
   updates carrying a new sample.
 
