@@ -1,0 +1,308 @@
+"""Stereo camera node: image pairs into surface point clouds (``tracking.stereo``).
+
+Publishes:
+- ``surface/<name>``: one ``SurfaceCloud`` per reconstructed pair. With ``camera_tool``
+  set, in the patient ``reference`` frame: the newest tracker frame in which the camera's
+  marker and the reference are both OK and no older than ``max_pose_age_ms`` than the pair,
+  through the hand-eye calibration ``T_marker_from_camera``; a pair without such a frame is
+  not published (``untracked``). Without ``camera_tool``, in the ``camera`` frame (an
+  untracked camera: calibration and offline use; registration wants the reference frame).
+- ``heartbeat/<name>``: counters ``pairs``, ``clouds``, ``refused_texture``,
+  ``refused_calibration``, ``untracked``; latency grab -> publish.
+Subscribes: the tracker (``pose/``) when ``camera_tool`` is set. Control: ``ping``, ``status``.
+
+Params::
+
+    calibration = "stereo/"           # calib.{left,right}.{intrinsics,distortion}.txt + l2r
+    left = "pairs/*_left.png"         # recorded pairs: two sorted globs of equal length
+    right = "pairs/*_right.png"
+    camera = ""                       # or a live stereo camera delivering [left | right]
+                                      # side by side in one frame ("0", "/dev/video2")
+    mask = ""                         # optional: nonzero where to reconstruct (left image)
+    rate_hz = 2.0                     # pairs per second at most
+    loop = false                      # recorded pairs: start again at the end
+    camera_tool = ""                  # the tracked marker on the camera
+    reference_tool = "reference"
+    hand_eye = ""                     # ornav handeye TOML (T_marker_from_camera)
+    max_pose_age_ms = 50.0
+    min_depth_mm = 10.0, max_depth_mm = 300.0, voxel_mm = 1.0, num_disparities = 64
+
+Files are read when the config is built: a bad calibration, glob, mask or hand-eye file
+stops the launch with one line. A pair the reconstruction refuses (too little texture, a
+calibration that does not fit) is counted and logged once per kind, never published.
+Exit codes: 0 at the end of the recorded pairs without ``loop`` and on SIGINT/SIGTERM; 2
+for a source that cannot be opened or images of the wrong size; 1 when a camera stops.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from nav.frames import is_valid_tool_name
+from nav.messages import SurfaceCloud, ToolStatus, TrackerFrame
+from nav.messages.surface import MAX_SURFACE_POINTS
+from nav.runtime import bus
+from nav.runtime.launchfile import NodeSpec
+from nav.runtime.node import POLL_TIMEOUT_S, NodeRuntime, node_main
+from nav.transforms import Mat4
+from tracking.stereo import (
+    StereoCalibration,
+    StereoError,
+    StereoParams,
+    StereoReconstructor,
+    points_in_reference,
+)
+
+log = logging.getLogger(__name__)
+MAX_PAIRS = 100_000
+
+
+@dataclass(frozen=True)
+class Config:
+    """The node's launch-file params (module docstring)."""
+
+    calibration: str
+    left: str = ""
+    right: str = ""
+    camera: str = ""
+    mask: str = ""
+    rate_hz: float = 2.0
+    loop: bool = False
+    camera_tool: str = ""
+    reference_tool: str = "reference"
+    hand_eye: str = ""
+    max_pose_age_ms: float = 50.0
+    min_depth_mm: float = 10.0
+    max_depth_mm: float = 300.0
+    voxel_mm: float = 1.0
+    num_disparities: int = 64
+
+    def __post_init__(self) -> None:
+        if bool(self.camera) == bool(self.left or self.right):
+            raise ValueError("give either 'left' and 'right' (recorded pairs) or 'camera'")
+        if not self.camera:
+            left, right = self.pair_paths()
+            if not left or len(left) != len(right):
+                raise ValueError(
+                    f"keys 'left'/'right': {len(left)} and {len(right)} images: need the same "
+                    "number, at least one"
+                )
+        if not 0 < self.rate_hz <= 60:
+            raise ValueError(f"key 'rate_hz': {self.rate_hz} is outside (0, 60]")
+        if self.camera_tool:
+            for key in ("camera_tool", "reference_tool"):
+                if not is_valid_tool_name(getattr(self, key)):
+                    raise ValueError(f"key {key!r}: {getattr(self, key)!r} is not a tool name")
+            if not self.hand_eye:
+                raise ValueError("key 'hand_eye': needed with camera_tool (T_marker_from_camera)")
+            self.load_hand_eye()
+        if not self.max_pose_age_ms > 0:
+            raise ValueError("key 'max_pose_age_ms': must be > 0")
+        self.params()  # its own checks
+        if self.mask and not Path(self.mask).is_file():
+            raise ValueError(f"key 'mask': {self.mask}: no such file")
+        if self.mask and cv2.imread(self.mask, cv2.IMREAD_GRAYSCALE) is None:
+            raise ValueError(f"key 'mask': {self.mask}: not a readable image")
+
+    def pair_paths(self) -> tuple[list[str], list[str]]:
+        left = sorted(glob.glob(self.left))[:MAX_PAIRS]
+        right = sorted(glob.glob(self.right))[:MAX_PAIRS]
+        return left, right
+
+    def params(self) -> StereoParams:
+        return StereoParams(
+            num_disparities=self.num_disparities,
+            min_depth_mm=self.min_depth_mm,
+            max_depth_mm=self.max_depth_mm,
+            voxel_mm=self.voxel_mm,
+        )
+
+    def load_hand_eye(self) -> Mat4:
+        from calibration.files import CalibrationFileError, read_calibration
+
+        try:
+            calibration = read_calibration(self.hand_eye)
+            if calibration.kind != "handeye":
+                raise ValueError(f"expected a handeye calibration, got {calibration.kind!r}")
+            return calibration.array("T_marker_from_camera")
+        except (CalibrationFileError, KeyError, ValueError) as error:
+            raise ValueError(f"key 'hand_eye': {error}") from None
+
+    def load_calibration(self, image_size: tuple[int, int]) -> StereoCalibration:
+        try:
+            return StereoCalibration.from_text_files(self.calibration, image_size)
+        except StereoError as error:
+            raise ValueError(f"key 'calibration': {error}") from None
+
+
+def _recorded_pairs(cfg: Config) -> Iterator[tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]]:
+    left, right = cfg.pair_paths()
+    while True:
+        for lp, rp in zip(left, right, strict=True):
+            images = cv2.imread(lp), cv2.imread(rp)
+            if images[0] is None or images[1] is None:
+                raise OSError(f"cannot read the pair {lp}, {rp}")
+            yield images  # type: ignore[misc]
+        if not cfg.loop:
+            return
+
+
+def _camera_pairs(capture: Any) -> Iterator[tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]]:
+    while True:
+        ok, frame = capture.read()
+        if not ok or frame is None:
+            raise ConnectionError("the stereo camera stopped delivering frames")
+        half = frame.shape[1] // 2
+        yield frame[:, :half].copy(), frame[:, half:].copy()
+
+
+class _Tracking:
+    """The newest tracker frames, for placing a pair in the reference frame."""
+
+    def __init__(self, cfg: Config, spec: NodeSpec, runtime: NodeRuntime) -> None:
+        self.cfg = cfg
+        self.T_marker_from_camera = cfg.load_hand_eye()
+        self.sub = bus.LatestSubscriber(spec.subscribe_endpoints, ("pose/",))
+        runtime.watch(self.sub.counters)
+        self.latest: TrackerFrame | None = None
+
+    def poll(self) -> None:
+        for received in self.sub.poll(0.0):
+            if isinstance(received.message, TrackerFrame):
+                self.latest = received.message
+
+    def to_reference(
+        self, points_camera: npt.NDArray[np.float64], frame: TrackerFrame | None, t_ns: int
+    ) -> npt.NDArray[np.float64] | None:
+        """The points in the reference frame with ``frame`` (the newest at the grab), or
+        None when it is too old for the pair or either marker is not OK."""
+        if frame is None or abs(t_ns - frame.t_sensor_ns) > self.cfg.max_pose_age_ms * 1e6:
+            return None
+        try:
+            marker = frame.pose(self.cfg.camera_tool)
+            reference = frame.pose(self.cfg.reference_tool)
+        except KeyError:
+            return None
+        if marker.status is not ToolStatus.OK or reference.status is not ToolStatus.OK:
+            return None
+        return points_in_reference(
+            points_camera,
+            marker.T_tracker_from_tool,
+            self.T_marker_from_camera,
+            reference.T_tracker_from_tool,
+        )
+
+    def close(self) -> None:
+        self.sub.close()
+
+
+def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
+    capture = None
+    if cfg.camera:
+        capture = cv2.VideoCapture(int(cfg.camera) if cfg.camera.isdigit() else cfg.camera)
+        if not capture.isOpened():
+            log.error("cannot open the stereo camera %s", cfg.camera)
+            return 2
+        pairs = _camera_pairs(capture)
+    else:
+        pairs = _recorded_pairs(cfg)
+    mask = (
+        np.asarray(cv2.imread(cfg.mask, cv2.IMREAD_GRAYSCALE), dtype=np.uint8) if cfg.mask else None
+    )
+    topic = f"surface/{spec.name}"
+    period_s = 1.0 / cfg.rate_hz
+    runtime = NodeRuntime(spec, stop)
+    reconstructor: StereoReconstructor | None = None
+    warned: set[str] = set()
+    try:
+        with runtime:
+            if runtime.pub is None:
+                raise ValueError(f"node {spec.name!r}: the stereo node needs a pub endpoint")
+            tracking = _Tracking(cfg, spec, runtime) if cfg.camera_tool else None
+            runtime.ready()
+            next_s = time.monotonic()
+            while not stop.is_set():
+                if tracking is not None:
+                    tracking.poll()
+                runtime.service()
+                wait = next_s - time.monotonic()
+                if wait > 0:
+                    stop.wait(min(wait, POLL_TIMEOUT_S))
+                    continue
+                next_s += period_s
+                try:
+                    left, right = next(pairs)
+                except StopIteration:
+                    log.info("%s: end of the recorded pairs", spec.name)
+                    return 0
+                t_sensor_ns = time.monotonic_ns()
+                pose_frame = None
+                if tracking is not None:  # where the camera was at the grab
+                    tracking.poll()
+                    pose_frame = tracking.latest
+                runtime.counters["pairs"] += 1
+                if reconstructor is None:
+                    size = (left.shape[1], left.shape[0])
+                    reconstructor = StereoReconstructor(cfg.load_calibration(size), cfg.params())
+                try:
+                    cloud = reconstructor.reconstruct(left, right, mask)
+                except StereoError as error:
+                    kind = "calibration" if "calibration" in str(error) else "texture"
+                    if "is for" in str(error):
+                        log.error("%s: %s", spec.name, error)
+                        return 2
+                    runtime.counters[f"refused_{kind}"] += 1
+                    if kind not in warned:
+                        warned.add(kind)
+                        log.warning("%s: pair refused: %s", spec.name, error)
+                    continue
+                points, frame = cloud.points_camera, "camera"
+                if tracking is not None:
+                    placed = tracking.to_reference(points, pose_frame, t_sensor_ns)
+                    if placed is None:
+                        runtime.counters["untracked"] += 1
+                        continue
+                    points, frame = placed, "reference"
+                keep = slice(0, MAX_SURFACE_POINTS)
+                runtime.pub.publish(
+                    topic,
+                    SurfaceCloud(
+                        source=spec.name,
+                        frame=frame,
+                        t_sensor_ns=t_sensor_ns,
+                        points_mm=points[keep].astype(np.float32),
+                        confidence_mm=np.maximum(cloud.confidence_mm[keep], 1e-3).astype(
+                            np.float32
+                        ),
+                    ),
+                )
+                runtime.counters["clouds"] += 1
+                runtime.latency.add(time.monotonic_ns() - t_sensor_ns)
+            if tracking is not None:
+                tracking.close()
+    except (OSError, ConnectionError) as error:
+        log.error("%s: %s", spec.name, error)
+        return 1
+    finally:
+        if capture is not None:
+            capture.release()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return node_main(argv, run=run, description=__doc__ or "")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
