@@ -176,6 +176,29 @@ def test_the_page_and_the_offscreen_renderer_share_their_presets() -> None:
         np.testing.assert_allclose(json.loads(match.group(3)), points)
 
 
+def test_a_case_without_a_volume_shows_its_meshes(chromium: object, tmp_path: Path) -> None:
+    """The shipped phantom has no CT: the page draws its meshes, the organ where it is."""
+    from nav.phantom import write_phantom_case
+
+    write_phantom_case(tmp_path)
+    httpd, url = serve(tmp_path)
+    try:
+        console = ConsoleLog()
+        page = _open(chromium, f"{url}/volume/index.html?case=/case/", console)
+        assert "volume none" in page.text_content("#status")
+        case = load_case(tmp_path)
+        organ = next(s for s in case.structures if s.role == "organ")
+        where = page.evaluate(
+            f"window.volumeView.project({json.dumps(organ.mesh.center_mass.tolist())})"
+        )
+        colour = _pixel(page.screenshot(), where["x"], where["y"])
+        assert _cosine(colour, np.array(organ.colour)) > 0.98, colour
+        assert console.errors == []
+        page.close()
+    finally:
+        httpd.shutdown()
+
+
 def test_a_bundle_whose_brick_does_not_match_its_hash_is_an_error_on_the_page(
     chromium: object, tmp_path: Path
 ) -> None:

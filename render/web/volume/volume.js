@@ -178,6 +178,12 @@ export class VolumeView {
     const loader = new PLYLoader();
     for (const s of info.structures || []) {
       const geometry = loader.parse(await (await fetchOk(base + 'models/' + s.mesh)).arrayBuffer());
+      // WebGL has no 64-bit floats: a PLY of doubles (the phantom's) comes as Float64Array
+      for (const [name, attribute] of Object.entries(geometry.attributes)) {
+        if (attribute.array instanceof Float64Array) {
+          geometry.setAttribute(name, new THREE.BufferAttribute(new Float32Array(attribute.array), attribute.itemSize));
+        }
+      }
       if (ras) geometry.scale(-1, -1, 1);
       geometry.computeVertexNormals();
       const colour = colourOf(s.colour);
