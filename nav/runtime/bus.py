@@ -304,7 +304,10 @@ class _Subscriber:
         # (tcp needs CurveZMQ keys), so memory is bounded by what they may send.
         self._max_bytes = max_bytes
         self.endpoints = tuple(endpoints)
-        for endpoint in self.endpoints:
+        # libzmq copies a socket's options at each connect: ipc endpoints connect before
+        # any CURVE key is set on the socket (their servers are not CURVE), and each tcp
+        # one after its own server's key (hosts differ).
+        for endpoint in sorted(self.endpoints, key=lambda e: e.startswith("tcp://")):
             _secure(self._sock, endpoint, keys, server=False)
             self._sock.connect(endpoint)
         for topic in topics:

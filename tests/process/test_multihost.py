@@ -451,6 +451,14 @@ def test_sigkill_of_each_node_on_its_host_is_restarted_and_never_shows_an_old_ov
             assert old == [], f"{victim}: {len(old)} CURRENT updates of pre-kill samples"
         state = sup.nav_state
         assert state is not None and state.needs_verification  # restored, not yet confirmed
+
+        def recorder_saw_both_restarts() -> bool:
+            # A new epoch on pose/sim and on nav/state: the recorder reads both new processes.
+            hb = sup.nodes["recorder"].heartbeat
+            return hb is not None and hb.counters.get("producer_restarts", 0) >= 2
+
+        _tick_until(sup, recorder_saw_both_restarts, 20, "the recorder on both new processes")
+        client.read(sup, 1.0)  # past its 0.5 s flush
         assert sup.nodes["nav"].restarts == 1
     finally:
         client.close()
