@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -76,6 +77,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(_markups_table("fiducials", case.fiducials))
     console.print(_markups_table("targets", case.targets))
+    if case.volume is not None:
+        v = case.volume
+        spacing = " x ".join(f"{s:.3g}" for s in np.linalg.norm(v.T_image_from_ijk[:3, :3], axis=0))
+        console.print(
+            f"volume: {'x'.join(map(str, v.shape))} brick, {spacing} mm voxels, "
+            f"{v.path.relative_to(case.root)} (sha256 {v.sha256[:12]}...)"
+        )
     return 0
 
 

@@ -69,6 +69,7 @@ def test_case_build_on_the_shared_dicom_ct_passes_case_check(cli_build) -> None:
     check = _ornav("case", "check", str(out))
     assert check.returncode == 0, check.stderr
     assert "lesion" in check.stdout and "F-6" in check.stdout
+    assert "volume: 256x256x20 brick, 1.95 x 1.95 x 2 mm voxels" in check.stdout
 
 
 @pytest.mark.slow
