@@ -24,6 +24,7 @@ from rich.table import Table
 from cli.errors import UserError
 from nav.case import CaseError, Markups, bounds_lps, load_case
 from nav.case_build.defaults import DEFAULT_SMOOTHING_ITERATIONS, DEFAULT_TRIANGLE_BUDGET
+from nav.imaging.brick import BrickError
 from nav.phantom import SHIPPED_PHANTOM_DIR, write_phantom_case
 
 log = logging.getLogger("ornav.case")
@@ -79,6 +80,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     console.print(_markups_table("targets", case.targets))
     if case.volume is not None:
         v = case.volume
+        try:
+            v.read()  # the brick's bytes: hash, gzip, size
+        except BrickError as error:
+            raise UserError(str(error)) from None
         spacing = " x ".join(f"{s:.3g}" for s in np.linalg.norm(v.T_image_from_ijk[:3, :3], axis=0))
         console.print(
             f"volume: {'x'.join(map(str, v.shape))} brick, {spacing} mm voxels, "

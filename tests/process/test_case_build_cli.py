@@ -72,6 +72,27 @@ def test_case_build_on_the_shared_dicom_ct_passes_case_check(cli_build) -> None:
     assert "volume: 256x256x20 brick, 1.95 x 1.95 x 2 mm voxels" in check.stdout
 
 
+def test_case_check_refuses_a_tampered_volume_brick(tmp_path: Path) -> None:
+    import gzip
+    import hashlib
+
+    from nav.phantom import write_phantom_case
+
+    write_phantom_case(tmp_path)
+    data = gzip.compress(b"\0" * 16)
+    (tmp_path / "volume").mkdir()
+    (tmp_path / "volume" / "v.u16.gz").write_bytes(gzip.compress(b"\1" * 16))
+    table = (
+        f'[volume]\nfile = "volume/v.u16.gz"\nsha256 = "{hashlib.sha256(data).hexdigest()}"\n'
+        'shape = [2, 2, 2]\ndtype = "uint16"\nhu_offset = -1024.0\n'
+        "T_image_from_ijk = [1.0, 0, 0, 0, 0, 1.0, 0, 0, 0, 0, 1.0, 0, 0, 0, 0, 1.0]\n\n"
+    )
+    toml = (tmp_path / "case.toml").read_text()
+    head, sep, rest = toml.partition("[[structures]]")
+    (tmp_path / "case.toml").write_text(head + table + sep + rest)
+    _assert_one_line_error(_ornav("case", "check", str(tmp_path)), "v.u16.gz: sha256")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # a 12 s demo: about a minute alone, more when loaded
 def test_demo_runs_on_the_case_built_from_the_shared_ct(cli_build, tmp_path: Path) -> None:
