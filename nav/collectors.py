@@ -123,6 +123,20 @@ class SurfaceCollector:
         self._seen_since_last = True
         return True
 
+    def add_cloud(self, points_reference: npt.ArrayLike) -> int:
+        """Add a surface patch seen by a camera (N, 3) mm, reference frame; returns how
+        many points were taken (finite ones, up to ``max_points`` in all).
+
+        A cloud is already spaced (the source downsamples it); it adds no path length and
+        breaks the pointer's path, so the next tip sample is not joined to it.
+        """
+        p = np.asarray(points_reference, dtype=np.float64).reshape(-1, 3)
+        p = p[np.all(np.isfinite(p), axis=1)][: self.max_points - self._n]
+        self._points[self._n : self._n + len(p)] = p
+        self._n += len(p)
+        self._seen_since_last = False
+        return len(p)
+
 
 # --- collecting fiducials with the pointer ----------------------------------------------
 

@@ -1,7 +1,10 @@
 """Navigation node: registers the case to the patient and publishes the navigation state.
 
 Subscribes: ``TrackerFrame`` on ``tracker_topic`` (default ``pose/``, latest-wins) from the
-nodes in its ``subscribe`` list.
+nodes in its ``subscribe`` list, and ``SurfaceCloud`` on ``surface/`` (a stereo or depth
+camera node in that list): during a surface collection a cloud in the reference frame
+joins the traced points (``surface_clouds``; ``surface_clouds_unplaced`` for a camera-frame
+cloud, ``surface_clouds_idle`` outside a collection).
 Publishes:
 - ``nav/state`` (``NavState``): one per new tracker frame, and, when frames stop
   arriving, again every ``state_period_ms`` and at the instant the newest frame turns
@@ -69,6 +72,7 @@ from nav.messages import (
     RejectRegistration,
     Reply,
     StartCollection,
+    SurfaceCloud,
     TrackerFrame,
     VerifyRegistration,
 )
@@ -86,6 +90,7 @@ R = TypeVar("R", bound="_Request")
 
 STATE_TOPIC: Final = "nav/state"
 REGISTRATION_TOPIC: Final = "nav/registration"
+SURFACE_TOPIC_PREFIX: Final = "surface/"
 REGISTRATION_REPUBLISH_S: Final = 1.0
 MAX_SURFACE_POINTS: Final = 20_000
 """Upper bound of ``surface_max_points``: 160 kB of residuals in a ``RegistrationResult``
@@ -310,6 +315,9 @@ class _Ticker:
             self.latency.add(r.t_recv_ns - frame.t_sensor_ns)
             self.session.on_frame(frame)
             self.publish_state(time.monotonic_ns())
+        for r in received:
+            if isinstance(r.message, SurfaceCloud):
+                self.session.on_surface_cloud(r.message)
         now_ns = time.monotonic_ns()
         if not frames and now_ns >= due_ns:
             self.publish_state(now_ns)
@@ -342,7 +350,11 @@ def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
         )
         _serve_session(runtime, session)
         session.restore()
-        sub = bus.LatestSubscriber(spec.subscribe_endpoints, (cfg.tracker_topic,))
+        # Surface clouds (a stereo or depth camera, tracking.stereo_node) join a surface
+        # collection; latest-wins like the poses: a cloud superseded meanwhile is no loss.
+        sub = bus.LatestSubscriber(
+            spec.subscribe_endpoints, (cfg.tracker_topic, SURFACE_TOPIC_PREFIX)
+        )
         runtime.watch(sub.counters)
         ticker = _Ticker(cfg, session, runtime)
         runtime.ready()

@@ -61,6 +61,7 @@ from nav.messages import (
     RejectRegistration,
     Residuals,
     StartCollection,
+    SurfaceCloud,
     SurfaceCompute,
     SurfaceComputeStarted,
     TraceProgress,
@@ -238,6 +239,29 @@ class NavigatorSession:
         recorded = collector.feed(frame.t_sensor_ns, p_ref)
         if recorded is not None:
             self._collected(recorded, "dwell")
+
+    def on_surface_cloud(self, cloud: SurfaceCloud) -> int:
+        """Take a camera's surface patch (``surface/<source>``) into a surface collection;
+        returns the points taken. Only a cloud in the ``reference`` frame can join the
+        pointer's points (a camera-frame cloud is not placed on the patient): counted
+        ``surface_clouds_unplaced``; one outside a surface collection ``surface_clouds_idle``.
+        """
+        collector = self.collector
+        if cloud.frame != "reference":
+            self.counters["surface_clouds_unplaced"] += 1
+            return 0
+        if not isinstance(collector, SurfaceCollector):
+            self.counters["surface_clouds_idle"] += 1
+            return 0
+        taken = collector.add_cloud(cloud.points_mm)
+        self.counters["surface_clouds"] += 1
+        self.counters["surface_points_collected"] += taken
+        if collector.progress.full:
+            log.warning(
+                "surface collection full (%d points): compute, or start over",
+                collector.max_points,
+            )
+        return taken
 
     def state(self, now_ns: int) -> NavState:
         """The navigation state at ``now_ns`` (host monotonic clock)."""
