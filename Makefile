@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/registration.py
 	$(BIN)/python bench/headset.py
 	$(BIN)/python bench/validate.py
+	$(BIN)/python bench/stereo.py
 	$(BIN)/python bench/web.py
 	# CURVE's cost on the pose path, a stranger's flood, handshakes, a 10-minute soak
 	# (--soak-s 3600 for the hour).
