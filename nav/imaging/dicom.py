@@ -201,8 +201,7 @@ def read_dicom_series(
             "the spacing is taken from the positions"
         )
 
-    slices = []
-    integral = True
+    slices: list[npt.NDArray[Any]] = []
     for n, header in enumerate(headers):
         try:
             dataset = pydicom.dcmread(header.path)
@@ -215,14 +214,20 @@ def read_dicom_series(
             raise ImagingError(header.path, f"pixels {pixels.shape}, header says {(rows, cols)}")
         slope = float(dataset.get("RescaleSlope", 1.0))
         intercept = float(dataset.get("RescaleIntercept", 0.0))
-        integral &= slope == round(slope) and intercept == round(intercept)
         # pixel_array is [row, column]; the volume is [i = column, j = row, k = slice].
-        slices.append(pixels.T.astype(np.float32) * np.float32(slope) + np.float32(intercept))
+        hu = pixels.T.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+        # HU as int16 where exact (whole slope and intercept, in range): half the memory
+        exact = slope == round(slope) and intercept == round(intercept)
+        if exact and hu.min() >= -32768 and hu.max() <= 32767:
+            slices.append(hu.astype(np.int16))
+        else:
+            slices.append(hu)
         if progress is not None:
             progress(n + 1, len(headers))
-    array: npt.NDArray[Any] = np.stack(slices, axis=2)
-    if integral and array.min() >= -32768 and array.max() <= 32767:
-        array = array.astype(np.int16)
+    if all(s.dtype == np.int16 for s in slices):
+        array: npt.NDArray[Any] = np.stack(slices, axis=2)
+    else:
+        array = np.stack([s.astype(np.float32) for s in slices], axis=2)
 
     T = np.eye(4)
     T[:3, 0] = row_dir * pixel_spacing[1]

@@ -274,3 +274,15 @@ def test_dicom_orientation_and_slice_order_map_each_pixel_to_its_position(
         expected = origin + k * step * normal + i * dx * r + j * dy * c
         np.testing.assert_allclose(volume.ijk_to_lps([[i, j, k]])[0], expected, atol=1e-9)
         assert volume.array[i, j, k] == pixels[k][j, i]
+
+
+def test_a_fractional_rescale_slope_gives_float_hounsfield_units(tmp_path: Path) -> None:
+    """RescaleSlope 0.5 on one slice: that slice's HU are halves, the volume float32."""
+    files = _copy_series(tmp_path, n=3)
+    raw = pydicom.dcmread(files[1]).pixel_array.astype(np.float64)
+    _edit(files[1], RescaleSlope=0.5, RescaleIntercept=-512.25)
+    volume = read_volume(files[0].parent)
+    assert volume.array.dtype == np.float32
+    z = [float(pydicom.dcmread(f).ImagePositionPatient[2]) for f in files]
+    k = sorted(z).index(z[1])  # the edited slice's place along the normal (+S)
+    np.testing.assert_allclose(volume.array[:, :, k], (raw * 0.5 - 512.25).T)
