@@ -376,8 +376,8 @@ def test_tracker_sigkill_goes_stale_then_hidden_on_the_page_clock_and_recovers(
 ) -> None:
     open_live(page, web)
     tracker = web.stack.tracker
+    page.evaluate("ornav.transitions.length = 0")  # before CURRENT: a flap is kept too
     wait_js(page, "ornav.overlay.state === 'CURRENT'")
-    page.evaluate("ornav.transitions.length = 0")
     tracker.process.send_signal(signal.SIGKILL)
     tracker.process.wait()
     try:
@@ -394,9 +394,12 @@ def test_tracker_sigkill_goes_stale_then_hidden_on_the_page_clock_and_recovers(
     assert stale["state"] == "STALE", transitions
     if stale["t_sensor_ns"] == last["t_sensor_ns"]:
         # Ages on the page's own clock (via its offset estimate): the rule makes the lower
-        # bounds exact; the upper ones allow for a busy machine (a 10 ms timer).
-        assert 100.0 < stale["age_ms"] < 100.0 + 150.0, stale
-    assert 300.0 < hidden["age_ms"] < 300.0 + 150.0, hidden
+        # bounds exact (never early). The upper ones only catch a page that never decides:
+        # on an idle machine it decides within ~5 ms (a 10 ms timer), but a saturated one
+        # can hold the page's main thread for hundreds of ms.
+        assert 100.0 < stale["age_ms"] < 100.0 + 600.0, stale
+    assert 300.0 < hidden["age_ms"] < 300.0 + 600.0, hidden
+    print(f"page: STALE at {stale['age_ms']:.1f} ms, HIDDEN at {hidden['age_ms']:.1f} ms")
     assert stale["t_ms"] < hidden["t_ms"]
     assert hidden["reason"], hidden  # the banner says why
     wait_js(page, "ornav.overlay.state === 'CURRENT'", timeout_s=20.0)
@@ -514,6 +517,17 @@ def test_immersive_ar_draws_the_tumour_world_locked_where_the_registration_puts_
         u3, v3 = _project(moved_views, target + [250.0, 0.0, 0.0])
         (there,) = page.evaluate(f"ornav.readPixelsWhenCurrent([[{u3}, {v3}]])")
         page.screenshot(path="/tmp/ornav_web_ar.png")
+        # Alerts are head-locked in AR (the DOM is not seen there): the oldest unacknowledged
+        # one is drawn under the status line, and the controller's trigger acknowledges it.
+        # (NEEDS_VERIFICATION stands for a late joiner; a loaded machine may add others.)
+        wait_js(page, "ornav.alerts.size > 0")
+        oldest = page.evaluate("ornav.alerts.keys().next().value")
+        code = page.evaluate(f"ornav.alerts.get('{oldest}').code")
+        wait_js(page, f"ornav.headLockedAlert === '{code}'")
+        page.evaluate("xrDevice.controllers.right.updateButtonValue('trigger', 1)")
+        time.sleep(0.3)
+        page.evaluate("xrDevice.controllers.right.updateButtonValue('trigger', 0)")
+        wait_js(page, f"!ornav.alerts.has('{oldest}')", timeout_s=5.0)
         # The headset registration's collection reaches the render node and its answer
         # comes back to the page (this stack has no marker on a controller: refused so).
         page.evaluate("ornav.registerHeadset(1.0)")

@@ -96,10 +96,10 @@ let fitted = false;
 
 // Head-locked status line for AR: a canvas texture 0.6 m ahead, slightly below the gaze.
 const statusCanvas = document.createElement('canvas');
-statusCanvas.width = 1024; statusCanvas.height = 96;
+statusCanvas.width = 1024; statusCanvas.height = 192;  // status line; the oldest alert
 const statusTexture = new THREE.CanvasTexture(statusCanvas);
 const headLocked = new THREE.Mesh(
-  new THREE.PlaneGeometry(0.5, 0.047),
+  new THREE.PlaneGeometry(0.5, 0.094),
   new THREE.MeshBasicMaterial({ map: statusTexture, transparent: true, depthTest: false }),
 );
 headLocked.position.set(0, -0.12, -0.6);
@@ -246,6 +246,7 @@ function onAlert(body) {
   const key = `${body.session}:${body.alert_id}`;
   if (state.alerts.has(key) || (state.acked && state.acked.has(key))) return;  // a resend
   state.alerts.set(key, body);
+  redrawHeadLocked();
   state.alertsShown += 1;
   const div = document.createElement('div');
   div.className = `alert ${body.severity}`;
@@ -258,6 +259,9 @@ function onAlert(body) {
   button.onclick = () => acknowledge(key);
   div.append(text, button);
   document.getElementById('alerts').appendChild(div);
+  // INFO (recovered, registration accepted) goes by itself after 5 s; warnings and
+  // critical alerts stay until someone acknowledges them.
+  if (body.severity === 'INFO') setTimeout(() => acknowledge(key), 5000);
 }
 
 function acknowledge(key) {
@@ -269,6 +273,7 @@ function acknowledge(key) {
   state.acked.add(key);
   const div = document.querySelector(`#alerts [data-key="${key}"]`);
   if (div) div.remove();
+  redrawHeadLocked();
 }
 state.acknowledgeAll = () => [...state.alerts.keys()].forEach(acknowledge);
 
@@ -435,7 +440,7 @@ function showStatus(overlay, now) {
     ['registration', u ? String(u.registration_id) : '-'],
     ['predicted TRE', u && Number.isFinite(u.predicted_tre_mm) ? `${u.predicted_tre_mm.toFixed(2)} mm` : '-'],
     ['pose age', age],
-    ['clock offset', Number.isFinite(state.offsetErrorMs) ? `${state.offsetMs.toFixed(1)} ± ${state.offsetErrorMs.toFixed(2)} ms` : '-'],
+    ['clock sync', Number.isFinite(state.offsetErrorMs) ? `± ${state.offsetErrorMs.toFixed(2)} ms (${state.clockSamples} pings)` : '-'],
     ['updates', `${state.applied} applied, ${state.superseded} superseded`],
     ['headset registration', state.xrRegistrationError ? `refused: ${state.xrRegistrationError}`
       : Number.isFinite(state.xrHeld) ? `residual ${state.xrHeld.toFixed(2)} mm` : 'default'],
@@ -464,16 +469,31 @@ function fillTable(id, rows) {
   }));
 }
 
+// Head-locked in AR: the status line, and below it the oldest alert not yet acknowledged
+// (the trigger acknowledges it); the DOM alerts are not seen inside an immersive session.
 function drawHeadLocked(text, overlayState) {
+  state.headLockedText = text;
   const g = statusCanvas.getContext('2d');
   g.clearRect(0, 0, statusCanvas.width, statusCanvas.height);
   g.fillStyle = { CURRENT: '#0a3d1ccc', STALE: '#5a3c00cc', HIDDEN: '#5a0f0fcc' }[overlayState];
-  g.fillRect(0, 0, statusCanvas.width, statusCanvas.height);
+  g.fillRect(0, 0, statusCanvas.width, 96);
   g.fillStyle = { CURRENT: '#5fe08a', STALE: '#ffb000', HIDDEN: '#ff6a6a' }[overlayState];
   g.font = 'bold 40px system-ui, sans-serif';
   g.fillText(text.slice(0, 60), 16, 62);
+  const alert = state.alerts.values().next().value;
+  state.headLockedAlert = alert ? alert.code : '';
+  if (alert) {
+    g.fillStyle = { CRITICAL: '#5a0f0fee', WARNING: '#5a3c00ee', INFO: '#0a3d1cee' }[alert.severity];
+    g.fillRect(0, 96, statusCanvas.width, 96);
+    g.fillStyle = '#ffffff';
+    g.font = 'bold 34px system-ui, sans-serif';
+    g.fillText(`${alert.severity}: ${alert.text}`.slice(0, 62), 16, 140);
+    g.font = '26px system-ui, sans-serif';
+    g.fillText('trigger: acknowledge', 16, 178);
+  }
   statusTexture.needsUpdate = true;
 }
+function redrawHeadLocked() { drawHeadLocked(state.banner || '', state.overlay.state); }
 
 // --- immersive-ar (Quest 3 passthrough; iwer in tests) ---------------------------------
 async function enterAR() {
@@ -493,6 +513,10 @@ async function enterAR() {
   });
   // The headset registration from inside AR: squeeze the right controller's grip (the
   // controller with the tracked marker), then wave it through wide turns for 10 s.
+  session.addEventListener('select', () => {
+    const oldest = state.alerts.keys().next().value;
+    if (oldest) acknowledge(oldest);
+  });
   session.addEventListener('squeezestart', (event) => {
     if (event.inputSource.handedness === 'right' && !collecting) state.registerHeadset(10, 'right');
   });
