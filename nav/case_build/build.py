@@ -57,6 +57,8 @@ from nav.phantom import markups_json
 log = logging.getLogger(__name__)
 
 DEFAULT_FIDUCIALS: Final = 6
+AIR_HU_ABOVE: Final = -500.0
+"""A CT's darkest percent of voxels is air, about -1000 HU; above this it is not HU."""
 REPORT_FILE: Final = "build_report.json"
 _VESSEL_NAMES: Final = re.compile(r"vein|vena|aorta|arter|vessel|portal|hepatic_v", re.I)
 # Colours a surgeon expects: veins blue, arteries red, organs their own.
@@ -290,6 +292,15 @@ def build_case(spec: BuildSpec, *, progress: Callable[[str], None] = log.info) -
             ),
         )
         warnings += ct.warnings
+        if ct.kind != "ct":  # NIfTI and NRRD carry no modality: look at the values
+            p1 = float(np.percentile(np.asarray(ct.array, dtype=np.float32), 1))
+            if p1 > AIR_HU_ABOVE:
+                warning = (
+                    f"{spec.image}: 1 % of voxels are below {p1:.0f}, but a CT's air is about "
+                    "-1000 HU: is this a CT in Hounsfield units? (the brick assumes so)"
+                )
+                warnings.append(warning)
+                log.warning("%s", warning)
         progress(
             f"image {ct.shape[0]}x{ct.shape[1]}x{ct.shape[2]}, spacing "
             f"{' x '.join(f'{s:.3g}' for s in ct.spacing_mm)} mm ({ct.kind})"

@@ -323,3 +323,21 @@ def test_an_oversized_ct_is_refused_before_reading_and_nothing_is_written(
     with pytest.raises(BuildError, match="over the limit"):
         build_case(_spec(small_pair, out, image=huge), progress=lambda _: None)
     _assert_nothing_written(out)
+
+
+def test_an_image_that_is_not_in_hounsfield_units_is_warned_about(small_pair, tmp_path) -> None:
+    """A NIfTI carries no modality: an MR-like image (0..600, no air at -1000) is built with
+    a warning; the CT of the same shape is not."""
+    ct_path, _ = small_pair
+    ct = nib.load(ct_path)
+    mr = np.asarray(ct.dataobj).astype(np.int16) + 1000  # air 0, tissue 1060
+    image = nib.Nifti1Image(mr, ct.affine)
+    image.set_sform(ct.affine, code=1)
+    nib.save(image, tmp_path / "mr.nii.gz")
+    result = build_case(
+        _spec(small_pair, tmp_path / "mr_case", image=tmp_path / "mr.nii.gz"),
+        progress=lambda _: None,
+    )
+    assert any("is this a CT in Hounsfield units?" in w for w in result.warnings)
+    ok = build_case(_spec(small_pair, tmp_path / "ct_case"), progress=lambda _: None)
+    assert not any("Hounsfield" in w for w in ok.warnings)
