@@ -4,7 +4,9 @@
 ``ornav case build --image CT --labels SEG --structures liver=5,... --out CASE`` builds a
 case from a CT (DICOM folder, NIfTI, NRRD) and its segmentation (``nav.case_build``) and
 prints each mesh's checks (volume against voxels, Hausdorff distance to the label
-boundary); ``ornav case check DIR`` loads a case (``nav.case``) and prints what is in it.
+boundary); ``ornav case view DIR`` serves the CT volume page (``render/web/volume``)
+for it on localhost; ``ornav case check DIR`` loads a case (``nav.case``) and prints
+what is in it.
 A broken case or input is one line ``ornav: <file>: <problem>`` and exit code 2
 (``CaseError``, ``BuildError`` re-raised as ``cli.errors.UserError``); a failed build
 leaves no bundle.
@@ -160,6 +162,57 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _view_handler(web_root: Path, case_dir: Path) -> type:
+    """Static files from ``web_root``; ``/case/...`` from the case folder (nothing outside)."""
+    import http.server
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(web_root), **kwargs)
+
+        def translate_path(self, path: str) -> str:
+            clean = path.split("?", 1)[0].split("#", 1)[0]
+            if clean.startswith("/case/"):
+                target = (case_dir / clean[len("/case/") :]).resolve()
+                return str(target) if target.is_relative_to(case_dir) else "/nonexistent"
+            return super().translate_path(path)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the stdlib's name)
+            log.debug(format, *args)
+
+    return Handler
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    import http.server
+
+    case_dir = Path(args.case_dir).resolve()
+    try:
+        case = load_case(case_dir)
+    except CaseError as error:
+        raise UserError(str(error)) from None
+    web_root = Path(__file__).resolve().parent.parent / "render" / "web"
+    if not (web_root / "node_modules" / "three").is_dir():
+        raise UserError(f"{web_root}/node_modules/three: missing; run make setup (npm ci)")
+    try:
+        server = http.server.ThreadingHTTPServer(
+            (args.host, args.port), _view_handler(web_root, case_dir)
+        )
+    except OSError as error:
+        raise UserError(f"cannot listen on {args.host}:{args.port}: {error.strerror}") from None
+    host, port = str(server.server_address[0]), int(server.server_address[1])
+    # The URL is the one line a script or a user needs; it goes to stdout, flushed.
+    print(f"http://{host}:{port}/volume/index.html?case=/case/", flush=True)
+    log.info("serving case %r from %s; Ctrl-C stops", case.name, case_dir)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def add_case_parser(commands: Any) -> None:
     """Register ``ornav case phantom|check`` on ``commands`` (an argparse subparsers object)."""
     case = commands.add_parser(
@@ -230,6 +283,14 @@ def add_case_parser(commands: Any) -> None:
     )
     build.add_argument("--force", action="store_true", help="replace a non-empty --out")
     build.set_defaults(func=cmd_build)
+
+    view = actions.add_parser(
+        "view", help="serve the CT volume page for a case on this machine (HTTP, localhost)"
+    )
+    view.add_argument("case_dir", help="a case folder (holding case.toml)")
+    view.add_argument("--host", default="127.0.0.1", help="address (default %(default)s)")
+    view.add_argument("--port", type=int, default=8000, help="0: any free port (default 8000)")
+    view.set_defaults(func=cmd_view)
 
     check = actions.add_parser("check", help="load a case, print its structures and markups")
     check.add_argument("case_dir", help="a case folder (holding case.toml)")

@@ -232,3 +232,34 @@ def test_a_bundle_whose_brick_does_not_match_its_hash_is_an_error_on_the_page(
         page.close()
     finally:
         httpd.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ornav_case_view_serves_the_page_for_a_case(chromium: object, ct_case: Path) -> None:
+    """``ornav case view CASE --port 0`` prints the page's URL; the page loads the case."""
+    import sys
+
+    from nav.runtime.process import ChildProcess
+
+    child = ChildProcess(
+        name="case-view",
+        argv=[sys.executable, "-m", "cli.main", "case", "view", str(ct_case), "--port", "0"],
+        env=None,
+        cwd=REPO,
+        stdout="pipe",
+        stderr=None,
+        sigint_timeout_s=5.0,
+        sigterm_timeout_s=5.0,
+    )
+    child.start()
+    try:
+        url = child.wait_ready("http://", 60.0).strip()
+        console = ConsoleLog()
+        page = _open(chromium, url, console)
+        assert "volume 256x256x20" in page.text_content("#status")
+        assert console.errors == []
+        page.close()
+    finally:
+        code = child.stop()
+    assert code == 0  # Ctrl-C (SIGINT) is a clean stop
