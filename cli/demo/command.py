@@ -73,6 +73,7 @@ from cli.demo.sim_registration import (
     SimRegistration,
     send,
 )
+from cli.demo.sim_xr import SimXrWorld, XrRegistrationRun, with_xr_registration
 from cli.errors import UserError
 from nav.case import Case, CaseError, load_case
 from nav.messages import NavState, NavStatus, OccludeTool, PointerRest, PointerTouch
@@ -102,6 +103,7 @@ STEP_PERIOD_S = 0.1  # how often the scenario polls the nav node (an operator's 
 # casting if that takes over 5 s) and writes its summary: ~6 s on a 2-core machine without
 # a GPU. Past its duration plus this, it is stopped.
 HEADSET_EXIT_GRACE_S = 60.0
+XR_COLLECTION_S = 8.0  # --xr-registration: the controller waved this long
 MONITOR_URL_TIMEOUT_S = 5.0  # the bridge writes it before READY: this is only a margin
 # Stopping it: SIGINT asks it to finish (snapshot and summary: the time above), SIGTERM
 # again, SIGKILL as a last resort.
@@ -594,6 +596,15 @@ def summary_table(summary: dict[str, Any]) -> Table:
             f"receive p50 {receive['p50']:.1f} / p99 {receive['p99']:.1f} ms, drawn p50 "
             f"{drawn['p50']:.1f} / p99 {drawn['p99']:.1f} ms ({len(browser['clients'])} pages)",
         )
+    xr = summary.get("xr_registration")
+    if xr:
+        table.add_row(
+            "headset registration",
+            f"{xr['outcome']}: residual {xr['rms_mm']:.2f} mm, {xr['error_at_patient_mm']:.1f} mm "
+            f"from the simulated truth ({xr['poses']} poses)"
+            if xr.get("outcome") == "accepted"
+            else f"[red]{xr.get('outcome')}: {xr.get('reason', '')}[/]",
+        )
     if summary.get("monitor_url"):
         table.add_row("monitor page", str(summary["monitor_url"]))
     table.add_row("recording", str(summary["recording"]))
@@ -685,6 +696,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         try:
             launch = load(launch_path, run_dir=run_dir.resolve(), ipc_dir=ipc_dir)
+            if getattr(args, "xr_registration", False):  # cli/demo/sim_xr.py
+                launch = with_xr_registration(launch)
             if args.case:  # another case bundle, e.g. one built from a CT (cli/demo/case_option.py)
                 launch = with_case(launch, args.case)
             stack = demo_stack(launch)
@@ -719,6 +732,17 @@ class DemoRun:
         self.live_display = tty and not args.no_progress
         self.stop_requested: list[str] = []
         self.open_browser = bool(getattr(args, "open", False))
+        tracker_pub = stack.nodes["tracker"].pub
+        self.xr_registration = (
+            XrRegistrationRun(
+                tracker_pub=tracker_pub,
+                headset_endpoint=stack.headset_endpoint,
+                seconds=XR_COLLECTION_S,
+                world=SimXrWorld(),
+            )
+            if getattr(args, "xr_registration", False) and tracker_pub
+            else None
+        )
         self.monitor_url = ""
         self.supervisor = Supervisor(stack.launch)
         self.headset = HeadsetProcess(
@@ -768,6 +792,8 @@ class DemoRun:
             self._announce_monitor()
             recording = self._recording_path(recorder)
             self.headset.start()
+            if self.xr_registration is not None:
+                self.xr_registration.start()
             if self.live_display:
                 live = Live(console=self.console, refresh_per_second=4, transient=False)
                 live.start()
@@ -916,6 +942,8 @@ class DemoRun:
                 browser["receive_latency_ms"]["p99"],
                 browser["applied_latency_ms"]["p50"],
             )
+        if self.xr_registration is not None:
+            summary["xr_registration"] = self.xr_registration.join(XR_COLLECTION_S + 25.0)
         if self.monitor_url:
             summary["monitor_url"] = self.monitor_url.split("#", 1)[0]  # never the token
         if self.headset.pid is not None:
@@ -952,6 +980,12 @@ def add_demo_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
     )
     parser.add_argument(
         "--no-progress", action="store_true", help="no live display: one log line per phase"
+    )
+    parser.add_argument(
+        "--xr-registration",
+        action="store_true",
+        help="also run the headset registration, simulated: a headset world that drifts, its "
+        "controller marker waved (cli/demo/sim_xr.py); the summary reports it",
     )
     parser.add_argument(
         "--open",
