@@ -3,7 +3,6 @@ from the shared CT: the meshes land on the CT where they are, no console errors.
 
 from __future__ import annotations
 
-import functools
 import http.server
 import io
 import json
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cli.case import _view_handler
 from nav.case import load_case
 from tests.browser import ConsoleLog
 from tests.conftest import REPO
@@ -23,26 +23,10 @@ WEB = REPO / "render" / "web"
 SCREENSHOTS = Path("/tmp/ornav-volume-page")
 
 
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    """render/web as the root; /case/ is the case bundle."""
-
-    case_dir: Path = Path()
-
-    def translate_path(self, path: str) -> str:
-        clean = path.split("?", 1)[0].split("#", 1)[0]
-        if clean.startswith("/case/"):
-            target = (self.case_dir / clean[len("/case/") :]).resolve()
-            return str(target) if target.is_relative_to(self.case_dir.resolve()) else "/nonexistent"
-        return super().translate_path(path)
-
-    def log_message(self, *args: object) -> None:  # quiet
-        pass
-
-
 def serve(case_dir: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
-    handler = type("Handler", (_Handler,), {"case_dir": case_dir})
+    """The page's server as ``ornav case view`` runs it, in a thread, on a free port."""
     server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(handler, directory=str(WEB))
+        ("127.0.0.1", 0), _view_handler(WEB, case_dir.resolve())
     )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}"
