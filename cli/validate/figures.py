@@ -192,17 +192,22 @@ def registration_errors(doc: dict[str, Any]) -> Figure | None:
     )
     axes[0].set_ylabel("TRE at target (mm)")
     axes[0].legend(fontsize=6)
+    # fiducial labels as categories of our own (matplotlib guesses at "1", "2": numbers)
+    order: list[str] = []
+    for _label, r in rows:
+        order += [f for f in r.get("fiducial_labels") or [] if f not in order]
     for label, r in rows:
         errors = [e for e in r.get("fiducial_errors_mm", []) if e is not None]
-        labels = r.get("fiducial_labels") or [str(i + 1) for i in range(len(errors))]
+        labels = r.get("fiducial_labels") or []
         if errors and len(labels) == len(errors):
             axes[1].plot(
-                labels,
+                [order.index(f) for f in labels],
                 errors,
                 marker="o",
                 linewidth=0.8,
                 label=f"{label} (FRE {r['fre_mm']:.3f} mm)",
             )
+    axes[1].set_xticks(range(len(order)), order)
     axes[1].set_ylabel("fiducial residual (mm)")
     axes[1].tick_params(axis="x", labelsize=7, rotation=20)
     axes[1].legend(fontsize=6)

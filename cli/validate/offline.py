@@ -9,8 +9,8 @@ each rest touched (matched without a prior). Then, with the same code the nav no
   targets, true TRE where the recording carries a ground truth);
 - ``surface``: rigid surface ICP of the tip samples that ran along the organ (runs within
   ``SURFACE_NEAR_MM`` of it under the points result, each at least ``MIN_TRACE_RUN_MM``
-  long, every ``surface_spacing_mm``), from the points result; only with at least
-  ``MIN_SURFACE_POINTS`` of them;
+  long and ``MIN_TRACE_WIDTH_MM`` wide, every ``surface_spacing_mm``), from the points
+  result; only with at least ``MIN_SURFACE_POINTS`` of them;
 - ``deformable``: the deformable fit of the same points from the surface result (only
   where that converged: points that rigid ICP cannot fit are no trace to deform onto).
 
@@ -51,6 +51,7 @@ from nav.validation.touches import Dwells, find_dwells, match_fiducials
 
 SURFACE_NEAR_MM = 2.0  # a tip sample this close to the organ counts as tracing it
 MIN_TRACE_RUN_MM = 20.0  # path along the surface that makes a trace, not a crossing
+MIN_TRACE_WIDTH_MM = 10.0  # its spread across its main direction: an area, not a line
 TARGET_TOUCH_MM = 5.0  # a rest this close to a target (accepted registration) touched it
 DEFAULT_SURFACE_SPACING_MM = 2.0
 
@@ -175,8 +176,10 @@ def _surface_points(p_tip: FloatArray, setup: Setup, T_reference_from_image: Mat
     """The traced organ surface: runs of consecutive tip samples within ``SURFACE_NEAR_MM``
     of the organ that cover ``MIN_TRACE_RUN_MM`` of path or more, thinned by the spacing.
 
-    A run that short is a crossing (the tip going in to a target) or a touch, not a trace:
-    fed to ICP they let the model slide along the organ.
+    A run that short is a crossing (the tip going in to a target) or a touch, not a trace;
+    a run narrower than ``MIN_TRACE_WIDTH_MM`` across its main direction is the pointer
+    moving between fiducials along the organ, a line: fed to ICP either lets the model
+    slide or roll.
     """
     assert setup.case is not None
     organ = surface_structure(setup.case).mesh
@@ -198,6 +201,8 @@ def _surface_points(p_tip: FloatArray, setup: Setup, T_reference_from_image: Mat
         run = p_tip[start:end]
         if np.sum(np.linalg.norm(np.diff(run, axis=0), axis=1)) < MIN_TRACE_RUN_MM:
             continue
+        if _width_mm(run) < MIN_TRACE_WIDTH_MM:
+            continue  # a line along the organ: the model could roll about it
         collector.feed(None)  # a new run: no path across the gap
         for point in run:
             collector.feed(point)
@@ -370,6 +375,16 @@ def _touched_targets(
         if d.min() <= TARGET_TOUCH_MM:
             out[label] = float(d.min())
     return out
+
+
+def _width_mm(points: FloatArray) -> float:
+    """Extent (mm) of ``points`` along their second principal axis."""
+    centred = points - points.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    if len(vt) < 2:
+        return 0.0
+    along = centred @ vt[1]
+    return float(along.max() - along.min())
 
 
 def _nearest_vertex_values(

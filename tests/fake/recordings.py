@@ -49,7 +49,7 @@ def write_touch_session(
     trace: bool = False,
 ) -> Path:
     """Write the session (see the module docstring); returns ``path``. ``trace``: then
-    trace the organ along two half belts (its exposed side) at 20 mm/s, tip on the surface."""
+    trace the organ's anterior face (a raster) at 20 mm/s, tip on the surface."""
     rng = np.random.default_rng(seed)
     case = load_case(SHIPPED_PHANTOM_DIR)
     fiducials = case.fiducials.points_lps[:n_fiducials]
@@ -64,10 +64,12 @@ def write_touch_session(
             path_points.append(frm + u * (stop - frm) + lift)
         path_points += [stop] * int(1.0 * RATE_HZ)
     if trace:
-        for belt in _belts(case):
-            lead_in = np.linspace(path_points[-1], apply(T_tracker_from_image, belt[:1])[0], 30)
+        for trace_image in _traces(case):
+            lead_in = np.linspace(
+                path_points[-1], apply(T_tracker_from_image, trace_image[:1])[0], 30
+            )
             path_points += list(lead_in)
-            path_points += list(apply(T_tracker_from_image, belt))
+            path_points += list(apply(T_tracker_from_image, trace_image))
     metadata: dict[str, str] = {}
     launch = LAUNCH.format(truth=[float(v) for v in TRUTH.reshape(-1)])
     mono0 = 10_000_000_000
@@ -106,25 +108,16 @@ def write_touch_session(
     return path
 
 
-def _belts(case: object) -> list[np.ndarray]:
-    """Two half belts around the organ (across x and across z), ordered along the surface,
-    resampled every 20 mm/s / 60 Hz = 0.33 mm: a continuous trace in the image frame."""
-    organ = next(s for s in case.structures if s.role == "organ")  # type: ignore[attr-defined]
-    v = np.asarray(organ.mesh.vertices)
-    centre = v.mean(axis=0)
-    belts = []
-    for axis in (2, 0):
-        near = v[np.abs(v[:, axis] - centre[axis]) < 1.5]
-        a, b = [k for k in range(3) if k != axis]
-        angle = np.arctan2(near[:, b] - centre[b], near[:, a] - centre[a])
-        half = near[(angle > 0.2) & (angle < np.pi - 0.2)]
-        order = np.argsort(np.arctan2(half[:, b] - centre[b], half[:, a] - centre[a]))
-        ring = half[order]
-        step = np.linalg.norm(np.diff(ring, axis=0), axis=1)
-        s = np.concatenate([[0.0], np.cumsum(step)])
-        samples = np.arange(0.0, s[-1], 20.0 / RATE_HZ)
-        belts.append(np.stack([np.interp(samples, s, ring[:, k]) for k in range(3)], axis=1))
-    return belts
+def _traces(case: object) -> list[np.ndarray]:
+    """The organ's anterior face traced as a raster (``tests/process/test_nav_surface``),
+    resampled every 20 mm/s / 60 Hz = 0.33 mm: one continuous trace, image frame."""
+    from tests.process.test_nav_surface import anterior_patch_image
+
+    raster = anterior_patch_image(case, step_mm=1.0)  # type: ignore[arg-type]
+    step = np.linalg.norm(np.diff(raster, axis=0), axis=1)
+    s = np.concatenate([[0.0], np.cumsum(step)])
+    samples = np.arange(0.0, s[-1], 20.0 / RATE_HZ)
+    return [np.stack([np.interp(samples, s, raster[:, k]) for k in range(3)], axis=1)]
 
 
 def reference_from_image_truth() -> np.ndarray:

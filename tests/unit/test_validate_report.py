@@ -53,8 +53,9 @@ def test_offline_surface_and_deformable_run_on_a_trace(tmp_path: Path) -> None:
     for name in ("surface", "deformable"):
         assert methods[name].registration is not None, methods[name].reason
         assert methods[name].n_points >= 100
-    assert methods["surface"].registration.true_tre_mm.max() < 3.0
-    assert methods["deformable"].registration.true_tre_mm.max() < 1.5
+    # a raster over the anterior face, tip exactly on the surface: the truth, nearly
+    assert methods["surface"].registration.true_tre_mm.max() < 0.5  # measured 0.06 mm
+    assert methods["deformable"].registration.true_tre_mm.max() < 1.0  # measured 0.29 mm
 
 
 def test_report_holds_every_figure_and_judges_the_limits(touches: Path, tmp_path: Path) -> None:
