@@ -17,7 +17,7 @@
 4. Soak (``--soak-s``, 0 to skip): the CURVE stack (tracker 400 Hz -> nav -> render) with a
    headset session and scene subscriber here for that long: node memory (RSS) at start and
    end, samples lost at the client (seq gaps), latency p50/p99 in the first and the last
-   minute (drift).
+   minute (drift), and every minute's p50/p99 with its frame count.
 
 Figures only, no pass/fail: the numbers go in the notes (docs/security.md).
 """
@@ -462,6 +462,12 @@ def bench_soak(work: Path, keys: Path, *, seconds: float) -> dict[str, Any]:
         "rss_growth_mb": {k: round(rss1[k] - rss0[k], 1) for k in rss0},
         "latency_first_minute_ms": _pct(first),
         "latency_last_minute_ms": _pct(last),
+        # Every minute's p50/p99 and frame count: drift rises minute after minute, a busy
+        # machine shows as a dip in frames with it.
+        "latency_by_minute_ms": [
+            {"p50": p["p50"], "p99": p["p99"], "frames": p["n"]}
+            for p in (_pct(m) for m in minutes if m)
+        ],
     }
 
 
