@@ -265,6 +265,7 @@ def _tick_until(sup: Supervisor, done: Callable[[], bool], timeout_s: float, wha
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # three stacks' start-up on a shared 2-core machine
 def test_three_hosts_share_one_secured_stack_and_survive_a_host_dying(
     tmp_path: Path,
     ipc_dir: Path,
@@ -387,6 +388,7 @@ def test_a_multi_host_file_refuses_ipc_across_hosts_and_a_wrong_host(tmp_path: P
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # three stacks' start-up on a shared 2-core machine
 def test_sigkill_of_each_node_on_its_host_is_restarted_and_never_shows_an_old_overlay(
     tmp_path: Path,
     ipc_dir: Path,

@@ -164,6 +164,7 @@ class _Session:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # three stacks' start-up on a shared 2-core machine
 def test_only_allowed_keys_get_the_stream_and_a_headset_session_others_are_counted(
     tmp_path: Path, ipc_dir: Path, keys: KeyStore, supervisors: list[Supervisor]
 ) -> None:
