@@ -162,7 +162,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _view_handler(web_root: Path, case_dir: Path) -> type:
+def view_handler(web_root: Path, case_dir: Path) -> type:
     """Static files from ``web_root``; ``/case/...`` from the case folder (nothing outside)."""
     import http.server
 
@@ -196,7 +196,7 @@ def cmd_view(args: argparse.Namespace) -> int:
         raise UserError(f"{web_root}/node_modules/three: missing; run make setup (npm ci)")
     try:
         server = http.server.ThreadingHTTPServer(
-            (args.host, args.port), _view_handler(web_root, case_dir)
+            (args.host, args.port), view_handler(web_root, case_dir)
         )
     except OSError as error:
         raise UserError(f"cannot listen on {args.host}:{args.port}: {error.strerror}") from None

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli.case import _view_handler
+from cli.case import view_handler
 from nav.case import load_case
 from tests.browser import ConsoleLog
 from tests.conftest import REPO
@@ -26,7 +26,7 @@ SCREENSHOTS = Path("/tmp/ornav-volume-page")
 def serve(case_dir: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
     """The page's server as ``ornav case view`` runs it, in a thread, on a free port."""
     server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), _view_handler(WEB, case_dir.resolve())
+        ("127.0.0.1", 0), view_handler(WEB, case_dir.resolve())
     )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}"
