@@ -7,8 +7,10 @@ over HTTPS, and bridges the render node's session socket and scene stream to Web
 binary msgpack payloads, unchanged in both directions: the bridge is a transport, the
 render node still holds each session.
 
-Subscribes: ``scene/update`` on the render node's PUB (the ``subscribe`` list), raw: the
-payload is forwarded without decoding. Publishes: ``heartbeat/<name>`` only. Counters:
+Subscribes (the ``subscribe`` list: the render node, and for the page's status table the
+other nodes): ``scene/update``, forwarded raw without decoding; ``heartbeat/*`` and
+``pose/*``, forwarded raw at most twice a second per topic (``status_sent``).
+Publishes: ``heartbeat/<name>`` only. Counters:
 ``ws_clients`` (open now), ``ws_opened``, ``ws_closed``, ``ws_refused`` and
 ``ws_refused_<missing|malformed|unknown|expired|full>``, ``ws_revoked`` (closed because
 their token was revoked or expired), ``ws_received``, ``ws_forwarded``, ``ws_rejected``
@@ -106,6 +108,8 @@ LIBRARIES: Final = {  # URL prefix -> folder; nothing else under node_modules is
     "/lib/iwer/build/": NODE_MODULES / "iwer" / "build",
 }
 SCENE_TOPIC: Final = b"scene/update"
+STATUS_TOPICS: Final = (b"heartbeat/", b"pose/")
+STATUS_PERIOD_S: Final = 0.5
 FORWARDED: Final = (
     Hello,
     ClockPing,
@@ -453,23 +457,39 @@ class Bridge:
             pass
 
     async def scene_pump(self) -> None:
+        """Scene updates (latest-wins per browser) and, for the status table, each node's
+        heartbeat and the tracker's frames at most every ``STATUS_PERIOD_S`` per topic."""
         sub = self.ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, 100)
-        sub.setsockopt(zmq.SUBSCRIBE, SCENE_TOPIC)
+        for topic in (SCENE_TOPIC, *STATUS_TOPICS):
+            sub.setsockopt(zmq.SUBSCRIBE, topic)
         for endpoint in self.scene_endpoints:
             sub.connect(endpoint)
+        last_status: dict[bytes, float] = {}
         try:
             while True:
                 frames = await sub.recv_multipart()
-                if len(frames) != 2 or frames[0] != SCENE_TOPIC:
+                if len(frames) != 2:
                     continue
-                self.counters["scene_received"] += 1
+                topic, payload = frames
+                if topic == SCENE_TOPIC:
+                    self.counters["scene_received"] += 1
+                    for client in self.clients:
+                        if client.scene is not None:
+                            self.counters["scene_superseded"] += 1
+                        client.scene = payload
+                        client.wake.set()
+                    continue
+                now = time.monotonic()
+                if now - last_status.get(topic, 0.0) < STATUS_PERIOD_S:
+                    continue  # a status table needs no more (poses come at up to 1 kHz)
+                last_status[topic] = now
                 for client in self.clients:
-                    if client.scene is not None:
-                        self.counters["scene_superseded"] += 1
-                    client.scene = frames[1]
-                    client.wake.set()
+                    if len(client.reliable) < _QUEUE_LIMIT // 2:  # never crowd out replies
+                        client.reliable.append(payload)
+                        client.wake.set()
+                        self.counters["status_sent"] += 1
         finally:
             sub.close(linger=0)
 

@@ -97,8 +97,8 @@ def bridge_spec(ipc_dir: Path, port: int) -> NodeSpec:
         module="render.web.bridge_node",
         pub=f"ipc://{ipc_dir}/web.pub",
         control=f"ipc://{ipc_dir}/web.ctl",
-        subscribe=("render",),
-        subscribe_endpoints=(f"ipc://{ipc_dir}/render.pub",),
+        subscribe=("render", "tracker", "nav"),
+        subscribe_endpoints=tuple(f"ipc://{ipc_dir}/{n}.pub" for n in ("render", "tracker", "nav")),
         params={
             "render_endpoint": f"ipc://{ipc_dir}/render.headset",
             "port": port,
@@ -225,6 +225,12 @@ def test_monitor_page_shows_the_case_and_the_status_table(page: Any, web: WebSta
             break
     SCREENSHOT.write_bytes(image)
     assert "CURRENT" in table and "OK" in table and "tracked" in table
+    # Every node's heartbeat and every tool's status, thinned by the bridge.
+    wait_js(page, "['tracker', 'nav', 'render'].every((n) => ornav.nodes[n])")
+    wait_js(page, "ornav.tools && ornav.tools.names.includes('reference')")
+    table = page.inner_text("#status")
+    for row in ("node tracker\trunning", "node render\trunning", "tool reference\tOK"):
+        assert row in table, table
     assert "tumor_centre" in page.inner_text("#distances")
     from io import BytesIO
 

@@ -55,6 +55,8 @@ const state = {
   frameMs: [],
   mode: 'monitor',
   assetsLoaded: 0,
+  nodes: {},             // node name -> its last heartbeat (state, uptime, publish rate)
+  tools: null,           // the tracker's tools and their statuses
 };
 window.ornav = state;
 
@@ -169,6 +171,12 @@ function onMessage(data, tRecvMs) {
       break;
     }
     case 'Welcome': onWelcome(body); break;
+    case 'Heartbeat':  // each node's, twice a second at most (the bridge thins them)
+      state.nodes[body.node] = { state: body.state, uptime: body.uptime_s, rate: body.rates_hz.published, seenMs: tRecvMs };
+      break;
+    case 'TrackerFrame':  // the tracker's tools, twice a second at most
+      state.tools = { tracker: body.tracker, names: body.tools, statuses: body.statuses, seenMs: tRecvMs };
+      break;
     case 'Alert': onAlert(body); break;
     case 'XrRegistration': {  // the registration the render node now holds for us
       const matrix = Float64Array.from(wireArray(body.T_xr_from_tracker).data);
@@ -445,6 +453,14 @@ function showStatus(overlay, now) {
     ['headset registration', state.xrRegistrationError ? `refused: ${state.xrRegistrationError}`
       : Number.isFinite(state.xrHeld) ? `residual ${state.xrHeld.toFixed(2)} mm` : 'default'],
   ];
+  for (const [name, node] of Object.entries(state.nodes).sort()) {
+    const silent = now - node.seenMs > 2000;  // the supervisor's heartbeat limit
+    rows.push([`node ${name}`, silent ? 'SILENT' : `${node.state}, ${Number.isFinite(node.rate) ? node.rate.toFixed(0) : '-'} Hz`]);
+  }
+  if (state.tools) {
+    const old = now - state.tools.seenMs > 2000;
+    state.tools.names.forEach((name, i) => rows.push([`tool ${name}`, old ? 'no data' : state.tools.statuses[i]]));
+  }
   fillTable('status', rows);
   if (u) {
     const t = wireArray(u.target_distances_mm).data;
