@@ -545,3 +545,29 @@ def test_immersive_ar_draws_the_tumour_world_locked_where_the_registration_puts_
         assert "ornav" in page.inner_text("#panel")
     finally:
         context.close()
+
+
+def test_nothing_outside_the_page_and_its_libraries_is_served(web: WebStack) -> None:
+    import http.client
+
+    def status(path: str) -> int:
+        connection = http.client.HTTPSConnection(
+            "localhost", web.port, context=web.ssl_context(), timeout=10
+        )
+        try:
+            connection.request("GET", path)  # sent as is: no dot-segment clean-up
+            return connection.getresponse().status
+        finally:
+            connection.close()
+
+    assert status("/static/app.js") == 200 and status("/lib/three/build/three.module.js") == 200
+    for path in (
+        "/static/../bridge_node.py",
+        "/static/../../../nav/messages/headset.py",
+        "/lib/three/build/../package.json",
+        "/lib/iwer/build/../../three/package.json",
+        "/static/%2e%2e/tokens.py",
+        "/node_modules/three/package.json",
+        "/etc/passwd",
+    ):
+        assert status(path) == 404, path
