@@ -490,6 +490,7 @@ def test_immersive_ar_draws_the_tumour_world_locked_where_the_registration_puts_
         T = np.eye(4)
         T[:3, 3] = target - centre_tracker
         page.evaluate(f"ornav.setXrRegistration({T.ravel().tolist()}, 0.5)")
+        wait_js(page, "ornav.anchored === true")  # kept with an XRAnchor (iwer has them)
         time.sleep(0.5)
         centre = np.array(page.evaluate("ornav.structureCentreMm('tumor')"))
         # The tumour breathes with the simulated patient: a few mm, not a pixel's worth here.

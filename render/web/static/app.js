@@ -128,6 +128,12 @@ let backoffMs = 250;
 let telemetry = [];
 let lastTelemetryMs = clientNowMs();
 let xrRegistration = null;  // {matrix: Float64Array(16) row-major, rmsMm} made on this device
+// The registration is kept with an XRAnchor where the runtime offers one: the anchor
+// follows the headset's own map corrections, and the tracker stays where it was found
+// relative to it (xrNode = anchor pose @ T_anchor_from_tracker, every frame).
+let anchor = null;
+let anchorWanted = false;
+let T_anchor_from_tracker = null;  // THREE.Matrix4, mm
 
 function send(type, body) {
   if (ws && ws.readyState === WebSocket.OPEN) ws.send(envelope(type, body));
@@ -182,6 +188,7 @@ function onMessage(data, tRecvMs) {
       const matrix = Float64Array.from(wireArray(body.T_xr_from_tracker).data);
       setMatrixFromWire(xrNode, matrix, 0);
       state.xrHeld = body.rms_mm;
+      anchorWanted = true;
       // Kept on this device: a reconnect (a new session) sends it again after Welcome.
       xrRegistration = { matrix, wire: body.T_xr_from_tracker, rmsMm: body.rms_mm };
       state.xrRegistrationError = '';
@@ -391,6 +398,7 @@ function frame() {
   state.frames = (state.frames || 0) + 1;
   if (pixelRequests.length) readPixels(overlay.state);
   if (collecting) collectGrip(now);
+  if (renderer.xr.isPresenting) followAnchor();
 }
 
 function flushTelemetry(now) {
@@ -526,6 +534,9 @@ async function enterAR() {
   renderer.xr.getReferenceSpace().addEventListener('reset', () => {
     state.xrReset = (state.xrReset || 0) + 1;
     xrRegistration = null;
+    anchor = null;
+    T_anchor_from_tracker = null;
+    state.anchored = false;
   });
   // The headset registration from inside AR: squeeze the right controller's grip (the
   // controller with the tracked marker), then wave it through wide turns for 10 s.
@@ -551,6 +562,7 @@ state.setXrRegistration = (rowMajor, rmsMm) => {
   const matrix = Float64Array.from(rowMajor);
   xrRegistration = { matrix, wire: { dtype: '<f8', shape: [4, 4], data: new Uint8Array(matrix.buffer) }, rmsMm };
   setMatrixFromWire(xrNode, matrix, 0);
+  anchorWanted = true;
   send('XrRegistration', { T_xr_from_tracker: xrRegistration.wire, rms_mm: f64(rmsMm) });
 };
 // A structure's bounding-box centre in the world (xr frame, mm).
@@ -588,6 +600,31 @@ function collectGrip(now) {
       T_xr_from_grip: { dtype: '<f8', shape: [poses.length, 4, 4], data: new Uint8Array(Float64Array.from(poses.flat()).buffer) },
     });
   }
+}
+const mmFromXrPose = (m) => new THREE.Matrix4().fromArray(m).premultiply(new THREE.Matrix4().makeScale(1e3, 1e3, 1e3)).multiply(new THREE.Matrix4().makeScale(1e-3, 1e-3, 1e-3));
+function followAnchor() {
+  const frame = renderer.xr.getFrame();
+  const space = renderer.xr.getReferenceSpace();
+  if (!frame || !space) return;
+  if (anchorWanted && frame.createAnchor) {
+    anchorWanted = false;
+    if (anchor && anchor.delete) anchor.delete();
+    anchor = null;
+    T_anchor_from_tracker = null;
+    frame.createAnchor(new XRRigidTransform(), space)
+      .then((created) => { anchor = created; })
+      .catch((error) => { state.anchorError = String(error); });
+  }
+  if (!anchor) return;
+  const pose = frame.getPose(anchor.anchorSpace, space);
+  if (!pose) return;
+  const A = mmFromXrPose(pose.transform.matrix);  // T_xr_from_anchor, mm
+  if (!T_anchor_from_tracker) {  // first sight: where the registration sits on the anchor
+    T_anchor_from_tracker = A.clone().invert().multiply(xrNode.matrix);
+    state.anchored = true;
+  }
+  xrNode.matrix.multiplyMatrices(A, T_anchor_from_tracker);
+  xrNode.matrixWorldNeedsUpdate = true;
 }
 state.registerHeadset = (seconds = 10, handedness = 'right') => {
   state.xrRegistrationError = '';
