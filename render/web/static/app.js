@@ -42,6 +42,7 @@ const state = {
   latest: null,          // the newest update applied (decoded)
   latestPubNs: -1,
   overlay: { state: 'HIDDEN', reason: 'connecting', ageMs: NaN },
+  overlaySampleNs: '',   // the sample the overlay was last judged on (a sample never improves)
   transitions: [],       // {state, reason, t_ms, age_ms, t_sensor_ns}
   alerts: new Map(),     // `${session}:${id}` -> alert body, while shown
   alertsShown: 0,
@@ -351,10 +352,21 @@ function readPixels(overlayState) {
   }
 }
 
+const OVERLAY_RANK = { CURRENT: 0, STALE: 1, HIDDEN: 2 };
+
 // The overlay rule on this client's clock. Run every frame and, so that a slow or stalled
 // render loop cannot delay the decision (and the DOM banner), every 10 ms by a timer.
 function evaluateOverlay(now) {
-  const overlay = clientOverlay(state.latest, now, state.offsetMs);
+  let overlay = clientOverlay(state.latest, now, state.offsetMs);
+  // One sample never gets better with time: once the overlay of a sample is STALE or
+  // HIDDEN it stays so until a newer sample arrives. (A clock-offset estimate that moves
+  // by a few ms, or a server verdict racing the page's own, must not bring an old pose
+  // back into view.)
+  const sampleNs = state.latest ? String(state.latest.t_sensor_ns) : '';
+  if (sampleNs && sampleNs === state.overlaySampleNs && OVERLAY_RANK[overlay.state] < OVERLAY_RANK[state.overlay.state]) {
+    overlay = { ...state.overlay, ageMs: overlay.ageMs };
+  }
+  state.overlaySampleNs = sampleNs;
   if (!state.latest && !state.connected) {
     overlay.reason = token ? 'not connected to the bridge' : 'no pairing token in the URL (scan the QR code the bridge printed)';
   }
