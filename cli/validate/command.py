@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MAX_RECORDINGS = 100_000
+MAX_WORKERS = 256
 
 
 PLUS_SUFFIXES = (".mha", ".mhd", ".nrrd", ".seq.nrrd")  # as cli.validate.sources reads
@@ -88,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, option)
         if value and not Path(value).exists():
             raise UserError(f"--{option} {value}: no such file or folder")
+    if not 0 <= args.workers <= MAX_WORKERS:
+        raise UserError(f"--workers {args.workers}: expected 0 (one per core) to {MAX_WORKERS}")
     paths = expand(args.recordings)
     options = Options(
         limits=limits,
@@ -125,9 +128,14 @@ def run(args: argparse.Namespace) -> int:
                 if not show_bar:
                     log.info("%s", _row_line(row))
 
-            rows = run_study(
-                paths, out, options, workers=workers, scheduler=args.scheduler, on_done=done
-            )
+            try:
+                rows = run_study(
+                    paths, out, options, workers=workers, scheduler=args.scheduler, on_done=done
+                )
+            except (OSError, TimeoutError, ValueError) as error:
+                if not args.scheduler:
+                    raise
+                raise UserError(f"--scheduler {args.scheduler}: cannot use it: {error}") from None
     for row in rows:
         console.print(_row_line(row), highlight=False)
     elapsed = time.perf_counter() - started

@@ -136,7 +136,7 @@ def run_study(
     folders = report_folders(paths, out)
     make_private_dir(out)
     if scheduler:
-        client = Client(scheduler, timeout="10s")
+        client = Client(scheduler, timeout="5s")
         cluster = None
     else:
         cluster = LocalCluster(

