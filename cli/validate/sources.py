@@ -9,7 +9,7 @@ older schema, a corrupt payload) is counted per type in ``undecodable`` and skip
 Clocks (ornav recordings, ``nav/runtime/recording.py``): ``t_sensor_ns``, ``t_pub_ns`` and
 the receive time recovered from ``log_time`` are all the host's monotonic clock, so their
 differences are the hop latencies. Session time 0 is the first tracker sample's
-``t_sensor_ns`` (the first receive time when there is none).
+``t_sensor_ns`` (the first navigation state's when there is none).
 
 PLUS files: tool poses are ``<Tool>ToTracker`` transforms; a nearly rigid matrix is
 projected to the nearest rotation as the bus would (``nav.transforms.nearest_rigids``,
@@ -276,13 +276,11 @@ def _read_ornav(path: Path) -> Session:
             [np.asarray(v) for v in telemetry.columns["client"]]
         )
     t = session.frames["t_sensor_ns"]
-    session.t0_ns = (
-        int(t[0])
-        if len(t)
-        else int(session.frames["t_recv_ns"][0])
-        if len(session.frames["t_recv_ns"])
-        else 0
-    )
+    # Session time 0: the first tracker sample; without one, the first navigation state.
+    if len(t):
+        session.t0_ns = int(t[0])
+    elif session.nav:
+        session.t0_ns = int(session.nav["t_sensor_ns"][0])
     if wall and wall.isdigit():
         session.wall_start = datetime.fromtimestamp(int(wall) / 1e9, tz=UTC)
     return session
