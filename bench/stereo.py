@@ -27,7 +27,12 @@ import open3d as o3d
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tracking.stereo import StereoCalibration, StereoParams, StereoReconstructor  # noqa: E402
+from tracking.stereo import (  # noqa: E402
+    StereoCalibration,
+    StereoParams,
+    StereoReconstructor,
+    sgbm_matcher,
+)
 
 DATA = (
     Path(__file__).resolve().parents[2]
@@ -82,18 +87,7 @@ def main() -> int:
         m_img = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
         params = StereoParams()
         reconstructor = StereoReconstructor(calibration, params)
-        plain = cv2.StereoSGBM.create(
-            minDisparity=0,
-            numDisparities=params.num_disparities,
-            blockSize=params.block_size,
-            P1=8 * 3 * params.block_size**2,
-            P2=32 * 3 * params.block_size**2,
-            uniquenessRatio=params.uniqueness_ratio,
-            speckleWindowSize=100,
-            speckleRange=2,
-            disp12MaxDiff=1,
-            mode=cv2.STEREO_SGBM_MODE_SGBM_3WAY,
-        )
+        plain = sgbm_matcher(params)  # the same matcher, called alone
         gl, gr = cv2.cvtColor(l_img, cv2.COLOR_BGR2GRAY), cv2.cvtColor(r_img, cv2.COLOR_BGR2GRAY)
         ours_ms = _median_ms(reconstructor.reconstruct, (l_img, r_img, m_img), args.repeats)
         plain_ms = _median_ms(plain.compute, (gl, gr, None), args.repeats)

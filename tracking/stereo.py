@@ -188,18 +188,7 @@ class StereoReconstructor:
         self._maps_right = cv2.initUndistortRectifyMap(
             c.K_right, c.dist_right, R2, P2, size, cv2.CV_32FC1
         )
-        self._sgbm = cv2.StereoSGBM.create(
-            minDisparity=0,
-            numDisparities=p.num_disparities,
-            blockSize=p.block_size,
-            P1=8 * 3 * p.block_size**2,
-            P2=32 * 3 * p.block_size**2,
-            uniquenessRatio=p.uniqueness_ratio,
-            speckleWindowSize=100,
-            speckleRange=2,
-            disp12MaxDiff=1,
-            mode=cv2.STEREO_SGBM_MODE_SGBM_3WAY,
-        )
+        self._sgbm = sgbm_matcher(p)
 
     def rectify(
         self, left: npt.NDArray[np.uint8], right: npt.NDArray[np.uint8]
@@ -303,6 +292,23 @@ class StereoReconstructor:
             depth**2 * p.sigma_disparity_px / (self.focal_px * self.calibration.baseline_mm)
         )
         return StereoCloud(points, confidence, valid_fraction, times)
+
+
+def sgbm_matcher(params: StereoParams) -> cv2.StereoSGBM:
+    """OpenCV's semi-global matcher with ``params``' settings: 3-way mode, P1/P2 of the
+    block size as OpenCV's samples set them, left-right check, speckle filter."""
+    return cv2.StereoSGBM.create(
+        minDisparity=0,
+        numDisparities=params.num_disparities,
+        blockSize=params.block_size,
+        P1=8 * 3 * params.block_size**2,
+        P2=32 * 3 * params.block_size**2,
+        uniquenessRatio=params.uniqueness_ratio,
+        speckleWindowSize=100,
+        speckleRange=2,
+        disp12MaxDiff=1,
+        mode=cv2.STEREO_SGBM_MODE_SGBM_3WAY,
+    )
 
 
 def depth_uncertainty_mm(
