@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -112,9 +111,7 @@ def _registration_json(session: Session) -> dict[str, Any]:
     return {"history": history, "accepted": chosen}
 
 
-def _error_map(
-    session: Session, case: Case | None, offline: OfflineRun | None
-) -> dict[str, Any] | None:
+def _error_map(session: Session, case: Case | None) -> dict[str, Any] | None:
     """Predicted TRE (eq. 46) over the organ's vertices for the accepted fiducials."""
     accepted = accepted_registration(session)
     if case is None or accepted is None or not accepted.fiducial_labels:
@@ -302,7 +299,7 @@ def analyse(
         metrics["registration.target_touch_error_mm.max"] = (
             max(touched.values()) if touched else None
         )
-    registration["error_map"] = _error_map(session, case, offline)
+    registration["error_map"] = _error_map(session, case)
     doc["registration"] = registration
 
     if session.kind == "plus":
@@ -319,9 +316,3 @@ def analyse(
     outcome = overall(verdicts)
     doc["verdict"] = outcome.value if outcome else None
     return doc
-
-
-def report_name(path: Path) -> str:
-    """A file-system-safe folder name for one recording's report."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.name)
-    return safe or "recording"

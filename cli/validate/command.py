@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cli.errors import UserError
+from cli.validate.sources import is_plus_file
 from nav.validation.verdict import LimitsError, read_limits
 
 if TYPE_CHECKING:
@@ -37,11 +38,8 @@ MAX_RECORDINGS = 100_000
 MAX_WORKERS = 256
 
 
-PLUS_SUFFIXES = (".mha", ".mhd", ".nrrd", ".seq.nrrd")  # as cli.validate.sources reads
-
-
 def _is_recording(path: Path) -> bool:
-    return path.suffix.lower() == ".mcap" or path.name.lower().endswith(PLUS_SUFFIXES)
+    return path.suffix.lower() == ".mcap" or is_plus_file(path)
 
 
 def expand(arguments: list[str]) -> list[Path]:

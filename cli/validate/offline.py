@@ -98,6 +98,7 @@ class MethodResult:
             "reason": self.reason,
             "n_points": self.n_points,
             "target_shift_mm": self.target_shift_mm,
+            "time_s": self.time_s,
         }
         if reg is not None:
             out |= {
@@ -264,8 +265,8 @@ def rerun(session: Session, setup: Setup) -> OfflineRun:
         points.n_points = len(labels)
     methods.append(points)
 
-    best: Registration | None = points.registration
-    start = best.T_reference_from_image if best is not None else None
+    # The surface fit starts from the points re-run, else from what the session accepted.
+    start = points.registration.T_reference_from_image if points.registration else None
     if start is None and accepted is not None:
         start = accepted.T_reference_from_image
     surface = MethodResult("surface")
@@ -302,7 +303,7 @@ def rerun(session: Session, setup: Setup) -> OfflineRun:
         if surface.registration is None:
             deformable.reason = f"no rigid surface fit to start from: {surface.reason}"
         else:
-            deformable = _deformable(setup, organ, surface_points, surface.registration, start)
+            deformable = _deformable(setup, organ, surface_points, surface.registration)
     methods += [surface, deformable]
     for method in methods:
         if method.registration is not None:
@@ -317,21 +318,20 @@ def rerun(session: Session, setup: Setup) -> OfflineRun:
 
 
 def _deformable(
-    setup: Setup,
-    organ: Any,
-    surface_points: FloatArray,
-    rigid: Registration | None,
-    start: Mat4,
+    setup: Setup, organ: Any, surface_points: FloatArray, rigid: Registration
 ) -> MethodResult:
     """The deformable fit from the rigid result: true error at the targets by ``warp``;
     the predicted error at a target is the fit's confidence at the model vertex nearest it
     (the field is estimated on the surface; a target inside takes its nearest estimate)."""
     result = MethodResult("deformable", n_points=len(surface_points))
-    T_init = rigid.T_reference_from_image if rigid is not None else start
     started = time.perf_counter()
     try:
         fit = register_deformable(
-            organ.vertices, organ.faces, surface_points, T_init, config=DeformableConfig()
+            organ.vertices,
+            organ.faces,
+            surface_points,
+            rigid.T_reference_from_image,
+            config=DeformableConfig(),
         )
     except (RegistrationError, ValueError) as error:
         result.reason = str(error)

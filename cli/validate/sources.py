@@ -44,7 +44,7 @@ from tracking.plus_sequence import PlusSequenceError, open_plus_sequence, plus_t
 
 LAUNCH_METADATA = "ornav.launch"  # nav.runtime.recorder_node.LAUNCH_METADATA
 RECORDING_METADATA = "ornav.recording"
-PLUS_SUFFIXES = (".mha", ".mhd", ".nrrd", ".seq.nrrd")  # cli.validate.command finds these
+PLUS_SUFFIXES = (".mha", ".mhd", ".nrrd", ".seq.nrrd")
 
 
 class SourceError(ValueError):
