@@ -49,28 +49,24 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from nav.frames import is_valid_tool_name
-from nav.messages import SurfaceCloud, ToolStatus, TrackerFrame
-from nav.messages.surface import MAX_SURFACE_POINTS
-from nav.runtime import bus
 from nav.runtime.launchfile import NodeSpec
 from nav.runtime.node import POLL_TIMEOUT_S, NodeRuntime, node_main
-from nav.transforms import Mat4
 from tracking.stereo import (
     StereoCalibration,
     StereoError,
     StereoParams,
     StereoReconstructor,
-    points_in_reference,
 )
+from tracking.tracked_camera import CameraTracking, TrackedCameraParams, surface_cloud
 
 log = logging.getLogger(__name__)
 MAX_PAIRS = 100_000
 
 
 @dataclass(frozen=True)
-class Config:
-    """The node's launch-file params (module docstring)."""
+class Config(TrackedCameraParams):
+    """The node's launch-file params (module docstring); ``camera_tool``,
+    ``reference_tool``, ``hand_eye`` and ``max_pose_age_ms`` from ``TrackedCameraParams``."""
 
     calibration: str
     left: str = ""
@@ -79,10 +75,6 @@ class Config:
     mask: str = ""
     rate_hz: float = 2.0
     loop: bool = False
-    camera_tool: str = ""
-    reference_tool: str = "reference"
-    hand_eye: str = ""
-    max_pose_age_ms: float = 50.0
     min_depth_mm: float = 10.0
     max_depth_mm: float = 300.0
     voxel_mm: float = 1.0
@@ -100,15 +92,7 @@ class Config:
                 )
         if not 0 < self.rate_hz <= 60:
             raise ValueError(f"key 'rate_hz': {self.rate_hz} is outside (0, 60]")
-        if self.camera_tool:
-            for key in ("camera_tool", "reference_tool"):
-                if not is_valid_tool_name(getattr(self, key)):
-                    raise ValueError(f"key {key!r}: {getattr(self, key)!r} is not a tool name")
-            if not self.hand_eye:
-                raise ValueError("key 'hand_eye': needed with camera_tool (T_marker_from_camera)")
-            self.load_hand_eye()
-        if not self.max_pose_age_ms > 0:
-            raise ValueError("key 'max_pose_age_ms': must be > 0")
+        super().__post_init__()
         self.params()  # its own checks
         if self.mask and not Path(self.mask).is_file():
             raise ValueError(f"key 'mask': {self.mask}: no such file")
@@ -127,17 +111,6 @@ class Config:
             max_depth_mm=self.max_depth_mm,
             voxel_mm=self.voxel_mm,
         )
-
-    def load_hand_eye(self) -> Mat4:
-        from calibration.files import CalibrationFileError, read_calibration
-
-        try:
-            calibration = read_calibration(self.hand_eye)
-            if calibration.kind != "handeye":
-                raise ValueError(f"expected a handeye calibration, got {calibration.kind!r}")
-            return calibration.array("T_marker_from_camera")
-        except (CalibrationFileError, KeyError, ValueError) as error:
-            raise ValueError(f"key 'hand_eye': {error}") from None
 
     def load_calibration(self, image_size: tuple[int, int]) -> StereoCalibration:
         try:
@@ -167,46 +140,6 @@ def _camera_pairs(capture: Any) -> Iterator[tuple[npt.NDArray[np.uint8], npt.NDA
         yield frame[:, :half].copy(), frame[:, half:].copy()
 
 
-class _Tracking:
-    """The newest tracker frames, for placing a pair in the reference frame."""
-
-    def __init__(self, cfg: Config, spec: NodeSpec, runtime: NodeRuntime) -> None:
-        self.cfg = cfg
-        self.T_marker_from_camera = cfg.load_hand_eye()
-        self.sub = bus.LatestSubscriber(spec.subscribe_endpoints, ("pose/",))
-        runtime.watch(self.sub.counters)
-        self.latest: TrackerFrame | None = None
-
-    def poll(self) -> None:
-        for received in self.sub.poll(0.0):
-            if isinstance(received.message, TrackerFrame):
-                self.latest = received.message
-
-    def to_reference(
-        self, points_camera: npt.NDArray[np.float64], frame: TrackerFrame | None, t_ns: int
-    ) -> npt.NDArray[np.float64] | None:
-        """The points in the reference frame with ``frame`` (the newest at the grab), or
-        None when it is too old for the pair or either marker is not OK."""
-        if frame is None or abs(t_ns - frame.t_sensor_ns) > self.cfg.max_pose_age_ms * 1e6:
-            return None
-        try:
-            marker = frame.pose(self.cfg.camera_tool)
-            reference = frame.pose(self.cfg.reference_tool)
-        except KeyError:
-            return None
-        if marker.status is not ToolStatus.OK or reference.status is not ToolStatus.OK:
-            return None
-        return points_in_reference(
-            points_camera,
-            marker.T_tracker_from_tool,
-            self.T_marker_from_camera,
-            reference.T_tracker_from_tool,
-        )
-
-    def close(self) -> None:
-        self.sub.close()
-
-
 def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
     capture = None
     if cfg.camera:
@@ -229,7 +162,7 @@ def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
         with runtime:
             if runtime.pub is None:
                 raise ValueError(f"node {spec.name!r}: the stereo node needs a pub endpoint")
-            tracking = _Tracking(cfg, spec, runtime) if cfg.camera_tool else None
+            tracking = CameraTracking(cfg, spec, runtime) if cfg.camera_tool else None
             runtime.ready()
             next_s = time.monotonic()
             while not stop.is_set():
@@ -274,17 +207,14 @@ def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
                         runtime.counters["untracked"] += 1
                         continue
                     points, frame = placed, "reference"
-                keep = slice(0, MAX_SURFACE_POINTS)
                 runtime.pub.publish(
                     topic,
-                    SurfaceCloud(
-                        source=spec.name,
+                    surface_cloud(
+                        spec.name,
                         frame=frame,
                         t_sensor_ns=t_sensor_ns,
-                        points_mm=points[keep].astype(np.float32),
-                        confidence_mm=np.maximum(cloud.confidence_mm[keep], 1e-3).astype(
-                            np.float32
-                        ),
+                        points_mm=points,
+                        confidence_mm=cloud.confidence_mm,
                     ),
                 )
                 runtime.counters["clouds"] += 1
