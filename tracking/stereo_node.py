@@ -39,7 +39,6 @@ from __future__ import annotations
 import glob
 import logging
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,14 +49,14 @@ import numpy as np
 import numpy.typing as npt
 
 from nav.runtime.launchfile import NodeSpec
-from nav.runtime.node import POLL_TIMEOUT_S, NodeRuntime, node_main
+from nav.runtime.node import NodeRuntime, node_main
 from tracking.stereo import (
     StereoCalibration,
     StereoError,
     StereoParams,
     StereoReconstructor,
 )
-from tracking.tracked_camera import CameraTracking, TrackedCameraParams, surface_cloud
+from tracking.tracked_camera import SurfaceSourceLoop, TrackedCameraParams
 
 log = logging.getLogger(__name__)
 MAX_PAIRS = 100_000
@@ -153,37 +152,21 @@ def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
     mask = (
         np.asarray(cv2.imread(cfg.mask, cv2.IMREAD_GRAYSCALE), dtype=np.uint8) if cfg.mask else None
     )
-    topic = f"surface/{spec.name}"
-    period_s = 1.0 / cfg.rate_hz
     runtime = NodeRuntime(spec, stop)
     reconstructor: StereoReconstructor | None = None
-    warned: set[str] = set()
     try:
         with runtime:
-            if runtime.pub is None:
-                raise ValueError(f"node {spec.name!r}: the stereo node needs a pub endpoint")
-            tracking = CameraTracking(cfg, spec, runtime) if cfg.camera_tool else None
+            source = SurfaceSourceLoop(cfg, spec, runtime, rate_hz=cfg.rate_hz)
             runtime.ready()
-            next_s = time.monotonic()
             while not stop.is_set():
-                if tracking is not None:
-                    tracking.poll()
-                runtime.service()
-                wait = next_s - time.monotonic()
-                if wait > 0:
-                    stop.wait(min(wait, POLL_TIMEOUT_S))
+                if not source.due(stop):
                     continue
-                next_s += period_s
                 try:
                     left, right = next(pairs)
                 except StopIteration:
                     log.info("%s: end of the recorded pairs", spec.name)
                     return 0
-                t_sensor_ns = time.monotonic_ns()
-                pose_frame = None
-                if tracking is not None:  # where the camera was at the grab
-                    tracking.poll()
-                    pose_frame = tracking.latest
+                grab = source.grab()
                 runtime.counters["pairs"] += 1
                 if reconstructor is None:
                     size = (left.shape[1], left.shape[0])
@@ -191,36 +174,15 @@ def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
                 try:
                     cloud = reconstructor.reconstruct(left, right, mask)
                 except StereoError as error:
-                    kind = "calibration" if "calibration" in str(error) else "texture"
                     if "is for" in str(error):
                         log.error("%s: %s", spec.name, error)
                         return 2
-                    runtime.counters[f"refused_{kind}"] += 1
-                    if kind not in warned:
-                        warned.add(kind)
-                        log.warning("%s: pair refused: %s", spec.name, error)
+                    source.refuse(
+                        "calibration" if "calibration" in str(error) else "texture", error
+                    )
                     continue
-                points, frame = cloud.points_camera, "camera"
-                if tracking is not None:
-                    placed = tracking.to_reference(points, pose_frame, t_sensor_ns)
-                    if placed is None:
-                        runtime.counters["untracked"] += 1
-                        continue
-                    points, frame = placed, "reference"
-                runtime.pub.publish(
-                    topic,
-                    surface_cloud(
-                        spec.name,
-                        frame=frame,
-                        t_sensor_ns=t_sensor_ns,
-                        points_mm=points,
-                        confidence_mm=cloud.confidence_mm,
-                    ),
-                )
-                runtime.counters["clouds"] += 1
-                runtime.latency.add(time.monotonic_ns() - t_sensor_ns)
-            if tracking is not None:
-                tracking.close()
+                source.publish(grab, cloud.points_camera, cloud.confidence_mm)
+            source.close()
     except (OSError, ConnectionError) as error:
         log.error("%s: %s", spec.name, error)
         return 1

@@ -8,12 +8,17 @@ frame is not published (the node counts it ``untracked``). Without ``camera_tool
 cloud stays in the ``camera`` frame (an untracked camera: calibration and offline use).
 
 ``TrackedCameraParams`` holds those four launch-file params (a node's ``Config`` inherits
-them, keyword-only), ``CameraTracking`` follows the tracker on the node's sockets, and
-``surface_cloud`` builds the message a node publishes.
+them, keyword-only), ``CameraTracking`` follows the tracker on the node's sockets,
+``surface_cloud`` builds the message, and ``SurfaceSourceLoop`` is the loop around a
+node's own reconstruction: pacing, the grab's time and pose, refusals counted and logged
+once per kind, placing and publishing.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,10 +29,11 @@ from nav.messages import SurfaceCloud, ToolStatus, TrackerFrame
 from nav.messages.surface import MAX_SURFACE_POINTS
 from nav.runtime import bus
 from nav.runtime.launchfile import NodeSpec
-from nav.runtime.node import NodeRuntime
+from nav.runtime.node import POLL_TIMEOUT_S, NodeRuntime
 from nav.transforms import Mat4
 from tracking.stereo import points_in_reference
 
+log = logging.getLogger(__name__)
 MIN_CONFIDENCE_MM = 1e-3  # the wire wants > 0; no camera is better than a micrometre
 
 
@@ -125,3 +131,93 @@ def surface_cloud(
         points_mm=np.asarray(points_mm, dtype=np.float64)[keep].astype(np.float32),
         confidence_mm=confidence.astype(np.float32),
     )
+
+
+@dataclass(frozen=True)
+class Grab:
+    """When a frame was taken (host monotonic clock) and the newest tracker frame then."""
+
+    t_sensor_ns: int
+    pose_frame: TrackerFrame | None
+
+
+class SurfaceSourceLoop:
+    """A surface camera node's loop around its own reconstruction (module docstring).
+
+    Counters on the heartbeat: ``clouds``, ``untracked``, ``refused_<kind>``.
+    """
+
+    def __init__(
+        self,
+        params: TrackedCameraParams,
+        spec: NodeSpec,
+        runtime: NodeRuntime,
+        *,
+        rate_hz: float,
+    ) -> None:
+        if runtime.pub is None:
+            raise ValueError(f"node {spec.name!r}: a surface source needs a pub endpoint")
+        self.pub = runtime.pub
+        self.runtime = runtime
+        self.name = spec.name
+        self.tracking = CameraTracking(params, spec, runtime) if params.camera_tool else None
+        self.period_s = 1.0 / rate_hz
+        self.next_s = time.monotonic()
+        self.warned: set[str] = set()
+
+    def due(self, stop: threading.Event) -> bool:
+        """Serve the node for one pass; True when the next frame is due (``rate_hz``)."""
+        if self.tracking is not None:
+            self.tracking.poll()
+        self.runtime.service()
+        wait = self.next_s - time.monotonic()
+        if wait > 0:
+            stop.wait(min(wait, POLL_TIMEOUT_S))
+            return False
+        self.next_s += self.period_s
+        return True
+
+    def grab(self) -> Grab:
+        """Now, and where the camera was: call as the frame is taken."""
+        t_sensor_ns = time.monotonic_ns()
+        if self.tracking is None:
+            return Grab(t_sensor_ns, None)
+        self.tracking.poll()
+        return Grab(t_sensor_ns, self.tracking.latest)
+
+    def refuse(self, kind: str, error: Exception) -> None:
+        """A frame that gives no trustworthy surface: counted, logged once per kind."""
+        self.runtime.counters[f"refused_{kind}"] += 1
+        if kind not in self.warned:
+            self.warned.add(kind)
+            log.warning("%s: frame refused: %s", self.name, error)
+
+    def publish(
+        self, grab: Grab, points_camera: npt.NDArray[np.float64], confidence_mm: npt.ArrayLike
+    ) -> bool:
+        """Place the cloud (reference frame when tracked) and publish it; False when the
+        camera was not tracked at the grab (counted ``untracked``)."""
+        points, frame = points_camera, "camera"
+        if self.tracking is not None:
+            placed = self.tracking.to_reference(points, grab.pose_frame, grab.t_sensor_ns)
+            if placed is None:
+                self.runtime.counters["untracked"] += 1
+                return False
+            points, frame = placed, "reference"
+        self.pub.publish(
+            f"surface/{self.name}",
+            surface_cloud(
+                self.name,
+                frame=frame,
+                t_sensor_ns=grab.t_sensor_ns,
+                points_mm=points,
+                confidence_mm=confidence_mm,
+            ),
+        )
+        self.runtime.counters["clouds"] += 1
+        self.runtime.latency.add(time.monotonic_ns() - grab.t_sensor_ns)
+        return True
+
+    def close(self) -> None:
+        if self.tracking is not None:
+            self.tracking.close()
