@@ -1,8 +1,17 @@
-"""Mesh assets for the headset: each case structure as binary glTF (GLB), fetched by hash.
+"""Assets for the headset: each case structure as binary glTF (GLB), and the case's CT
+brick, fetched by hash.
 
-Pure: data in, bytes out (no sockets, files or clocks). The render node builds the asset
-set once per case and serves it by SHA-256; a headset caches assets by hash, so it
-downloads a structure again only when its bytes change (see docs/headset-protocol.md).
+Pure: data in, bytes out (no sockets or clocks; the one file read is the CT brick, which
+the case names and ``load_case`` has checked). The render node builds the asset set once
+per case and serves it by SHA-256; a headset caches assets by hash, so it downloads a
+structure again only when its bytes change (see docs/headset-protocol.md).
+
+The CT volume (a case with ``[volume]``, ``nav.imaging.brick``) is one more asset: its bytes
+are the brick file exactly as stored (already gzip, already named by its SHA-256), its
+metadata a ``VolumeInfo`` (shape, dtype, ``hu_offset``, ``T_image_from_ijk``) that a
+protocol-3 ``Welcome`` carries. It is sent once per client per hash, like a mesh, never
+per frame. A case without a volume gives the same asset set, hashes and scene version as
+before volumes existed.
 
 What one asset holds:
 
@@ -44,10 +53,14 @@ import open3d as o3d
 import trimesh
 
 from nav.case import Case, Structure
+from nav.imaging.brick import VolumeRef
 from nav.messages import MAX_ASSET_BYTES, AssetInfo
+from nav.messages.headset import VolumeInfo
 
 DEFAULT_TRIANGLE_BUDGET: Final = 20_000
 MEDIA_TYPE: Final = "model/gltf-binary"
+VOLUME_MEDIA_TYPE: Final = "application/gzip"
+VOLUME_ASSET_NAME: Final = "volume"
 
 CONFIDENCE_SCALE_MM: Final = (1.0, 2.0, 3.0)
 """Predicted error (mm) at which a vertex is green, yellow and red (:func:`confidence_rgba`)."""
@@ -60,10 +73,21 @@ ErrorField = Callable[[np.ndarray], np.ndarray]
 
 @dataclass(frozen=True, eq=False)
 class AssetSet:
-    """A case's assets: ``infos`` in case order and the GLB bytes by SHA-256 (hex)."""
+    """A case's assets: ``infos`` in case order, the CT ``volume`` (None: the case has
+    none) and every asset's bytes (GLBs and the brick) by SHA-256 (hex)."""
 
     infos: tuple[AssetInfo, ...]
     data_by_sha256: Mapping[str, bytes]
+    volume: VolumeInfo | None = None
+
+    def name_of(self, sha256: str) -> str | None:
+        """The name of the asset with this hash (a structure's, or the volume's), or None."""
+        for info in self.infos:
+            if info.sha256 == sha256:
+                return info.name
+        if self.volume is not None and self.volume.sha256 == sha256:
+            return self.volume.name
+        return None
 
     def info(self, name: str) -> AssetInfo:
         """The asset of structure ``name``; KeyError if there is none."""
@@ -78,6 +102,7 @@ class AssetSet:
 
     @property
     def total_bytes(self) -> int:
+        """The GLBs' bytes (the volume's: ``volume.size_bytes``)."""
         return sum(info.size_bytes for info in self.infos)
 
 
@@ -200,10 +225,34 @@ def asset_info(structure: Structure, data: bytes, triangles: int) -> AssetInfo:
     )
 
 
-def build_assets(case: Case, *, triangle_budget: int = DEFAULT_TRIANGLE_BUDGET) -> AssetSet:
-    """Every structure of ``case`` as a GLB asset, in case order.
+def volume_asset(ref: VolumeRef, data: bytes) -> VolumeInfo:
+    """The ``VolumeInfo`` advertised for the brick file ``data`` that ``ref`` names.
 
-    Raises ValueError if an asset would exceed ``MAX_ASSET_BYTES`` (lower the budget).
+    ValueError if the bytes are not the file ``ref`` names (hash) or exceed
+    ``MAX_ASSET_BYTES``.
+    """
+    sha = hashlib.sha256(data).hexdigest()
+    if sha != ref.sha256:
+        raise ValueError(f"volume brick: sha256 {sha[:12]}... is not {ref.sha256[:12]}...")
+    if len(data) > MAX_ASSET_BYTES:
+        raise ValueError(f"volume brick: {len(data)} bytes exceed {MAX_ASSET_BYTES}")
+    return VolumeInfo(
+        name=VOLUME_ASSET_NAME,
+        sha256=sha,
+        size_bytes=len(data),
+        shape=ref.shape,
+        dtype="uint16",
+        hu_offset=ref.hu_offset,
+        T_image_from_ijk=np.array(ref.T_image_from_ijk, dtype=np.float64),
+    )
+
+
+def build_assets(case: Case, *, triangle_budget: int = DEFAULT_TRIANGLE_BUDGET) -> AssetSet:
+    """Every structure of ``case`` as a GLB asset, in case order, and its CT brick if any.
+
+    Raises ValueError if an asset would exceed ``MAX_ASSET_BYTES`` (lower the budget), and
+    ``nav.imaging.brick.BrickError`` (a ValueError) if the brick cannot be read or its
+    bytes are not the ones ``case.toml`` names.
     """
     infos: list[AssetInfo] = []
     data_by_sha: dict[str, bytes] = {}
@@ -217,7 +266,12 @@ def build_assets(case: Case, *, triangle_budget: int = DEFAULT_TRIANGLE_BUDGET) 
         info = asset_info(structure, data, triangles)
         infos.append(info)
         data_by_sha[info.sha256] = data
-    return AssetSet(tuple(infos), data_by_sha)
+    volume = None
+    if case.volume is not None:
+        brick = case.volume.read_bytes()
+        volume = volume_asset(case.volume, brick)
+        data_by_sha[volume.sha256] = brick
+    return AssetSet(tuple(infos), data_by_sha, volume)
 
 
 def with_confidence(
@@ -237,7 +291,9 @@ def with_confidence(
     infos = tuple(new if i.name == structure.name else i for i in assets.infos)
     data_by_sha = {i.sha256: assets.data_by_sha256[i.sha256] for i in infos if i is not new}
     data_by_sha[new.sha256] = data
-    return AssetSet(infos, data_by_sha)
+    if assets.volume is not None:
+        data_by_sha[assets.volume.sha256] = assets.data_by_sha256[assets.volume.sha256]
+    return AssetSet(infos, data_by_sha, assets.volume)
 
 
 def load_glb(data: bytes) -> trimesh.Trimesh:
@@ -267,11 +323,16 @@ def scene_version(assets: AssetSet) -> int:
 
     Stable across restarts (content-derived), so a client can compare it with the one it
     cached; it is never 0 (0 means "no scene" to nobody, but keeps the field unambiguous).
+    The volume counts when there is one; a set without one has the version it had before
+    volumes existed.
     """
     digest = hashlib.sha256()
     for info in assets.infos:
         digest.update(info.name.encode())
         digest.update(b"\0")
         digest.update(info.sha256.encode())
+    if assets.volume is not None:
+        digest.update(b"\0volume\0")
+        digest.update(assets.volume.sha256.encode())
     value = int.from_bytes(digest.digest()[:8], "big") & ((1 << 63) - 1)
     return value or 1

@@ -10,7 +10,8 @@ What a headset does, in the order docs/headset-protocol.md describes it:
    the smallest round trip in a sliding window (``ClockSync``).
 3. Assets by SHA-256 (``AssetRequest`` -> ``AssetData``, hash checked on decode), pipelined,
    cached in memory (and in ``cache_dir`` if given) by hash across sessions: a rejoin
-   fetches only what changed.
+   fetches only what changed. The case's CT brick (``Welcome.volume``, protocol 3) is one
+   of them: fetched once per hash, never per frame; the view carries it for snapshots.
 4. ``SnapshotRequest`` for the newest ``SceneUpdate`` right away (a SUB socket misses what
    was published before it joined), then ``scene/update`` on the scene PUB, latest-wins.
 5. ``Alert`` pushed on the session socket: recorded and acked with ``AlertAck`` every time
@@ -84,6 +85,7 @@ from nav.messages import (
     decode,
     encode,
 )
+from nav.messages.headset import VolumeInfo
 from nav.runtime import bus
 from nav.runtime.stats import LatencyWindow
 
@@ -314,7 +316,8 @@ class ClientStats:
 
 @dataclass(frozen=True, eq=False)
 class SceneView:
-    """What the headset would draw now: the newest update, the client's verdict, the meshes."""
+    """What the headset would draw now: the newest update, the client's verdict, the meshes
+    and the CT brick (``volume``: its ``VolumeInfo`` and bytes; None: the case has none)."""
 
     update: SceneUpdate | None
     overlay: OverlayState
@@ -322,6 +325,15 @@ class SceneView:
     assets: Mapping[str, tuple[AssetInfo, bytes]]
     t_ns: int
     clock_offset_ns: int
+    volume: tuple[VolumeInfo, bytes] | None = None
+
+
+def _asset_hashes(welcome: Welcome) -> list[str]:
+    """Every asset a Welcome lists: the structures' GLBs and the CT brick, if any."""
+    hashes = [info.sha256 for info in welcome.assets]
+    if welcome.volume is not None:
+        hashes.append(welcome.volume.sha256)
+    return hashes
 
 
 def _percentiles(window: LatencyWindow) -> dict[str, float | int | None]:
@@ -660,27 +672,32 @@ class HeadsetClient:
         self._burst_left = self.cfg.ping_burst
         self._next_ping_ns = t_recv
         self._asset_t0_ns = self._hello_sent_ns
-        for info in welcome.assets:
-            if info.sha256 not in self._asset_cache and not self._load_cached(info):
-                self._send(AssetRequest(sha256=info.sha256))
-                self._pending.append(("AssetRequest", info.sha256))
+        for sha in _asset_hashes(welcome):
+            if sha not in self._asset_cache and not self._load_cached(sha):
+                self._send(AssetRequest(sha256=sha))
+                self._pending.append(("AssetRequest", sha))
         self.phase = Phase.LOADING
         self._check_assets(t_recv)
         self._subscribe(welcome.scene_endpoint)
         self._send(SnapshotRequest())
         self._pending.append(("SnapshotRequest", ""))
 
-    def _load_cached(self, info: AssetInfo) -> bool:
+    def _cache_path(self, cache_dir: Path, sha256: str) -> Path:
+        volume = None if self.welcome is None else self.welcome.volume
+        suffix = ".u16.gz" if volume is not None and volume.sha256 == sha256 else ".glb"
+        return cache_dir / f"{sha256}{suffix}"
+
+    def _load_cached(self, sha256: str) -> bool:
         if self.cfg.cache_dir is None:
             return False
-        path = self.cfg.cache_dir / f"{info.sha256}.glb"
+        path = self._cache_path(self.cfg.cache_dir, sha256)
         try:
             data = path.read_bytes()
         except OSError:
             return False
-        if hashlib.sha256(data).hexdigest() != info.sha256:
+        if hashlib.sha256(data).hexdigest() != sha256:
             return False
-        self._asset_cache[info.sha256] = data
+        self._asset_cache[sha256] = data
         return True
 
     def _on_asset(self, asset: AssetData, t_recv: int) -> None:
@@ -692,7 +709,7 @@ class HeadsetClient:
             if self.cfg.cache_dir is not None:
                 try:
                     self.cfg.cache_dir.mkdir(parents=True, exist_ok=True)
-                    (self.cfg.cache_dir / f"{asset.sha256}.glb").write_bytes(asset.data)
+                    self._cache_path(self.cfg.cache_dir, asset.sha256).write_bytes(asset.data)
                 except OSError as error:
                     log.warning("cannot cache asset %s: %s", asset.sha256[:12], error)
         self._check_assets(t_recv)
@@ -700,7 +717,7 @@ class HeadsetClient:
     def _check_assets(self, now: int) -> None:
         if self.phase is not Phase.LOADING or self.welcome is None:
             return
-        if all(info.sha256 in self._asset_cache for info in self.welcome.assets):
+        if all(sha in self._asset_cache for sha in _asset_hashes(self.welcome)):
             self.phase = Phase.LIVE
             if not self._first_join_done and self._asset_t0_ns is not None:
                 self.stats.asset_fetch_ms = (now - self._asset_t0_ns) / 1e6
@@ -822,6 +839,13 @@ class HeadsetClient:
             if info.sha256 in self._asset_cache
         }
 
+    def volume(self) -> tuple[VolumeInfo, bytes] | None:
+        """The current scene's CT brick (its info and bytes), if it has one and it is here."""
+        info = None if self.welcome is None else self.welcome.volume
+        if info is None or info.sha256 not in self._asset_cache:
+            return None
+        return info, self._asset_cache[info.sha256]
+
     def view(self) -> SceneView:
         """What the headset would draw right now."""
         now = self._clock()
@@ -833,6 +857,7 @@ class HeadsetClient:
             assets=self.assets(),
             t_ns=now,
             clock_offset_ns=self.clock_sync.offset_ns,
+            volume=self.volume(),
         )
 
     def status_line(self) -> str:
@@ -855,6 +880,7 @@ class HeadsetClient:
         """The measured figures (the keys of ``ornav headset --summary``)."""
         infos: Iterable[AssetInfo] = () if self.welcome is None else self.welcome.assets
         infos = list(infos)
+        volume = None if self.welcome is None else self.welcome.volume
         lat, age = _percentiles(self.stats.latency), _percentiles(self.stats.pose_age)
         return {
             "endpoint": self.cfg.endpoint,
@@ -879,6 +905,7 @@ class HeadsetClient:
                 "fetch_ms": self.stats.asset_fetch_ms,
                 "fetched": self.stats.assets_fetched,
                 "fetched_bytes": self.stats.asset_bytes_fetched,
+                "volume_bytes": None if volume is None else volume.size_bytes,
             },
             "clock_offset_ns": self.clock_sync.offset_ns,
             "clock_rtt_ns": None

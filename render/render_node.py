@@ -1,7 +1,8 @@
 """Render node: streams the registered case to headsets (docs/headset-protocol.md).
 
-Renders nothing itself: the headset gets each structure's mesh once (GLB, by hash) and
-then small per-sample scene updates, and draws them in its own frame.
+Renders nothing itself: the headset gets each structure's mesh once (GLB, by hash), the
+case's CT brick once (by hash, when the case has one) and then small per-sample scene
+updates, and draws them in its own frame.
 
 Subscribes (latest-wins, from the nodes in its ``subscribe`` list):
 - ``nav/state`` (``NavState``) from the nav node;
@@ -31,8 +32,10 @@ Publishes (its bus PUB, ``spec.pub``):
   updates carrying a new sample.
 
 Headset sessions: a ROUTER socket at ``headset_endpoint``. Hello -> Welcome (or a
-``Reply`` error on a protocol mismatch), ClockPing -> ClockPong, AssetRequest ->
-AssetData, SnapshotRequest -> the newest ``SceneUpdate``, AlertAck, HeadsetTelemetry,
+``Reply`` error on a protocol mismatch; protocols 3 and 2 are served, each client's
+Welcome in its own version: only protocol 3 lists the case's CT volume), ClockPing ->
+ClockPong, AssetRequest -> AssetData (a structure's GLB or the CT brick), SnapshotRequest
+-> the newest ``SceneUpdate``, AlertAck, HeadsetTelemetry,
 XrRegistration (the session's ``T_xr_from_tracker``, echoed back as held).
 The session id (32 hex) is random per process start, so a client sees a restart. A
 session is dropped after ``client_timeout_s`` of silence (clients ping about once a
@@ -113,6 +116,7 @@ from nav.messages import (
     decode,
     encode,
 )
+from nav.messages.headset import SUPPORTED_HEADSET_PROTOCOLS, VOLUME_PROTOCOL
 from nav.phantom import SHIPPED_PHANTOM_DIR
 from nav.runtime import bus
 from nav.runtime.launchfile import NodeSpec
@@ -363,10 +367,13 @@ class HeadsetServer:
     def swap_assets(self, assets: AssetSet, version: int) -> None:
         """Serve ``assets`` as scene ``version`` from now on (new Welcomes list them); the
         previous set's assets stay servable until the next swap."""
+        old = [(info.name, info.sha256) for info in self.assets.infos]
+        if self.assets.volume is not None:
+            old.append((self.assets.volume.name, self.assets.volume.sha256))
         self._retired = {
-            info.sha256: (info.name, self.assets.data_by_sha256[info.sha256])
-            for info in self.assets.infos
-            if info.sha256 not in assets.data_by_sha256
+            sha: (name, self.assets.data_by_sha256[sha])
+            for name, sha in old
+            if sha not in assets.data_by_sha256
         }
         self.assets, self.scene_version = assets, version
 
@@ -450,8 +457,9 @@ class HeadsetServer:
             self._send(identity, ClockPong(message.t_client_ns, time.monotonic_ns()), now_ns)
         elif isinstance(message, AssetRequest):
             data = self.assets.data_by_sha256.get(message.sha256)
-            if data is not None:
-                name = next(i.name for i in self.assets.infos if i.sha256 == message.sha256)
+            name = self.assets.name_of(message.sha256)
+            if data is not None and name is not None:
+                pass  # a mesh of this scene, or its CT brick
             elif message.sha256 in self._retired:
                 name, data = self._retired[message.sha256]
             else:
@@ -533,11 +541,12 @@ class HeadsetServer:
         )
 
     def _hello(self, identity: bytes, hello: Hello, now_ns: int) -> None:
-        if hello.protocol != HEADSET_PROTOCOL_VERSION:
+        if hello.protocol not in SUPPORTED_HEADSET_PROTOCOLS:
+            spoken = " or ".join(str(v) for v in SUPPORTED_HEADSET_PROTOCOLS)
             raise _RequestError(
                 "protocol",
                 f"protocol {HEADSET_PROTOCOL_VERSION} required: this render node speaks "
-                f"protocol {HEADSET_PROTOCOL_VERSION}, the client {hello.protocol}",
+                f"protocol {spoken}, the client {hello.protocol}",
             )
         session = self.sessions.get(identity)
         if session is None:
@@ -560,8 +569,10 @@ class HeadsetServer:
             self.counters["sessions"] = len(self.sessions)
             log.info("headset session opened: %s (%d open)", hello.client, len(self.sessions))
         session.client, session.last_seen_ns = hello.client, now_ns
+        # The client's own version: a protocol-2 client gets the Welcome it knows (no
+        # volume field); it never learns the brick's hash, so it never fetches it.
         welcome = Welcome(
-            protocol=HEADSET_PROTOCOL_VERSION,
+            protocol=hello.protocol,
             session=self.session,
             scene_endpoint=self.scene_endpoint,
             scene_version=self.scene_version,
@@ -569,6 +580,7 @@ class HeadsetServer:
             assets=self.assets.infos,
             T_xr_from_tracker=session.T_xr_from_tracker,
             xr_rms_mm=session.xr_rms_mm,
+            volume=self.assets.volume if hello.protocol >= VOLUME_PROTOCOL else None,
         )
         self._send(identity, welcome, now_ns)
         # A late joiner still learns what is wrong now (reference lost, verify first...).
@@ -803,12 +815,16 @@ def _load(cfg: Config) -> _Loaded:
     T_display_from_headset = load_display_calibration(cfg.display_calibration)
     t0 = time.perf_counter()
     assets = build_assets(case, triangle_budget=cfg.triangle_budget)
+    volume = assets.volume
     log.info(
-        "case %r: %d assets, %d bytes, built in %.0f ms",
+        "case %r: %d assets, %d bytes, built in %.0f ms; %s",
         case.name,
         len(assets.infos),
         assets.total_bytes,
         (time.perf_counter() - t0) * 1e3,
+        "no CT volume"
+        if volume is None
+        else f"CT volume {'x'.join(map(str, volume.shape))}, {volume.size_bytes} bytes",
     )
     return _Loaded(case, assets, T_display_from_headset)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,8 +54,11 @@ class VolumeRef:
     hu_offset: float
     T_image_from_ijk: npt.NDArray[np.float64]
 
-    def read(self) -> npt.NDArray[np.uint16]:
-        """The voxels [i, j, k]; BrickError for a missing file, wrong hash or size."""
+    def read_bytes(self) -> bytes:
+        """The brick file as stored (gzip), its hash checked: what a headset is sent.
+
+        BrickError for a missing file or a wrong hash.
+        """
         try:
             data = self.path.read_bytes()
         except OSError as error:
@@ -62,14 +66,32 @@ class VolumeRef:
         digest = hashlib.sha256(data).hexdigest()
         if digest != self.sha256:
             raise BrickError(f"{self.path}: sha256 {digest[:12]}... is not {self.sha256[:12]}...")
+        return data
+
+    def read(self) -> npt.NDArray[np.uint16]:
+        """The voxels [i, j, k]; BrickError for a missing file, wrong hash or size."""
         try:
-            raw = gzip.decompress(data)
-        except (OSError, EOFError) as error:
-            raise BrickError(f"{self.path}: not gzip: {error}") from None
-        expected = int(np.prod(self.shape)) * 2
-        if len(raw) != expected:
-            raise BrickError(f"{self.path}: {len(raw)} bytes, shape {self.shape} needs {expected}")
-        return np.frombuffer(raw, dtype="<u2").reshape(self.shape, order="F")
+            return decode_brick(self.read_bytes(), self.shape)
+        except BrickError as error:
+            raise BrickError(f"{self.path}: {error}") from None
+
+
+def decode_brick(data: bytes, shape: tuple[int, int, int]) -> npt.NDArray[np.uint16]:
+    """A brick file's bytes (gzip, 16-bit little-endian, i fastest) -> voxels [i, j, k].
+
+    BrickError (one line) when ``data`` is not gzip or does not hold ``shape``.
+    """
+    expected = int(np.prod(shape)) * 2
+    try:
+        # max_length: a hostile brick cannot inflate past what its shape says.
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        raw = inflater.decompress(data, expected + 1)
+    except zlib.error as error:
+        raise BrickError(f"not gzip: {error}") from None
+    if len(raw) != expected or not inflater.eof:
+        size = f"over {expected}" if len(raw) > expected else str(len(raw))
+        raise BrickError(f"{size} bytes, shape {tuple(shape)} needs {expected}")
+    return np.frombuffer(raw, dtype="<u2").reshape(shape, order="F")
 
 
 def downsample_factors(shape: tuple[int, ...], max_voxels: int = MAX_BRICK_VOXELS) -> list[int]:

@@ -3,6 +3,7 @@ the session's hello, clock, assets, snapshot and telemetry."""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import math
@@ -38,8 +39,13 @@ from nav.transforms import rigidity_errors
 
 # --- headset protocol (docs/headset-protocol.md) -------------------------------------
 
-HEADSET_PROTOCOL_VERSION = 2
-MAX_ASSET_BYTES = 32 << 20  # one decimated structure as GLB; far above the triangle budget
+HEADSET_PROTOCOL_VERSION = 3
+SUPPORTED_HEADSET_PROTOCOLS = (2, 3)
+"""What a render node answers: a protocol-2 client (no CT volume) is served as before."""
+VOLUME_PROTOCOL = 3  # the first version whose Welcome carries the CT volume
+MAX_ASSET_BYTES = 32 << 20  # one decimated structure as GLB, or one CT brick
+MAX_VOLUME_VOXELS = 256 * 256 * 256  # nav.imaging.brick.MAX_BRICK_VOXELS
+VOLUME_DTYPES = ("uint16",)
 _SESSION = re.compile(r"[0-9a-f]{32}")
 _CLIENT_NAME = r"[A-Za-z0-9_.-]{1,64}"
 _STRUCTURE_NAME = r"[A-Za-z0-9_. -]{1,64}"
@@ -333,6 +339,67 @@ class AssetInfo:
         )
 
 
+@dataclass(frozen=True, eq=False)
+class VolumeInfo:
+    """The case's CT brick (``nav.imaging.brick``): fetch it by ``sha256`` like a mesh.
+
+    The asset's bytes are the brick file as the case stores it: gzip of the voxels as
+    ``dtype`` little-endian, i fastest (a WebGL ``Data3DTexture``'s order), ``shape`` (i, j,
+    k); ``HU = value + hu_offset``. ``T_image_from_ijk`` (4, 4): voxel centre (i, j, k) ->
+    ``image`` (LPS, mm), an affine (spacing included, so not rigid). The volume lies in the
+    structures' ``image`` frame and is placed by their pose in each ``SceneUpdate``.
+    """
+
+    name: str
+    sha256: str
+    size_bytes: int
+    shape: tuple[int, int, int]
+    dtype: str
+    hu_offset: float
+    T_image_from_ijk: FloatArray
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "sha256": self.sha256,
+            "size_bytes": int(self.size_bytes),
+            "shape": [int(n) for n in self.shape],
+            "dtype": self.dtype,
+            "hu_offset": float(self.hu_offset),
+            "T_image_from_ijk": encode_array(np.asarray(self.T_image_from_ijk, np.float64)),
+        }
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> VolumeInfo:
+        if not isinstance(raw, dict):
+            raise MessageError("invalid", "volume entry is not a map")
+        _check_fields(raw, frozenset(f.name for f in dataclasses.fields(cls)), "volume")
+        shape = _get(raw, "shape", list)
+        if (
+            len(shape) != 3
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
+            or math.prod(shape) > MAX_VOLUME_VOXELS
+        ):
+            raise MessageError("invalid", f"volume shape {shape!r} is not 3 sizes, <= 256^3")
+        dtype = _get(raw, "dtype", str)
+        if dtype not in VOLUME_DTYPES:
+            raise MessageError(
+                "invalid", f"volume dtype {dtype[:20]!r} is not one of {VOLUME_DTYPES}"
+            )
+        T = decode_array(raw, "T_image_from_ijk", dtype="<f8", shape=(4, 4))
+        if not np.allclose(T[3], [0, 0, 0, 1]) or abs(np.linalg.det(T[:3, :3])) < 1e-9:
+            raise MessageError("invalid", "volume T_image_from_ijk is not an invertible affine")
+        return cls(
+            name=_name(raw, "name", _STRUCTURE_NAME),
+            sha256=_name(raw, "sha256", _SHA256),
+            size_bytes=_int_field(raw, "size_bytes", 1, MAX_ASSET_BYTES),
+            shape=(shape[0], shape[1], shape[2]),
+            dtype=dtype,
+            hu_offset=_finite_float(raw, "hu_offset"),
+            T_image_from_ijk=T,
+        )
+
+
 @dataclass(frozen=True)
 class Welcome:
     """The render node's answer to ``Hello``: its session, where scene updates are
@@ -342,6 +409,10 @@ class Welcome:
     client's own world-tracking space (``xr``), applied by the client on one root node;
     the render node's configured default until the session sends an ``XrRegistration``
     (``xr_rms_mm`` NaN: not from a registration procedure).
+
+    ``volume``: the case's CT brick (``VolumeInfo``), None when the case has none. Only a
+    protocol-3 Welcome has the field (nil without a volume); a protocol-2 one, for a client
+    that predates it, never does, so its strict decoder keeps working.
     """
 
     TYPE: ClassVar[str] = "Welcome"
@@ -353,9 +424,14 @@ class Welcome:
     assets: tuple[AssetInfo, ...]
     T_xr_from_tracker: FloatArray
     xr_rms_mm: float
+    volume: VolumeInfo | None = None
+
+    def __post_init__(self) -> None:
+        if self.volume is not None and self.protocol < VOLUME_PROTOCOL:
+            raise ValueError(f"a protocol-{self.protocol} Welcome cannot carry a volume")
 
     def to_body(self) -> dict[str, Any]:
-        return {
+        body = {
             "T_xr_from_tracker": encode_array(np.asarray(self.T_xr_from_tracker, np.float64)),
             "xr_rms_mm": float(self.xr_rms_mm),
             "protocol": int(self.protocol),
@@ -365,6 +441,9 @@ class Welcome:
             "t_server_ns": int(self.t_server_ns),
             "assets": [a.to_wire() for a in self.assets],
         }
+        if self.protocol >= VOLUME_PROTOCOL:
+            body["volume"] = None if self.volume is None else self.volume.to_wire()
+        return body
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Welcome:
@@ -375,8 +454,17 @@ class Welcome:
         endpoint: str = _get(body, "scene_endpoint", str)
         if not re.fullmatch(r"(ipc|tcp|inproc)://[^\s]{1,200}", endpoint):
             raise MessageError("invalid", f"scene_endpoint {endpoint[:80]!r} is not a zmq endpoint")
+        protocol = _int_field(body, "protocol", 0, 1 << 16)
+        volume = None
+        if protocol >= VOLUME_PROTOCOL:
+            if "volume" not in body:
+                raise MessageError("invalid", f"a protocol-{protocol} Welcome without 'volume'")
+            if body["volume"] is not None:
+                volume = VolumeInfo.from_wire(body["volume"])
+        elif "volume" in body:
+            raise MessageError("invalid", f"a protocol-{protocol} Welcome with a volume")
         return cls(
-            protocol=_int_field(body, "protocol", 0, 1 << 16),
+            protocol=protocol,
             session=_name(body, "session", _SESSION),
             scene_endpoint=endpoint,
             scene_version=_time_ns(body, "scene_version"),
@@ -384,6 +472,7 @@ class Welcome:
             assets=tuple(AssetInfo.from_wire(a) for a in raw_assets),
             T_xr_from_tracker=_rigid_field(body, "T_xr_from_tracker"),
             xr_rms_mm=_rms_field(body, "xr_rms_mm"),
+            volume=volume,
         )
 
 
@@ -519,7 +608,8 @@ class AssetRequest:
 
 @dataclass(frozen=True, eq=False)
 class AssetData:
-    """One asset's bytes (binary glTF, ``model/gltf-binary``); decode checks the hash.
+    """One asset's bytes (binary glTF, ``model/gltf-binary``, or the CT brick of
+    ``VolumeInfo``: gzip); decode checks the hash.
 
     Larger than any bus message: decode with ``max_bytes=MAX_ASSET_BYTES + 4096``.
     """

@@ -346,10 +346,10 @@ def test_protocol_mismatch_and_garbage_are_refused_counted_and_the_node_keeps_se
     try:
         mismatch = client.request(Hello(HEADSET_PROTOCOL_VERSION + 1, "future-client"))
         assert isinstance(mismatch, Reply) and not mismatch.ok
-        assert "protocol 2 required" in mismatch.error and "\n" not in mismatch.error
+        assert "protocol 3 required" in mismatch.error and "\n" not in mismatch.error
         v1 = client.request(Hello(1, "protocol-1-client"))  # head-locked poses: refused
         assert isinstance(v1, Reply) and not v1.ok and v1.result == {"code": "protocol"}
-        assert v1.error.startswith("protocol 2 required")
+        assert v1.error.startswith("protocol 3 required")
         no_session = client.request(SnapshotRequest())
         assert isinstance(no_session, Reply) and "Hello" in no_session.error
 

@@ -93,8 +93,9 @@ def _scene() -> SceneState:
     return s
 
 
-def test_the_protocol_is_version_2() -> None:
-    assert HEADSET_PROTOCOL_VERSION == 2
+def test_the_protocol_is_version_3_with_version_2_still_served() -> None:
+    # 3 adds the CT volume to Welcome (tests/unit/test_volume_asset.py); the poses are 2's.
+    assert HEADSET_PROTOCOL_VERSION == 3
 
 
 @given(
