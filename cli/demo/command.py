@@ -53,6 +53,16 @@ from rich.text import Text
 
 from cli.demo.browser import browser_figures, monitor_url_file, wait_for_url
 from cli.demo.case_option import with_case
+from cli.demo.deformable import (
+    DEFORMABLE_DURATION_S,
+    DEFORMABLE_PHASE_S,
+    SCENARIOS,
+    DeformableStep,
+    stack_deformation,
+    trace_in_reference,
+    tre_figures,
+    with_deformation,
+)
 from cli.demo.script import (
     DEFAULT_DURATION_S,
     MAX_ACCEPT_FRE_MM,
@@ -86,6 +96,7 @@ from nav.runtime.private_files import write_private_text
 from nav.runtime.process import ChildProcess
 from nav.runtime.recording import RecordingError, inspect_recording, iter_recording
 from nav.runtime.supervisor import Supervisor
+from nav.sim_deformation import OrganDeformation
 from nav.transforms import apply
 
 log = logging.getLogger("ornav.demo")
@@ -131,6 +142,8 @@ class DemoStack:
     case: Case
     truth_T_reference_from_image: np.ndarray
     headset_endpoint: str
+    deformation: OrganDeformation | None = None
+    """The simulated organ's deformation (the nav node's ``truth_deformation_seed``)."""
 
     def control(self, role: str) -> str:
         endpoint = self.nodes[role].control
@@ -175,6 +188,7 @@ def demo_stack(launch: LaunchSpec) -> DemoStack:
         case=case,
         truth_T_reference_from_image=np.reshape(np.array(truth, dtype=np.float64), (4, 4)),
         headset_endpoint=_headset_endpoint(launch, nodes["render"]),
+        deformation=stack_deformation(case, dict(params)),
     )
 
 
@@ -305,6 +319,7 @@ class Scenario:
         nav: Commands,
         tracker: Commands,
         on_phase: Callable[[str], None],
+        deformable: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.plan = plan
@@ -312,15 +327,26 @@ class Scenario:
         self.tracker = tracker
         self.on_phase = on_phase
         truth = stack.truth_T_reference_from_image
+        # Where the fiducials and the target really are: on and in the deformed organ.
+        moved = stack.deformation.deformed if stack.deformation is not None else np.asarray
         self.registration = SimRegistration(
             nav=nav,
             tracker=tracker,
-            p_reference_fiducials=apply(truth, stack.case.fiducials.points_lps),
+            p_reference_fiducials=apply(truth, moved(stack.case.fiducials.points_lps)),
             plan=plan.touch,
             clock=clock,
         )
         self.target_name = stack.case.targets.labels[0]
-        self.p_target_reference = apply(truth, stack.case.targets.points_lps[:1])[0]
+        self.p_target_reference = apply(truth, moved(stack.case.targets.points_lps[:1]))[0]
+        self.deformable = (
+            DeformableStep(
+                nav=nav,
+                tracker=tracker,
+                path_reference=trace_in_reference(stack.case, stack.deformation, truth),
+            )
+            if deformable and stack.deformation is not None
+            else None
+        )
         self.phase = "starting"
         self.detail = ""
         self.outcome = RegistrationOutcome(planned=plan.n_fiducials, collected=0, retries=0)
@@ -345,13 +371,15 @@ class Scenario:
                 self._start_registration()
             elif self.phase == "registration":
                 self._registration_step(elapsed_s)
+            elif self.phase == "deformable":
+                self._deformable_step(elapsed_s)
             elif self.phase == "navigation":
                 self._navigation_step(elapsed_s)
         except TimeoutError as error:  # a node busy or restarting: try again next step
             self.command_timeouts += 1
             log.warning("%s", error)
         except ScriptedRegistrationError as error:  # e.g. the nav node restarted meanwhile
-            if self.phase in ("starting", "registration"):
+            if self.phase in ("starting", "registration", "deformable"):
                 self._fail(str(error), elapsed_s)
             else:
                 log.warning("%s", error)
@@ -433,10 +461,61 @@ class Scenario:
             figures.true_tre_max_mm or math.nan,
             figures.predicted_tre_max_mm or math.nan,
         )
+        if self.deformable is not None:
+            self._start_deformable(elapsed_s)
+        else:
+            self._start_navigation(elapsed_s)
+
+    def _start_deformable(self, elapsed_s: float) -> None:
+        step = self.deformable
+        assert step is not None
+        try:
+            step.start()
+        except ScriptedRegistrationError as error:
+            self._fail(str(error), elapsed_s, keep_outcome=True)
+            return
+        self._set_phase(
+            "deformable",
+            f"tracing the organ's surface ({step.outcome.path_length_mm:.0f} mm, "
+            f"{step.trace_s:.0f} s), then the deformable fit",
+        )
+
+    def _deformable_step(self, elapsed_s: float) -> None:
+        step = self.deformable
+        assert step is not None
+        outcome = step.step()
+        self.detail = {
+            "tracing": "tracing the organ's surface",
+            "computing": f"deformable fit of {outcome.n_points} points",
+        }.get(outcome.state, outcome.state)
+        if outcome.state == "failed":
+            self._fail(outcome.failure, elapsed_s, keep_outcome=True)
+            return
+        if outcome.state != "accepted":
+            return
+        summary = outcome.summary
+        assert summary is not None
+        self.outcome = replace(
+            self.outcome,
+            method=summary.method,
+            deformable={
+                "registration_id": summary.registration_id,
+                "tre_mm": tre_figures(summary),
+                "true_tre_mm": dict(summary.true_tre_mm),
+                "predicted_tre_mm": dict(summary.predicted_tre_mm),
+                "rms_residual_mm": round(summary.fre_mm, 3),
+                "n_points": outcome.n_points,
+                "path_length_mm": round(outcome.path_length_mm, 1),
+                "fit_time_s": outcome.fit_time_s,
+                "t_compute_ns": outcome.t_compute_ns,
+            },
+        )
         self._start_navigation(elapsed_s)
 
     def _fail(self, why: str, elapsed_s: float, *, keep_outcome: bool = False) -> None:
-        if not keep_outcome:
+        if keep_outcome:
+            self.outcome = replace(self.outcome, failure=self.outcome.failure or why)
+        else:
             self.outcome = RegistrationOutcome(
                 planned=self.plan.n_fiducials,
                 collected=self.registration.progress.collected,
@@ -700,8 +779,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 launch = with_xr_registration(launch)
             if args.case:  # another case bundle, e.g. one built from a CT (cli/demo/case_option.py)
                 launch = with_case(launch, args.case)
+            deformable = getattr(args, "scenario", "default") == "deformable"
+            if deformable:  # the organ deformed against its model (cli/demo/deformable.py)
+                launch = with_deformation(launch)
             stack = demo_stack(launch)
-            plan = plan_scenario(args.duration, fiducials_available=len(stack.case.fiducials))
+            plan = _plan(args, stack, deformable=deformable)
         except LaunchError:  # one line from cli.main; nothing was started
             raise
         except ValueError as error:  # the plan: a duration too short for the scenario
@@ -720,12 +802,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
         shutil.rmtree(ipc_dir, ignore_errors=True)  # the sockets and roster of this run only
 
 
+def _plan(args: argparse.Namespace, stack: DemoStack, *, deformable: bool) -> ScenarioPlan:
+    """The scenario's plan; the deformable one keeps ``DEFORMABLE_PHASE_S`` for the trace
+    and the fit between the fiducials and navigation. ValueError (one line) if it cannot fit."""
+    n = len(stack.case.fiducials)
+    if not deformable:
+        duration = DEFAULT_DURATION_S if args.duration is None else args.duration
+        return plan_scenario(duration, fiducials_available=n)
+    duration = DEFORMABLE_DURATION_S if args.duration is None else args.duration
+    try:
+        plan = plan_scenario(duration - DEFORMABLE_PHASE_S, fiducials_available=n)
+    except ValueError as error:
+        raise ValueError(
+            f"{error} (--scenario deformable needs {DEFORMABLE_PHASE_S:g} s more for the "
+            "surface trace and the fit)"
+        ) from None
+    return replace(plan, duration_s=duration)
+
+
 class DemoRun:
     """One run of the demo: the stack, the headset client, the scenario, the summary."""
 
     def __init__(self, *, stack: DemoStack, plan: ScenarioPlan, args: argparse.Namespace) -> None:
         self.stack = stack
         self.plan = plan
+        self.deformable = getattr(args, "scenario", "default") == "deformable"
         self.summary_path = Path(args.summary) if args.summary else None
         tty = sys.stdout.isatty()
         self.console = Console(stderr=not tty, width=None if tty else 110)
@@ -764,12 +865,13 @@ class DemoRun:
         signal.signal(signal.SIGTERM, self._request_stop)
         launch = self.stack.launch
         log.info(
-            "demo: %s (%d nodes) for %g s, run dir %s; %d fiducials by dwell, then navigation",
+            "demo: %s (%d nodes) for %g s, run dir %s; %d fiducials by dwell, %snavigation",
             launch.path,
             len(launch.nodes),
             self.plan.duration_s,
             launch.run_dir,
             self.plan.n_fiducials,
+            "a surface trace and a deformable fit, then " if self.deformable else "then ",
         )
         nav = bus.CommandClient(self.stack.control("nav"))
         tracker = bus.CommandClient(self.stack.control("tracker"))
@@ -780,6 +882,7 @@ class DemoRun:
             nav=nav,
             tracker=tracker,
             on_phase=lambda line: None if self.live_display else log.info("%s", line),
+            deformable=self.deformable,
         )
         live: Live | None = None
         recording: str | None = None
@@ -968,8 +1071,17 @@ def add_demo_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
     parser.add_argument(
         "--duration",
         type=float,
-        default=DEFAULT_DURATION_S,
-        help="seconds of scenario once the stack is up (default %(default)g)",
+        default=None,
+        help=f"seconds of scenario once the stack is up (default {DEFAULT_DURATION_S:g}; "
+        f"{DEFORMABLE_DURATION_S:g} for --scenario deformable)",
+    )
+    parser.add_argument(
+        "--scenario",
+        choices=SCENARIOS,
+        default="default",
+        help="default: register by fiducials and navigate; deformable: the sim organ is "
+        "deformed against its model, the pointer traces it after the fiducials and a "
+        "deformable fit is computed live and accepted (cli/demo/deformable.py)",
     )
     parser.add_argument("--run-dir", help="logs, recording, snapshot (default runs/demo-<time>)")
     parser.add_argument("--summary", help="write the summary as JSON here")

@@ -141,6 +141,11 @@ class RegistrationOutcome:
     figures: RegistrationFigures | None = None
     accepted: bool = False
     failure: str = ""
+    method: str = "points"
+    """The method of the registration navigation ends on: "points", or "deformable"."""
+    deformable: Mapping[str, Any] | None = None
+    """The deformable scenario's fit (``cli.demo.deformable``): its true TRE {mean, max}
+    (``tre_mm``), per target, and how it was computed; None before or without one."""
 
     @property
     def ok(self) -> bool:
@@ -162,7 +167,18 @@ def registration_summary(outcome: RegistrationOutcome) -> dict[str, Any]:
     }
     if outcome.failure:
         out["failure"] = outcome.failure
+    out["method"] = outcome.method
     figures = outcome.figures
+    rigid = None if figures is None else figures.true_tre_mean_mm
+    out["rigid_tre_mm"] = (
+        None
+        if figures is None or rigid is None
+        else {"mean": _round(rigid), "max": _round(figures.true_tre_max_mm)}
+    )
+    deformable = outcome.deformable
+    out["deformable_tre_mm"] = None if deformable is None else deformable.get("tre_mm")
+    if deformable is not None:
+        out["deformable"] = dict(deformable)
     if figures is not None:
         out.update(
             {

@@ -118,7 +118,7 @@ class ScriptedRegistrationError(RuntimeError):
 T = TypeVar("T")
 
 
-def _ok(reply: Reply, what: str) -> dict[str, JsonValue]:
+def ok_result(reply: Reply, what: str) -> dict[str, JsonValue]:
     if not reply.ok:
         raise ScriptedRegistrationError(f"{what}: {reply.error}")
     return dict(reply.result)
@@ -129,9 +129,9 @@ def send(commands: Commands, request: _Request, *, timeout_s: float = COMMAND_TI
     return commands.call(request.NAME, timeout_s=timeout_s, **request.to_args())
 
 
-def _read(reply: Reply, what: str, from_result: Callable[[dict[str, JsonValue]], T]) -> T:
+def read_reply(reply: Reply, what: str, from_result: Callable[[dict[str, JsonValue]], T]) -> T:
     """The reply's result read as its type; a refusal or a malformed result raises."""
-    result = _ok(reply, what)
+    result = ok_result(reply, what)
     try:
         return from_result(result)
     except ValueError as error:
@@ -259,7 +259,7 @@ class SimRegistration:
         self._t_script = 0.0  # when it was sent (clock)
 
     def _call(self, request: _Request, from_result: Callable[[dict[str, JsonValue]], T]) -> T:
-        return _read(send(self.nav, request), request.NAME, from_result)
+        return read_reply(send(self.nav, request), request.NAME, from_result)
 
     def start(self, *, count: int | None = None) -> FiducialProgress:
         """Start collecting and touch the first ``count`` fiducials (default: all).
@@ -286,7 +286,7 @@ class SimRegistration:
             )
         except ValueError as error:  # as the tracker would have refused it
             raise ScriptedRegistrationError(f"{PointerTouch.NAME}: {error}") from None
-        _read(send(self.tracker, touch), touch.NAME, ScriptStarted.from_result)
+        read_reply(send(self.tracker, touch), touch.NAME, ScriptStarted.from_result)
         self._first = first
         self._t_script = self.clock()
 
