@@ -158,15 +158,7 @@ def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
         with runtime:
             source = SurfaceSourceLoop(cfg, spec, runtime, rate_hz=cfg.rate_hz)
             runtime.ready()
-            while not stop.is_set():
-                if not source.due(stop):
-                    continue
-                try:
-                    left, right = next(pairs)
-                except StopIteration:
-                    log.info("%s: end of the recorded pairs", spec.name)
-                    return 0
-                grab = source.grab()
+            for grab, (left, right) in source.paced(pairs, stop):
                 runtime.counters["pairs"] += 1
                 if reconstructor is None:
                     size = (left.shape[1], left.shape[0])

@@ -19,7 +19,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +36,7 @@ from nav.transforms import Mat4
 from tracking.stereo import points_in_reference
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 MIN_CONFIDENCE_MM = 1e-3  # the wire wants > 0; no camera is better than a micrometre
 
 
@@ -162,35 +165,42 @@ class SurfaceSourceLoop:
         self.name = spec.name
         self.tracking = CameraTracking(params, spec, runtime) if params.camera_tool else None
         self.period_s = 1.0 / rate_hz
-        self.next_s = time.monotonic()
         self.warned: set[str] = set()
 
-    def due(self, stop: threading.Event) -> bool:
-        """Serve the node for one pass; True when the next frame is due (``rate_hz``)."""
-        if self.tracking is not None:
-            self.tracking.poll()
-        self.runtime.service()
-        wait = self.next_s - time.monotonic()
-        if wait > 0:
-            stop.wait(min(wait, POLL_TIMEOUT_S))
-            return False
-        self.next_s += self.period_s
-        return True
+    def paced(self, frames: Iterator[T], stop: threading.Event) -> Iterator[tuple[Grab, T]]:
+        """Each frame at ``rate_hz`` at most with its ``Grab`` (taken as the frame is
+        read), serving the node's control and heartbeat between; ends on ``stop`` or at
+        the end of ``frames`` (logged)."""
+        next_s = time.monotonic()
+        while not stop.is_set():
+            if self.tracking is not None:
+                self.tracking.poll()
+            self.runtime.service()
+            wait = next_s - time.monotonic()
+            if wait > 0:
+                stop.wait(min(wait, POLL_TIMEOUT_S))
+                continue
+            next_s += self.period_s
+            try:
+                frame = next(frames)
+            except StopIteration:
+                log.info("%s: end of the recorded frames", self.name)
+                return
+            yield self._grab(), frame
 
-    def grab(self) -> Grab:
-        """Now, and where the camera was: call as the frame is taken."""
+    def _grab(self) -> Grab:
         t_sensor_ns = time.monotonic_ns()
         if self.tracking is None:
             return Grab(t_sensor_ns, None)
-        self.tracking.poll()
+        self.tracking.poll()  # where the camera was at the grab
         return Grab(t_sensor_ns, self.tracking.latest)
 
-    def refuse(self, kind: str, error: Exception) -> None:
+    def refuse(self, kind: str, reason: object) -> None:
         """A frame that gives no trustworthy surface: counted, logged once per kind."""
         self.runtime.counters[f"refused_{kind}"] += 1
         if kind not in self.warned:
             self.warned.add(kind)
-            log.warning("%s: frame refused: %s", self.name, error)
+            log.warning("%s: frame refused: %s", self.name, reason)
 
     def publish(
         self, grab: Grab, points_camera: npt.NDArray[np.float64], confidence_mm: npt.ArrayLike

@@ -214,7 +214,7 @@ def test_back_projection_is_the_pinhole_closed_form(
 def test_the_intrinsics_file_reads_as_open3d_writes_it(tmp_path: Path) -> None:
     path = tmp_path / "intrinsic.json"
     written = o3d.camera.PinholeCameraIntrinsic(640, 480, 600.0, 610.0, 320.5, 240.25)
-    o3d.io.write_pinhole_camera_intrinsic(str(path), written)
+    o3d.io.write_pinhole_camera_intrinsic(path, written)
     intrinsics, depth_scale = PinholeIntrinsics.from_open3d_json(path)
     assert intrinsics == PinholeIntrinsics(640, 480, 600.0, 610.0, 320.5, 240.25)
     assert depth_scale is None
@@ -253,7 +253,7 @@ def test_a_bad_intrinsics_file_is_one_line(tmp_path: Path, text: str) -> None:
 
 def _refusal(depth: npt.NDArray[np.generic], mask: npt.NDArray[np.uint8] | None = None) -> str:
     with pytest.raises(DepthError) as raised:
-        depth_to_points(depth, CAMERA, DepthParams(), mask)  # type: ignore[arg-type]
+        depth_to_points(depth, CAMERA, DepthParams(), mask)
     assert "\n" not in str(raised.value)
     return raised.value.kind
 
