@@ -73,7 +73,7 @@ def test_the_trace_follows_the_deformed_organ_where_the_simulation_put_it() -> N
     truth = make_rigid(np.eye(3), [10.0, -20.0, 30.0])
     path = trace_in_reference(case, deformation, truth)
     organ = next(s for s in case.structures if s.role == "organ")
-    back = apply(np.linalg.inv(truth), path)
+    back = apply(np.asarray(np.linalg.inv(truth), dtype=np.float64), path)
     to_deformed = _distances(deformation.deformed(organ.mesh.vertices), organ.mesh.faces, back)
     assert to_deformed.max() < 1e-3  # on the deformed surface, not the model's
     assert _distances(organ.mesh.vertices, organ.mesh.faces, back).max() > 1.0
@@ -83,10 +83,10 @@ def test_the_trace_follows_the_deformed_organ_where_the_simulation_put_it() -> N
 def _distances(vertices: Any, faces: Any, points: Any) -> np.ndarray:
     scene = o3d.t.geometry.RaycastingScene()
     scene.add_triangles(
-        o3d.core.Tensor(np.asarray(vertices, dtype=np.float32)),
-        o3d.core.Tensor(np.asarray(faces, dtype=np.uint32)),
+        o3d.core.Tensor.from_numpy(np.ascontiguousarray(vertices, dtype=np.float32)),
+        o3d.core.Tensor.from_numpy(np.ascontiguousarray(faces, dtype=np.uint32)),
     )
-    query = o3d.core.Tensor(np.asarray(points, dtype=np.float32))
+    query = o3d.core.Tensor.from_numpy(np.ascontiguousarray(points, dtype=np.float32))
     return np.asarray(scene.compute_distance(query).numpy(), dtype=np.float64)
 
 
