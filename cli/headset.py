@@ -44,6 +44,7 @@ from render.snapshot import (
     load_display_camera,
     meshes_from_assets,
     render_view,
+    volume_or_none,
     write_png,
 )
 
@@ -62,6 +63,7 @@ def _snapshot(
         meshes=meshes,
         camera=camera,
         renderer=renderer,
+        volume=volume_or_none(view.volume),
     )
     write_png(path, snapshot)
     log.info("snapshot %s (%s renderer): %s", path, snapshot.renderer, snapshot.banner)
@@ -70,6 +72,7 @@ def _snapshot(
         "renderer": snapshot.renderer,
         "overlay": snapshot.overlay.value,
         "banner": snapshot.banner,
+        "volume_ms": snapshot.volume_ms,
     }
 
 

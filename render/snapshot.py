@@ -28,6 +28,19 @@ opaque structures draw in ~0.1 s, but the translucent liver over them still take
 14-22 s, so ``auto`` gives up after 5 s and the ray caster (~0.2 s) draws it. On a
 machine with a GPU the Filament path takes milliseconds.
 
+The CT volume (the case's brick, ``CtVolume``): when the scene has one it is ray-marched
+with ``render.volume_render.march`` (torch; CUDA where present) in the structures'
+``image`` frame, placed by their pose in the update, each ray stopping at the first mesh
+(or the tip) it meets, and composited over the meshes (front to back: what lies in front
+of a mesh tints it, the mesh hides what lies behind it). It obeys the same rule as the
+meshes: dimmed and more transparent when STALE, not drawn at all when HIDDEN. The rays are
+cast on a grid ``volume_ray_stride`` pixels apart (4: a 160 x 120 grid for the 640 x 480
+simulated display) and the layer is scaled up (bilinear) over the full-resolution meshes:
+the CT is smooth at that scale and the time stays reasonable on a CPU. Measured on this
+2-core machine (CPU torch), the shared CT case (a 256 x 256 x 20 brick), the display
+looking at the liver from ~0.5 m: ~0.5-1 s for the volume layer at stride 4, several
+seconds at stride 1 (tests/process/test_volume_snapshot.py prints the figures).
+
 The background is black: an optical see-through display adds light, so black is "nothing".
 """
 
@@ -38,6 +51,7 @@ import logging
 import math
 import multiprocessing
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,9 +65,12 @@ import trimesh
 
 import calibration
 from calibration.files import CalibrationFileError, read_calibration
+from nav.imaging.brick import decode_brick
 from nav.messages import AssetInfo, OverlayState, SceneUpdate
+from nav.messages.headset import VolumeInfo
 from nav.transforms import invert_rigid
 from render.assets import glb_vertex_rgba
+from render.volume_render import PRESETS, march
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +172,35 @@ def meshes_from_assets(assets: Mapping[str, tuple[AssetInfo, bytes]]) -> dict[st
 
 
 @dataclass(frozen=True, eq=False)
+class CtVolume:
+    """The case's CT for drawing: ``hu`` [i, j, k] float32 (HU) and ``T_image_from_ijk``
+    (4, 4): voxel centre -> ``image`` (LPS, mm)."""
+
+    hu: npt.NDArray[np.float32]
+    T_image_from_ijk: npt.NDArray[np.float64]
+
+
+def volume_from_asset(info: VolumeInfo, data: bytes) -> CtVolume:
+    """Decode the CT brick asset (``nav.imaging.brick.BrickError``, a ValueError, if its
+    bytes do not hold ``info.shape``)."""
+    values = decode_brick(data, info.shape)
+    hu = values.astype(np.float32) + np.float32(info.hu_offset)
+    return CtVolume(hu=hu, T_image_from_ijk=np.asarray(info.T_image_from_ijk, np.float64))
+
+
+def volume_or_none(asset: tuple[VolumeInfo, bytes] | None) -> CtVolume | None:
+    """``volume_from_asset`` of a client's volume asset, or None (none, or its bytes do not
+    hold its shape: logged once as a warning, and the snapshot is drawn without it)."""
+    if asset is None:
+        return None
+    try:
+        return volume_from_asset(*asset)
+    except ValueError as error:
+        log.warning("CT volume %s... not drawn: %s", asset[0].sha256[:12], error)
+        return None
+
+
+@dataclass(frozen=True, eq=False)
 class Snapshot:
     """A rendered view: ``image`` (H, W, 3) uint8 RGB and which renderer drew it."""
 
@@ -162,6 +208,8 @@ class Snapshot:
     renderer: str
     overlay: OverlayState
     banner: str
+    volume_ms: float | None = None
+    """Time spent on the CT volume layer (ms); None: none was drawn."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -450,23 +498,114 @@ def render_view(
     camera: DisplayCamera,
     renderer: str = "auto",
     open3d_timeout_s: float = 5.0,
+    volume: CtVolume | None = None,
+    volume_preset: str = "soft_tissue",
+    volume_ray_stride: int = 4,
+    device: str = "auto",
 ) -> Snapshot:
     """Draw ``update`` as the headset would under ``overlay`` (the client's verdict).
 
     ``meshes`` by structure name; structures without a mesh are skipped. ``renderer``:
     "open3d" (in this process), "raycast", or "auto": Open3D in a child process, given
     ``open3d_timeout_s``, else ray casting for the rest of this process (ValueError for
-    another name).
+    another name). ``volume``: the case's CT, drawn with the transfer function
+    ``volume_preset`` (``render.volume_render.PRESETS``) on rays ``volume_ray_stride``
+    pixels apart (see the module docstring), on torch's ``device``.
     """
+    if volume_preset not in PRESETS:
+        raise ValueError(f"volume preset {volume_preset!r}: use one of {', '.join(PRESETS)}")
+    if volume_ray_stride < 1:
+        raise ValueError(f"volume_ray_stride must be >= 1, got {volume_ray_stride}")
     if update is None:
         overlay = OverlayState.HIDDEN
         reason = reason or "no scene yet"
     drawables = _drawables(update, overlay, meshes, camera)
     image, used = _render_3d(drawables, camera, renderer, open3d_timeout_s)
     image = image.copy()
+    volume_ms = None
+    if volume is not None and update is not None and overlay is not OverlayState.HIDDEN:
+        t0 = time.perf_counter()
+        layer = _volume_layer(
+            update, volume, drawables, camera, volume_preset, volume_ray_stride, device
+        )
+        if layer is not None:
+            colour, transmittance = layer
+            if overlay is OverlayState.STALE:  # as the meshes: greyed, dimmer, fainter
+                colour = 0.6 * _dim_rgb(colour.reshape(-1, 3)).reshape(colour.shape)
+                transmittance = 1.0 - 0.6 * (1.0 - transmittance)
+            blended = colour * 255.0 + transmittance[..., None] * image.astype(np.float64)
+            image = np.clip(np.round(blended), 0, 255).astype(np.uint8)
+            volume_ms = (time.perf_counter() - t0) * 1e3
     text = banner_text(update, overlay, reason)
     _draw_banner(image, text, overlay)
-    return Snapshot(image=image, renderer=used, overlay=overlay, banner=text)
+    return Snapshot(image=image, renderer=used, overlay=overlay, banner=text, volume_ms=volume_ms)
+
+
+def _volume_layer(
+    update: SceneUpdate,
+    volume: CtVolume,
+    drawables: list[_Drawable],
+    camera: DisplayCamera,
+    preset: str,
+    stride: int,
+    device: str,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None:
+    """The CT's premultiplied colour (H, W, 3) and transmittance (H, W) over the full
+    image, marched on a grid ``stride`` pixels apart; None with no pose to draw it by.
+
+    The volume lies in ``image``, placed like the structures (they share that frame: the
+    update's first structure pose). Each ray stops at the first drawable it meets.
+    """
+    T_display_from_tracker = camera.display_from_tracker(update)
+    if T_display_from_tracker is None or not len(update.structure_names):
+        return None
+    T_display_from_image = T_display_from_tracker @ update.T_tracker_from_structures[0]
+    T_image_from_display = invert_rigid(T_display_from_image)
+    w = -(-camera.width // stride)
+    h = -(-camera.height // stride)
+    # Grid points at the centres of stride x stride blocks: what a bilinear resize assumes.
+    u = np.arange(w) * stride + (stride - 1) / 2
+    v = np.arange(h) * stride + (stride - 1) / 2
+    uu, vv = np.meshgrid(u, v)
+    pix = np.stack([uu.ravel(), vv.ravel(), np.ones(uu.size)], axis=1)
+    d_display = pix @ np.linalg.inv(camera.K).T
+    d_display /= np.linalg.norm(d_display, axis=1, keepdims=True)
+    t_stop = _first_hits(drawables, d_display)  # mm: the same in image (a rigid move)
+    colour, transmittance = march(
+        volume.hu,
+        volume.T_image_from_ijk,
+        T_image_from_display[:3, 3],
+        d_display @ T_image_from_display[:3, :3].T,
+        t_stop_mm=t_stop,
+        preset=preset,
+        device=device,
+    )
+    size = (camera.width, camera.height)
+    colour_full = cv2.resize(
+        colour.reshape(h, w, 3).astype(np.float32), size, interpolation=cv2.INTER_LINEAR
+    )
+    trans_full = cv2.resize(
+        transmittance.reshape(h, w).astype(np.float32), size, interpolation=cv2.INTER_LINEAR
+    )
+    return colour_full.astype(np.float64), trans_full.astype(np.float64)
+
+
+def _first_hits(
+    drawables: list[_Drawable], directions: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    """Distance (mm, inf: none) from the display origin along each unit direction (N, 3)
+    to the first drawable's surface."""
+    if not drawables:
+        return np.full(len(directions), np.inf)
+    scene = o3d.t.geometry.RaycastingScene()
+    for d in drawables:
+        scene.add_triangles(
+            o3d.core.Tensor.from_numpy(np.ascontiguousarray(d.vertices_display, dtype=np.float32)),
+            o3d.core.Tensor.from_numpy(np.ascontiguousarray(d.faces, dtype=np.uint32)),
+        )
+    rays = np.concatenate([np.zeros_like(directions), directions], axis=1).astype(np.float32)
+    hits = scene.cast_rays(o3d.core.Tensor.from_numpy(np.ascontiguousarray(rays)))
+    return hits["t_hit"].numpy().astype(np.float64)
 
 
 def write_png(path: str | os.PathLike[str], snapshot: Snapshot) -> Path:

@@ -194,15 +194,55 @@ def render(
     origin, directions = camera.rays()
     t_mesh, mesh_colour = _mesh_hits(meshes, origin, directions)
     back = np.asarray(background, dtype=np.float64)
+    behind = np.where(np.isfinite(t_mesh)[:, None], mesh_colour, back)
     if volume_hu is None:
-        rgb = np.where(np.isfinite(t_mesh)[:, None], mesh_colour, back)
-        return _image(rgb, camera)
+        return _image(behind, camera)
+    assert T_image_from_ijk is not None
+    colour, transmittance = march(
+        volume_hu,
+        T_image_from_ijk,
+        origin,
+        directions,
+        t_stop_mm=t_mesh,
+        preset=preset,
+        level=level,
+        width=width,
+        clip=clip,
+        step_mm=step_mm,
+        device=device,
+    )
+    return _image(colour + transmittance[:, None] * behind, camera)
+
+
+def march(
+    volume_hu: npt.ArrayLike,
+    T_image_from_ijk: npt.ArrayLike,
+    origin: npt.ArrayLike,
+    directions: npt.ArrayLike,
+    *,
+    t_stop_mm: npt.ArrayLike | None = None,
+    preset: str = "soft_tissue",
+    level: float | None = None,
+    width: float | None = None,
+    clip: tuple[Sequence[float], Sequence[float]] | None = None,
+    step_mm: float | None = None,
+    device: str = "auto",
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """The CT along rays: premultiplied colour (N, 3) in 0..1 and transmittance (N,).
+
+    Rays start at ``origin`` (3,) and run along unit ``directions`` (N, 3), both in the
+    ``image`` frame (LPS mm); each stops at ``t_stop_mm`` (N,) mm (e.g. its first mesh; inf
+    or None: at the volume's far side). What lies behind shows through by the
+    transmittance: ``colour + transmittance * behind``. Other arguments as :func:`render`.
+    """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}: {', '.join(PRESETS)}")
     preset_level, preset_width, points = PRESETS[preset]
     level = preset_level if level is None else level
     width = max(1.0, preset_width if width is None else width)
     dev = resolve_device(device)
+    origin = np.asarray(origin, dtype=np.float64)
+    directions = np.asarray(directions, dtype=np.float64).reshape(-1, 3)
 
     values = torch.as_tensor(np.asarray(volume_hu, dtype=np.float32), device=dev)
     ni, nj, nk = values.shape
@@ -222,7 +262,8 @@ def render(
         b = (hi - o_ijk) / d_ijk
     t_near = np.nan_to_num(np.minimum(a, b), nan=-np.inf).max(axis=1).clip(min=0.0)
     t_far = np.nan_to_num(np.maximum(a, b), nan=np.inf).min(axis=1)
-    t_far = np.minimum(t_far, t_mesh)
+    if t_stop_mm is not None:
+        t_far = np.minimum(t_far, np.asarray(t_stop_mm, dtype=np.float64))
 
     table = torch.as_tensor(transfer_table(points), device=dev)
     # grid_sample wants (N, C, D, H, W) = (1, 1, k, j, i) and x, y, z = i, j, k in -1..1
@@ -247,6 +288,8 @@ def render(
             break
         s = t0[index, None] + (start + offsets[None, :] + 0.5) * step  # (R, S) mm
         inside = s < t1[index, None]
+        # a ray whose segment has ended takes no more chunks
+        active[index] = inside[:, -1]
         p = o[None, None, :] + s[..., None] * d[index, None, :]  # (R, S, 3) ijk
         g = (p * scale.to(torch.float32)) - 1.0
         hu = torch.nn.functional.grid_sample(
@@ -263,9 +306,10 @@ def render(
         tr = transmittance[index]
         colour[index] += tr[:, None] * (before[..., None] * alpha[..., None] * tf[..., :3]).sum(1)
         transmittance[index] = tr * keep[:, -1]
-    behind = np.where(np.isfinite(t_mesh)[:, None], mesh_colour, back)
-    rgb = colour.cpu().numpy().astype(np.float64) + transmittance.cpu().numpy()[:, None] * behind
-    return _image(rgb, camera)
+    return (
+        colour.cpu().numpy().astype(np.float64),
+        transmittance.cpu().numpy().astype(np.float64),
+    )
 
 
 def _image(rgb: npt.NDArray[np.float64], camera: Camera) -> npt.NDArray[np.uint8]:
