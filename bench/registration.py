@@ -1,6 +1,7 @@
 """Deformable registration accuracy and speed, side by side with rigid ICP and CPD, in one run.
 
     .venv/bin/python bench/registration.py [--seeds N] [--points N] [--cpd-points N]
+        [--device cpu|cuda] [--live-sizes 2000,5000,10000] [--live-only] [--profile]
 
 Cases. Real organ meshes from ``../shared/data/meshes/`` (SOFA, LGPL; the run is skipped
 with a message when the folder is absent): two different livers,
@@ -52,6 +53,17 @@ the mean and the max over its 25 targets; the table shows, over all cases, the m
 median and min-max of the times. The confidence check compares ornav's per-vertex
 ``confidence_mm`` with the true vertex error: Spearman rank correlation per case, and
 the mean of each over the seen and the unseen vertices. Nothing here asserts.
+
+Live deformable (issue 14), the second table: the nav node's live fit at 2k / 5k / 10k
+points (``--live-sizes``) side by side with the rigid ICP, on the same cases (the same
+meshes and seeds, ``--points`` replaced by each size). Per case, the rigid ICP is
+``nav.registration.surface.register_surface`` from ``T_init`` (the nav node's surface
+method), and the deformable fit is ``register_deformable`` with the default config on
+``--device`` from that ICP's result (the live configuration: it starts from a rigid fit).
+Times are wall time of each call after one warm-up of each, median and max over the
+cases, and the ratio of the medians; the aim (issue 14): 10k points in 150 ms on 2 CPU
+cores, under 20 ms on a GPU. ``--profile`` adds cProfile's top functions for one 10k
+deformable fit.
 """
 
 from __future__ import annotations
@@ -76,8 +88,9 @@ import open3d as o3d  # noqa: E402
 from scipy.spatial import cKDTree  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from nav.registration.deformable import register_deformable  # noqa: E402
+from nav.registration.deformable import DeformableConfig, register_deformable  # noqa: E402
 from nav.registration.paired_point import register_paired_points  # noqa: E402
+from nav.registration.surface import register_surface  # noqa: E402
 from nav.transforms import apply, axis_angle_to_matrix, invert_rigid, make_rigid  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
@@ -86,6 +99,8 @@ MESHES = ("sofa_liver-smooth.obj", "sofa_liver2.obj")
 ORGAN_LENGTH_MM = 190.0
 PEAK_MM = 8.0
 N_TARGETS = 25
+LIVE_SIZES = (2000, 5000, 10000)
+LIVE_AIM_MS = {"cpu": 150.0, "cuda": 20.0}  # 10k points (issue 14)
 
 
 @dataclass(frozen=True, eq=False)
@@ -120,6 +135,7 @@ def load_mesh(path: Path) -> tuple[np.ndarray, np.ndarray]:
     import trimesh
 
     mesh = trimesh.load(path, force="mesh")
+    assert isinstance(mesh, trimesh.Trimesh)
     v = np.asarray(mesh.vertices, dtype=np.float64)
     v = (v - v.mean(axis=0)) * (ORGAN_LENGTH_MM / float(np.ptp(v, axis=0).max()))
     return v, np.asarray(mesh.faces, dtype=np.int64)
@@ -326,12 +342,18 @@ def cpd(
     return run
 
 
-def ornav(from_icp: bool) -> Callable[[Case, dict[str, object]], tuple[np.ndarray, float]]:
+def ornav(
+    from_icp: bool, device: str
+) -> Callable[[Case, dict[str, object]], tuple[np.ndarray, float]]:
+    config = DeformableConfig(device=device)
+
     def run(case: Case, memo: dict[str, object]) -> tuple[np.ndarray, float]:
         T0 = memo["T_icp"] if from_icp else case.T_init
         assert isinstance(T0, np.ndarray)
         t0 = time.perf_counter()
-        result = register_deformable(case.vertices_model, case.triangles, case.points_patient, T0)
+        result = register_deformable(
+            case.vertices_model, case.triangles, case.points_patient, T0, config=config
+        )
         dt = time.perf_counter() - t0
         if not from_icp:
             memo["ornav"] = result
@@ -340,7 +362,7 @@ def ornav(from_icp: bool) -> Callable[[Case, dict[str, object]], tuple[np.ndarra
     return run
 
 
-def methods(cpd_points: int) -> list[Method]:
+def methods(cpd_points: int, device: str) -> list[Method]:
     found = []
     for library in ("pycpd", "probreg"):
         try:
@@ -369,15 +391,17 @@ def methods(cpd_points: int) -> list[Method]:
                 f"<= {cpd_points} pts, after ICP",
             )
         )
-    rows.append(Method("ornav deformable (from T_init)", ornav(False), "all points"))
-    rows.append(Method("ornav deformable (from ICP)", ornav(True), "all points, ICP not timed"))
+    rows.append(Method("ornav deformable (from T_init)", ornav(False, device), "all points"))
+    rows.append(
+        Method("ornav deformable (from ICP)", ornav(True, device), "all points, ICP not timed")
+    )
     return rows
 
 
 # -- report ---------------------------------------------------------------------------------
 
 
-def spread(values: Sequence[float], fmt: str = "{:.2f}") -> str:
+def spread(values: Sequence[float] | np.ndarray, fmt: str = "{:.2f}") -> str:
     a = np.asarray(values)
     sd = float(a.std(ddof=1)) if len(a) > 1 else 0.0
     return (
@@ -416,18 +440,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=8, help="seeds per mesh (default 8)")
     parser.add_argument("--points", type=int, default=10000, help="data points per case")
     parser.add_argument("--cpd-points", type=int, default=1000, help="CPD subsample size")
+    parser.add_argument(
+        "--device", default=None, help="torch device of the deformable fit (default: cuda if any)"
+    )
+    parser.add_argument(
+        "--live-sizes",
+        default=",".join(str(n) for n in LIVE_SIZES),
+        help="data sizes of the live table, comma-separated (default 2000,5000,10000)",
+    )
+    parser.add_argument("--live-only", action="store_true", help="only the live table")
+    parser.add_argument(
+        "--profile", action="store_true", help="cProfile one deformable fit at the largest size"
+    )
     args = parser.parse_args(argv)
+    try:
+        sizes = [int(n) for n in args.live_sizes.split(",")]
+    except ValueError:
+        parser.error(f"--live-sizes: {args.live_sizes!r} is not a list of integers")
+    if not sizes or min(sizes) < 100:
+        parser.error("--live-sizes: each size must be at least 100")
     if not require_shared_data():
         return 0
     import torch
 
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as error:
+        parser.error(f"--device {device}: {error}")
+    gpu = f", {torch.cuda.get_device_name(device)}" if device.startswith("cuda") else ""
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"open3d {o3d.__version__}; {len(MESHES)} meshes x {args.seeds} seeds, "
-        f"{args.points} points, {PEAK_MM:g} mm peak deformation"
+        f"open3d {o3d.__version__}; deformable on {device}{gpu}; {len(MESHES)} meshes x "
+        f"{args.seeds} seeds, {PEAK_MM:g} mm peak deformation"
     )
-    rows = methods(args.cpd_points)
+    if not args.live_only:
+        accuracy(args.seeds, args.points, args.cpd_points, device)
+    live(args.seeds, sizes, device)
+    if args.profile:
+        profile(max(sizes), device)
+    return 0
+
+
+def accuracy(seeds: int, n_points: int, cpd_points: int, device: str) -> None:
+    """The first table: every method's TRE and time at ``n_points`` (module docstring)."""
+    print(f"-- accuracy: {n_points} points per case")
+    rows = methods(cpd_points, device)
     tre: dict[str, list[tuple[float, float, float]]] = {m.name: [] for m in rows}
     conf_rho: list[float] = []
     conf_seen: list[tuple[float, float]] = []
@@ -436,10 +495,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.perf_counter()
     for mesh_name in MESHES:
         v, f = load_mesh(MESH_DIR / mesh_name)
-        for seed in range(args.seeds):
-            case = make_case(mesh_name, v, f, seed, args.points)
+        for seed in range(seeds):
+            case = make_case(mesh_name, v, f, seed, n_points)
             if warm:  # first-call costs (torch, Open3D) are not the method's
-                register_deformable(v, f, case.points_patient, case.T_init)
+                config = DeformableConfig(device=device)
+                register_deformable(v, f, case.points_patient, case.T_init, config=config)
                 warm = False
             memo: dict[str, object] = {}
             line = f"{mesh_name} seed {seed}: seen {case.visible_fraction:.0%}"
@@ -474,7 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     n_cases = len(next(iter(tre.values())))
     print_table(
-        f"Target registration error, {n_cases} cases ({len(MESHES)} livers x {args.seeds} seeds), "
+        f"Target registration error, {n_cases} cases ({len(MESHES)} livers x {seeds} seeds), "
         "mm: mean +- sd (min-max) over cases",
         ["method", "mean TRE", "max TRE", "time", "data used"],
         table_rows,
@@ -485,7 +545,122 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"seen vertices: error {s[:, 0].mean():.2f}, confidence {s[:, 1].mean():.2f} mm; "
         f"unseen: error {u[:, 0].mean():.2f}, confidence {u[:, 1].mean():.2f} mm"
     )
-    return 0
+
+
+def _sync(device: str) -> None:
+    """Wait for the GPU, so a time is the work's and not the queueing's."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+@dataclass(frozen=True)
+class LiveRun:
+    """One case at one size: both fits' wall times (s) and mean target errors (mm)."""
+
+    rigid_s: float
+    deformable_s: float
+    rigid_tre_mm: float
+    deformable_tre_mm: float
+
+
+def live_case(case: Case, config: DeformableConfig) -> LiveRun:
+    """The nav node's two surface fits on ``case``: rigid ICP from ``T_init``, then the
+    deformable fit from the ICP's result (module docstring)."""
+    t0 = time.perf_counter()
+    rigid = register_surface(
+        case.vertices_model, case.triangles, case.points_patient, T_init=case.T_init
+    )
+    t1 = time.perf_counter()
+    _sync(config.device)
+    t2 = time.perf_counter()
+    deformable = register_deformable(
+        case.vertices_model,
+        case.triangles,
+        case.points_patient,
+        rigid.T_patient_from_model,
+        config=config,
+    )
+    _sync(config.device)
+    t3 = time.perf_counter()
+    rigid_e = np.linalg.norm(
+        apply(rigid.T_patient_from_model, case.targets_model) - case.targets_true, axis=1
+    )
+    deformable_e = np.linalg.norm(deformable.warp(case.targets_model) - case.targets_true, axis=1)
+    return LiveRun(t1 - t0, t3 - t2, float(rigid_e.mean()), float(deformable_e.mean()))
+
+
+def live(seeds: int, sizes: Sequence[int], device: str) -> None:
+    """The live table: deformable next to rigid ICP at each size (module docstring)."""
+    print(f"-- live: rigid ICP, then deformable from it, at {', '.join(map(str, sizes))} points")
+    config = DeformableConfig(device=device)
+    meshes = [(name, *load_mesh(MESH_DIR / name)) for name in MESHES]
+    warm_case = make_case(MESHES[0], meshes[0][1], meshes[0][2], 0, max(sizes))
+    live_case(warm_case, config)  # first-call costs (torch, Open3D) are not the method's
+    table_rows = []
+    medians: dict[int, float] = {}
+    for n in sizes:
+        runs = []
+        for mesh_name, v, f in meshes:
+            for seed in range(seeds):
+                runs.append(live_case(make_case(mesh_name, v, f, seed, n), config))
+        rigid_ms = [1e3 * r.rigid_s for r in runs]
+        deformable_ms = [1e3 * r.deformable_s for r in runs]
+        medians[n] = statistics.median(deformable_ms)
+        ratio = statistics.median(deformable_ms) / statistics.median(rigid_ms)
+        table_rows.append(
+            [
+                f"{n}",
+                f"{statistics.median(rigid_ms):.0f} / {max(rigid_ms):.0f}",
+                f"{statistics.median(deformable_ms):.0f} / {max(deformable_ms):.0f}",
+                f"{ratio:.1f}",
+                f"{np.mean([r.rigid_tre_mm for r in runs]):.2f}",
+                f"{np.mean([r.deformable_tre_mm for r in runs]):.2f}",
+            ]
+        )
+        print(f"{n} points: {len(runs)} cases done", flush=True)
+    print_table(
+        f"Live deformable vs rigid ICP, {len(MESHES)} livers x {seeds} seeds per size, "
+        f"deformable on {device}",
+        [
+            "points",
+            "rigid ICP ms (median / max)",
+            "deformable ms (median / max)",
+            "ratio of medians",
+            "rigid mean TRE mm",
+            "deformable mean TRE mm",
+        ],
+        table_rows,
+    )
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    aim_n = 10000
+    if aim_n in medians:
+        verdict = "met" if medians[aim_n] <= LIVE_AIM_MS[kind] else "missed"
+        print(
+            f"aim ({kind}): 10k points in {LIVE_AIM_MS[kind]:g} ms: median "
+            f"{medians[aim_n]:.0f} ms, {verdict}"
+        )
+
+
+def profile(n_points: int, device: str, top: int = 20) -> None:
+    """cProfile's top functions (by own time) for one deformable fit from the ICP."""
+    import cProfile
+    import pstats
+
+    v, f = load_mesh(MESH_DIR / MESHES[0])
+    case = make_case(MESHES[0], v, f, 0, n_points)
+    config = DeformableConfig(device=device)
+    live_case(case, config)  # warm
+    rigid = register_surface(v, f, case.points_patient, T_init=case.T_init)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    register_deformable(v, f, case.points_patient, rigid.T_patient_from_model, config=config)
+    _sync(device)
+    profiler.disable()
+    print(f"-- profile: one deformable fit, {MESHES[0]} seed 0, {n_points} points, {device}")
+    stats = pstats.Stats(profiler)
+    stats.sort_stats("tottime").print_stats(top)
 
 
 if __name__ == "__main__":
