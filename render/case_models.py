@@ -16,9 +16,15 @@ another case arrives (the nav node ran ``case.load``). :class:`CaseModels` takes
   :func:`nav.registration.confidence.rigid_confidence_mm`, eq. 46 with the FLE and the
   fiducials (by label, any subset) the registration carries, so the colours and the TRE
   figure are one computation (counter ``confidence_assets_built``). A surface
-  registration, or one that does not carry its FLE and fiducials (a recording made before
-  they were sent), restores the plain colours and logs why. ~4 ms on the phantom's liver
-  (2562 vertices, 8 fiducials), once per registration, off the per-sample path.
+  registration colours the organ by the error field it carries; one that does not carry
+  its facts (a recording made before they were sent) restores the plain colours and logs
+  why. ~4 ms on the phantom's liver (2562 vertices, 8 fiducials), once per registration,
+  off the per-sample path.
+- Deformed case: a deformable registration rebuilds every structure from its field, the
+  organ in its posterior colours (``render.registered_assets``; counter
+  ``deformed_assets_built``). It is built in the render node's step that takes the
+  registration, before any scene update under it goes out, so a nav state under it is
+  never drawn with the models of the registration before.
 
 The new hashes give a new ``scene_version`` (:func:`render.assets.scene_version`).
 """
@@ -37,6 +43,7 @@ from nav.messages import RegistrationResult
 from nav.navigation import ACTIVE_STATES, case_id
 from nav.registration.confidence import rigid_confidence_mm
 from render.assets import AssetSet, build_assets, scene_version, with_confidence
+from render.registered_assets import deformed_assets, surface_error_assets
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +150,13 @@ class CaseModels:
         """The asset set for ``result``, or None when nothing changes.
 
         Points: the organ coloured by :func:`rigid_confidence_mm` with the registration's
-        own FLE and fiducials; a surface registration, or one without those facts, the
-        plain colours (logged). A registration of another case changes nothing here (its
-        overlay is hidden).
+        own FLE and fiducials. Surface: the organ coloured by the error field it carries.
+        Deformable: every structure moved by its field, the organ in its posterior colours
+        (``render.registered_assets``). Without those facts (a recording made before they
+        were sent, a field that does not fit the organ): the plain colours, logged; a
+        deformable registration whose field cannot be drawn hides nothing and moves
+        nothing, so it is logged as an error. A registration of another case changes
+        nothing here (its overlay is hidden).
         """
         if result.state not in ACTIVE_STATES or self.organ is None:
             return None
@@ -154,6 +165,8 @@ class CaseModels:
         if result.registration_id == self._coloured_id:
             return None  # republished, or restored -> accepted: same field
         self._coloured_id = result.registration_id
+        if result.method in ("surface", "deformable"):
+            return self._registered(result)
         if result.method != "points":
             return self.plain
         fiducials = self.case.fiducials
@@ -176,3 +189,28 @@ class CaseModels:
             )
             return self.plain
         return with_confidence(self.plain, self.organ, error_field, triangle_budget=self.budget)
+
+    def _registered(self, result: RegistrationResult) -> AssetSet:
+        """The surface method's error colours, or the deformable method's deformed case."""
+        assert self.organ is not None
+        try:
+            if result.method == "deformable":
+                assets = deformed_assets(self.case, self.plain, result, triangle_budget=self.budget)
+                self.counters["deformed_assets_built"] += 1
+                return assets
+            if len(result.organ_confidence_mm):
+                return surface_error_assets(
+                    self.plain, self.organ, result, triangle_budget=self.budget
+                )
+            why = "it carries no error field (recorded before it was sent)"
+        except ValueError as error:
+            why = str(error)
+        log.log(
+            logging.ERROR if result.method == "deformable" else logging.WARNING,
+            "registration %d (%s): plain models, no %s: %s",
+            result.registration_id,
+            result.method,
+            "deformed case" if result.method == "deformable" else "error colours",
+            why,
+        )
+        return self.plain

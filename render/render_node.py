@@ -726,11 +726,13 @@ class _Scene:
             self.server.swap_assets(models.served, models.version)
             self.scene.set_case(models.case_id, models.served.names, models.version)
             log.info(
-                "registration %d (%s): scene %d, %s colours in %.1f ms",
+                "registration %d (%s): scene %d, %s in %.1f ms",
                 result.registration_id,
                 result.method,
                 models.version,
-                "confidence" if models.coloured else "plain",
+                ("deformed models" if result.method == "deformable" else "confidence colours")
+                if models.coloured
+                else "plain colours",
                 (time.perf_counter() - t_build) * 1e3,
             )
         now_ns = time.monotonic_ns()
