@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -82,6 +83,7 @@ from nav.runtime import bus
 from nav.runtime.launchfile import NodeSpec
 from nav.runtime.node import POLL_TIMEOUT_S, NodeRuntime, node_main
 from nav.session import NavigatorSession, SessionSettings
+from nav.sim_deformation import PEAK_RANGE_MM
 from nav.transforms import Mat4, is_rigid
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,7 @@ STATE_TOPIC: Final = "nav/state"
 REGISTRATION_TOPIC: Final = "nav/registration"
 SURFACE_TOPIC_PREFIX: Final = "surface/"
 REGISTRATION_REPUBLISH_S: Final = 1.0
+_DEVICE: Final = re.compile(r"cpu|auto|cuda(:[0-9]{1,2})?")
 MAX_SURFACE_POINTS: Final = 20_000
 """Upper bound of ``surface_max_points``: 160 kB of residuals in a ``RegistrationResult``
 (limit 1 MiB) and ~0.5 MB in the registration file (limit 1 MiB)."""
@@ -123,6 +126,17 @@ class Config:
     - ``surface_spacing_mm``, ``surface_max_points``: a surface collection records the tip
       every ``surface_spacing_mm`` of motion, at most ``surface_max_points`` points
       (``nav.collectors``; at most ``MAX_SURFACE_POINTS``).
+    - ``truth_deformation_seed``: with ``truth_T_reference_from_image``, the simulated
+      organ is deformed against the case by ``nav.sim_deformation.organ_deformation``
+      with this seed (the demo's ``DEMO_SEED`` is 5), and true TRE of every registration
+      is measured against the deformed targets; negative (-1) = not deformed.
+      ``truth_deformation_peak_mm``: its largest displacement, in [6, 10] mm.
+    - ``deformable_device``: the torch device of a deformable fit: "cpu", "cuda",
+      "cuda:<n>", or "auto" (cuda where torch sees one, else cpu). A device this machine
+      lacks refuses ``registration.compute`` with one line.
+    - ``deformable_threads``: torch's threads during a deformable fit (0 = torch's own
+      default, one per core). 1 by default: on a 2-core machine two torch threads left
+      ``nav/state`` gaps of ~(see the node docstring) while the loop waited for a core.
     """
 
     case: str = ""
@@ -140,6 +154,10 @@ class Config:
     truth_T_reference_from_image: tuple[float, ...] = ()
     surface_spacing_mm: float = DEFAULT_SPACING_MM
     surface_max_points: int = DEFAULT_MAX_POINTS
+    truth_deformation_seed: int = -1
+    truth_deformation_peak_mm: float = 8.0
+    deformable_device: str = "cpu"
+    deformable_threads: int = 1
 
     def __post_init__(self) -> None:
         for key in ("pointer_tool", "reference_tool"):
@@ -171,6 +189,33 @@ class Config:
                 "rigid transform, or none"
             )
 
+        seed = self.truth_deformation_seed
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"key 'truth_deformation_seed': expected an integer, got {seed!r}")
+        if seed >= 0 and not truth:
+            raise ValueError(
+                "key 'truth_deformation_seed': a simulated deformation needs "
+                "'truth_T_reference_from_image'"
+            )
+        low, high = PEAK_RANGE_MM
+        peak = self.truth_deformation_peak_mm
+        if isinstance(peak, bool) or not isinstance(peak, int | float) or not low <= peak <= high:
+            raise ValueError(
+                f"key 'truth_deformation_peak_mm': expected a number in [{low:g}, {high:g}] mm, "
+                f"got {peak!r}"
+            )
+        device = self.deformable_device
+        if not isinstance(device, str) or not _DEVICE.fullmatch(device):
+            raise ValueError(
+                f"key 'deformable_device': expected 'cpu', 'cuda', 'cuda:<n>' or 'auto', "
+                f"got {device!r}"
+            )
+        threads = self.deformable_threads
+        if isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= 256:
+            raise ValueError(
+                f"key 'deformable_threads': expected an integer in [0, 256], got {threads!r}"
+            )
+
     def dwell_params(self) -> DwellParams:
         return DwellParams(window_s=self.dwell_s, radius_mm=self.dwell_radius_mm)
 
@@ -192,6 +237,10 @@ class Config:
             surface_max_points=self.surface_max_points,
             registration_file=self.registration_file,
             truth_T_reference_from_image=self.truth(),
+            truth_deformation_seed=self.truth_deformation_seed,
+            truth_deformation_peak_mm=float(self.truth_deformation_peak_mm),
+            deformable_device=self.deformable_device,
+            deformable_threads=self.deformable_threads,
         )
 
 

@@ -4,20 +4,27 @@ One JSON file (the launch file puts it at ``{run_dir}/registration.json``)::
 
     {
       "format": "ornav-registration",
-      "version": 2,
+      "version": 3,
       "case": "phantom",                      # the case it registers; another case refuses it
       "case_id": "3f1c...",                   # nav.navigation.case_id of it (64 hex), or ""
       "created_unix_s": 1764080000.123,       # wall clock at accept (for people)
       "registration_id": 1764080000123456789,
-      "method": "points",                     # or "surface": then the "fiducial" errors
-                                              # are the traced points' residuals (thousands)
+      "method": "points",                     # "surface" or "deformable": then the
+                                              # "fiducial" errors are the traced points'
+                                              # residuals (thousands)
       "T_reference_from_image": [[r00, r01, r02, tx], ..., [0, 0, 0, 1]],   # mm
       "fre_mm": 0.07,
       "fiducial_errors_mm": [0.05, ...],
       "fiducial_labels": ["F-1", ...],        # the case fiducials used, aligned; [] for surface
       "fle_mm": 0.25,
       "target_names": ["tumor_centre", ...],
-      "predicted_tre_mm": [0.12, ...]
+      "predicted_tre_mm": [0.12, ...],
+      "organ_confidence_mm": [1.2, ...],      # per organ vertex, or [] (none: "points")
+      "deformation": null                     # or, for "deformable", the field
+                                              # (nav.messages.DeformationField):
+                                              # {"centres_image_mm": [[x, y, z], ...],
+                                              #  "coefficients_mm": [[ax, ay, az], ...],
+                                              #  "widths_mm": [...], "kernel_weights": [...]}
     }
 
 Floats are written with Python's ``repr`` (the json module's default), so they read back
@@ -27,6 +34,11 @@ then renamed over the old one: a crash leaves the old file or the new one, never
 Version 1 files (before ``case_id`` and ``fiducial_labels``) still load, with both
 unknown ("" and ()): the nav node then checks the case by name and targets only, and a
 consumer that needs the labels (the render node's confidence colours) says it has none.
+Version 2 files (before ``organ_confidence_mm`` and ``deformation``) load with neither
+(empty and None): they hold rigid registrations only. A deformation that is not a valid
+field (a missing or unknown key, a wrong shape, a non-finite number, too many control
+points), or one on a rigid method, or a "deformable" registration without one, refuses
+the file like any other problem.
 
 Reading is strict: a missing or unknown key, a wrong type, a non-finite number, a matrix
 that is not rigid, or mismatched lengths raise :class:`RegistrationFileError` (one line
@@ -48,12 +60,14 @@ from typing import Any, Final
 
 import numpy as np
 
+from nav.messages import DeformationField
 from nav.navigation import Registration
 
 FORMAT: Final = "ornav-registration"
-VERSION: Final = 2
-READ_VERSIONS: Final = (1, 2)
-MAX_FILE_BYTES: Final = 1 << 20
+VERSION: Final = 3
+READ_VERSIONS: Final = (1, 2, 3)
+MAX_FILE_BYTES: Final = 8 << 20
+"""A deformable registration of a 50k-vertex organ with 20k traced points is ~1.5 MB."""
 
 _KEYS: Final = frozenset(
     {
@@ -72,6 +86,8 @@ _KEYS: Final = frozenset(
     }
 )
 _KEYS_SINCE_2: Final = frozenset({"case_id", "fiducial_labels"})
+_KEYS_SINCE_3: Final = frozenset({"organ_confidence_mm", "deformation"})
+_DEFORMATION_KEYS: Final = ("centres_image_mm", "coefficients_mm", "widths_mm", "kernel_weights")
 
 
 class RegistrationFileError(ValueError):
@@ -109,6 +125,12 @@ def to_json(registration: Registration, *, case_name: str, created_unix_s: float
         "fle_mm": registration.fle_mm,
         "target_names": list(registration.target_names),
         "predicted_tre_mm": registration.predicted_tre_mm.tolist(),
+        "organ_confidence_mm": registration.organ_confidence_mm.tolist(),
+        "deformation": (
+            None
+            if registration.deformation is None
+            else {key: getattr(registration.deformation, key).tolist() for key in _DEFORMATION_KEYS}
+        ),
     }
     return json.dumps(document, indent=2, allow_nan=False) + "\n"
 
@@ -177,7 +199,11 @@ def from_json(text: str, *, path: str | os.PathLike[str] = "<registration>") -> 
         raise RegistrationFileError(
             where, f"version {version!r}: this reader knows {', '.join(map(str, READ_VERSIONS))}"
         )
-    keys = _KEYS | (_KEYS_SINCE_2 if version >= 2 else frozenset())
+    keys = (
+        _KEYS
+        | (_KEYS_SINCE_2 if version >= 2 else frozenset())
+        | (_KEYS_SINCE_3 if version >= 3 else frozenset())
+    )
     unknown = sorted(set(document) - keys)
     if unknown:
         raise RegistrationFileError(where, f"unknown key {unknown[0]!r}")
@@ -212,6 +238,12 @@ def from_json(text: str, *, path: str | os.PathLike[str] = "<registration>") -> 
         raise RegistrationFileError(
             where, f"{len(predicted)} predicted TRE values for {len(names)} target names"
         )
+    confidence = (
+        _numbers(where, document, "organ_confidence_mm")
+        if "organ_confidence_mm" in document
+        else []
+    )
+    deformation = _deformation(where, document.get("deformation"))
     try:
         registration = Registration(
             registration_id=registration_id,
@@ -227,14 +259,45 @@ def from_json(text: str, *, path: str | os.PathLike[str] = "<registration>") -> 
             needs_verification=True,
             fiducial_labels=tuple(labels),
             case_id=case_id,
+            organ_confidence_mm=np.array(confidence),
+            deformation=deformation,
         )
-    except ValueError as error:  # not rigid, a negative error, an id out of range, labels
+    except ValueError as error:  # not rigid, a negative error, an id out of range, labels,
+        # a deformation on a rigid method or none on "deformable"
         raise RegistrationFileError(where, str(error)) from None
     return StoredRegistration(
         case_name=_string(where, document, "case"),
         created_unix_s=_number(where, document, "created_unix_s"),
         registration=registration,
     )
+
+
+def _deformation(path: Path, value: Any) -> DeformationField | None:
+    """The file's ``deformation``: None, or a valid field; RegistrationFileError if not."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != set(_DEFORMATION_KEYS):
+        raise RegistrationFileError(
+            path, f"key 'deformation': expected null or a map of {', '.join(_DEFORMATION_KEYS)}"
+        )
+    arrays = {}
+    for key in _DEFORMATION_KEYS:
+        rows = value[key]
+        if not isinstance(rows, list):
+            raise RegistrationFileError(path, f"key 'deformation.{key}': expected a list")
+        if key in ("centres_image_mm", "coefficients_mm"):
+            if not all(isinstance(row, list) and len(row) == 3 for row in rows):
+                raise RegistrationFileError(
+                    path, f"key 'deformation.{key}': expected rows of 3 numbers"
+                )
+            numbers = [_numbers(path, {key: row}, key) for row in rows]
+            arrays[key] = np.array(numbers, dtype=np.float64).reshape(-1, 3)
+        else:
+            arrays[key] = np.array(_numbers(path, {key: rows}, key), dtype=np.float64)
+    try:
+        return DeformationField(**arrays)
+    except ValueError as error:  # shapes, bounds
+        raise RegistrationFileError(path, str(error)) from None
 
 
 def _refuse_constant(name: str) -> Any:

@@ -14,12 +14,24 @@ shows (``nav.navigation.nav_state``). Every registration event (proposed, accept
 rejected, restored, verified) goes to ``emit``, which the node publishes on
 ``nav/registration``.
 
-Surface compute: :meth:`NavigatorSession.compute` starts a worker thread and returns at
-once; the caller's loop calls :meth:`NavigatorSession.finish_compute` to take its result
-(a proposal or a refusal) on its own thread. Starting a new collection, accepting or
-loading a case makes a running compute moot (its collection's *generation* changed): its
-result is discarded when it ends. While it runs it shares the GIL with the loop: Python
-releases it every 5 ms at most, so a state may be that much late.
+Surface and deformable compute: :meth:`NavigatorSession.compute` starts a worker thread
+(one ``SurfaceJob`` for either) and returns at once; the caller's loop calls
+:meth:`NavigatorSession.finish_compute` to take its result (a proposal or a refusal) on its
+own thread. A deformable collection ("deformable") starts only from an active
+registration the user vouches for: accepted, or restored and verified (a restored one
+still needing verification may be off by whatever moved while the node was down, and a
+deformation fitted on top of it would bend the organ to make up for it).
+
+Simulation truth: with ``truth_T_reference_from_image``, the true target positions are
+``truth_T @ p`` (reference frame), or, with ``truth_deformation_seed`` >= 0, ``truth_T @
+organ_deformation(organ vertices, seed, peak).deformed(p)`` (``nav.sim_deformation``); the
+true TRE of every registration, whatever its method, is measured against those
+(``nav.navigation.target_errors_mm``: a deformable one's estimate is ``T p + u(p)``).
+
+Starting a new collection, accepting or loading a case makes a running compute moot (its
+collection's *generation* changed): its result is discarded when it ends. While it runs
+it shares the GIL with the loop: Python releases it every 5 ms at most, so a state may be
+that much late.
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from nav.arrays import FloatArray
 from nav.case import Case, load_case
@@ -70,18 +83,22 @@ from nav.messages import (
 )
 from nav.navigation import (
     CaseGeometry,
+    DeformableRegistration,
     Registration,
     SurfaceRegistration,
     nav_state,
     register_fiducials,
+    register_organ_deformable,
     register_organ_surface,
     require_surface_points,
     surface_structure,
+    target_errors_mm,
     tip_in_reference,
-    true_tre_mm,
 )
+from nav.registration.deformable import DeformableConfig
 from nav.registration_store import RegistrationFileError, load_registration, save_registration
-from nav.transforms import Mat4
+from nav.sim_deformation import organ_deformation
+from nav.transforms import Mat4, Points, apply
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +108,12 @@ class SessionSettings:
     """What the session takes from the node's config (``nav_node.Config`` documents each).
 
     ``p_tip_in_pointer`` (3,) mm, pointer marker frame. ``truth_T_reference_from_image``
-    (4, 4) or None (the real world: true TRE unknown). ``registration_file``: "" = not
-    persisted.
+    (4, 4) or None (the real world: true TRE unknown); ``truth_deformation_seed`` (< 0:
+    none) and ``truth_deformation_peak_mm``: the sim organ's deformation (see the module).
+    ``registration_file``: "" = not persisted. ``deformable_device``: the torch device of
+    a deformable fit ("cpu", "cuda", "cuda:1", or "auto": cuda where there is one).
+    ``deformable_threads``: torch's intra-op threads during a deformable fit (0: torch's
+    default), see ``nav_node.Config``.
     """
 
     pointer_tool: str
@@ -105,6 +126,52 @@ class SessionSettings:
     surface_max_points: int
     registration_file: str = ""
     truth_T_reference_from_image: Mat4 | None = None
+    truth_deformation_seed: int = -1
+    truth_deformation_peak_mm: float = 8.0
+    deformable_device: str = "cpu"
+    deformable_threads: int = 1
+
+
+def resolve_torch_device(name: str) -> str:
+    """The torch device ``name`` means here ("auto": "cuda" if torch sees one, else "cpu").
+
+    ValueError with one line when it is not a device name or not on this machine.
+    """
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.empty(0, device=torch.device(name))
+    except (RuntimeError, AssertionError) as error:
+        reason = (str(error).strip().splitlines() or ["unknown"])[0]
+        raise ValueError(f"torch device {name!r} is not available here: {reason}") from None
+    return name
+
+
+def truth_targets_reference(
+    case: Case, geometry: CaseGeometry, settings: SessionSettings
+) -> Points | None:
+    """The case targets' true positions (T, 3) in the reference frame, None without a
+    truth (see the module). A seed with a case that has no organ: the truth is rigid
+    (logged)."""
+    truth = settings.truth_T_reference_from_image
+    if truth is None:
+        return None
+    p = geometry.p_image_targets
+    if settings.truth_deformation_seed >= 0:
+        try:
+            organ = surface_structure(case)
+        except ValueError as error:
+            log.warning("no truth deformation: %s", error)
+        else:
+            deformation = organ_deformation(
+                np.asarray(organ.mesh.vertices),
+                seed=settings.truth_deformation_seed,
+                peak_mm=settings.truth_deformation_peak_mm,
+            )
+            p = deformation.deformed(p)
+    out: Points = apply(truth, p)
+    out.setflags(write=False)
+    return out
 
 
 def _by_name(names: tuple[str, ...], values: FloatArray) -> dict[str, float | None]:
@@ -158,7 +225,7 @@ def progress_of(progress: CollectionProgress | SurfaceProgress) -> FiducialProgr
 
 @dataclass(eq=False)
 class SurfaceJob:
-    """One surface compute on its worker thread.
+    """One surface or deformable compute on its worker thread.
 
     The worker writes ``result`` or ``error`` and then sets ``done``; the loop thread reads
     them only after ``done`` is set, so they need no lock. ``generation``: the session's
@@ -168,9 +235,27 @@ class SurfaceJob:
     registration_id: int
     generation: int
     n_points: int
+    method: str = "surface"
     done: threading.Event = field(default_factory=threading.Event)
-    result: SurfaceRegistration | None = None
+    result: SurfaceRegistration | DeformableRegistration | None = None
     error: Exception | None = None
+
+    def run(self, work: Callable[[], SurfaceRegistration | DeformableRegistration]) -> None:
+        """Run ``work`` on a daemon thread: its result or its exception, then ``done``.
+
+        A daemon: a stop request does not wait for a compute (its result would be lost
+        with the process anyway).
+        """
+
+        def target() -> None:
+            try:
+                self.result = work()
+            except Exception as error:  # handed to the loop thread, which decides
+                self.error = error
+            finally:
+                self.done.set()
+
+        threading.Thread(target=target, name=f"{self.method}-registration", daemon=True).start()
 
 
 class NavigatorSession:
@@ -200,18 +285,28 @@ class NavigatorSession:
         self.job: SurfaceJob | None = None  # the surface compute running, if any
         self.last_compute: SurfaceCompute | None = None  # for registration.status
         self.collector: FiducialCollector | SurfaceCollector | None = None
+        self.collect_method: str | None = None  # "points", "surface" or "deformable"
         self._set_case(case)
 
     def _set_case(self, case: Case) -> None:
         self.case = case
         self.geometry = CaseGeometry.from_case(case)
+        self.truth_targets = truth_targets_reference(case, self.geometry, self.settings)
         self.active: Registration | None = None
         self.proposal: Registration | None = None
         self._set_collector(None)
 
-    def _set_collector(self, collector: FiducialCollector | SurfaceCollector | None) -> None:
+    def _set_collector(
+        self, collector: FiducialCollector | SurfaceCollector | None, method: str | None = None
+    ) -> None:
         self.collector = collector
+        self.collect_method = method if collector is not None else None
         self._generation += 1
+
+    def _with_truth(self, registration: Registration) -> Registration:
+        """``registration`` with its true TRE against the simulation's truth (NaN: none)."""
+        true = target_errors_mm(registration, self.geometry.p_image_targets, self.truth_targets)
+        return replace(registration, true_tre_mm=true)
 
     # --- per frame ---------------------------------------------------------------
 
@@ -306,13 +401,27 @@ class NavigatorSession:
 
     def start(self, request: StartCollection) -> FiducialProgress | TraceProgress:
         if request.method == "surface":
-            return self._start_surface()
+            return self._start_surface("surface")
+        if request.method == "deformable":
+            active = self.active
+            if active is None:
+                raise ValueError(
+                    "a deformable registration starts from an accepted one: register by "
+                    "fiducials or surface and accept it first"
+                )
+            if active.needs_verification:
+                raise ValueError(
+                    f"registration {active.registration_id} was restored and needs "
+                    "verification (registration.verify) before a deformable registration "
+                    "starts from it"
+                )
+            return self._start_surface("deformable")
         if len(self.case.fiducials) < 3:
             raise ValueError(f"case {self.case.name!r} has {len(self.case.fiducials)} fiducials")
         collector = FiducialCollector(
             self.case.fiducials.labels, params=self.settings.dwell, auto=request.dwell
         )
-        self._set_collector(collector)
+        self._set_collector(collector, "points")
         self.proposal = None  # a new collection makes any pending proposal moot
         log.info(
             "registration: collecting %d fiducials (%s)",
@@ -321,23 +430,33 @@ class NavigatorSession:
         )
         return progress_of(collector.progress)
 
-    def _start_surface(self) -> TraceProgress:
+    def _start_surface(self, method: str) -> TraceProgress:
         organ = surface_structure(self.case)  # ValueError: a case without an organ
         collector = SurfaceCollector(
             spacing_mm=self.settings.surface_spacing_mm,
             max_points=self.settings.surface_max_points,
         )
-        self._set_collector(collector)
+        self._set_collector(collector, method)
         self.proposal = None
         log.info(
-            "registration: collecting surface points on %r every %.1f mm (at most %d)",
+            "registration: collecting surface points on %r every %.1f mm (at most %d) for "
+            "a %s registration",
             organ.name,
             self.settings.surface_spacing_mm,
             self.settings.surface_max_points,
+            method,
         )
-        progress = progress_of(collector.progress)
-        assert isinstance(progress, TraceProgress)
-        return progress
+        return self._trace_progress(collector)
+
+    def _trace_progress(self, collector: SurfaceCollector) -> TraceProgress:
+        progress = collector.progress
+        return TraceProgress(
+            collected=progress.collected,
+            max_points=progress.max_points,
+            path_length_mm=progress.path_length_mm,
+            full=progress.full,
+            method=self.collect_method or "surface",
+        )
 
     def collect(self, _request: CollectFiducial, *, now_ns: int) -> FiducialCollected:
         """Record the next fiducial from the samples before ``now_ns`` (monotonic)."""
@@ -359,6 +478,8 @@ class NavigatorSession:
         if self.collector is None:
             raise ValueError("no collection running: send registration.start first")
         if isinstance(self.collector, SurfaceCollector):
+            if self.collect_method == "deformable":
+                return self._compute_deformable(self.collector, now_unix_ns)
             return self._compute_surface(self.collector, now_unix_ns)
         p_reference = self.collector.points_reference
         k = len(p_reference)
@@ -369,8 +490,8 @@ class NavigatorSession:
             geometry=self.geometry,
             fle_mm=self.settings.fle_mm,
             registration_id=self._new_id(now_unix_ns),
-            truth_T_reference_from_image=self.settings.truth_T_reference_from_image,
         )  # RegistrationError (a ValueError) for too few or collinear points: a reply error
+        proposal = self._with_truth(proposal)
         self.proposal = proposal
         self.counters["registrations_proposed"] += 1
         self.emit(proposal)
@@ -386,10 +507,7 @@ class NavigatorSession:
     def _compute_surface(
         self, collector: SurfaceCollector, now_unix_ns: int
     ) -> SurfaceComputeStarted:
-        if self.job is not None:
-            raise ValueError(
-                f"surface registration {self.job.registration_id} is still being computed"
-            )
+        self._refuse_second_job()
         organ = surface_structure(self.case)
         points = collector.points_reference
         require_surface_points(len(points))  # RegistrationError: the reply's one line
@@ -405,32 +523,76 @@ class NavigatorSession:
                 " and global" if global_init else ""
             )
         job = SurfaceJob(self._new_id(now_unix_ns), self._generation, len(points))
-        geometry, truth = self.geometry, self.settings.truth_T_reference_from_image
+        geometry = self.geometry
         vertices = np.array(organ.mesh.vertices, dtype=np.float64)
         triangles = np.array(organ.mesh.faces, dtype=np.int64)
 
-        def work() -> None:
+        def work() -> SurfaceRegistration:
             # Reads only its own copies and immutable data (the geometry's targets; never
             # its query buffer, which the loop thread uses).
-            try:
-                job.result = register_organ_surface(
-                    model_vertices=vertices,
-                    model_triangles=triangles,
-                    p_reference_surface=points,
-                    geometry=geometry,
-                    registration_id=job.registration_id,
-                    T_init=T_init,
-                    global_init=global_init,
-                    truth_T_reference_from_image=truth,
-                )
-            except Exception as error:  # handed to the loop thread, which decides
-                job.error = error
-            finally:
-                job.done.set()
+            return register_organ_surface(
+                model_vertices=vertices,
+                model_triangles=triangles,
+                p_reference_surface=points,
+                geometry=geometry,
+                registration_id=job.registration_id,
+                T_init=T_init,
+                global_init=global_init,
+            )
 
-        # A daemon: a stop request does not wait for a compute (its result would be lost
-        # with the process anyway).
-        threading.Thread(target=work, name="surface-registration", daemon=True).start()
+        return self._launch(job, work, collector, organ.name, start)
+
+    def _compute_deformable(
+        self, collector: SurfaceCollector, now_unix_ns: int
+    ) -> SurfaceComputeStarted:
+        self._refuse_second_job()
+        organ = surface_structure(self.case)
+        points = collector.points_reference
+        require_surface_points(len(points))  # RegistrationError: the reply's one line
+        active = self.active
+        if active is None or active.needs_verification:  # start() checked; accept/load since
+            raise ValueError("a deformable registration starts from an accepted one")
+        device = resolve_torch_device(self.settings.deformable_device)  # ValueError: one line
+        job = SurfaceJob(self._new_id(now_unix_ns), self._generation, len(points), "deformable")
+        geometry, T_init = self.geometry, active.T_reference_from_image
+        vertices = np.array(organ.mesh.vertices, dtype=np.float64)
+        triangles = np.array(organ.mesh.faces, dtype=np.int64)
+        threads = self.settings.deformable_threads
+
+        def work() -> DeformableRegistration:
+            if threads > 0:
+                # Process-wide, but torch runs nowhere else in the node: this keeps the
+                # fit from taking every core from the loop (see nav_node.Config).
+                torch.set_num_threads(threads)
+            return register_organ_deformable(
+                model_vertices=vertices,
+                model_triangles=triangles,
+                p_reference_surface=points,
+                geometry=geometry,
+                registration_id=job.registration_id,
+                T_init=T_init,
+                config=DeformableConfig(device=device),
+            )
+
+        start = f"registration {active.registration_id} on {device}"
+        return self._launch(job, work, collector, organ.name, start)
+
+    def _refuse_second_job(self) -> None:
+        if self.job is not None:
+            raise ValueError(
+                f"{self.job.method} registration {self.job.registration_id} is still being computed"
+            )
+
+    def _launch(
+        self,
+        job: SurfaceJob,
+        work: Callable[[], SurfaceRegistration | DeformableRegistration],
+        collector: SurfaceCollector,
+        organ_name: str,
+        start: str,
+    ) -> SurfaceComputeStarted:
+        """Start ``job`` running ``work``; the status record, the log line and the reply."""
+        job.run(work)
         self.job = job
         progress = collector.progress
         self.last_compute = SurfaceCompute(
@@ -438,14 +600,15 @@ class NavigatorSession:
             state="running",
             n_points=job.n_points,
             start=start,
+            method=job.method,
         )
         log.info(
-            "registration %d: surface registration of %d points (%.0f mm traced) to %r "
-            "started from %s",
+            "registration %d: %s registration of %d points (%.0f mm traced) to %r started from %s",
             job.registration_id,
+            job.method,
             job.n_points,
             progress.path_length_mm,
-            organ.name,
+            organ_name,
             start,
         )
         return SurfaceComputeStarted(
@@ -453,6 +616,7 @@ class NavigatorSession:
             n_points=job.n_points,
             path_length_mm=progress.path_length_mm,
             start=start,
+            method=job.method,
         )
 
     def finish_compute(self) -> None:
@@ -472,20 +636,47 @@ class NavigatorSession:
         if job.generation != self._generation:
             self.last_compute = replace(record, state="discarded")
             log.info(
-                "surface registration %d discarded: its collection ended before it finished",
+                "%s registration %d discarded: its collection ended before it finished",
+                job.method,
                 job.registration_id,
             )
             return
         if job.error is not None:
             self.counters["registrations_refused"] += 1
             self.last_compute = replace(record, state="refused", error=str(job.error))
-            log.warning("surface registration %d refused: %s", job.registration_id, job.error)
+            log.warning(
+                "%s registration %d refused: %s", job.method, job.registration_id, job.error
+            )
             return
         assert job.result is not None
-        proposal, fit = job.result.registration, job.result.surface
+        proposal = self._with_truth(job.result.registration)
         self.proposal = proposal
         self.counters["registrations_proposed"] += 1
         self.emit(proposal)
+        if isinstance(job.result, DeformableRegistration):
+            deformable = job.result.deformable
+            self.last_compute = replace(
+                record,
+                state="proposed",
+                time_s=deformable.time_s,
+                fitness=job.result.fitness,
+                iterations=deformable.iterations,
+                initialisation="given",
+                converged=deformable.converged,
+            )
+            log.info(
+                "registration %d proposed from %d surface points (deformable, %d iterations, "
+                "%s): RMS residual %.3f mm, predicted TRE max %.3f mm, %.3f s",
+                proposal.registration_id,
+                job.n_points,
+                deformable.iterations,
+                "converged" if deformable.converged else "at its iteration limit",
+                proposal.fre_mm,
+                proposal.max_predicted_tre_mm,
+                deformable.time_s,
+            )
+            return
+        fit = job.result.surface
         self.last_compute = replace(
             record,
             state="proposed",
@@ -563,15 +754,15 @@ class NavigatorSession:
             case=self.case.name,
             case_id=self.geometry.case_id,
             collecting=collector is not None,
-            method=(
+            method=self.collect_method if collector is not None else None,
+            dwell=collector.auto if isinstance(collector, FiducialCollector) else False,
+            progress=(
                 None
                 if collector is None
-                else "surface"
+                else self._trace_progress(collector)
                 if isinstance(collector, SurfaceCollector)
-                else "points"
+                else progress_of(collector.progress)
             ),
-            dwell=collector.auto if isinstance(collector, FiducialCollector) else False,
-            progress=progress_of(collector.progress) if collector is not None else None,
             active=summary_of(self.active) if self.active is not None else None,
             proposal=summary_of(self.proposal) if self.proposal is not None else None,
             compute=self.last_compute,
@@ -628,6 +819,18 @@ class NavigatorSession:
                     f"case {stored.case_name!r} has changed since it was registered "
                     f"(case id {stored_id[:12]}..., now {self.geometry.case_id[:12]}...)",
                 )
+            n_confidence = len(stored.registration.organ_confidence_mm)
+            if n_confidence:
+                try:
+                    n_vertices = len(surface_structure(self.case).mesh.vertices)
+                except ValueError:
+                    n_vertices = 0
+                if n_confidence != n_vertices:
+                    raise RegistrationFileError(
+                        path,
+                        f"its organ confidence has {n_confidence} values for this case's "
+                        f"{n_vertices} organ vertices",
+                    )
             unknown = set(stored.registration.fiducial_labels) - set(self.case.fiducials.labels)
             if unknown:
                 raise RegistrationFileError(
@@ -638,19 +841,16 @@ class NavigatorSession:
             log.warning("registration file ignored, starting unregistered: %s", error)
             return
         restored = stored.registration
-        truth = true_tre_mm(
-            restored.T_reference_from_image,
-            self.settings.truth_T_reference_from_image,
-            self.geometry.p_image_targets,
-        )
         # A file from before case ids was checked by name and targets: from here on it
         # travels as a registration of this case.
-        self.active = replace(restored, true_tre_mm=truth, case_id=self.geometry.case_id)
+        self.active = self._with_truth(replace(restored, case_id=self.geometry.case_id))
         self._last_id = max(self._last_id, restored.registration_id)
         self.emit(self.active)
         log.info(
-            "registration %d restored from %s (FRE %.3f mm): needs verification",
+            "registration %d (%s) restored from %s (%s %.3f mm): needs verification",
             restored.registration_id,
+            restored.method,
             path,
+            "FRE" if restored.method == "points" else "RMS residual",
             restored.fre_mm,
         )

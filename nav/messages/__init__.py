@@ -8,6 +8,8 @@
 - ``control``: the typed control requests and replies a ``Command``'s args and a
   ``Reply``'s result hold (the nav node's registration protocol, the simulated
   tracker's pointer and occlusion commands);
+- ``deformation``: ``DeformationField``, a deformable registration's displacement field
+  (inside a ``RegistrationResult``);
 - ``surface``: ``SurfaceCloud``, intraoperative surface points from a stereo or depth
   camera (or the pointer);
 - ``codec``: the type registry, the envelope, ``encode`` and ``decode``.
@@ -69,6 +71,7 @@ from nav.messages.control import (
     compute_reply_from_result,
     progress_from_result,
 )
+from nav.messages.deformation import DeformationField
 from nav.messages.headset import (
     HEADSET_PROTOCOL_VERSION,
     MAX_ASSET_BYTES,
@@ -118,6 +121,7 @@ __all__ = [
     "ClockPong",
     "CollectFiducial",
     "Command",
+    "DeformationField",
     "ComputeRegistration",
     "ComputeReply",
     "Envelope",

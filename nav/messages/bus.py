@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
+import numpy.typing as npt
 
 from nav.arrays import FloatArray
 from nav.frames import TIP_SUFFIX, TOOL_NAME_PATTERN
+from nav.messages.deformation import DeformationField
 from nav.messages.wire import (
     _NODE_NAME,
     _SHA256,
@@ -443,8 +445,9 @@ class RegistrationResult:
     """A registration event, published reliably on ``nav/registration``.
 
     ``state``: "proposed" (computed, awaiting accept), "accepted", "rejected", or "restored"
-    (reloaded from disk at start; ``needs_verification`` until confirmed). ``method``:
-    "points" (fiducials) or "surface" (a traced organ surface).
+    (reloaded from disk at start; ``needs_verification`` until confirmed). ``method``
+    (one of ``METHODS``): "points" (fiducials), "surface" (a traced organ surface, rigid)
+    or "deformable" (the rigid part plus ``deformation``).
     ``T_reference_from_image`` (4, 4) maps the case model into the patient reference frame.
     ``fiducial_errors_mm`` (N,) per fiducial; ``fre_mm`` their RMS. For ``method``
     "surface" they are each traced point's distance to the organ surface and their RMS
@@ -463,8 +466,21 @@ class RegistrationResult:
     - ``case_id``: the content id of the case registered (``nav.navigation.case_id``, 64
       hex); "" when unknown. A consumer must not draw another case's models under it.
 
-    The three are optional on decode: payloads recorded before them read as NaN, () and
-    "" (unknown), so a consumer falls back to what it can vouch for.
+    - ``organ_confidence_mm`` (V,) float32: the estimated overlay error, mm, at each
+      vertex of the case's organ mesh (``nav.navigation.surface_structure``, vertices in
+      the order ``nav.case.load_case`` loads them): for "surface" its error field
+      (``SurfaceResult.predicted_error_mm``), for "deformable" the posterior estimate
+      (``DeformableResult.confidence_mm``); empty (0,) when the method sends none
+      ("points": a consumer computes eq. 46 from ``fiducial_labels`` and ``fle_mm``).
+    - ``deformation``: the displacement field (``DeformationField``) of a "deformable"
+      registration, None for the rigid methods: a model point ``p`` (image frame) is at
+      ``T_reference_from_image @ p + deformation.displacement_mm(p)`` in the reference
+      frame. A "deformable" result without one, or a rigid one with one, is refused.
+
+    These are optional on decode: payloads recorded before them read as NaN, (), "",
+    empty and None (unknown), so a consumer falls back to what it can vouch for. A
+    deformable result with 50k organ vertices and 10k residuals is ~0.4 MB: inside
+    ``MAX_PAYLOAD_BYTES``.
     """
 
     TYPE: ClassVar[str] = "RegistrationResult"
@@ -481,8 +497,13 @@ class RegistrationResult:
     fle_mm: float = math.nan
     fiducial_labels: tuple[str, ...] = ()
     case_id: str = ""
+    organ_confidence_mm: npt.NDArray[np.float32] = field(
+        default_factory=lambda: np.zeros(0, dtype=np.float32)
+    )
+    deformation: DeformationField | None = None
 
     STATES: ClassVar[frozenset[str]] = frozenset({"proposed", "accepted", "rejected", "restored"})
+    METHODS: ClassVar[frozenset[str]] = frozenset({"points", "surface", "deformable"})
     MAX_LABEL_LEN: ClassVar[int] = 64
 
     def to_body(self) -> dict[str, Any]:
@@ -502,11 +523,31 @@ class RegistrationResult:
             "fle_mm": float(self.fle_mm),
             "fiducial_labels": list(self.fiducial_labels),
             "case_id": self.case_id,
+            "organ_confidence_mm": encode_array(np.asarray(self.organ_confidence_mm, np.float32)),
+            "deformation": None if self.deformation is None else self.deformation.to_body(),
         }
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> RegistrationResult:
         _check_fields(body, field_names(cls), cls.TYPE)
+        method = _name(body, "method", r"[a-z][a-z0-9_]{0,31}")
+        if method not in cls.METHODS:
+            raise MessageError("invalid", f"unknown registration method {method!r}")
+        raw_deformation = body.get("deformation")
+        deformation = (
+            None if raw_deformation is None else DeformationField.from_body(raw_deformation)
+        )
+        if (method == "deformable") != (deformation is not None):
+            raise MessageError(
+                "invalid", "a deformation comes with method 'deformable', and only with it"
+            )
+        confidence = (
+            decode_array(body, "organ_confidence_mm", dtype="<f4", shape=(None,))
+            if "organ_confidence_mm" in body
+            else np.zeros(0, dtype=np.float32)
+        )
+        if len(confidence) and not float(confidence.min()) >= 0.0:
+            raise MessageError("invalid", "organ_confidence_mm must be >= 0")
         state = _get(body, "state", str)
         if state not in cls.STATES:
             raise MessageError("invalid", f"unknown registration state {state[:40]!r}")
@@ -526,7 +567,7 @@ class RegistrationResult:
         return cls(
             registration_id=_time_ns(body, "registration_id"),
             state=state,
-            method=_name(body, "method", r"[a-z][a-z0-9_]{0,31}"),
+            method=method,
             needs_verification=_get(body, "needs_verification", bool),
             T_reference_from_image=T,
             fre_mm=_finite_float(body, "fre_mm"),
@@ -539,6 +580,8 @@ class RegistrationResult:
             fle_mm=fle_mm,
             fiducial_labels=labels,
             case_id=case_id,
+            organ_confidence_mm=confidence,
+            deformation=deformation,
         )
 
     @classmethod

@@ -49,8 +49,11 @@ from typing import ClassVar, Final, Self
 from nav.messages.bus import RegistrationResult
 from nav.messages.wire import JsonValue, field_names
 
-METHODS: Final = ("points", "surface")
-"""Registration methods: "points" (paired fiducials) and "surface" (a traced organ)."""
+METHODS: Final = ("points", "surface", "deformable")
+"""Registration methods: "points" (paired fiducials), "surface" (a traced organ, rigid) and
+"deformable" (a traced organ, the active registration deformed onto it)."""
+SURFACE_METHODS: Final = ("surface", "deformable")
+"""The methods that collect surface points (``TraceProgress``) and compute on a worker."""
 COMPUTE_STATES: Final = ("running", "proposed", "refused", "discarded")
 
 Args = Mapping[str, JsonValue]
@@ -143,7 +146,10 @@ def _json_float(value: float | None) -> float | None:
 
 def _method(value: JsonValue) -> str:
     if value not in METHODS:
-        raise ValueError(f"unknown method {value!r}: 'points' (fiducials) or 'surface' (traced)")
+        raise ValueError(
+            f"unknown method {value!r}: 'points' (fiducials), 'surface' (traced) or "
+            "'deformable' (traced, from the active registration)"
+        )
     assert isinstance(value, str)
     return value
 
@@ -162,7 +168,12 @@ class StartCollection:
     frame) is recorded every ``surface_spacing_mm`` of motion up to ``surface_max_points``
     (``nav.collectors.SurfaceCollector``): the surgeon traces the organ; ``dwell`` does
     not apply. Replies ``TraceProgress``.
-    Either way a running collection starts over and a pending proposal is discarded.
+    ``method`` "deformable": a surface collection as for "surface" (the pointer's trace and
+    the surface cameras' clouds), for a deformable fit that starts from the active
+    registration: refused (one line) when there is none, or when the active one was
+    restored and still needs verification (a deformation fitted on top of a pose that
+    may be off would bend the organ to make up for it). Replies ``TraceProgress``.
+    Any method: a running collection starts over and a pending proposal is discarded.
     Both arguments are optional (defaults: "points", true).
     """
 
@@ -227,7 +238,14 @@ class ComputeRegistration(_NoArgs):
     thread (measured on the phantom from a fiducial start, best of 3 on a shared 2-core
     machine: 14 ms for 500 points, 29 ms for 2000, 50 ms for 5000; with a global search
     ~0.5-1 s, during which the loop would publish no ``nav/state`` and miss the stale
-    instant), so the reply, ``SurfaceComputeStarted``, comes at once. When it is done,
+    instant), so the reply, ``SurfaceComputeStarted``, comes at once.
+    Deformable: ``nav.registration.deformable.register_deformable`` of the points traced
+    (20 at least) to the organ, from the active registration's rigid transform, on the
+    same worker, on the torch device of the node's ``deformable_device``; refused at
+    once when that device is not here. Replies ``SurfaceComputeStarted``
+    (``method`` "deformable"). Beyond the fit's own refusals (too little overlap), a fit
+    that moves the organ implausibly far is refused (``nav.navigation.
+    register_organ_deformable`` says how far). When it is done,
     the proposal is published on ``nav/registration`` and shown by
     ``registration.status``; a refusal (too little overlap, no convergence, an
     unconstrained patch) leaves every state as it was and is shown by
@@ -266,8 +284,8 @@ class VerifyRegistration(_NoArgs):
 
 @dataclass(frozen=True)
 class GetRegistrationStatus(_NoArgs):
-    """Collection progress, the active registration, the proposal and the last surface
-    compute. Replies ``RegistrationStatus``."""
+    """Collection progress, the active registration, the proposal and the last surface or
+    deformable compute. Replies ``RegistrationStatus``."""
 
     NAME: ClassVar[str] = "registration.status"
 
@@ -347,16 +365,22 @@ class FiducialProgress:
 @dataclass(frozen=True, kw_only=True)
 class TraceProgress:
     """``collected`` of at most ``max_points`` surface points, ``path_length_mm`` traced so
-    far; ``full``: no more are recorded. The result also carries ``"method": "surface"``."""
+    far; ``full``: no more are recorded. ``method``: the collection's, "surface" or
+    "deformable" (one of ``SURFACE_METHODS``)."""
 
     collected: int
     max_points: int
     path_length_mm: float
     full: bool
+    method: str = "surface"
+
+    def __post_init__(self) -> None:
+        if self.method not in SURFACE_METHODS:
+            raise ValueError(f"'method' must be one of {SURFACE_METHODS}, got {self.method!r}")
 
     def to_result(self) -> dict[str, JsonValue]:
         return {
-            "method": "surface",
+            "method": self.method,
             "collected": self.collected,
             "max_points": self.max_points,
             "path_length_mm": self.path_length_mm,
@@ -365,14 +389,13 @@ class TraceProgress:
 
     @classmethod
     def from_result(cls, result: Args) -> Self:
-        _read(cls, result, extra=frozenset({"method"}))
-        if result["method"] != "surface":
-            raise ValueError(f"'method' must be 'surface', got {result['method']!r}")
+        _read(cls, result)
         return cls(
             collected=_int(result, "collected"),
             max_points=_int(result, "max_points"),
             path_length_mm=_float(result["path_length_mm"], "path_length_mm"),
             full=_bool(result, "full"),
+            method=_str(result, "method"),
         )
 
 
@@ -442,12 +465,13 @@ class Residuals:
 class RegistrationSummary:
     """One registration, as a reply shows it (the full one is on ``nav/registration``).
 
-    ``fre_mm``: for "points" the FRE; for "surface" the RMS point-to-surface residual of
-    the inliers. ``fle_mm``: the FLE its predicted TRE used. ``predicted_tre_mm`` and
-    ``true_tre_mm``: per target name, mm; None unknown (no ground truth outside a
-    simulation). "points" carries ``fiducial_errors_mm`` and ``fiducial_labels`` (one per
-    fiducial used); "surface" carries ``residuals_mm`` instead (thousands of points,
-    summarised). The result has only the keys of its method.
+    ``fre_mm``: for "points" the FRE; for "surface" and "deformable" the RMS
+    point-to-surface residual of the inliers. ``fle_mm``: the FLE its predicted TRE
+    used. ``predicted_tre_mm`` and ``true_tre_mm``: per target name, mm; None unknown (no
+    ground truth outside a simulation). "points" carries ``fiducial_errors_mm`` and
+    ``fiducial_labels`` (one per fiducial used); "surface" and "deformable" carry
+    ``residuals_mm`` instead (thousands of points, summarised). The result has only the
+    keys of its method.
     """
 
     registration_id: int
@@ -466,8 +490,8 @@ class RegistrationSummary:
         _method(self.method)
         if self.state not in RegistrationResult.STATES:
             raise ValueError(f"unknown registration state {self.state!r}")
-        if (self.method == "surface") != (self.residuals_mm is not None):
-            raise ValueError("'residuals_mm' is given for method 'surface' and only for it")
+        if (self.method != "points") != (self.residuals_mm is not None):
+            raise ValueError("'residuals_mm' is given for a surface method and only for it")
 
     def to_result(self) -> dict[str, JsonValue]:
         result: dict[str, JsonValue] = {
@@ -520,7 +544,7 @@ class RegistrationSummary:
             fiducial_errors_mm=_floats(result, "fiducial_errors_mm") if method == "points" else (),
             fiducial_labels=_strs(result, "fiducial_labels") if method == "points" else (),
             residuals_mm=(
-                Residuals.from_result(_map(result, "residuals_mm")) if method == "surface" else None
+                Residuals.from_result(_map(result, "residuals_mm")) if method != "points" else None
             ),
         )
 
@@ -556,17 +580,22 @@ class FiducialsProposed:
 class SurfaceComputeStarted:
     """``registration.compute`` for a surface: the compute ``registration_id`` of
     ``n_points`` (``path_length_mm`` traced) runs on a worker, ``start`` says from what
-    ("registration <id>", "global" or "registration <id> and global"). The result also
-    carries ``"method": "surface", "computing": true``."""
+    ("registration <id>", "global" or "registration <id> and global"); ``method``
+    "surface" or "deformable". The result also carries ``"computing": true``."""
 
     registration_id: int
     n_points: int
     path_length_mm: float
     start: str
+    method: str = "surface"
+
+    def __post_init__(self) -> None:
+        if self.method not in SURFACE_METHODS:
+            raise ValueError(f"'method' must be one of {SURFACE_METHODS}, got {self.method!r}")
 
     def to_result(self) -> dict[str, JsonValue]:
         return {
-            "method": "surface",
+            "method": self.method,
             "computing": True,
             "registration_id": self.registration_id,
             "n_points": self.n_points,
@@ -576,14 +605,15 @@ class SurfaceComputeStarted:
 
     @classmethod
     def from_result(cls, result: Args) -> Self:
-        _read(cls, result, extra=frozenset({"method", "computing"}))
-        if result["method"] != "surface" or result["computing"] is not True:
-            raise ValueError("SurfaceComputeStarted: expected method 'surface', computing true")
+        _read(cls, result, extra=frozenset({"computing"}))
+        if result["computing"] is not True:
+            raise ValueError("SurfaceComputeStarted: expected computing true")
         return cls(
             registration_id=_int(result, "registration_id"),
             n_points=_int(result, "n_points"),
             path_length_mm=_float(result["path_length_mm"], "path_length_mm"),
             start=_str(result, "start"),
+            method=_str(result, "method"),
         )
 
 
@@ -635,9 +665,11 @@ class RegistrationRef:
 @dataclass(frozen=True, kw_only=True)
 class SurfaceCompute:
     """The last surface compute: ``state`` one of ``COMPUTE_STATES``; ``error`` the
-    refusal's one line; when proposed, ``time_s``, ``fitness``, ``iterations`` and
-    ``initialisation`` ("given", "global", ...) of the fit. The result has those four
-    keys only when they are known. ``method`` is always "surface"."""
+    refusal's one line; when proposed, ``time_s``, ``fitness`` (the share of points
+    within the correspondence gate), ``iterations`` and ``initialisation`` ("given",
+    "global", ...) of the fit, and for "deformable" ``converged`` (the last level ended on
+    its tolerance, not its iteration limit). The result has those keys only when they are
+    known. ``method``: "surface" or "deformable"."""
 
     registration_id: int
     state: str
@@ -649,14 +681,21 @@ class SurfaceCompute:
     iterations: int | None = None
     initialisation: str | None = None
     method: str = "surface"
+    converged: bool | None = None
 
-    _FIT: ClassVar[tuple[str, ...]] = ("time_s", "fitness", "iterations", "initialisation")
+    _FIT: ClassVar[tuple[str, ...]] = (
+        "time_s",
+        "fitness",
+        "iterations",
+        "initialisation",
+        "converged",
+    )
 
     def __post_init__(self) -> None:
         if self.state not in COMPUTE_STATES:
             raise ValueError(f"unknown compute state {self.state!r}")
-        if self.method != "surface":
-            raise ValueError(f"'method' must be 'surface', got {self.method!r}")
+        if self.method not in SURFACE_METHODS:
+            raise ValueError(f"'method' must be one of {SURFACE_METHODS}, got {self.method!r}")
 
     def to_result(self) -> dict[str, JsonValue]:
         result: dict[str, JsonValue] = {
@@ -688,6 +727,7 @@ class SurfaceCompute:
             fitness=_float(result["fitness"], "fitness") if "fitness" in result else None,
             iterations=_int(result, "iterations") if "iterations" in result else None,
             initialisation=_str(result, "initialisation") if "initialisation" in result else None,
+            converged=_bool(result, "converged") if "converged" in result else None,
         )
 
 
@@ -696,7 +736,7 @@ class RegistrationStatus:
     """``registration.status``: the case loaded (``case``, ``case_id``); whether a
     collection runs, its ``method`` and ``progress`` (None when none runs) and whether it
     records on ``dwell``; the ``active`` registration and the ``proposal`` (None when
-    there is none); the last surface ``compute`` (None before the first)."""
+    there is none); the last surface or deformable ``compute`` (None before the first)."""
 
     case: str
     case_id: str

@@ -87,6 +87,7 @@ the translation and the field stays near zero:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -100,6 +101,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from nav.arrays import FloatArray, IntArray
+from nav.messages.deformation import kernel_displacement_mm
 from nav.registration.confidence import deformable_confidence_mm
 from nav.registration.errors import RegistrationError, check_coordinates
 from nav.transforms import Mat4, apply, invert_rigid, is_rigid, make_rigid
@@ -208,16 +210,13 @@ class DisplacementField:
 
     def displacement_mm(self, p_model: npt.ArrayLike) -> FloatArray:
         """Return ``u`` (K, 3) at model points ``p_model`` (K, 3), mm."""
-        p = np.asarray(p_model, dtype=np.float64).reshape(-1, 3)
-        if len(self.centres_mm) == 0:
-            return np.zeros_like(p)
-        c = self.centres_mm
-        d2 = np.maximum(np.sum(p**2, 1)[:, None] + np.sum(c**2, 1)[None, :] - 2.0 * p @ c.T, 0.0)
-        k = np.zeros_like(d2)
-        for w, v in zip(self.widths_mm, self.kernel_weights, strict=True):
-            k += v * np.exp(-d2 / (2.0 * w * w))
-        u: FloatArray = k @ self.coefficients_mm
-        return u
+        return kernel_displacement_mm(
+            p_model,
+            centres_mm=self.centres_mm,
+            coefficients_mm=self.coefficients_mm,
+            widths_mm=self.widths_mm,
+            kernel_weights=self.kernel_weights,
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -236,6 +235,9 @@ class DeformableResult:
     - ``iterations``: iterations run, all levels; ``converged``: the last level ended on
       ``tolerance_mm`` rather than on its iteration limit.
     - ``time_s``: wall time of the call; ``field``: the displacement field itself.
+
+    :meth:`confidence_at_mm` is ``confidence_mm``'s estimate at any model point (the
+    targets inside the organ, say): the same posterior, widened alike.
     """
 
     T_patient_from_model: Mat4
@@ -247,6 +249,21 @@ class DeformableResult:
     converged: bool
     time_s: float
     field: DisplacementField
+    posterior: _Posterior | None = dataclasses.field(default=None, repr=False)
+
+    def confidence_at_mm(self, p_model: npt.ArrayLike) -> FloatArray:
+        """Return the estimated overlay error (K,) in mm at model points ``p_model`` (K, 3).
+
+        At the vertices it equals ``confidence_mm`` (to rounding). The posterior RMS (3D)
+        position error of a model point under the fit's own model (see
+        ``_Posterior``), widened as ``confidence_mm`` is
+        (:func:`nav.registration.confidence.deformable_confidence_mm`). RuntimeError for a
+        result made without its posterior (constructed by hand).
+        """
+        if self.posterior is None:
+            raise RuntimeError("this result carries no posterior to evaluate")
+        p = np.asarray(p_model, dtype=np.float64).reshape(-1, 3)
+        return self.posterior.confidence_mm(p)
 
     def warp(self, p_model: npt.ArrayLike) -> FloatArray:
         """Return model points ``p_model`` (K, 3) mapped into the patient frame (K, 3), mm.
@@ -319,6 +336,80 @@ class _State:
     H: torch.Tensor | None  # last normal matrix (posterior precision / noise^2)
     iterations: int
     converged: bool
+
+
+@dataclass(frozen=True, eq=False)
+class _Posterior:
+    """The fit's Gaussian posterior over (rigid increment, coefficients), kept to evaluate.
+
+    A point's posterior RMS (3D) position error, mm: the joint posterior covariance of
+    (rigid increment, coefficients) is ``noise^2 H^-1`` (``H_inv`` here, scaled), H the
+    last normal matrix; a point moves by ``J_p = [-[x]_x, I, k_p^T (x) I]`` of them, plus
+    the prior variance that the control points cannot express (the DTC correction
+    ``k(x, x) - k_p^T K_cc^-1 k_p``, per axis; ``L`` is the Cholesky factor of ``K_cc``).
+    ``C`` and ``H_inv`` None: no iteration ran, the prior's spread everywhere. Frames as
+    the solver's: the init's patient frame, centred on ``centre``.
+    """
+
+    T_init: Mat4
+    centre: FloatArray
+    C: torch.Tensor | None
+    comps: list[tuple[float, float]]
+    alpha: torch.Tensor | None
+    R: FloatArray
+    t: FloatArray
+    H_inv: torch.Tensor | None
+    L: torch.Tensor | None
+    refine_rigid: bool
+    prior_sd_mm: float
+    widen: float
+    device: torch.device
+    dtype: torch.dtype
+
+    def sd_centred_mm(self, X: torch.Tensor) -> FloatArray:
+        """Posterior RMS (3D) error (K,) mm of points ``X`` (K, 3), centred init frame."""
+        if self.C is None or self.H_inv is None or self.L is None or self.alpha is None:
+            return np.full(len(X), self.prior_sd_mm)
+        dev, dtype = self.device, self.dtype
+        K_pc = _kernel(X, self.C, self.comps)
+        prior = sum(v for _, v in self.comps)
+        explained = torch.cholesky_solve(K_pc.T, self.L).T.mul(K_pc).sum(1)  # k^T K^-1 k
+        dtc = (prior - explained).clamp(min=0.0) * 3.0
+        U = (K_pc @ self.alpha).cpu().numpy()
+        D = torch.as_tensor((X.cpu().numpy() + U) @ self.R.T + self.t, device=dev, dtype=dtype)
+        R = torch.as_tensor(self.R, device=dev, dtype=dtype)
+        K, M = len(X), len(self.C)
+        var = torch.zeros(K, device=dev, dtype=dtype)
+        for axis in range(3):
+            e = torch.zeros(3, device=dev, dtype=dtype)
+            e[axis] = 1.0
+            # d(position . e)/d(unknowns): rotation e.(w x p) = w.(p x e), translation e,
+            # coefficients R e . (k a).
+            parts = []
+            if self.refine_rigid:
+                parts.append(torch.cross(D, e.expand_as(D), dim=1))
+                parts.append(e.expand(K, 3))
+            parts.append((K_pc[:, :, None] * (e @ R)[None, None, :]).reshape(K, 3 * M))
+            J = torch.cat(parts, 1)
+            var += ((J @ self.H_inv) * J).sum(1)
+        sd: FloatArray = torch.sqrt(var.clamp(min=0.0) + dtc).cpu().numpy()
+        return sd
+
+    def confidence_mm(self, p_model: FloatArray) -> FloatArray:
+        """The widened estimate (K,) mm at model points ``p_model`` (K, 3)."""
+        X = apply(self.T_init, p_model) - self.centre
+        sd = self.sd_centred_mm(torch.as_tensor(X, device=self.device, dtype=self.dtype))
+        out: FloatArray = sd * self.widen
+        return out
+
+
+def _kernel(a: torch.Tensor, b: torch.Tensor, comps: list[tuple[float, float]]) -> torch.Tensor:
+    """The GP kernel matrix (len a, len b): a sum of Gaussians (width mm, variance mm^2)."""
+    d2 = torch.cdist(a, b).square()
+    k = torch.zeros_like(d2)
+    for width, variance in comps:
+        k += variance * torch.exp(-d2 / (2.0 * width * width))
+    return k
 
 
 class _Solver:
@@ -403,11 +494,7 @@ class _Solver:
     def kernel(
         self, a: torch.Tensor, b: torch.Tensor, comps: list[tuple[float, float]]
     ) -> torch.Tensor:
-        d2 = torch.cdist(a, b).square()
-        k = torch.zeros_like(d2)
-        for width, variance in comps:
-            k += variance * torch.exp(-d2 / (2.0 * width * width))
-        return k
+        return _kernel(a, b, comps)
 
     def control_kernel(self, s: _State) -> torch.Tensor:
         """K(C, C) with a relative 1e-6 on the diagonal: wide Gaussians on close control
@@ -562,45 +649,42 @@ class _Solver:
 
     # -- the answer
 
-    def posterior_sd_mm(self, s: _State) -> FloatArray:
-        """Posterior RMS (3D) error of the vertex positions under the GP model, mm (V,).
-
-        The joint posterior covariance of (rigid increment, coefficients) is
-        ``noise^2 H^-1``, H the last normal matrix; a vertex moves by
-        ``J_v = [-[x]_x, I, k_v^T (x) I]`` of them, plus the prior variance that the
-        control points cannot express (the DTC correction
-        ``k(x, x) - k_v^T K_cc^-1 k_v``, per axis).
-        """
-        if s.H is None:
-            return np.full(len(self.X0), math.sqrt(3.0 * sum(self.variances)))
+    def posterior(self, s: _State, *, widen: float) -> _Posterior:
+        """The fit's posterior, kept so that it can be evaluated at any model point."""
         dev, dtype = self.dev, self.dtype
-        M = len(s.C)
-        K_vc = self.kernel(self.Xt, s.C, s.comps)
-        K_cc = self.control_kernel(s)
-        prior = sum(v for _, v in s.comps)
-        L = torch.linalg.cholesky(K_cc)
-        explained = torch.cholesky_solve(K_vc.T, L).T.mul(K_vc).sum(1)  # k^T K^-1 k
-        dtc = (prior - explained).clamp(min=0.0) * 3.0
-        # Rows of J for each vertex and axis, in the solver's unknown order.
-        V = len(self.X0)
-        Dv = torch.as_tensor(self.deformed(s), device=dev, dtype=dtype)
-        R = torch.as_tensor(s.R, device=dev, dtype=dtype)
-        var = torch.zeros(V, device=dev, dtype=dtype)
-        H_inv = torch.linalg.inv(s.H) * self.cfg.noise_mm**2
-        for axis in range(3):
-            e = torch.zeros(3, device=dev, dtype=dtype)
-            e[axis] = 1.0
-            # d(position . e)/d(unknowns): rotation e.(w x p) = w.(p x e), translation e,
-            # coefficients R e . (k a).
-            parts = []
-            if self.cfg.refine_rigid:
-                parts.append(torch.cross(Dv, e.expand_as(Dv), dim=1))
-                parts.append(e.expand(V, 3))
-            parts.append((K_vc[:, :, None] * (e @ R)[None, None, :]).reshape(V, 3 * M))
-            J = torch.cat(parts, 1)
-            var += ((J @ H_inv) * J).sum(1)
-        sd: FloatArray = torch.sqrt(var.clamp(min=0.0) + dtc).cpu().numpy()
-        return sd
+        if s.H is None:
+            return _Posterior(
+                T_init=self.T_init,
+                centre=self.centre,
+                C=None,
+                comps=[],
+                alpha=None,
+                R=s.R,
+                t=s.t,
+                H_inv=None,
+                L=None,
+                refine_rigid=self.cfg.refine_rigid,
+                prior_sd_mm=math.sqrt(3.0 * sum(self.variances)),
+                widen=widen,
+                device=dev,
+                dtype=dtype,
+            )
+        return _Posterior(
+            T_init=self.T_init,
+            centre=self.centre,
+            C=s.C,
+            comps=list(s.comps),
+            alpha=s.alpha,
+            R=s.R,
+            t=s.t,
+            H_inv=torch.linalg.inv(s.H) * self.cfg.noise_mm**2,
+            L=torch.linalg.cholesky(self.control_kernel(s)),
+            refine_rigid=self.cfg.refine_rigid,
+            prior_sd_mm=math.sqrt(3.0 * sum(self.variances)),
+            widen=widen,
+            device=dev,
+            dtype=dtype,
+        )
 
     def result(self, s: _State, elapsed_s: float) -> DeformableResult:
         cfg = self.cfg
@@ -622,8 +706,15 @@ class _Solver:
         T = invert_rigid(to_centre) @ T_c @ to_centre @ self.T_init
         T[3] = (0.0, 0.0, 0.0, 1.0)
         displacements = s.U.cpu().numpy() @ s.R.T
+        # The same widening at any point: the ratio (never below 1) of seen to assumed noise.
+        widen = float(
+            deformable_confidence_mm([1.0], residual_rms_mm=rms_mm, assumed_noise_mm=cfg.noise_mm)[
+                0
+            ]
+        )
+        posterior = self.posterior(s, widen=widen)
         confidence = deformable_confidence_mm(
-            self.posterior_sd_mm(s), residual_rms_mm=rms_mm, assumed_noise_mm=cfg.noise_mm
+            posterior.sd_centred_mm(self.Xt), residual_rms_mm=rms_mm, assumed_noise_mm=cfg.noise_mm
         )
         centres_model = apply(invert_rigid(self.T_init), s.C.cpu().numpy() + self.centre)
         field = DisplacementField(
@@ -653,6 +744,7 @@ class _Solver:
             converged=s.converged,
             time_s=elapsed_s,
             field=field,
+            posterior=posterior,
         )
 
 

@@ -39,6 +39,7 @@ RegistrationErrorKind: TypeAlias = Literal[
     "bad_mesh",
     "insufficient_overlap",
     "not_converged",
+    "implausible",
 ]
 """Why a registration was refused.
 
@@ -55,6 +56,9 @@ RegistrationErrorKind: TypeAlias = Literal[
   for the result to mean anything (fitness below the method's floor).
 - ``not_converged``: the iterative solver stopped at its iteration limit, or its answer
   moved too far between the last iterations to be trusted.
+- ``implausible``: the answer moves the model farther from its start, or deforms it
+  more where the data are, than the method's assumptions allow
+  (``nav.navigation.register_organ_deformable``).
 """
 
 REGISTRATION_ERROR_KINDS: Final[frozenset[str]] = frozenset(get_args(RegistrationErrorKind))

@@ -233,7 +233,7 @@ def test_a_start_without_arguments_collects_fiducials_on_dwell() -> None:
 @pytest.mark.parametrize(
     ("request_type", "args", "message"),
     [
-        (StartCollection, {"method": "deformable"}, "unknown method 'deformable'"),
+        (StartCollection, {"method": "elastic"}, "unknown method 'elastic'"),
         (StartCollection, {"method": 3}, "unknown method 3"),
         (StartCollection, {"dwell": "yes"}, "'dwell' must be true or false"),
         (StartCollection, {"dwell": 1}, "'dwell' must be true or false"),
