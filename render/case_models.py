@@ -22,7 +22,10 @@ another case arrives (the nav node ran ``case.load``). :class:`CaseModels` takes
   off the per-sample path.
 - Deformed case: a deformable registration rebuilds every structure from its field, the
   organ in its posterior colours (``render.registered_assets``; counter
-  ``deformed_assets_built``). It is built in the render node's step that takes the
+  ``deformed_assets_built``). A field it cannot draw (not the organ's size, bad values)
+  makes ``undrawable_id`` that registration: the scene hides the overlay under it
+  (MODELS_UNAVAILABLE, counter ``deformed_assets_refused``), never the undeformed models
+  under a deformable pose. It is built in the render node's step that takes the
   registration, before any scene update under it goes out, so a nav state under it is
   never drawn with the models of the registration before.
 
@@ -71,6 +74,7 @@ class CaseModels:
         self.served = assets
         self.version = scene_version(assets)
         self._checked_id = 0  # the last registration whose case was checked
+        self.undrawable_id = 0  # the last registration whose models could not be built
 
     def _use(self, case: Case, plain: AssetSet) -> None:
         self.case = case
@@ -153,10 +157,10 @@ class CaseModels:
         own FLE and fiducials. Surface: the organ coloured by the error field it carries.
         Deformable: every structure moved by its field, the organ in its posterior colours
         (``render.registered_assets``). Without those facts (a recording made before they
-        were sent, a field that does not fit the organ): the plain colours, logged; a
-        deformable registration whose field cannot be drawn hides nothing and moves
-        nothing, so it is logged as an error. A registration of another case changes
-        nothing here (its overlay is hidden).
+        were sent, a field that does not fit the organ): the plain colours, logged; for a
+        deformable registration that is an error, and ``undrawable_id`` names it (the
+        scene hides the overlay under it). A registration of another case changes nothing
+        here (its overlay is hidden).
         """
         if result.state not in ACTIVE_STATES or self.organ is None:
             return None
@@ -205,6 +209,9 @@ class CaseModels:
             why = "it carries no error field (recorded before it was sent)"
         except ValueError as error:
             why = str(error)
+        if result.method == "deformable":
+            self.undrawable_id = result.registration_id
+            self.counters["deformed_assets_refused"] += 1
         log.log(
             logging.ERROR if result.method == "deformable" else logging.WARNING,
             "registration %d (%s): plain models, no %s: %s",

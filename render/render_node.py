@@ -721,7 +721,10 @@ class _Scene:
     def on_registration(self, result: RegistrationResult) -> None:
         self.scene.on_registration(result)
         t_build = time.perf_counter()
-        if self.models.on_registration(result):
+        changed = self.models.on_registration(result)
+        if self.models.undrawable_id == result.registration_id:
+            self.scene.refuse_models(result.registration_id)
+        if changed:
             models = self.models
             self.server.swap_assets(models.served, models.version)
             self.scene.set_case(models.case_id, models.served.names, models.version)

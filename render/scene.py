@@ -36,7 +36,10 @@ A pose is drawn only under a registration known to be of that case: the render n
 every ``RegistrationResult`` to :meth:`SceneState.on_registration`, and a nav state whose
 registration is of another case, names none (recorded before case ids) or has not been
 seen yet has no pose to draw (HIDDEN, alert CASE_MISMATCH or CASE_UNCONFIRMED): another
-case's models are never drawn under it, whatever the table below says.
+case's models are never drawn under it, whatever the table below says. Nor is a
+registration whose models could not be built (a deformable field that does not fit the
+case: :meth:`SceneState.refuse_models`, alert MODELS_UNAVAILABLE): the undeformed models
+are never drawn under a deformable pose.
 
 Boundaries: an age exactly at a limit is still on the better side (``>`` is the test).
 When the nav status is STALE (no fresh tracker sample) the nav node sends an identity
@@ -154,6 +157,7 @@ class SceneState:
     def __post_init__(self) -> None:
         self.set_case(self.case_id, self.structure_names, self.scene_version)
         self._registration_cases: dict[int, str] = {}
+        self._undrawable: set[int] = set()  # registrations whose models could not be built
         if self.headset is not None:
             self.on_headset(self.headset)
 
@@ -172,16 +176,26 @@ class SceneState:
         while len(cases) > MAX_KNOWN_REGISTRATIONS:
             cases.pop(next(iter(cases)))
 
+    def refuse_models(self, registration_id: int) -> None:
+        """The models registration ``registration_id`` needs could not be built (a
+        deformable field that does not fit the case): nothing is drawn under it."""
+        self._undrawable.add(registration_id)
+        while len(self._undrawable) > MAX_KNOWN_REGISTRATIONS:
+            self._undrawable.discard(min(self._undrawable))
+
     def case_code(self, registration_id: int) -> str | None:
         """None if registration ``registration_id`` is of the case drawn; else why not.
 
         CASE_MISMATCH: it is of another case, or the newest nav state says the nav node
         navigates another case (it may reach us before that case's registration does).
         CASE_UNCONFIRMED: not seen yet, or it names no case (a recording made before case
-        ids). 0 (no registration) is None: nothing is drawn without one anyway.
+        ids). MODELS_UNAVAILABLE: its models could not be built (:meth:`refuse_models`).
+        0 (no registration) is None: nothing is drawn without one anyway.
         """
         if registration_id == 0:
             return None
+        if registration_id in self._undrawable:
+            return "MODELS_UNAVAILABLE"
         if self.nav is not None and self.nav.case_id and self.nav.case_id != self.case_id:
             return "CASE_MISMATCH"
         registered = self._registration_cases.get(registration_id)
@@ -317,6 +331,11 @@ CONDITION_ALERTS: Final[dict[str, AlertEvent]] = {
         AlertSeverity.WARNING,
         "The registration's case is not confirmed: the overlay is hidden",
     ),
+    "MODELS_UNAVAILABLE": AlertEvent(
+        "MODELS_UNAVAILABLE",
+        AlertSeverity.CRITICAL,
+        "The registration's deformed models could not be built: the overlay is hidden",
+    ),
     "HEADSET_LOST": AlertEvent(
         "HEADSET_LOST", AlertSeverity.WARNING, "Headset not tracked: the overlay is hidden"
     ),
@@ -355,7 +374,8 @@ class AlertMachine:
     """Alerts from the stream of scene updates and registration events, debounced.
 
     Conditions (one at a time, worst first): UNREGISTERED, REFERENCE_LOST, CASE_MISMATCH,
-    CASE_UNCONFIRMED, HEADSET_LOST, HIDDEN (pose too old), STALE; see :func:`condition_code`.
+    CASE_UNCONFIRMED, MODELS_UNAVAILABLE, HEADSET_LOST, HIDDEN (pose too old), STALE; see
+    :func:`condition_code`.
     Events: REGISTRATION_ACCEPTED (once per registration id), NEEDS_VERIFICATION (once per
     restored registration id), RECOVERED.
 

@@ -24,11 +24,13 @@ from nav.messages import (
 from nav.transforms import axis_angle_to_matrix, invert_rigid, make_rigid
 from render.render_node import load_display_calibration
 from render.scene import (
+    CONDITION_ALERTS,
     MAX_KNOWN_REGISTRATIONS,
     AlertMachine,
     HeadsetSample,
     OverlayLimits,
     SceneState,
+    condition_code,
     headset_sample,
     overlay_state,
 )
@@ -490,6 +492,22 @@ def test_a_nav_state_of_another_case_is_hidden_though_its_registration_id_is_kno
     assert hidden.overlay is OverlayState.HIDDEN and s.case_code(7) == "CASE_MISMATCH"
     s.on_nav(nav(t_sensor_ns=T0 + 2 * MS))  # "" (a recording before case ids): as before
     assert s.update(T0 + 2 * MS).overlay is OverlayState.CURRENT
+
+
+def test_a_registration_whose_models_could_not_be_built_is_hidden_with_its_own_alert() -> None:
+    """A deformable registration whose field the render node could not draw: the undeformed
+    models must never be drawn under its pose."""
+    s = state()
+    s.on_headset(headset())
+    s.on_registration(_registration("accepted", 7))
+    s.on_nav(nav(t_sensor_ns=T0))
+    assert s.update(T0).overlay is OverlayState.CURRENT
+    s.refuse_models(7)
+    hidden = roundtrip(s.update(T0))
+    assert hidden.overlay is OverlayState.HIDDEN and s.case_code(7) == "MODELS_UNAVAILABLE"
+    assert np.all(np.isnan(hidden.p_tip_tracker))
+    assert condition_code(hidden, s.case_code(7)) == "MODELS_UNAVAILABLE"
+    assert CONDITION_ALERTS["MODELS_UNAVAILABLE"].severity is AlertSeverity.CRITICAL
 
 
 def test_the_scene_remembers_a_bounded_number_of_registrations() -> None:
