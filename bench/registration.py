@@ -89,6 +89,7 @@ from scipy.spatial import cKDTree  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from nav.registration.deformable import DeformableConfig, register_deformable  # noqa: E402
+from nav.registration.errors import RegistrationError  # noqa: E402
 from nav.registration.paired_point import register_paired_points  # noqa: E402
 from nav.registration.surface import register_surface  # noqa: E402
 from nav.transforms import apply, axis_angle_to_matrix, invert_rigid, make_rigid  # noqa: E402
@@ -565,23 +566,29 @@ class LiveRun:
     deformable_tre_mm: float
 
 
-def live_case(case: Case, config: DeformableConfig) -> LiveRun:
+def live_case(case: Case, config: DeformableConfig) -> LiveRun | str:
     """The nav node's two surface fits on ``case``: rigid ICP from ``T_init``, then the
-    deformable fit from the ICP's result (module docstring)."""
+    deformable fit from the ICP's result (module docstring); or the refusal's kind."""
     t0 = time.perf_counter()
-    rigid = register_surface(
-        case.vertices_model, case.triangles, case.points_patient, T_init=case.T_init
-    )
+    try:
+        rigid = register_surface(
+            case.vertices_model, case.triangles, case.points_patient, T_init=case.T_init
+        )
+    except RegistrationError as error:  # the nav node would refuse it too: no deformable
+        return f"rigid {error.kind}"
     t1 = time.perf_counter()
     _sync(config.device)
     t2 = time.perf_counter()
-    deformable = register_deformable(
-        case.vertices_model,
-        case.triangles,
-        case.points_patient,
-        rigid.T_patient_from_model,
-        config=config,
-    )
+    try:
+        deformable = register_deformable(
+            case.vertices_model,
+            case.triangles,
+            case.points_patient,
+            rigid.T_patient_from_model,
+            config=config,
+        )
+    except RegistrationError as error:
+        return f"deformable {error.kind}"
     _sync(config.device)
     t3 = time.perf_counter()
     rigid_e = np.linalg.norm(
@@ -601,10 +608,19 @@ def live(seeds: int, sizes: Sequence[int], device: str) -> None:
     table_rows = []
     medians: dict[int, float] = {}
     for n in sizes:
-        runs = []
+        runs: list[LiveRun] = []
+        refused: list[str] = []
         for mesh_name, v, f in meshes:
             for seed in range(seeds):
-                runs.append(live_case(make_case(mesh_name, v, f, seed, n), config))
+                run = live_case(make_case(mesh_name, v, f, seed, n), config)
+                if isinstance(run, str):
+                    refused.append(f"{mesh_name} seed {seed}: {run}")
+                else:
+                    runs.append(run)
+        if refused:
+            print(f"{n} points: refused, left out of the table: {'; '.join(refused)}")
+        if not runs:
+            continue
         rigid_ms = [1e3 * r.rigid_s for r in runs]
         deformable_ms = [1e3 * r.deformable_s for r in runs]
         medians[n] = statistics.median(deformable_ms)
@@ -617,6 +633,7 @@ def live(seeds: int, sizes: Sequence[int], device: str) -> None:
                 f"{ratio:.1f}",
                 f"{np.mean([r.rigid_tre_mm for r in runs]):.2f}",
                 f"{np.mean([r.deformable_tre_mm for r in runs]):.2f}",
+                f"{len(runs)}",
             ]
         )
         print(f"{n} points: {len(runs)} cases done", flush=True)
@@ -630,6 +647,7 @@ def live(seeds: int, sizes: Sequence[int], device: str) -> None:
             "ratio of medians",
             "rigid mean TRE mm",
             "deformable mean TRE mm",
+            "cases",
         ],
         table_rows,
     )
@@ -652,7 +670,7 @@ def profile(n_points: int, device: str, top: int = 20) -> None:
     case = make_case(MESHES[0], v, f, 0, n_points)
     config = DeformableConfig(device=device)
     live_case(case, config)  # warm
-    rigid = register_surface(v, f, case.points_patient, T_init=case.T_init)
+    rigid = register_surface(v, f, case.points_patient, T_init=case.T_init)  # seed 0 fits
     profiler = cProfile.Profile()
     profiler.enable()
     register_deformable(v, f, case.points_patient, rigid.T_patient_from_model, config=config)
