@@ -535,7 +535,8 @@ def register_organ_surface(
     RMS point-to-surface residual; ``fle_mm`` the same figure, the point noise the
     predicted error is scaled by; ``predicted_tre_mm`` ``SurfaceResult.predicted_error_mm``
     at the targets (the scatter of the points about the surface, through the patch's
-    geometry); ``true_tre_mm`` against a known truth, NaN without.
+    geometry), and ``organ_confidence_mm`` the same at every organ vertex;
+    ``true_tre_mm`` against a known truth, NaN without.
 
     Raises RegistrationError (a ValueError) with its one line: fewer than
     ``MIN_SURFACE_POINTS`` (``too_few_points``), too little overlap, no convergence, a bad
@@ -554,7 +555,8 @@ def register_organ_surface(
     )
     targets = geometry.p_image_targets
     predicted = result.predicted_error_mm(targets) if len(targets) else np.zeros(0)
-    if not np.all(np.isfinite(predicted)):
+    organ_confidence = result.predicted_error_mm(model_vertices)
+    if not (np.all(np.isfinite(predicted)) and np.all(np.isfinite(organ_confidence))):
         raise ValueError(
             "the traced surface leaves the registration unconstrained (the model can slide "
             "along it): trace more of the organ, over its curved parts"
@@ -571,6 +573,7 @@ def register_organ_surface(
         predicted_tre_mm=np.asarray(predicted, dtype=np.float64),
         true_tre_mm=true_tre_mm(result.T_patient_from_model, truth_T_reference_from_image, targets),
         case_id=geometry.case_id,
+        organ_confidence_mm=organ_confidence,
     )
     return SurfaceRegistration(registration=registration, surface=result)
 
@@ -661,7 +664,7 @@ def register_organ_deformable(
         raise RegistrationError(
             "implausible",
             f"the deformable fit moves the organ {moved_mm:.1f} mm and {turned_deg:.1f} "
-            f"degrees from registration's start (at most {MAX_RIGID_CHANGE_MM:g} mm and "
+            f"degrees from its start (at most {MAX_RIGID_CHANGE_MM:g} mm and "
             f"{MAX_RIGID_CHANGE_DEG:g} degrees): the points do not fit this organ near "
             "the accepted registration",
         )
