@@ -58,7 +58,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -76,11 +76,13 @@ from nav.messages import (
     ToolStatus,
     TrackerFrame,
 )
-from nav.registration.deformable import DeformableConfig, DeformableResult, register_deformable
 from nav.registration.errors import RegistrationError
 from nav.registration.paired_point import register_paired_points
 from nav.registration.surface import SurfaceConfig, SurfaceResult, register_surface
 from nav.transforms import Mat4, Points, apply, invert_rigid, is_rigid
+
+if TYPE_CHECKING:  # torch takes seconds to import: only a deformable fit loads it
+    from nav.registration.deformable import DeformableConfig, DeformableResult
 
 POINTER: Final = "pointer"
 
@@ -653,6 +655,8 @@ def register_organ_deformable(
     organ looks like); by 15 mm it is refused. ValueError for a torch device that is not
     here.
     """
+    from nav.registration.deformable import DeformableConfig, register_deformable
+
     points = np.asarray(p_reference_surface, dtype=np.float64).reshape(-1, 3)
     require_surface_points(len(points))
     cfg = config if config is not None else DeformableConfig()

@@ -45,7 +45,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from nav.arrays import FloatArray
 from nav.case import Case, load_case
@@ -95,7 +94,6 @@ from nav.navigation import (
     target_errors_mm,
     tip_in_reference,
 )
-from nav.registration.deformable import DeformableConfig
 from nav.registration_store import RegistrationFileError, load_registration, save_registration
 from nav.sim_deformation import organ_deformation
 from nav.transforms import Mat4, Points, apply
@@ -137,6 +135,8 @@ def resolve_torch_device(name: str) -> str:
 
     ValueError with one line when it is not a device name or not on this machine.
     """
+    import torch  # seconds to import: loaded by the first deformable compute, not at start
+
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -145,6 +145,10 @@ def resolve_torch_device(name: str) -> str:
         reason = (str(error).strip().splitlines() or ["unknown"])[0]
         raise ValueError(f"torch device {name!r} is not available here: {reason}") from None
     return name
+
+
+def _import_torch() -> None:
+    import torch  # noqa: F401  (see NavigatorSession.__init__)
 
 
 def truth_targets_reference(
@@ -287,6 +291,9 @@ class NavigatorSession:
         self.collector: FiducialCollector | SurfaceCollector | None = None
         self.collect_method: str | None = None  # "points", "surface" or "deformable"
         self._set_case(case)
+        # torch takes seconds to import: on a thread now, so that the first deformable
+        # compute's device check (on the loop thread) does not stall nav/state for it.
+        threading.Thread(target=_import_torch, name="import-torch", daemon=True).start()
 
     def _set_case(self, case: Case) -> None:
         self.case = case
@@ -560,6 +567,10 @@ class NavigatorSession:
         threads = self.settings.deformable_threads
 
         def work() -> DeformableRegistration:
+            import torch
+
+            from nav.registration.deformable import DeformableConfig
+
             if threads > 0:
                 # Process-wide, but torch runs nowhere else in the node: this keeps the
                 # fit from taking every core from the loop (see nav_node.Config).

@@ -65,7 +65,7 @@ class _Run:
         cfg = Config(
             truth_T_reference_from_image=tuple(TRUTH.ravel().tolist()),
             truth_deformation_seed=params.pop("seed", DEMO_SEED),
-            registration_file=str(tmp_path / "registration.json"),
+            registration_file=params.pop("registration_file", str(tmp_path / "registration.json")),
             **params,
         )
         self.emitted: list[Registration] = []
