@@ -19,9 +19,9 @@ Publishes:
   a second. Consumers key on ``registration_id`` and ``state``;
 - ``heartbeat/<name>``: counters ``status_<STATUS>`` (states published by status),
   ``fiducials_collected``, ``surface_points_collected``, ``registrations_proposed``,
-  ``registrations_accepted``, ``registrations_refused`` (surface computes refused after
-  they started), ``registration_file_refused``; latency = tracker ``t_sensor_ns`` ->
-  receive here.
+  ``registrations_accepted``, ``registrations_refused`` (surface or deformable computes
+  refused after they started), ``registration_file_refused``; latency = tracker
+  ``t_sensor_ns`` -> receive here.
 
 Control: ``registration.start`` / ``collect`` / ``compute`` / ``accept`` / ``reject`` /
 ``verify`` / ``status`` and ``case.load``; each request and reply is a typed message of
@@ -29,7 +29,9 @@ Control: ``registration.start`` / ``collect`` / ``compute`` / ``accept`` / ``rej
 table), the rules are the navigator session's (``nav/session.py``). Each reply is ``ok``
 with the reply's result, or a one-line error (an unknown or mistyped argument, a refused
 step: nothing changes). A surface ``registration.compute`` runs on a worker thread and
-replies at once; its proposal comes on ``nav/registration`` and in ``registration.status``.
+replies at once; its proposal comes on ``nav/registration`` and in ``registration.status``;
+so does a deformable one (``deformable_device``, ``deformable_threads``), whose proposal
+carries the displacement field and the organ's per-vertex confidence.
 
 Start-up: when ``registration_file`` exists and holds a registration of this case (its
 name and targets, and its case id and fiducial labels where the file records them), it is
@@ -128,15 +130,19 @@ class Config:
       (``nav.collectors``; at most ``MAX_SURFACE_POINTS``).
     - ``truth_deformation_seed``: with ``truth_T_reference_from_image``, the simulated
       organ is deformed against the case by ``nav.sim_deformation.organ_deformation``
-      with this seed (the demo's ``DEMO_SEED`` is 5), and true TRE of every registration
-      is measured against the deformed targets; negative (-1) = not deformed.
-      ``truth_deformation_peak_mm``: its largest displacement, in [6, 10] mm.
+      with this seed (the demo uses ``nav.sim_deformation.DEMO_SEED``), and the true TRE
+      of every registration is measured against the deformed targets; negative (-1) =
+      not deformed. ``truth_deformation_peak_mm``: its largest displacement, in [6, 10]
+      mm.
     - ``deformable_device``: the torch device of a deformable fit: "cpu", "cuda",
       "cuda:<n>", or "auto" (cuda where torch sees one, else cpu). A device this machine
       lacks refuses ``registration.compute`` with one line.
     - ``deformable_threads``: torch's threads during a deformable fit (0 = torch's own
-      default, one per core). 1 by default: on a 2-core machine two torch threads left
-      ``nav/state`` gaps of ~(see the node docstring) while the loop waited for a core.
+      default, one per core; torch runs nowhere else in the node). Measured on a shared
+      2-core machine, an 11.5k-point fit (``tests/process/test_nav_deformable.py``): the
+      largest ``nav/state`` gap during it was 21 ms with 1 thread and 18-25 ms with 2,
+      but one of the two 2-thread fits took 2.5 s instead of 0.19 s (torch's threads
+      contending with the loop and the tracker for the cores): 1 by default.
     """
 
     case: str = ""
