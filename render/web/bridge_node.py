@@ -30,10 +30,12 @@ alerts, replies) is queued reliably (at most 256, else the client is closed); sc
 updates go through a one-slot latest-wins box per client, so a browser whose socket backs
 up loses old updates and never delays new ones. TCP_NODELAY on every connection.
 
-HTTP: ``/`` the page; ``/static/<file>``; ``/lib/three/...`` and ``/lib/iwer/...``;
+HTTP: ``/`` the page; ``/static/<file>``; ``/volume/<file>.js`` (the CT ray-marcher the
+page shares with ``ornav case view``); ``/lib/three/...`` and ``/lib/iwer/...``;
 ``/ca.pem`` (the local CA to install, public); ``/assets/<sha256>`` (token required, as
-``Authorization: Bearer`` or ``?token=``): the GLB bytes, fetched once from the render
-node by hash and served with ``Cache-Control: private, max-age=31536000, immutable`` and
+``Authorization: Bearer`` or ``?token=``): a GLB, or the CT brick (``application/gzip``,
+the stored bytes), fetched once from the render node by hash and served with
+``Cache-Control: private, max-age=31536000, immutable`` and
 the hash as ETag; ``/pair.svg`` (token required): the pairing URL as a QR code, for the
 monitor page to show the headset.
 
@@ -101,6 +103,7 @@ log = logging.getLogger(__name__)
 
 WEB_DIR: Final = Path(__file__).resolve().parent
 STATIC_DIR: Final = WEB_DIR / "static"
+VOLUME_DIR: Final = WEB_DIR / "volume"  # the ray-marcher the page shares with `ornav case view`
 NODE_MODULES: Final = WEB_DIR / "node_modules"
 LIBRARIES: Final = {  # URL prefix -> folder; nothing else under node_modules is served
     "/lib/three/build/": NODE_MODULES / "three" / "build",
@@ -294,6 +297,10 @@ class Bridge:
             found = self._inside(STATIC_DIR, path[len("/static/") :])
             if found is not None:
                 return self._file(found, request, "no-cache")
+        if path.startswith("/volume/") and path.endswith(".js"):  # its modules, not its page
+            found = self._inside(VOLUME_DIR, path[len("/volume/") :])
+            if found is not None:
+                return self._file(found, request, "no-cache")
         for prefix, root in LIBRARIES.items():
             if path.startswith(prefix):
                 found = self._inside(root, path[len(prefix) :])
@@ -322,7 +329,7 @@ class Bridge:
             return self._text(404, "not an asset hash")
         etag = f'"{sha}"'
         if request.headers.get("If-None-Match") == etag:
-            return self._response(304, b"", "model/gltf-binary", [("ETag", etag)])
+            return self._response(304, b"", "application/octet-stream", [("ETag", etag)])
         data = self.assets.get(sha)
         if data is None:
             lock = self._asset_locks.setdefault(sha, asyncio.Lock())
@@ -332,9 +339,10 @@ class Bridge:
             self.counters["http_not_found"] += 1
             return self._text(404, "unknown asset")
         self.counters["assets_served"] += 1
-        return self._response(
-            200, data, "model/gltf-binary", [("ETag", etag), ("Cache-Control", _ASSET_CACHE)]
-        )
+        # A GLB, or the CT brick as stored (gzip): typed as what it is, and never sent with
+        # Content-Encoding, so the page gets the very bytes whose SHA-256 it checks.
+        media = "application/gzip" if data[:2] == b"\x1f\x8b" else "model/gltf-binary"
+        return self._response(200, data, media, [("ETag", etag), ("Cache-Control", _ASSET_CACHE)])
 
     async def _fetch_asset(self, sha: str) -> bytes | None:
         """The asset's bytes from the render node on a short session of our own."""

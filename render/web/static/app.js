@@ -1,5 +1,5 @@
 // The browser headset client: OR monitor view and WebXR immersive-ar (Quest 3), one page.
-// Protocol: docs/headset-protocol.md (version 2, world-locked). Served by the web bridge
+// Protocol: docs/headset-protocol.md (version 3, world-locked). Served by the web bridge
 // (render/web/bridge_node.py); the pairing token comes in the URL fragment (#token=...),
 // which the browser never sends to a server.
 //
@@ -8,6 +8,8 @@
 //     mmRoot          scale 1e-3: the wire is in mm, WebXR and three.js in metres
 //       xrNode        T_xr_from_tracker (this session's registration): world-locked
 //         <structure> T_tracker_from_structure of the newest update applied
+//         ctNode      the structures' pose (they share the image frame): the case's CT
+//           ct-volume   ray-marched box (render/web/volume/volume.js), when Welcome has one
 //         tip         p_tip_tracker
 //     camera
 //       headLocked    status line and alerts in AR (head-locked content only)
@@ -16,12 +18,16 @@
 // box filled by the WebSocket; the STALE (> 100 ms, dimmed amber) / HIDDEN (> 300 ms or
 // not OK: nothing drawn but a banner saying why) rule runs each frame on this client's
 // clock with the offset from the clock worker, so a dead server never leaves a live-looking
-// overlay.
+// overlay. The CT volume is under the same root as the meshes, so HIDDEN hides it too, and
+// STALE gives it the meshes' amber, dimmed look; its brick comes once per hash (/assets,
+// SHA-256 checked here) and a small control in the panel picks its transfer function
+// (off / soft tissue / vessels / bone; #ct=<preset> in the URL sets the first one).
 import * as THREE from 'three';
 import { OrbitControls } from 'three/addons/controls/OrbitControls.js';
 import { GLTFLoader } from 'three/addons/loaders/GLTFLoader.js';
 import { wireArray, f64 } from './msgpack.js';
 import { PROTOCOL, envelope, openEnvelope, clientNowMs, msToNs, nsToMs, clientOverlay } from './protocol.js';
+import { VolumeBox, checkedBrick, PRESETS as CT_PRESETS } from '/volume/volume.js';
 
 const fragment = new URLSearchParams(location.hash.slice(1));
 const token = fragment.get('token') || '';
@@ -58,6 +64,7 @@ const state = {
   assetsLoaded: 0,
   nodes: {},             // node name -> its last heartbeat (state, uptime, publish rate)
   tools: null,           // the tracker's tools and their statuses
+  volume: { sha: '', status: 'none', fetches: 0, verified: false, error: '', preset: '', looks: [], scale: 1 },
 };
 window.ornav = state;
 
@@ -94,6 +101,19 @@ tip.matrixAutoUpdate = false;
 tip.visible = false;
 xrNode.add(tip);
 const assetCache = new Map();  // sha256 -> Promise<THREE.Object3D>
+// The CT: ctNode carries the structures' pose (T_tracker_from_image), its child the box.
+const ctNode = new THREE.Group();
+ctNode.matrixAutoUpdate = false;
+ctNode.name = 'ct';
+xrNode.add(ctNode);
+const volumeCache = new Map();  // sha256 -> Promise<VolumeBox>
+let volumeBox = null;
+const CT_CHOICES = ['off', ...Object.keys(CT_PRESETS)];
+let ctPreset = CT_CHOICES.includes(fragment.get('ct')) ? fragment.get('ct') : 'soft_tissue';
+let depthTarget = null;  // the meshes' depth, where the CT's rays stop (monitor view)
+// Every mesh writes depth in that pass, translucent ones too (glTF BLEND turns depthWrite
+// off): a ray stops at the first surface it meets, as in the headset snapshot.
+const depthOnly = new THREE.MeshBasicMaterial({ colorWrite: false, side: THREE.DoubleSide });
 const loader = new GLTFLoader();
 let fitted = false;
 
@@ -218,8 +238,57 @@ function onWelcome(body) {
   setMatrixFromWire(xrNode, T, 0);
   if (xrRegistration) send('XrRegistration', { T_xr_from_tracker: xrRegistration.wire, rms_mm: f64(xrRegistration.rmsMm) });
   for (const info of body.assets) loadAsset(info);
+  loadVolume(body.volume || null);
   send('SnapshotRequest', {});
 }
+
+// The case's CT brick, once per hash: fetched from the bridge, its SHA-256 checked, then
+// drawn under ctNode. A Welcome without one (or a newer one) removes the old box.
+function loadVolume(info) {
+  const sha = info ? info.sha256 : '';
+  if (sha === state.volume.sha) return;
+  state.volume.sha = sha;
+  if (volumeBox) { ctNode.remove(volumeBox.mesh); volumeBox = null; }
+  document.getElementById('ct-control').hidden = !info;
+  if (!info) { state.volume.status = 'none'; return; }
+  state.volume.status = 'loading';
+  if (!volumeCache.has(sha)) {
+    state.volume.fetches += 1;
+    volumeCache.set(sha, fetch(`/assets/${sha}`, { headers: { Authorization: `Bearer ${token}` } })
+      .then((r) => { if (!r.ok) throw new Error(`CT volume: HTTP ${r.status}`); return r.arrayBuffer(); })
+      .then((buffer) => checkedBrick(buffer, info))
+      .then((brick) => {
+        state.volume.verified = brick.verified;
+        if (!brick.verified) throw new Error('CT volume: no crypto.subtle here, its hash cannot be checked');
+        return new VolumeBox(brick, wireArray(info.T_image_from_ijk).data);
+      }));
+  }
+  volumeCache.get(sha).then((box) => {
+    if (state.volume.sha !== sha) return;  // replaced meanwhile
+    volumeBox = box;
+    ctNode.add(box.mesh);
+    state.volume.status = 'ready';
+    state.volume.shape = box.shape;
+    box.setStale(state.lookState === 'STALE');
+    setCtPreset(ctPreset);
+  }).catch((error) => {
+    state.volume.status = 'error';
+    state.volume.error = String(error.message || error);
+    console.warn(state.volume.error);
+    volumeCache.delete(sha);
+  });
+}
+
+function setCtPreset(name) {
+  if (!CT_CHOICES.includes(name)) throw new Error(`CT preset ${name}: one of ${CT_CHOICES.join(', ')}`);
+  ctPreset = name;
+  state.volume.preset = name;
+  document.getElementById('ct-preset').value = name;
+  if (!volumeBox) return;
+  volumeBox.mesh.visible = name !== 'off';
+  if (name !== 'off') volumeBox.setPreset(name);
+}
+state.setCtPreset = setCtPreset;
 
 function loadAsset(info) {
   let entry = structures.get(info.name);
@@ -303,6 +372,8 @@ function applyUpdate(update) {
     const entry = structures.get(name);
     if (entry) setMatrixFromWire(entry.node, Ts, 16 * i);
   });
+  // The CT lies in the image frame the structures share: placed by their pose.
+  if (update.structure_names.length) setMatrixFromWire(ctNode, Ts, 0);
   const p = wireArray(update.p_tip_tracker).data;
   tip.visible = Number.isFinite(p[0]) && Number.isFinite(p[1]) && Number.isFinite(p[2]);
   if (tip.visible) { tip.matrix.makeTranslation(p[0], p[1], p[2]); tip.matrixWorldNeedsUpdate = true; }
@@ -319,6 +390,9 @@ function setLook(overlayState) {
     o.material.opacity = stale ? o.userData.opacity * 0.5 : o.userData.opacity;
     o.material.transparent = stale || o.userData.transparent;
   });
+  if (volumeBox) volumeBox.setStale(stale);  // the CT looks as stale as the meshes
+  state.volume.looks.push(overlayState);
+  if (state.volume.looks.length > 100) state.volume.looks.shift();
 }
 
 function fitCamera() {
@@ -383,6 +457,123 @@ function evaluateOverlay(now) {
 }
 setInterval(() => showStatus(evaluateOverlay(clientNowMs()), clientNowMs()), 10);
 
+// The meshes' depth first (monitor view, with the CT drawn), so the CT's rays stop at the
+// nearest mesh; then the CT alone into a target of reduced resolution (ctScale of the
+// canvas), composited over the frame. ctScale adapts to the frame time, so a slow GPU draws
+// a coarser CT rather than late poses: the overlay's freshness never waits on the CT. In
+// WebXR the box is drawn in the main pass, without the depth pass (rays cross it whole).
+const CT_LAYER = 5;  // three's WebXR uses layers 1 and 2 for the eyes
+const ctQuad = new THREE.Mesh(new THREE.PlaneGeometry(2, 2), new THREE.ShaderMaterial({
+  uniforms: { uImage: { value: null } },
+  vertexShader: 'varying vec2 vUv; void main() { vUv = uv; gl_Position = vec4(position.xy, 0.0, 1.0); }',
+  fragmentShader: 'uniform sampler2D uImage; varying vec2 vUv; void main() { gl_FragColor = texture2D(uImage, vUv); }',
+  transparent: true, depthTest: false, depthWrite: false,
+  blending: THREE.CustomBlending, blendSrc: THREE.OneFactor, blendDst: THREE.OneMinusSrcAlphaFactor,
+}));
+ctQuad.frustumCulled = false;
+const ctQuadScene = new THREE.Scene();
+ctQuadScene.add(ctQuad);
+const ctQuadCamera = new THREE.OrthographicCamera(-1, 1, 1, -1, 0, 1);
+let ctTarget = null;
+let ctScale = Number(fragment.get('ctscale')) > 0 ? Math.min(1, Number(fragment.get('ctscale'))) : 1;
+const ctScaleFixed = Number(fragment.get('ctscale')) > 0;
+const CT_SCALES = [1, 0.5, 0.25, 0.125];
+function adaptCtScale() {
+  // Down at once, by the pixel count the frame time asks for (~25 ms a frame); up one
+  // step at a time, and only after 10 fast frames.
+  if (ctScaleFixed || state.frameMs.length < 5) return;
+  const median = (n) => state.frameMs.slice(-n).sort((a, b) => a - b)[Math.floor(n / 2)];
+  const i = CT_SCALES.indexOf(ctScale);
+  const slow = median(5);
+  if (slow > 33 && i < CT_SCALES.length - 1) {
+    const want = ctScale * Math.sqrt(25 / slow);
+    ctScale = CT_SCALES.find((s) => s <= want) || CT_SCALES[CT_SCALES.length - 1];
+    state.frameMs.length = 0;
+  } else if (state.frameMs.length >= 10 && median(10) < 12 && i > 0) {
+    ctScale = CT_SCALES[i - 1];
+    state.frameMs.length = 0;
+  }
+  state.volume.scale = ctScale;
+}
+
+function draw() {
+  const ctDrawn = volumeBox && volumeBox.mesh.visible && mmRoot.visible;
+  if (volumeBox) volumeBox.mesh.layers.set(renderer.xr.isPresenting ? 0 : CT_LAYER);
+  if (!ctDrawn || renderer.xr.isPresenting) {
+    if (volumeBox) volumeBox.setDepth(null);
+    renderer.render(scene, camera);
+    return;
+  }
+  const size = renderer.getDrawingBufferSize(new THREE.Vector2());
+  if (!depthTarget || depthTarget.width !== size.x || depthTarget.height !== size.y) {
+    if (depthTarget) depthTarget.dispose();
+    const depthTexture = new THREE.DepthTexture(size.x, size.y);
+    depthTexture.type = THREE.FloatType;
+    depthTarget = new THREE.WebGLRenderTarget(size.x, size.y, { depthTexture, depthBuffer: true });
+  }
+  const w = Math.max(1, Math.round(size.x * ctScale)), h = Math.max(1, Math.round(size.y * ctScale));
+  if (!ctTarget || ctTarget.width !== w || ctTarget.height !== h) {
+    if (ctTarget) ctTarget.dispose();
+    ctTarget = new THREE.WebGLRenderTarget(w, h, { depthBuffer: false });
+    ctTarget.texture.minFilter = ctTarget.texture.magFilter = THREE.LinearFilter;
+    ctQuad.material.uniforms.uImage.value = ctTarget.texture;
+  }
+  const clear = renderer.getClearColor(new THREE.Color());
+  const clearAlpha = renderer.getClearAlpha();
+  scene.overrideMaterial = depthOnly;  // the meshes' depth (the box is on CT_LAYER: not here)
+  renderer.setRenderTarget(depthTarget);
+  renderer.clear();
+  renderer.render(scene, camera);
+  scene.overrideMaterial = null;
+  volumeBox.setDepth(depthTarget.depthTexture, w, h);
+  camera.layers.set(CT_LAYER);  // the CT alone, premultiplied over transparent black
+  renderer.setRenderTarget(ctTarget);
+  renderer.setClearColor(0x000000, 0);
+  renderer.clear();
+  renderer.render(scene, camera);
+  camera.layers.set(0);
+  renderer.setClearColor(clear, clearAlpha);
+  renderer.setRenderTarget(null);
+  renderer.render(scene, camera);
+  renderer.autoClear = false;
+  renderer.render(ctQuadScene, ctQuadCamera);
+  renderer.autoClear = true;
+}
+
+// The page's frame time with the CT drawn and with it off, in the same run (each frame
+// waited for with a 1-pixel read back): a benchmark figure, never a test's pass/fail.
+state.measureFrameMs = (n = 20) => {
+  const gl = renderer.getContext();
+  const pixel = new Uint8Array(4);
+  const time = () => {
+    draw();
+    gl.readPixels(0, 0, 1, 1, gl.RGBA, gl.UNSIGNED_BYTE, pixel);
+    const start = performance.now();
+    for (let i = 0; i < n; i++) { draw(); gl.readPixels(0, 0, 1, 1, gl.RGBA, gl.UNSIGNED_BYTE, pixel); }
+    return (performance.now() - start) / n;
+  };
+  const wasVisible = volumeBox ? volumeBox.mesh.visible : false;
+  const out = { width: renderer.domElement.width, height: renderer.domElement.height, ctScale };
+  if (volumeBox) { volumeBox.mesh.visible = true; out.volumeMs = time(); }
+  if (volumeBox) volumeBox.mesh.visible = false;
+  out.meshesMs = time();
+  if (volumeBox) volumeBox.mesh.visible = wasVisible;
+  return out;
+};
+// Where the CT's box lies on the canvas (CSS pixels, u right, v down): its 8 corners
+// projected with the monitor camera, as a rectangle; null without a volume.
+state.volumeScreenRect = () => {
+  if (!volumeBox) return null;
+  scene.updateMatrixWorld(true);
+  const us = [], vs = [];
+  for (const x of [-0.5, 0.5]) for (const y of [-0.5, 0.5]) for (const z of [-0.5, 0.5]) {
+    const p = new THREE.Vector3(x, y, z).applyMatrix4(volumeBox.mesh.matrixWorld).project(camera);
+    us.push((p.x + 1) / 2 * renderer.domElement.clientWidth);
+    vs.push((1 - p.y) / 2 * renderer.domElement.clientHeight);
+  }
+  return { u0: Math.min(...us), u1: Math.max(...us), v0: Math.min(...vs), v1: Math.max(...vs) };
+};
+
 let lastFrameMs = 0;
 function frame() {
   const now = clientNowMs();
@@ -406,7 +597,8 @@ function frame() {
   showStatus(overlay, now);
   if (now - lastTelemetryMs >= TELEMETRY_PERIOD_MS) flushTelemetry(now);
   if (state.mode === 'monitor') controls.update();
-  renderer.render(scene, camera);
+  if (volumeBox && volumeBox.mesh.visible) adaptCtScale();
+  draw();
   state.frames = (state.frames || 0) + 1;
   if (pixelRequests.length) readPixels(overlay.state);
   if (collecting) collectGrip(now);
@@ -672,6 +864,9 @@ if (navigator.xr) {
     button.onclick = () => enterAR().catch((e) => console.warn(String(e)));
   }).catch(() => {});
 }
+
+document.getElementById('ct-preset').onchange = (event) => setCtPreset(event.target.value);
+state.volume.preset = ctPreset;
 
 // --- start ---------------------------------------------------------------------------------
 addEventListener('resize', () => {

@@ -4,7 +4,7 @@
 // server times are nanoseconds of the server's monotonic clock.
 import { encode, decode } from './msgpack.js';
 
-export const PROTOCOL = 2;
+export const PROTOCOL = 3;
 export const SCHEMA_VERSION = 1;
 export const STALE_AFTER_MS = 100;
 export const HIDE_AFTER_MS = 300;

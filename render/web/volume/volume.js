@@ -9,6 +9,14 @@
 // first, into the screen and into a depth texture; each ray stops at the nearest mesh, so
 // a vessel inside the liver is hidden by the parenchyma in front of it and the volume in
 // front of a mesh is composited over it (premultiplied alpha), as the eye would see it.
+//
+// One ray-marcher for both pages: VolumeBox (the box, its shader and its controls) is what
+// this case page (VolumeView) and the headset/monitor page (render/web/static/app.js, which
+// gets the brick from the render node by hash) both draw with; checkedBrick turns a brick's
+// bytes into voxels after checking its SHA-256. The box may sit anywhere in a scene graph
+// (under the page's mm root, the session's xr node and the structures' pose): its per-camera
+// uniforms are set in onBeforeRender from its world matrix and the camera drawing it (each
+// eye in WebXR).
 
 import * as THREE from 'three';
 import { PLYLoader } from 'three/addons/loaders/PLYLoader.js';
@@ -57,6 +65,9 @@ uniform float uWidth;
 uniform vec3 uClipMin;
 uniform vec3 uClipMax;
 uniform float uStep;
+uniform float uOpacity;
+uniform float uTintMix;
+uniform vec3 uTint;
 in vec3 vLocal;
 out vec4 outColor;
 
@@ -94,7 +105,9 @@ void main() {
     sum.rgb += (1.0 - sum.a) * alpha * tf.rgb;
     sum.a += (1.0 - sum.a) * alpha;
   }
-  outColor = sum;  // premultiplied, blended over the meshes drawn before
+  // STALE: as the meshes, towards amber, dimmer and fainter (premultiplied: scale all)
+  sum.rgb = mix(sum.rgb, uTint * dot(sum.rgb, vec3(0.3333)), uTintMix);
+  outColor = sum * uOpacity;  // premultiplied, blended over the meshes drawn before
 }`;
 
 function transferTexture(points) {
@@ -123,6 +136,143 @@ async function sha256Hex(buffer) {
   if (!crypto.subtle) return null; // not a secure context: the hash cannot be checked here
   const digest = await crypto.subtle.digest('SHA-256', buffer);
   return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+// A brick's bytes as stored (gzip, nav/imaging/brick.py) -> its voxels, after checking
+// them against `info.sha256` (a mismatch, a short or long brick: an Error, one line).
+// `info`: {sha256, shape: [ni, nj, nk], hu_offset}. Without crypto.subtle (not a secure
+// context) the hash cannot be checked: `verified` says so.
+export async function checkedBrick(compressed, info) {
+  const digest = await sha256Hex(compressed);
+  if (digest !== null && digest !== info.sha256) {
+    throw new Error(`volume brick: sha256 ${digest.slice(0, 12)}... is not ${info.sha256.slice(0, 12)}...`);
+  }
+  const stream = new Blob([compressed]).stream().pipeThrough(new DecompressionStream('gzip'));
+  const bytes = await new Response(stream).arrayBuffer();
+  const [ni, nj, nk] = info.shape;
+  if (bytes.byteLength !== ni * nj * nk * 2) {
+    throw new Error(`volume brick: ${bytes.byteLength} bytes, shape ${ni}x${nj}x${nk} needs ${ni * nj * nk * 2}`);
+  }
+  return { raw: new Uint16Array(bytes), shape: [ni, nj, nk], huOffset: info.hu_offset, verified: digest !== null };
+}
+
+const FAR_DEPTH = (() => {  // "no mesh along this ray": where no depth pass is drawn (WebXR)
+  const texture = new THREE.DataTexture(new Float32Array([1, 1, 1, 1]), 1, 1, THREE.RGBAFormat, THREE.FloatType);
+  texture.needsUpdate = true;
+  return texture;
+})();
+
+// The CT as a ray-marched box: `brick` from checkedBrick, `T_image_from_ijk` 16 numbers,
+// row-major (voxel centre -> image LPS mm). `mesh` is the box to add to a scene (its local
+// frame is the image frame's unit box; parent it under whatever places the image frame).
+export class VolumeBox {
+  constructor(brick, T_image_from_ijk) {
+    const [ni, nj, nk] = brick.shape;
+    const half = new Uint16Array(brick.raw.length);
+    for (let i = 0; i < brick.raw.length; i++) half[i] = THREE.DataUtils.toHalfFloat(brick.raw[i] + brick.huOffset);
+    const texture = new THREE.Data3DTexture(half, ni, nj, nk);
+    texture.format = THREE.RedFormat;
+    texture.type = THREE.HalfFloatType;
+    texture.minFilter = texture.magFilter = THREE.LinearFilter;
+    texture.unpackAlignment = 1;
+    texture.needsUpdate = true;
+    // unit box [-0.5, 0.5]^3 -> voxel indices [-0.5, n - 0.5] -> LPS by T_image_from_ijk
+    const T = new THREE.Matrix4().fromArray(Array.from(T_image_from_ijk)).transpose();
+    const toIjk = new THREE.Matrix4().makeTranslation((ni - 1) / 2, (nj - 1) / 2, (nk - 1) / 2)
+      .multiply(new THREE.Matrix4().makeScale(ni, nj, nk));
+    const model = T.clone().multiply(toIjk);
+    this.shape = [ni, nj, nk];
+    this.model = model;  // box -> image (mm)
+    this.material = new THREE.ShaderMaterial({
+      glslVersion: THREE.GLSL3,
+      vertexShader: VERTEX,
+      fragmentShader: FRAGMENT,
+      side: THREE.BackSide,
+      transparent: true,
+      depthTest: false,
+      depthWrite: false,
+      blending: THREE.CustomBlending,
+      blendSrc: THREE.OneFactor,
+      blendDst: THREE.OneMinusSrcAlphaFactor,
+      uniforms: {
+        uVolume: { value: texture },
+        uTransfer: { value: null },
+        uDepth: { value: FAR_DEPTH },
+        uResolution: { value: new THREE.Vector2(1, 1) },
+        uCameraLocal: { value: new THREE.Vector3() },
+        uModel: { value: model },
+        uInverseModel: { value: model.clone().invert() },
+        uInverseViewProjection: { value: new THREE.Matrix4() },
+        uLow: { value: 0 },
+        uWidth: { value: 1 },
+        uClipMin: { value: new THREE.Vector3(-0.5, -0.5, -0.5) },
+        uClipMax: { value: new THREE.Vector3(0.5, 0.5, 0.5) },
+        uStep: { value: 0.5 / Math.max(ni, nj, nk) },
+        uOpacity: { value: 1 },
+        uTintMix: { value: 0 },
+        uTint: { value: new THREE.Color(1.0, 0.69, 0.0) },
+      },
+    });
+    this.mesh = new THREE.Mesh(new THREE.BoxGeometry(1, 1, 1), this.material);
+    this.mesh.name = 'ct-volume';
+    this.mesh.matrixAutoUpdate = false;
+    this.mesh.matrix.copy(model);
+    this.mesh.frustumCulled = false;
+    this.mesh.renderOrder = 100;  // after the meshes, translucent ones included
+    const u = this.material.uniforms;
+    this.mesh.onBeforeRender = (renderer, scene, camera) => {
+      // world -> box, and the drawing camera (one eye in WebXR) in the box's frame
+      u.uInverseModel.value.copy(this.mesh.matrixWorld).invert();
+      u.uCameraLocal.value.setFromMatrixPosition(camera.matrixWorld).applyMatrix4(u.uInverseModel.value);
+      u.uInverseViewProjection.value.multiplyMatrices(camera.projectionMatrix, camera.matrixWorldInverse).invert();
+    };
+    this.stale = false;
+    this.setPreset('soft_tissue');
+  }
+
+  setPreset(name) {
+    const preset = PRESETS[name];
+    if (!preset) throw new Error(`unknown preset ${name}: ${Object.keys(PRESETS).join(', ')}`);
+    this.preset = name;
+    const old = this.material.uniforms.uTransfer.value;
+    this.material.uniforms.uTransfer.value = transferTexture(preset.points);
+    if (old) old.dispose();
+    this.setWindow(preset.level, preset.width);
+  }
+
+  setWindow(level, width) {
+    this.level = level;
+    this.width = Math.max(1, width);
+    this.material.uniforms.uLow.value = level - this.width / 2;
+    this.material.uniforms.uWidth.value = this.width;
+  }
+
+  // Clipping box as fractions 0..1 of the volume along i, j, k.
+  setClip(lo, hi) {
+    this.material.uniforms.uClipMin.value.set(lo[0] - 0.5, lo[1] - 0.5, lo[2] - 0.5);
+    this.material.uniforms.uClipMax.value.set(hi[0] - 0.5, hi[1] - 0.5, hi[2] - 0.5);
+  }
+
+  // The meshes' depth (a DepthTexture of a pass drawn with this camera, width x height),
+  // where rays stop; null: no depth pass (rays cross the whole box).
+  setDepth(depthTexture, width, height) {
+    this.material.uniforms.uDepth.value = depthTexture || FAR_DEPTH;
+    this.material.uniforms.uResolution.value.set(width || 1, height || 1);
+  }
+
+  // STALE look, as the page draws stale meshes: towards amber, dimmer, half as opaque.
+  setStale(stale) {
+    this.stale = stale;
+    this.material.uniforms.uTintMix.value = stale ? 0.6 : 0;
+    this.material.uniforms.uOpacity.value = stale ? 0.5 : 1;
+  }
+
+  dispose() {
+    this.mesh.geometry.dispose();
+    this.material.uniforms.uVolume.value.dispose();
+    if (this.material.uniforms.uTransfer.value) this.material.uniforms.uTransfer.value.dispose();
+    this.material.dispose();
+  }
 }
 
 async function fetchOk(url) {
@@ -164,10 +314,7 @@ export class VolumeView {
     depthTexture.type = THREE.FloatType;
     if (this.depthTarget) this.depthTarget.dispose();
     this.depthTarget = new THREE.WebGLRenderTarget(width, height, { depthTexture, depthBuffer: true });
-    if (this.box) {
-      this.box.material.uniforms.uDepth.value = depthTexture;
-      this.box.material.uniforms.uResolution.value.set(width, height);
-    }
+    if (this.volume) this.volume.setDepth(depthTexture, width, height);
   }
 
   async loadCase(baseUrl) {
@@ -200,88 +347,39 @@ export class VolumeView {
 
   async loadVolume(base, table) {
     const compressed = await (await fetchOk(base + table.file)).arrayBuffer();
-    const digest = await sha256Hex(compressed);
-    if (digest !== null && digest !== table.sha256) {
-      throw new Error(`${table.file}: sha256 ${digest.slice(0, 12)}... is not ${table.sha256.slice(0, 12)}...`);
+    let brick;
+    try {
+      brick = await checkedBrick(compressed, table);
+    } catch (error) {
+      throw new Error(`${table.file}: ${error.message}`);
     }
-    const stream = new Blob([compressed]).stream().pipeThrough(new DecompressionStream('gzip'));
-    const raw = new Uint16Array(await new Response(stream).arrayBuffer());
-    const [ni, nj, nk] = table.shape;
-    if (raw.length !== ni * nj * nk) throw new Error(`${table.file}: ${raw.length} voxels, shape says ${ni * nj * nk}`);
-    const half = new Uint16Array(raw.length);
-    for (let i = 0; i < raw.length; i++) half[i] = THREE.DataUtils.toHalfFloat(raw[i] + table.hu_offset);
-    const texture = new THREE.Data3DTexture(half, ni, nj, nk);
-    texture.format = THREE.RedFormat;
-    texture.type = THREE.HalfFloatType;
-    texture.minFilter = texture.magFilter = THREE.LinearFilter;
-    texture.unpackAlignment = 1;
-    texture.needsUpdate = true;
-    // unit box [-0.5, 0.5]^3 -> voxel indices [-0.5, n - 0.5] -> LPS by T_image_from_ijk
-    const T = new THREE.Matrix4().fromArray(table.T_image_from_ijk).transpose();
-    const toIjk = new THREE.Matrix4().makeTranslation((ni - 1) / 2, (nj - 1) / 2, (nk - 1) / 2)
-      .multiply(new THREE.Matrix4().makeScale(ni, nj, nk));
-    const model = T.clone().multiply(toIjk);
-    const material = new THREE.ShaderMaterial({
-      glslVersion: THREE.GLSL3,
-      vertexShader: VERTEX,
-      fragmentShader: FRAGMENT,
-      side: THREE.BackSide,
-      transparent: true,
-      depthTest: false,
-      depthWrite: false,
-      blending: THREE.CustomBlending,
-      blendSrc: THREE.OneFactor,
-      blendDst: THREE.OneMinusSrcAlphaFactor,
-      uniforms: {
-        uVolume: { value: texture },
-        uTransfer: { value: null },
-        uDepth: { value: this.depthTarget.depthTexture },
-        uResolution: { value: new THREE.Vector2(this.depthTarget.width, this.depthTarget.height) },
-        uCameraLocal: { value: new THREE.Vector3() },
-        uModel: { value: model },
-        uInverseModel: { value: model.clone().invert() },
-        uInverseViewProjection: { value: new THREE.Matrix4() },
-        uLow: { value: 0 },
-        uWidth: { value: 1 },
-        uClipMin: { value: new THREE.Vector3(-0.5, -0.5, -0.5) },
-        uClipMax: { value: new THREE.Vector3(0.5, 0.5, 0.5) },
-        uStep: { value: 0.5 / Math.max(ni, nj, nk) },
-      },
-    });
-    this.box = new THREE.Mesh(new THREE.BoxGeometry(1, 1, 1), material);
-    this.box.matrixAutoUpdate = false;
-    this.box.matrix.copy(model);
+    this.volume = new VolumeBox(brick, table.T_image_from_ijk);
+    this.box = this.volume.mesh;
     this.box.updateMatrixWorld(true);
-    this.box.frustumCulled = false;
+    this.volume.setDepth(this.depthTarget.depthTexture, this.depthTarget.width, this.depthTarget.height);
     this.volumeScene.add(this.box);
-    this.volumeShape = [ni, nj, nk];
+    this.volumeShape = this.volume.shape;
     this.setPreset('soft_tissue');
   }
 
   setPreset(name) {
-    const preset = PRESETS[name];
-    if (!preset) throw new Error(`unknown preset ${name}: ${Object.keys(PRESETS).join(', ')}`);
+    if (!PRESETS[name]) throw new Error(`unknown preset ${name}: ${Object.keys(PRESETS).join(', ')}`);
     this.preset = name;
-    if (this.box) {
-      this.box.material.uniforms.uTransfer.value = transferTexture(preset.points);
-      this.setWindow(preset.level, preset.width);
+    if (this.volume) {
+      this.volume.setPreset(name);
+      this.level = this.volume.level;
+      this.width = this.volume.width;
     }
   }
 
   setWindow(level, width) {
     this.level = level;
     this.width = Math.max(1, width);
-    if (!this.box) return;
-    this.box.material.uniforms.uLow.value = level - this.width / 2;
-    this.box.material.uniforms.uWidth.value = this.width;
+    if (this.volume) this.volume.setWindow(level, width);
   }
 
   // Clipping box as fractions 0..1 of the volume along i, j, k.
-  setClip(lo, hi) {
-    if (!this.box) return;
-    this.box.material.uniforms.uClipMin.value.set(lo[0] - 0.5, lo[1] - 0.5, lo[2] - 0.5);
-    this.box.material.uniforms.uClipMax.value.set(hi[0] - 0.5, hi[1] - 0.5, hi[2] - 0.5);
-  }
+  setClip(lo, hi) { if (this.volume) this.volume.setClip(lo, hi); }
 
   setVolumeVisible(visible) { if (this.box) this.box.visible = visible; }
 
@@ -325,10 +423,7 @@ export class VolumeView {
     this.renderer.setRenderTarget(null);
     this.renderer.autoClear = true;
     this.renderer.render(this.scene, this.camera);
-    if (this.box && this.box.visible) {
-      const u = this.box.material.uniforms;
-      u.uCameraLocal.value.copy(this.camera.position).applyMatrix4(u.uInverseModel.value);
-      u.uInverseViewProjection.value.multiplyMatrices(this.camera.projectionMatrix, this.camera.matrixWorldInverse).invert();
+    if (this.box && this.box.visible) {  // per-camera uniforms: VolumeBox's onBeforeRender
       this.renderer.autoClear = false;
       this.renderer.render(this.volumeScene, this.camera);
       this.renderer.autoClear = true;
