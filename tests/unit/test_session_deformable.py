@@ -62,9 +62,10 @@ class _Run:
     """A session fed frames by hand (reference at the tracker origin); what it emits."""
 
     def __init__(self, case: Case, tmp_path: Path, **params: Any) -> None:
+        self.seed = params.pop("seed", DEMO_SEED)
         cfg = Config(
             truth_T_reference_from_image=tuple(TRUTH.ravel().tolist()),
-            truth_deformation_seed=params.pop("seed", DEMO_SEED),
+            truth_deformation_seed=self.seed,
             registration_file=params.pop("registration_file", str(tmp_path / "registration.json")),
             **params,
         )
@@ -98,7 +99,7 @@ class _Run:
 
     def register_fiducials(self, case: Case) -> Registration:
         self.session.start(StartCollection(dwell=False))
-        for p in _deformed(case, case.fiducials.points_lps):
+        for p in _deformed(case, case.fiducials.points_lps, seed=self.seed):
             self.tip(p, repeat=60)
             self.session.collect(CollectFiducial(), now_ns=self.t_ns)
         self.session.compute(ComputeRegistration(), now_unix_ns=time.time_ns())
@@ -313,10 +314,15 @@ def test_a_deformable_registration_is_persisted_and_restored_for_verification(
 
 @pytest.mark.slow
 def test_the_predicted_error_at_the_targets_over_the_sim_seeds() -> None:
-    """What the operator sees before accepting, against what happened (see the report):
-    on the phantom the deformable fit makes the tumour worse in most seeds, and its
-    predicted TRE hardly tells those seeds apart. Printed; asserted only that it is an
-    estimate of millimetres, never below the rigid eq. 46 figure."""
+    """What the operator sees before accepting, against what happened.
+
+    Measured (noise-free fiducials and the 468-point anterior trace): at the tumour centre
+    the fit made it worse in 8 seeds, better in 3, and seed 8 was refused (it turned the
+    organ 13 degrees); the predicted TRE there was 3.99-4.35 mm in every seed, 4.20 mm on
+    average where the fit made it worse and 4.01 mm where better (seed 11: 2.03 -> 9.82 mm
+    true, 4.27 mm predicted). So it hardly tells the bad seeds apart: the posterior is
+    that of the method's prior, and the sliding the surface cannot show is what goes
+    wrong here. Printed; asserted only that it is never below the rigid eq. 46 figure."""
     case = load_case(SHIPPED_PHANTOM_DIR)
     rows = []
     for seed in range(12):
