@@ -352,3 +352,25 @@ def test_the_predicted_error_at_the_targets_over_the_sim_seeds() -> None:
         f"predicted, mean: {np.mean(worse):.2f} mm where the fit made it worse "
         f"({len(worse)}), {np.mean(better):.2f} mm where better ({len(better)})"
     )
+
+
+def test_the_posterior_at_any_model_point_is_the_vertex_confidence_at_the_vertices() -> None:
+    from nav.registration.deformable import register_deformable
+
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=50.0)
+    v, f = np.asarray(sphere.vertices), np.asarray(sphere.faces)
+    rng = np.random.default_rng(1)
+    seen = v[v[:, 2] > 0.0] + [0.0, 0.0, 3.0] + rng.normal(0.0, 0.5, (int((v[:, 2] > 0).sum()), 3))
+    result = register_deformable(v, f, seen, np.eye(4))
+    np.testing.assert_allclose(result.confidence_at_mm(v), result.confidence_mm, rtol=1e-9)
+    inside = result.confidence_at_mm([[0.0, 0.0, 40.0], [0.0, 0.0, -40.0]])
+    assert inside[0] < inside[1]  # under the seen cap, against the unseen side
+
+
+def test_auto_is_cuda_where_torch_sees_one_and_cpu_here() -> None:
+    import torch
+
+    from nav.session import resolve_torch_device
+
+    assert resolve_torch_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_torch_device("cpu") == "cpu"
