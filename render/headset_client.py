@@ -56,7 +56,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import zmq  # noqa: TID251 -- a process of its own; see the module docstring
@@ -310,6 +310,9 @@ class ClientStats:
     foreign_updates: int = 0
     out_of_order: int = 0  # updates older than the one drawn (a snapshot's race), dropped
     scene_reloads: int = 0
+    scene_loads: list[tuple[int, int]] = field(default_factory=list)
+    """(scene_version, client monotonic ns) each time a scene's assets were all in hand:
+    from then on its models are what an update draws (bounded: ``MAX_SCENE_LOADS``)."""
     lost_before: int = 0  # seq gaps on scene subscribers already closed
     superseded_before: int = 0
 
@@ -326,6 +329,10 @@ class SceneView:
     t_ns: int
     clock_offset_ns: int
     volume: tuple[VolumeInfo, bytes] | None = None
+
+
+MAX_SCENE_LOADS: Final = 256
+"""Scene loads kept for the summary: one per registration that changed the models."""
 
 
 def _asset_hashes(welcome: Welcome) -> list[str]:
@@ -722,6 +729,8 @@ class HeadsetClient:
             if not self._first_join_done and self._asset_t0_ns is not None:
                 self.stats.asset_fetch_ms = (now - self._asset_t0_ns) / 1e6
                 self._first_join_done = True
+            if len(self.stats.scene_loads) < MAX_SCENE_LOADS:
+                self.stats.scene_loads.append((self.welcome.scene_version, now))
             log.info("scene ready: %d assets", len(self.welcome.assets))
 
     def _on_alert(self, alert: Alert) -> None:
@@ -897,6 +906,10 @@ class HeadsetClient:
             "join_refusals": self.stats.join_refusals,
             "sessions_lost": self.stats.sessions_lost,
             "scene_reloads": self.stats.scene_reloads,
+            "scene_loads": [
+                {"scene_version": version, "t_monotonic_ns": t}
+                for version, t in self.stats.scene_loads
+            ],
             "alerts": list(self.stats.alerts),
             "alert_acks": self.stats.alert_acks,
             "assets": {

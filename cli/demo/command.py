@@ -56,8 +56,10 @@ from cli.demo.case_option import with_case
 from cli.demo.deformable import (
     DEFORMABLE_DURATION_S,
     DEFORMABLE_PHASE_S,
+    RIGID_MAX_FRE_DEFORMED_MM,
     SCENARIOS,
     DeformableStep,
+    models_at_headset_ms,
     stack_deformation,
     trace_in_reference,
     tre_figures,
@@ -439,9 +441,10 @@ class Scenario:
             retries=self.registration.retries,
             figures=figures,
         )
-        if not figures.fre_mm <= MAX_ACCEPT_FRE_MM:
+        max_fre_mm = MAX_ACCEPT_FRE_MM if self.deformable is None else RIGID_MAX_FRE_DEFORMED_MM
+        if not figures.fre_mm <= max_fre_mm:
             self.registration.reject()
-            why = f"FRE {figures.fre_mm:.2f} mm is over {MAX_ACCEPT_FRE_MM:g} mm: rejected"
+            why = f"FRE {figures.fre_mm:.2f} mm is over {max_fre_mm:g} mm: rejected"
             self.outcome = replace(computed, failure=why)
             self._fail(why, elapsed_s, keep_outcome=True)
             return
@@ -501,8 +504,8 @@ class Scenario:
             deformable={
                 "registration_id": summary.registration_id,
                 "tre_mm": tre_figures(summary),
-                "true_tre_mm": dict(summary.true_tre_mm),
-                "predicted_tre_mm": dict(summary.predicted_tre_mm),
+                "true_tre_mm": _rounded(summary.true_tre_mm),
+                "predicted_tre_mm": _rounded(summary.predicted_tre_mm),
                 "rms_residual_mm": round(summary.fre_mm, 3),
                 "n_points": outcome.n_points,
                 "path_length_mm": round(outcome.path_length_mm, 1),
@@ -568,6 +571,10 @@ class Scenario:
                 log.info("reference occluded for %g s (REFERENCE_LOST on cue)", OCCLUSION_S)
             else:  # an older simulator: the random dropouts still happen
                 log.warning("%s refused: %s", occlude.NAME, reply.error)
+
+
+def _rounded(values: dict[str, float | None]) -> dict[str, float | None]:
+    return {k: None if v is None else round(v, 3) for k, v in values.items()}
 
 
 # --- the display ------------------------------------------------------------------------
@@ -1033,6 +1040,12 @@ class DemoRun:
             interrupted=self.stop_requested[0] if self.stop_requested else "",
         )
         summary["approach"] = facts.approach
+        deformable = summary["registration"].get("deformable")
+        if isinstance(deformable, dict):
+            t_compute_ns = deformable.pop("t_compute_ns", None)
+            deformable["compute_to_headset_ms"] = models_at_headset_ms(
+                headset_summary, t_compute_ns
+            )
         browser = (
             browser_figures(Path(recording), exclude_client=HEADSET_NAME) if recording else None
         )

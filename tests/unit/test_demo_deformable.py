@@ -14,6 +14,7 @@ from cli.demo.deformable import (
     COMPUTE_TIMEOUT_S,
     DeformableStep,
     anterior_raster_image,
+    models_at_headset_ms,
     stack_deformation,
     trace_in_reference,
     with_deformation,
@@ -241,3 +242,18 @@ def test_the_demo_seed_leaves_rigid_error_that_the_deformable_fit_to_the_trace_r
     assert 2.0 < rigid_error.mean() < 3.5
     assert deformable_error.mean() < 0.5 * rigid_error.mean()
     assert deformable_error.max() < rigid_error.max()
+
+
+def test_the_models_reach_the_headset_at_its_first_scene_load_after_the_compute() -> None:
+    loads = {
+        "scene_loads": [
+            {"scene_version": 1, "t_monotonic_ns": 1_000_000_000},  # the plain case, at start
+            {"scene_version": 2, "t_monotonic_ns": 5_000_000_000},  # the fiducial colours
+            {"scene_version": 3, "t_monotonic_ns": 9_250_000_000},  # the deformed case
+        ]
+    }
+    assert models_at_headset_ms(loads, 8_000_000_000) == 1250.0
+    assert models_at_headset_ms(loads, 10_000_000_000) is None  # never reached it
+    assert models_at_headset_ms(None, 8_000_000_000) is None
+    assert models_at_headset_ms({"scene_loads": "junk"}, 8_000_000_000) is None
+    assert models_at_headset_ms(loads, None) is None
