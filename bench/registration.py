@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/registration.py [--seeds N] [--points N] [--cpd-points N]
         [--device cpu|cuda] [--live-sizes 2000,5000,10000] [--live-only] [--profile]
-        [--torch-threads N]
+        [--torch-threads N (default 1)]
 
 Cases. Real organ meshes from ``../shared/data/meshes/`` (SOFA, LGPL; the run is skipped
 with a message when the folder is absent): two different livers,
@@ -64,12 +64,17 @@ method), and the deformable fit is ``register_deformable`` with the default conf
 Times are wall time of each call after one warm-up of each, median and max over the
 cases, and the ratio of the medians; the aim (issue 14): 10k points in 150 ms on 2 CPU
 cores, under 20 ms on a GPU. ``--profile`` adds cProfile's top functions for one 10k
-deformable fit. ``--torch-threads 1`` matters on a busy machine: the fit's matrices are
+deformable fit. ``--torch-threads`` (default 1, as the nav node's ``deformable_threads``;
+0: torch's own, one per core) matters on a busy machine: the fit's matrices are
 small (about 3.7k data cells by 8-24 control points at 10k points), and with two
 intra-op threads on two cores that other processes share, each of its ~150 matrix
 products waits for a descheduled thread (measured here, 2 cores shared with other test
 runs: 15 ms for an 8 x 3744 x 8 product; one fit 0.8-10 s with 2 threads, 0.18-0.55 s
-with 1).
+with 1). Measured here, 2 cores shared (load average 4-5), 8 cases per size, median /
+max ms, 1 thread: 2k rigid 52 / 146, deformable 85 / 175; 5k 102 / 355, 135 / 213; 10k
+183 / 384, 161 / 188 (aim missed by 11 ms; 2 threads: 179 / 233). At 10k with 1 thread,
+Open3D's closest-point queries (a BVH built on the deformed mesh each iteration) take
+40 % of the fit, about 85 of 210 ms.
 """
 
 from __future__ import annotations
@@ -459,8 +464,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--torch-threads",
         type=int,
-        default=0,
-        help="torch's intra-op threads (default 0: torch's own choice, one per core)",
+        default=1,
+        help="torch's intra-op threads (default 1, the nav node's deformable_threads; "
+        "0: torch's own choice, one per core)",
     )
     parser.add_argument(
         "--profile", action="store_true", help="cProfile one deformable fit at the largest size"
