@@ -64,6 +64,7 @@ def _snapshot(
         camera=camera,
         renderer=renderer,
         volume=volume_or_none(view.volume),
+        deformed=view.deformed,
     )
     write_png(path, snapshot)
     log.info("snapshot %s (%s renderer): %s", path, snapshot.renderer, snapshot.banner)

@@ -74,11 +74,14 @@ ErrorField = Callable[[np.ndarray], np.ndarray]
 @dataclass(frozen=True, eq=False)
 class AssetSet:
     """A case's assets: ``infos`` in case order, the CT ``volume`` (None: the case has
-    none) and every asset's bytes (GLBs and the brick) by SHA-256 (hex)."""
+    none) and every asset's bytes (GLBs and the brick) by SHA-256 (hex).
+    ``deformed_for``: the registration the structures were deformed for, 0 for the case as
+    planned (``render.registered_assets``)."""
 
     infos: tuple[AssetInfo, ...]
     data_by_sha256: Mapping[str, bytes]
     volume: VolumeInfo | None = None
+    deformed_for: int = 0
 
     def name_of(self, sha256: str) -> str | None:
         """The name of the asset with this hash (a structure's, or the volume's), or None."""

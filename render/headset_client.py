@@ -329,6 +329,8 @@ class SceneView:
     t_ns: int
     clock_offset_ns: int
     volume: tuple[VolumeInfo, bytes] | None = None
+    deformed: bool = False
+    """The models drawn are deformed for the update's registration (``Welcome.deformed_for``)."""
 
 
 MAX_SCENE_LOADS: Final = 256
@@ -859,14 +861,19 @@ class HeadsetClient:
         """What the headset would draw right now."""
         now = self._clock()
         self._evaluate(now)
+        update = self.latest if self.phase is Phase.LIVE else None
+        deformed_for = self.welcome.deformed_for if self.welcome is not None else 0
         return SceneView(
-            update=self.latest if self.phase is Phase.LIVE else None,
+            update=update,
             overlay=self.events.state,
             reason=self.events.reason,
             assets=self.assets(),
             t_ns=now,
             clock_offset_ns=self.clock_sync.offset_ns,
             volume=self.volume(),
+            deformed=bool(deformed_for)
+            and update is not None
+            and update.registration_id == deformed_for,
         )
 
     def status_line(self) -> str:

@@ -126,4 +126,4 @@ def deformed_assets(
         data_by_sha[info.sha256] = data
     if plain.volume is not None:
         data_by_sha[plain.volume.sha256] = plain.data_by_sha256[plain.volume.sha256]
-    return AssetSet(tuple(infos), data_by_sha, plain.volume)
+    return AssetSet(tuple(infos), data_by_sha, plain.volume, deformed_for=result.registration_id)

@@ -581,6 +581,7 @@ class HeadsetServer:
             T_xr_from_tracker=session.T_xr_from_tracker,
             xr_rms_mm=session.xr_rms_mm,
             volume=self.assets.volume if hello.protocol >= VOLUME_PROTOCOL else None,
+            deformed_for=self.assets.deformed_for if hello.protocol >= VOLUME_PROTOCOL else 0,
         )
         self._send(identity, welcome, now_ns)
         # A late joiner still learns what is wrong now (reference lost, verify first...).

@@ -446,12 +446,17 @@ def _render_3d(
 # --- the banner -----------------------------------------------------------------------
 
 
-def banner_text(update: SceneUpdate | None, overlay: OverlayState, reason: str) -> str:
-    """The one-line status the headset shows above the overlay."""
+def banner_text(
+    update: SceneUpdate | None, overlay: OverlayState, reason: str, *, deformed: bool = False
+) -> str:
+    """The one-line status the headset shows above the overlay; ``deformed``: the models
+    are those of a deformable registration (the banner says "DEFORMABLE")."""
     if overlay is OverlayState.HIDDEN:
         return f"HIDDEN: {reason or 'no overlay'} - model not shown"
     assert update is not None
     parts = [overlay.value if overlay is OverlayState.STALE else "LIVE", update.status.value]
+    if deformed:
+        parts.append("DEFORMABLE")
     if update.needs_verification:
         parts.append("VERIFY REGISTRATION")
     distances = update.target_distances_mm
@@ -502,6 +507,7 @@ def render_view(
     volume_preset: str = "soft_tissue",
     volume_ray_stride: int = 4,
     device: str = "auto",
+    deformed: bool = False,
 ) -> Snapshot:
     """Draw ``update`` as the headset would under ``overlay`` (the client's verdict).
 
@@ -536,7 +542,7 @@ def render_view(
             blended = colour * 255.0 + transmittance[..., None] * image.astype(np.float64)
             image = np.clip(np.round(blended), 0, 255).astype(np.uint8)
             volume_ms = (time.perf_counter() - t0) * 1e3
-    text = banner_text(update, overlay, reason)
+    text = banner_text(update, overlay, reason, deformed=deformed)
     _draw_banner(image, text, overlay)
     return Snapshot(image=image, renderer=used, overlay=overlay, banner=text, volume_ms=volume_ms)
 

@@ -413,6 +413,11 @@ class Welcome:
     ``volume``: the case's CT brick (``VolumeInfo``), None when the case has none. Only a
     protocol-3 Welcome has the field (nil without a volume); a protocol-2 one, for a client
     that predates it, never does, so its strict decoder keeps working.
+
+    ``deformed_for``: the registration id the assets were deformed for (a deformable
+    registration: ``render.registered_assets``), 0 when they are the case as planned. A
+    client says "DEFORMABLE" on an update of that registration. Protocol 3 only (optional
+    on decode, 0 when absent); a protocol-2 Welcome never carries it.
     """
 
     TYPE: ClassVar[str] = "Welcome"
@@ -425,10 +430,13 @@ class Welcome:
     T_xr_from_tracker: FloatArray
     xr_rms_mm: float
     volume: VolumeInfo | None = None
+    deformed_for: int = 0
 
     def __post_init__(self) -> None:
         if self.volume is not None and self.protocol < VOLUME_PROTOCOL:
             raise ValueError(f"a protocol-{self.protocol} Welcome cannot carry a volume")
+        if self.deformed_for and self.protocol < VOLUME_PROTOCOL:
+            raise ValueError(f"a protocol-{self.protocol} Welcome cannot say deformed_for")
 
     def to_body(self) -> dict[str, Any]:
         body = {
@@ -443,6 +451,7 @@ class Welcome:
         }
         if self.protocol >= VOLUME_PROTOCOL:
             body["volume"] = None if self.volume is None else self.volume.to_wire()
+            body["deformed_for"] = int(self.deformed_for)
         return body
 
     @classmethod
@@ -463,6 +472,11 @@ class Welcome:
                 volume = VolumeInfo.from_wire(body["volume"])
         elif "volume" in body:
             raise MessageError("invalid", f"a protocol-{protocol} Welcome with a volume")
+        deformed_for = 0
+        if "deformed_for" in body:
+            if protocol < VOLUME_PROTOCOL:
+                raise MessageError("invalid", f"a protocol-{protocol} Welcome with deformed_for")
+            deformed_for = _time_ns(body, "deformed_for")
         return cls(
             protocol=protocol,
             session=_name(body, "session", _SESSION),
@@ -473,6 +487,7 @@ class Welcome:
             T_xr_from_tracker=_rigid_field(body, "T_xr_from_tracker"),
             xr_rms_mm=_rms_field(body, "xr_rms_mm"),
             volume=volume,
+            deformed_for=deformed_for,
         )
 
 

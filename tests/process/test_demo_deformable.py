@@ -97,6 +97,8 @@ def test_the_deformable_scenario_brings_the_true_tre_down_and_the_headset_gets_t
     assert accepted and accepted[-1].deformation is not None
     assert len(accepted[-1].organ_confidence_mm) > 0
 
+    banner = summary["headset"]["snapshot_banner"]
+    assert "DEFORMABLE" in banner, banner  # the headset says what the overlay is built on
     image = cv2.imread(summary["snapshot"], cv2.IMREAD_COLOR)
     assert image is not None
     assert confidence_coloured_fraction(image) > 0.01, "no organ in confidence colours"

@@ -625,6 +625,9 @@ function bannerText(overlay) {
   if (collecting) return `REGISTERING HEADSET: wave the controller (${((collecting.until - clientNowMs()) / 1000).toFixed(0)} s)`;
   if (overlay.state === 'HIDDEN') return `HIDDEN: ${overlay.reason || 'no overlay'} - model not shown`;
   const parts = [overlay.state === 'STALE' ? 'STALE' : 'LIVE', u.status];
+  // The models are those of a deformable registration: say so (Welcome.deformed_for).
+  const deformedFor = state.welcome && state.welcome.deformed_for;
+  if (deformedFor && BigInt(deformedFor) === BigInt(u.registration_id)) parts.push('DEFORMABLE');
   if (u.needs_verification) parts.push('VERIFY REGISTRATION');
   const d = wireArray(u.target_distances_mm).data;
   if (d.length) {
