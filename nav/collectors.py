@@ -80,6 +80,7 @@ class SurfaceCollector:
         self.max_points = max_points
         self._spacing_sq = self.spacing_mm**2
         self._points = np.empty((max_points, 3), dtype=np.float64)
+        self._from_pointer = np.zeros(max_points, dtype=bool)  # else from a camera's cloud
         self._n = 0
         self._last: tuple[float, float, float] | None = None  # the last recorded point
         self._seen_since_last = False  # no gap since the last recorded point
@@ -93,6 +94,11 @@ class SurfaceCollector:
     def points_reference(self) -> Points:
         """A copy (n, 3) of the points recorded so far, reference frame, mm, in order."""
         return self._points[: self._n].copy()
+
+    @property
+    def pointer_points_reference(self) -> Points:
+        """A copy (k, 3) of the points the pointer traced (not the cameras'), in order."""
+        return self._points[: self._n][self._from_pointer[: self._n]].copy()
 
     def feed(self, p_tip_reference: npt.ArrayLike | None) -> bool:
         """Add one tracker sample's tip (3,) mm, or None when not seen; True if recorded.
@@ -118,6 +124,7 @@ class SurfaceCollector:
             if self._seen_since_last:
                 self._path_mm += math.sqrt(step_sq)
         self._points[self._n] = (x, y, z)
+        self._from_pointer[self._n] = True
         self._n += 1
         self._last = (x, y, z)
         self._seen_since_last = True
@@ -133,6 +140,7 @@ class SurfaceCollector:
         p = np.asarray(points_reference, dtype=np.float64).reshape(-1, 3)
         p = p[np.all(np.isfinite(p), axis=1)][: self.max_points - self._n]
         self._points[self._n : self._n + len(p)] = p
+        self._from_pointer[self._n : self._n + len(p)] = False
         self._n += len(p)
         self._seen_since_last = False
         return len(p)

@@ -17,6 +17,9 @@ Publishes:
   means re-published: every ``REGISTRATION_REPUBLISH_S`` the node publishes the active
   registration again, then the pending proposal if any, so a late joiner has both within
   a second. Consumers key on ``registration_id`` and ``state``;
+- ``surface/pointer`` (``SurfaceCloud``, reference frame): when a surface or deformable
+  compute starts, the points the pointer traced for it (the cameras' clouds are on their
+  own ``surface/<name>``), so a recording holds every surface source in one form;
 - ``heartbeat/<name>``: counters ``status_<STATUS>`` (states published by status),
   ``fiducials_collected``, ``surface_points_collected``, ``registrations_proposed``,
   ``registrations_accepted``, ``registrations_refused`` (surface or deformable computes
@@ -95,6 +98,8 @@ R = TypeVar("R", bound="_Request")
 STATE_TOPIC: Final = "nav/state"
 REGISTRATION_TOPIC: Final = "nav/registration"
 SURFACE_TOPIC_PREFIX: Final = "surface/"
+POINTER_TRACE_TOPIC: Final = "surface/pointer"
+"""The pointer's traced points of a surface or deformable compute, as a ``SurfaceCloud``."""
 REGISTRATION_REPUBLISH_S: Final = 1.0
 _DEVICE: Final = re.compile(r"cpu|auto|cuda(:[0-9]{1,2})?")
 MAX_SURFACE_POINTS: Final = 20_000
@@ -402,6 +407,7 @@ def run(cfg: Config, spec: NodeSpec, stop: threading.Event) -> int:
             case,
             emit=lambda registration: pub.publish(REGISTRATION_TOPIC, registration.to_message()),
             counters=runtime.counters,
+            emit_trace=lambda cloud: pub.publish(POINTER_TRACE_TOPIC, cloud),
         )
         _serve_session(runtime, session)
         session.restore()

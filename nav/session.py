@@ -80,6 +80,7 @@ from nav.messages import (
     TrackerFrame,
     VerifyRegistration,
 )
+from nav.messages.surface import MAX_SURFACE_POINTS
 from nav.navigation import (
     CaseGeometry,
     DeformableRegistration,
@@ -279,9 +280,11 @@ class NavigatorSession:
         *,
         emit: Callable[[Registration], object],
         counters: Counter[str],
+        emit_trace: Callable[[SurfaceCloud], object] | None = None,
     ) -> None:
         self.settings = settings
         self.emit = emit
+        self.emit_trace = emit_trace
         self.counters = counters
         self.last_frame: TrackerFrame | None = None
         self._last_id = 0
@@ -602,8 +605,14 @@ class NavigatorSession:
         organ_name: str,
         start: str,
     ) -> SurfaceComputeStarted:
-        """Start ``job`` running ``work``; the status record, the log line and the reply."""
+        """Start ``job`` running ``work``; the status record, the log line and the reply.
+
+        The pointer's part of the collection goes out as a ``SurfaceCloud`` (source
+        "pointer", reference frame) through ``emit_trace``, so a recording holds every
+        surface source the fit used in one form, whichever node produced it.
+        """
         job.run(work)
+        self._emit_trace(collector)
         self.job = job
         progress = collector.progress
         self.last_compute = SurfaceCompute(
@@ -628,6 +637,22 @@ class NavigatorSession:
             path_length_mm=progress.path_length_mm,
             start=start,
             method=job.method,
+        )
+
+    def _emit_trace(self, collector: SurfaceCollector) -> None:
+        traced = collector.pointer_points_reference[:MAX_SURFACE_POINTS]
+        if self.emit_trace is None or not len(traced):
+            return
+        frame = self.last_frame
+        self.emit_trace(
+            SurfaceCloud(
+                source="pointer",
+                frame="reference",
+                t_sensor_ns=frame.t_sensor_ns if frame is not None else 0,
+                points_mm=traced.astype(np.float32),
+                # The tip's localisation error, as the fiducials use (> 0 on the wire).
+                confidence_mm=np.full(len(traced), max(self.settings.fle_mm, 1e-3), np.float32),
+            )
         )
 
     def finish_compute(self) -> None:

@@ -82,3 +82,38 @@ def test_a_surface_collection_fed_by_camera_clouds_registers_to_the_truth(
     proposed = [r for r in published if r.state == "proposed"]
     assert len(proposed) == 1 and proposed[0].method == "surface"
     assert proposed[0].true_tre_mm.max() < 0.5  # the fiducial start was ~1 mm / 1 deg off
+
+
+def test_the_pointers_part_of_a_collection_goes_out_as_a_surface_cloud_when_computed(
+    tmp_path: Path,
+) -> None:
+    """The pointer trace on the same message as the cameras': ``surface/pointer``."""
+    case = load_case(SHIPPED_PHANTOM_DIR)
+    traces: list[SurfaceCloud] = []
+    cfg = Config(registration_file=str(tmp_path / "registration.json"))
+    session = NavigatorSession(
+        cfg.session_settings(P_TIP),
+        case,
+        emit=lambda _r: None,
+        counters=bus.Counters(),
+        emit_trace=traces.append,
+    )
+    patch = apply(TRUTH, anterior_patch_image(case, step_mm=1.0))
+    session.active = _accepted(session.geometry, FIDUCIAL_START)
+    session.start(StartCollection(method="surface"))
+    collector = session.collector
+    assert isinstance(collector, SurfaceCollector)
+    traced = patch[::3]  # 3 mm apart: every one recorded at the 2 mm spacing
+    for p in traced[: len(traced) // 2]:
+        assert collector.feed(p)
+    session.on_surface_cloud(_cloud(patch[1::3]))  # a camera's, between the pointer's
+    for p in traced[len(traced) // 2 :]:
+        assert collector.feed(p)
+    assert traces == []  # nothing before the compute
+    session.compute(ComputeRegistration(), now_unix_ns=time.time_ns())
+    assert len(traces) == 1
+    cloud = traces[0]
+    assert (cloud.source, cloud.frame) == ("pointer", "reference")
+    np.testing.assert_allclose(cloud.points_mm, traced, atol=1e-4)  # the pointer's only
+    assert np.all(cloud.confidence_mm == np.float32(cfg.fle_mm))
+    assert session.job is not None and session.job.done.wait(60)
