@@ -12,10 +12,14 @@ SYSTEM_PACKAGES := libusb-1.0-0 libvulkan1 mesa-vulkan-drivers libgl1 libegl1 ch
 	fonts-dejavu-core
 WEB := render/web
 
-.PHONY: demo test test-fast bench lint setup system-deps clean
+.PHONY: demo demo-deformable test test-fast bench lint setup system-deps clean
 
 demo: $(STAMP)
 	$(BIN)/ornav demo --duration $(DURATION) --run-dir runs/demo --summary runs/demo/summary.json
+
+# The deformed organ, the surface trace and the live deformable fit (cli/demo/deformable.py).
+demo-deformable: $(STAMP)
+	$(BIN)/ornav demo --scenario deformable --run-dir runs/demo-deformable --summary runs/demo-deformable/summary.json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
