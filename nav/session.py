@@ -84,6 +84,7 @@ from nav.messages.surface import MAX_SURFACE_POINTS
 from nav.navigation import (
     CaseGeometry,
     DeformableRegistration,
+    Landmarks,
     Registration,
     SurfaceRegistration,
     nav_state,
@@ -100,6 +101,10 @@ from nav.sim_deformation import organ_deformation
 from nav.transforms import Mat4, Points, apply
 
 log = logging.getLogger(__name__)
+
+MAX_TOUCHED_KEPT = 16
+"""Points registrations whose touched fiducials are kept (the newest): a deformable fit
+starts from the accepted one, which is among the last computed."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -293,6 +298,9 @@ class NavigatorSession:
         self.last_compute: SurfaceCompute | None = None  # for registration.status
         self.collector: FiducialCollector | SurfaceCollector | None = None
         self.collect_method: str | None = None  # "points", "surface" or "deformable"
+        # Where the pointer touched the fiducials of each points registration computed in
+        # this run, by id: a deformable fit from one is checked against them.
+        self._touched: dict[int, Landmarks] = {}
         self._set_case(case)
         # torch takes seconds to import: on a thread now, so that the first deformable
         # compute's device check (on the loop thread) does not stall nav/state for it.
@@ -502,6 +510,13 @@ class NavigatorSession:
             registration_id=self._new_id(now_unix_ns),
         )  # RegistrationError (a ValueError) for too few or collinear points: a reply error
         proposal = self._with_truth(proposal)
+        self._touched[proposal.registration_id] = Landmarks(
+            labels=self.case.fiducials.labels[:k],
+            p_image=self.case.fiducials.points_lps[:k].copy(),
+            p_reference=p_reference,
+        )
+        while len(self._touched) > MAX_TOUCHED_KEPT:
+            self._touched.pop(next(iter(self._touched)))
         self.proposal = proposal
         self.counters["registrations_proposed"] += 1
         self.emit(proposal)
@@ -568,6 +583,14 @@ class NavigatorSession:
         vertices = np.array(organ.mesh.vertices, dtype=np.float64)
         triangles = np.array(organ.mesh.faces, dtype=np.int64)
         threads = self.settings.deformable_threads
+        landmarks = self._touched.get(active.registration_id)
+        if landmarks is None:
+            log.warning(
+                "registration %d: no touched fiducials to check the deformable fit against "
+                "(a %s registration, or one from before a restart)",
+                active.registration_id,
+                active.method,
+            )
 
         def work() -> DeformableRegistration:
             import torch
@@ -586,6 +609,7 @@ class NavigatorSession:
                 registration_id=job.registration_id,
                 T_init=T_init,
                 config=DeformableConfig(device=device),
+                landmarks=landmarks,
             )
 
         start = f"registration {active.registration_id} on {device}"
@@ -700,9 +724,10 @@ class NavigatorSession:
                 initialisation="given",
                 converged=deformable.converged,
             )
+            check = job.result.landmarks
             log.info(
                 "registration %d proposed from %d surface points (deformable, %d iterations, "
-                "%s): RMS residual %.3f mm, predicted TRE max %.3f mm, %.3f s",
+                "%s): RMS residual %.3f mm, predicted TRE max %.3f mm, %.3f s%s",
                 proposal.registration_id,
                 job.n_points,
                 deformable.iterations,
@@ -710,6 +735,10 @@ class NavigatorSession:
                 proposal.fre_mm,
                 proposal.max_predicted_tre_mm,
                 deformable.time_s,
+                ""
+                if check is None
+                else f"; touched fiducials {check.deformable_rms_mm:.2f} mm RMS from the fit, "
+                f"{check.rigid_rms_mm:.2f} from the start",
             )
             return
         fit = job.result.surface

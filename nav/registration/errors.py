@@ -40,6 +40,7 @@ RegistrationErrorKind: TypeAlias = Literal[
     "insufficient_overlap",
     "not_converged",
     "implausible",
+    "contradicts_landmarks",
 ]
 """Why a registration was refused.
 
@@ -59,6 +60,9 @@ RegistrationErrorKind: TypeAlias = Literal[
 - ``implausible``: the answer moves the model farther from its start, or deforms it
   more where the data are, than the method's assumptions allow
   (``nav.navigation.register_organ_deformable``).
+- ``contradicts_landmarks``: a deformable answer moves the landmarks the pointer touched
+  (the fiducials of the registration it started from, held out of the fit) farther from
+  where they were touched than that registration left them.
 """
 
 REGISTRATION_ERROR_KINDS: Final[frozenset[str]] = frozenset(get_args(RegistrationErrorKind))

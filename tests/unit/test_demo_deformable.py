@@ -30,8 +30,10 @@ from nav.messages import (
     SurfaceComputeStarted,
     TraceProgress,
 )
+from nav.navigation import CaseGeometry, Landmarks, register_organ_deformable
 from nav.phantom import SHIPPED_PHANTOM_DIR
 from nav.registration.deformable import register_deformable
+from nav.registration.errors import RegistrationError
 from nav.registration.paired_point import register_paired_points
 from nav.runtime.launchfile import load
 from nav.sim_deformation import DEMO_SEED, organ_deformation
@@ -257,3 +259,45 @@ def test_the_models_reach_the_headset_at_its_first_scene_load_after_the_compute(
     assert models_at_headset_ms(None, 8_000_000_000) is None
     assert models_at_headset_ms({"scene_loads": "junk"}, 8_000_000_000) is None
     assert models_at_headset_ms(loads, None) is None
+
+
+def test_the_touched_fiducials_refuse_most_fits_that_would_hurt_and_pass_the_demo_seed() -> None:
+    """nav.navigation.register_organ_deformable's figures for the landmark check, on the
+    demo's trace over seeds 0-11: the fiducials (held out of the fit) catch the fits that
+    move the targets away, which the method's own predicted TRE does not."""
+    case = load_case(SHIPPED_PHANTOM_DIR)
+    organ = next(s for s in case.structures if s.role == "organ")
+    v, f = np.asarray(organ.mesh.vertices), np.asarray(organ.mesh.faces)
+    geometry = CaseGeometry.from_case(case)
+    fiducials, targets = case.fiducials.points_lps, case.targets.points_lps
+    rng = np.random.default_rng(0)
+    outcomes: dict[int, tuple[bool, bool]] = {}  # seed -> (the fit hurts, it is refused)
+    for seed in range(12):
+        field = organ_deformation(v, seed=seed)
+        touched = field.deformed(fiducials) + rng.normal(0.0, 0.05, fiducials.shape)
+        rigid = register_paired_points(fiducials, touched).T_patient_from_model
+        trace = trace_in_reference(case, field, np.eye(4))
+        points = trace + rng.normal(0.0, 0.25, trace.shape)
+        fit = register_deformable(v, f, points, rigid)
+        rigid_error = np.linalg.norm(apply(rigid, targets) - field.deformed(targets), axis=1)
+        fit_error = np.linalg.norm(fit.warp(targets) - field.deformed(targets), axis=1)
+        landmarks = Landmarks(case.fiducials.labels, fiducials, touched)
+        try:
+            register_organ_deformable(
+                model_vertices=v,
+                model_triangles=f,
+                p_reference_surface=points,
+                geometry=geometry,
+                registration_id=1,
+                T_init=rigid,
+                landmarks=landmarks,
+            )
+            refused = False
+        except RegistrationError as error:
+            refused = error.kind in ("contradicts_landmarks", "implausible")
+        outcomes[seed] = (bool(fit_error.mean() > rigid_error.mean()), refused)
+    hurts = [s for s, (hurt, _) in outcomes.items() if hurt]
+    caught = [s for s in hurts if outcomes[s][1]]
+    print(outcomes)
+    assert len(hurts) >= 6 and len(caught) >= len(hurts) - 2
+    assert outcomes[DEMO_SEED] == (False, False)
