@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nav.arrays import FloatArray
+from nav.arrays import FloatArray, IntArray
 from nav.case import Case, load_case
 from nav.collectors import (
     CollectionProgress,
@@ -529,13 +529,23 @@ class NavigatorSession:
         )
         return FiducialsProposed(summary=summary_of(proposal), n_fiducials=k)
 
-    def _compute_surface(
-        self, collector: SurfaceCollector, now_unix_ns: int
-    ) -> SurfaceComputeStarted:
+    def _surface_inputs(self, collector: SurfaceCollector) -> tuple[str, Points, Points, IntArray]:
+        """What a surface or deformable compute needs: the organ's name, the points, and
+        copies of the organ's vertices and triangles for the worker (it reads only those).
+        ValueError (one line) while another compute runs, for a case without an organ, or
+        too few points."""
         self._refuse_second_job()
         organ = surface_structure(self.case)
         points = collector.points_reference
         require_surface_points(len(points))  # RegistrationError: the reply's one line
+        vertices = np.array(organ.mesh.vertices, dtype=np.float64)
+        triangles = np.array(organ.mesh.faces, dtype=np.int64)
+        return organ.name, points, vertices, triangles
+
+    def _compute_surface(
+        self, collector: SurfaceCollector, now_unix_ns: int
+    ) -> SurfaceComputeStarted:
+        organ_name, points, vertices, triangles = self._surface_inputs(collector)
         active = self.active
         T_init = active.T_reference_from_image if active is not None else None
         # A restored registration may be off (the patient or the marker moved while the node
@@ -549,8 +559,6 @@ class NavigatorSession:
             )
         job = SurfaceJob(self._new_id(now_unix_ns), self._generation, len(points))
         geometry = self.geometry
-        vertices = np.array(organ.mesh.vertices, dtype=np.float64)
-        triangles = np.array(organ.mesh.faces, dtype=np.int64)
 
         def work() -> SurfaceRegistration:
             # Reads only its own copies and immutable data (the geometry's targets; never
@@ -565,23 +573,18 @@ class NavigatorSession:
                 global_init=global_init,
             )
 
-        return self._launch(job, work, collector, organ.name, start)
+        return self._launch(job, work, collector, organ_name, start)
 
     def _compute_deformable(
         self, collector: SurfaceCollector, now_unix_ns: int
     ) -> SurfaceComputeStarted:
-        self._refuse_second_job()
-        organ = surface_structure(self.case)
-        points = collector.points_reference
-        require_surface_points(len(points))  # RegistrationError: the reply's one line
+        organ_name, points, vertices, triangles = self._surface_inputs(collector)
         active = self.active
         if active is None or active.needs_verification:  # start() checked; accept/load since
             raise ValueError("a deformable registration starts from an accepted one")
         device = resolve_torch_device(self.settings.deformable_device)  # ValueError: one line
         job = SurfaceJob(self._new_id(now_unix_ns), self._generation, len(points), "deformable")
         geometry, T_init = self.geometry, active.T_reference_from_image
-        vertices = np.array(organ.mesh.vertices, dtype=np.float64)
-        triangles = np.array(organ.mesh.faces, dtype=np.int64)
         threads = self.settings.deformable_threads
         landmarks = self._touched.get(active.registration_id)
         if landmarks is None:
@@ -613,7 +616,7 @@ class NavigatorSession:
             )
 
         start = f"registration {active.registration_id} on {device}"
-        return self._launch(job, work, collector, organ.name, start)
+        return self._launch(job, work, collector, organ_name, start)
 
     def _refuse_second_job(self) -> None:
         if self.job is not None:
