@@ -103,6 +103,7 @@ from nav.registration.deformable import DeformableConfig, register_deformable  #
 from nav.registration.errors import RegistrationError  # noqa: E402
 from nav.registration.paired_point import register_paired_points  # noqa: E402
 from nav.registration.surface import register_surface  # noqa: E402
+from nav.sim_deformation import deformation_from  # noqa: E402
 from nav.transforms import apply, axis_angle_to_matrix, invert_rigid, make_rigid  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
@@ -158,40 +159,6 @@ def random_unit(rng: np.random.Generator) -> np.ndarray:
     return u / np.linalg.norm(u)
 
 
-def make_deformation(
-    rng: np.random.Generator, vertices: np.ndarray
-) -> Callable[[np.ndarray], np.ndarray]:
-    """A smooth displacement field d(p) (mm) with a PEAK_MM peak over ``vertices``."""
-    length = float(np.ptp(vertices, axis=0).max())
-    centre = vertices.mean(axis=0)
-    bumps = [
-        (
-            vertices[rng.integers(len(vertices))],
-            rng.uniform(0.3, 0.5) * length,
-            random_unit(rng) * rng.uniform(0.5, 1.0),
-        )
-        for _ in range(3)
-    ]
-    bend_axis = random_unit(rng)
-    bend_dir = np.cross(bend_axis, random_unit(rng))
-    bend_dir /= np.linalg.norm(bend_dir)
-    wave_k = random_unit(rng) * 2.0 * math.pi / (rng.uniform(1.0, 2.0) * length)
-    wave_dir, wave_phase = random_unit(rng), rng.uniform(0.0, 2.0 * math.pi)
-    mix = rng.uniform(0.2, 1.0, size=3)
-
-    def raw(p: np.ndarray) -> np.ndarray:
-        d = np.zeros_like(p)
-        for c, w, a in bumps:
-            d += np.exp(-np.sum((p - c) ** 2, axis=1) / (2.0 * w * w))[:, None] * a
-        s = (p - centre) @ bend_axis / (0.5 * length)
-        d_bend = (s**2)[:, None] * bend_dir
-        d_wave = np.sin(p @ wave_k + wave_phase)[:, None] * wave_dir
-        return mix[0] * d + mix[1] * d_bend + mix[2] * d_wave
-
-    scale = PEAK_MM / float(np.linalg.norm(raw(vertices), axis=1).max())
-    return lambda p: scale * raw(p)
-
-
 def make_case(
     name: str,
     v: np.ndarray,
@@ -204,7 +171,8 @@ def make_case(
 ) -> Case:
     """The scene of the module docstring for mesh (v, f) and ``seed``."""
     rng = np.random.default_rng(seed)
-    deform = make_deformation(rng, v)
+    # nav.sim_deformation's field (the demo's too), drawn from this scene's generator.
+    deform = deformation_from(rng, v, peak_mm=PEAK_MM).displacement_mm
     v_def = v + deform(v)
 
     # The visible patch: front-facing triangles grown from the point nearest the camera.

@@ -110,19 +110,25 @@ def organ_deformation(
     Raises ValueError for a ``peak_mm`` outside :data:`PEAK_RANGE_MM`, a negative seed, or
     fewer than 4 finite vertices with a positive extent.
     """
-    if not PEAK_RANGE_MM[0] <= peak_mm <= PEAK_RANGE_MM[1]:
-        raise ValueError(f"peak_mm must be in {PEAK_RANGE_MM} mm, got {peak_mm}")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
+    return deformation_from(np.random.default_rng(seed), organ_vertices_mm, peak_mm=peak_mm)
+
+
+def deformation_from(
+    rng: np.random.Generator, organ_vertices_mm: npt.ArrayLike, *, peak_mm: float = 8.0
+) -> OrganDeformation:
+    """:func:`organ_deformation` drawing from ``rng`` (advanced by the draws): for a caller
+    that goes on drawing from the same generator (``bench/registration.py``'s scenes)."""
+    if not PEAK_RANGE_MM[0] <= peak_mm <= PEAK_RANGE_MM[1]:
+        raise ValueError(f"peak_mm must be in {PEAK_RANGE_MM} mm, got {peak_mm}")
     v = np.asarray(organ_vertices_mm, dtype=np.float64).reshape(-1, 3)
     if len(v) < 4 or not np.all(np.isfinite(v)):
         raise ValueError("the organ needs at least 4 finite vertices")
     length = float(np.ptp(v, axis=0).max())
     if not length > 0.0:
         raise ValueError("the organ's vertices are all one point")
-    rng = np.random.default_rng(seed)
-    # The draws, in this order, are bench/registration.py's: keep them so a seed names
-    # the same field in both.
+    # The order of the draws fixes which field a seed names: keep it.
     bumps = [
         (
             v[rng.integers(len(v))],
