@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -17,11 +16,12 @@ import open3d as o3d
 import pytest
 
 from calibration.files import write_calibration
-from nav.messages import Heartbeat, SurfaceCloud, ToolStatus, TrackerFrame
+from nav.messages import Heartbeat, SurfaceCloud
 from nav.runtime import bus
 from nav.runtime.launchfile import NodeSpec
 from nav.transforms import apply, axis_angle_to_matrix, invert_rigid, make_rigid
 from tests.conftest import REPO, start_node
+from tests.fake.camera_tracker import CameraTracker
 from tests.unit.test_depth import (
     CAMERA,
     QUANTISATION_MM,
@@ -100,27 +100,6 @@ def test_a_recorded_sequence_is_published_in_the_reference_frame_bad_frames_coun
 ) -> None:
     folder = _recording(tmp_path / "rgbd")
     tracker_endpoint = f"ipc://{ipc_dir}/tracker.pub"
-    publisher = bus.Publisher(tracker_endpoint)
-    stop = threading.Event()
-
-    def track() -> None:
-        seq = 0
-        while not stop.is_set():
-            frame = TrackerFrame(
-                tracker="sim",
-                t_sensor_ns=time.monotonic_ns(),
-                frame_number=seq,
-                tools=("depthcam", "reference"),
-                T_tracker_from_tools=np.stack([T_TRACKER_FROM_MARKER, T_TRACKER_FROM_REFERENCE]),
-                statuses=(ToolStatus.OK, ToolStatus.OK),
-                fit_errors_mm=np.zeros(2),
-            )
-            publisher.publish("pose/sim", frame)
-            seq += 1
-            stop.wait(0.01)
-
-    thread = threading.Thread(target=track, daemon=True)
-    thread.start()
     spec = NodeSpec(
         name="depth",
         module="tracking.depth_node",
@@ -135,16 +114,17 @@ def test_a_recorded_sequence_is_published_in_the_reference_frame_bad_frames_coun
             "hand_eye": str(_write_hand_eye(tmp_path / "handeye.toml")),
         },
     )
-    try:
+    with CameraTracker(
+        tracker_endpoint,
+        camera_tool="depthcam",
+        T_tracker_from_marker=T_TRACKER_FROM_MARKER,
+        T_tracker_from_reference=T_TRACKER_FROM_REFERENCE,
+    ):
         node = start_node(spec)
         try:
             clouds, counters = _collect(spec.pub or "", spec.name)
         finally:
             assert node.terminate() == 0
-    finally:
-        stop.set()
-        thread.join(2)
-        publisher.close()
     assert len(clouds) >= 2, counters
     for kind in BAD_KINDS:
         assert counters.get(f"refused_{kind}", 0) >= 1, counters

@@ -3,7 +3,6 @@ the camera frame, and in the reference frame when a tracker places the camera.""
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -12,11 +11,12 @@ import numpy as np
 import pytest
 
 from calibration.files import write_calibration
-from nav.messages import SurfaceCloud, ToolStatus, TrackerFrame
+from nav.messages import SurfaceCloud
 from nav.runtime import bus
 from nav.runtime.launchfile import NodeSpec
 from nav.transforms import apply, axis_angle_to_matrix, invert_rigid, make_rigid
 from tests.conftest import shared_data, start_node
+from tests.fake.camera_tracker import CameraTracker
 from tracking.stereo import StereoCalibration, StereoReconstructor
 
 OPEN_CAS = "scikit-surgerysurfacematch/tests/data/open_cas_tmi/Stereo_SD_d_complete_22"
@@ -96,27 +96,6 @@ def test_tracked_camera_publishes_in_the_reference_frame(ipc_dir: Path, tmp_path
         errors={"rotation_residual_deg": 0.1, "translation_residual_mm": 0.5},
     )
     tracker_endpoint = f"ipc://{ipc_dir}/tracker.pub"
-    publisher = bus.Publisher(tracker_endpoint)
-    stop = threading.Event()
-
-    def track() -> None:
-        seq = 0
-        while not stop.is_set():
-            frame = TrackerFrame(
-                tracker="sim",
-                t_sensor_ns=time.monotonic_ns(),
-                frame_number=seq,
-                tools=("endoscope", "reference"),
-                T_tracker_from_tools=np.stack([T_TRACKER_FROM_MARKER, T_TRACKER_FROM_REFERENCE]),
-                statuses=(ToolStatus.OK, ToolStatus.OK),
-                fit_errors_mm=np.zeros(2),
-            )
-            publisher.publish("pose/sim", frame)
-            seq += 1
-            stop.wait(0.01)
-
-    thread = threading.Thread(target=track, daemon=True)
-    thread.start()
     params = _params(folder) | {"camera_tool": "endoscope", "hand_eye": str(hand_eye)}
     spec = NodeSpec(
         name="stereo",
@@ -126,16 +105,17 @@ def test_tracked_camera_publishes_in_the_reference_frame(ipc_dir: Path, tmp_path
         subscribe_endpoints=(tracker_endpoint,),
         params=params,
     )
-    try:
+    with CameraTracker(
+        tracker_endpoint,
+        camera_tool="endoscope",
+        T_tracker_from_marker=T_TRACKER_FROM_MARKER,
+        T_tracker_from_reference=T_TRACKER_FROM_REFERENCE,
+    ):
         node = start_node(spec)
         try:
             clouds = _clouds(spec.pub or "", 2)
         finally:
             assert node.terminate() == 0
-    finally:
-        stop.set()
-        thread.join(2)
-        publisher.close()
     assert clouds and clouds[0].frame == "reference"
     T_reference_from_camera = (
         invert_rigid(T_TRACKER_FROM_REFERENCE) @ T_TRACKER_FROM_MARKER @ T_MARKER_FROM_CAMERA
