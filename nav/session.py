@@ -158,16 +158,22 @@ def _import_torch() -> None:
 
 
 def truth_targets_reference(
-    case: Case, geometry: CaseGeometry, settings: SessionSettings
+    case: Case,
+    p_image_targets: Points,
+    *,
+    truth_T_reference_from_image: Mat4 | None,
+    deformation_seed: int = -1,
+    deformation_peak_mm: float = 8.0,
 ) -> Points | None:
     """The case targets' true positions (T, 3) in the reference frame, None without a
-    truth (see the module). A seed with a case that has no organ: the truth is rigid
-    (logged)."""
-    truth = settings.truth_T_reference_from_image
+    truth (see the module): where the simulation put the case, after its organ's
+    deformation (``nav.sim_deformation``) when ``deformation_seed`` >= 0. A seed with a
+    case that has no organ: the truth is rigid (logged). ``ornav validate`` uses it too."""
+    truth = truth_T_reference_from_image
     if truth is None:
         return None
-    p = geometry.p_image_targets
-    if settings.truth_deformation_seed >= 0:
+    p = p_image_targets
+    if deformation_seed >= 0:
         try:
             organ = surface_structure(case)
         except ValueError as error:
@@ -175,8 +181,8 @@ def truth_targets_reference(
         else:
             deformation = organ_deformation(
                 np.asarray(organ.mesh.vertices),
-                seed=settings.truth_deformation_seed,
-                peak_mm=settings.truth_deformation_peak_mm,
+                seed=deformation_seed,
+                peak_mm=deformation_peak_mm,
             )
             p = deformation.deformed(p)
     out: Points = apply(truth, p)
@@ -309,7 +315,13 @@ class NavigatorSession:
     def _set_case(self, case: Case) -> None:
         self.case = case
         self.geometry = CaseGeometry.from_case(case)
-        self.truth_targets = truth_targets_reference(case, self.geometry, self.settings)
+        self.truth_targets = truth_targets_reference(
+            case,
+            self.geometry.p_image_targets,
+            truth_T_reference_from_image=self.settings.truth_T_reference_from_image,
+            deformation_seed=self.settings.truth_deformation_seed,
+            deformation_peak_mm=self.settings.truth_deformation_peak_mm,
+        )
         self.active: Registration | None = None
         self.proposal: Registration | None = None
         self._set_collector(None)

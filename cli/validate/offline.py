@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import open3d as o3d
 
 from cli.validate.sources import Session
@@ -41,11 +40,13 @@ from nav.navigation import (
     CaseGeometry,
     Registration,
     register_fiducials,
+    register_organ_deformable,
     register_organ_surface,
     surface_structure,
+    target_errors_mm,
 )
-from nav.registration.deformable import DeformableConfig, register_deformable
 from nav.registration.errors import RegistrationError
+from nav.session import truth_targets_reference
 from nav.transforms import Mat4, apply, invert_rigid
 from nav.validation.touches import Dwells, find_dwells, match_fiducials
 
@@ -75,6 +76,10 @@ class Setup:
     dwell: DwellParams = field(default_factory=DwellParams)
     fle_mm: float = 0.25
     truth: Mat4 | None = None
+    truth_targets: FloatArray | None = None
+    """The targets' true positions (T, 3), reference frame, with ``truth`` and a case: the
+    sim organ's deformation included when the launch had one (``truth_deformation_seed``);
+    every method's true TRE is measured against them."""
     surface_spacing_mm: float = DEFAULT_SURFACE_SPACING_MM
     source: str = ""  # where the fiducials and tip came from, for the report
 
@@ -303,10 +308,17 @@ def rerun(session: Session, setup: Setup) -> OfflineRun:
         if surface.registration is None:
             deformable.reason = f"no rigid surface fit to start from: {surface.reason}"
         else:
-            deformable = _deformable(setup, organ, surface_points, surface.registration)
+            deformable = _deformable(geometry, organ, surface_points, surface.registration)
     methods += [surface, deformable]
     for method in methods:
         if method.registration is not None:
+            if setup.truth_targets is not None:  # against the targets' true positions
+                method.registration = replace(
+                    method.registration,
+                    true_tre_mm=target_errors_mm(
+                        method.registration, geometry.p_image_targets, setup.truth_targets
+                    ),
+                )
             method.target_shift_mm = _target_shift(method.registration, accepted, setup)
     return OfflineRun(
         dwells=dwells,
@@ -318,47 +330,24 @@ def rerun(session: Session, setup: Setup) -> OfflineRun:
 
 
 def _deformable(
-    setup: Setup, organ: Any, surface_points: FloatArray, rigid: Registration
+    geometry: CaseGeometry, organ: Any, surface_points: FloatArray, rigid: Registration
 ) -> MethodResult:
-    """The deformable fit from the rigid result: true error at the targets by ``warp``;
-    the predicted error at a target is the fit's confidence at the model vertex nearest it
-    (the field is estimated on the surface; a target inside takes its nearest estimate)."""
+    """The deformable fit from the rigid surface result, as the nav node runs it
+    (``register_organ_deformable``: its refusals, its predicted error at the targets)."""
     result = MethodResult("deformable", n_points=len(surface_points))
     started = time.perf_counter()
     try:
-        fit = register_deformable(
-            organ.vertices,
-            organ.faces,
-            surface_points,
-            rigid.T_reference_from_image,
-            config=DeformableConfig(),
-        )
+        result.registration = register_organ_deformable(
+            model_vertices=organ.vertices,
+            model_triangles=organ.faces,
+            p_reference_surface=surface_points,
+            geometry=geometry,
+            registration_id=3,
+            T_init=rigid.T_reference_from_image,
+        ).registration
     except (RegistrationError, ValueError) as error:
         result.reason = str(error)
-        return result
     result.time_s = time.perf_counter() - started
-    assert setup.case is not None
-    targets = setup.case.targets
-    warped = fit.warp(targets.points_lps) if len(targets) else np.zeros((0, 3))
-    true = (
-        np.linalg.norm(warped - apply(setup.truth, targets.points_lps), axis=1)
-        if setup.truth is not None and len(targets)
-        else np.full(len(targets), np.nan)
-    )
-    result.registration = Registration(
-        registration_id=3,
-        state="proposed",
-        method="deformable",
-        T_reference_from_image=fit.T_patient_from_model,
-        fre_mm=fit.rms_residual_mm,
-        fiducial_errors_mm=fit.residuals_mm,
-        fle_mm=fit.rms_residual_mm,
-        target_names=targets.labels,
-        predicted_tre_mm=_nearest_vertex_values(
-            organ.vertices, fit.confidence_mm, targets.points_lps
-        ),
-        true_tre_mm=true,
-    )
     return result
 
 
@@ -385,18 +374,6 @@ def _width_mm(points: FloatArray) -> float:
         return 0.0
     along = centred @ vt[1]
     return float(along.max() - along.min())
-
-
-def _nearest_vertex_values(
-    vertices: npt.ArrayLike, values: npt.ArrayLike, p: npt.ArrayLike
-) -> FloatArray:
-    """``values`` (V,) at the vertex nearest each of ``p`` (K, 3)."""
-    v = np.asarray(vertices, dtype=np.float64)
-    q = np.asarray(p, dtype=np.float64).reshape(-1, 3)
-    if not len(q):
-        return np.zeros(0)
-    nearest = np.argmin(np.linalg.norm(v[None, :, :] - q[:, None, :], axis=2), axis=1)
-    return np.asarray(values, dtype=np.float64)[nearest]
 
 
 # --- what a session needs, from its launch file and the user's options -------------------
@@ -471,7 +448,30 @@ def setup_for(
         p_fiducials = np.asarray(case.fiducials.points_lps, dtype=np.float64)
         notes.append(f"fiducials and targets: case {case.name}")
     default_pointer = "pointer" if session.kind == "ornav" else "stylus"
-    truth = params.get("truth_T_reference_from_image")
+    raw_truth = params.get("truth_T_reference_from_image")
+    truth = (
+        np.reshape(np.asarray(raw_truth, dtype=np.float64), (4, 4))
+        if isinstance(raw_truth, list) and len(raw_truth) == 16
+        else None
+    )
+    seed = params.get("truth_deformation_seed", -1)
+    peak = params.get("truth_deformation_peak_mm", 8.0)
+    truth_targets = None
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise SetupError(f"the recorded truth_deformation_seed {seed!r} is not an integer")
+    if truth is not None and case is not None:
+        try:
+            truth_targets = truth_targets_reference(
+                case,
+                np.asarray(case.targets.points_lps, dtype=np.float64),
+                truth_T_reference_from_image=truth,
+                deformation_seed=seed,
+                deformation_peak_mm=float(peak),
+            )
+        except (TypeError, ValueError) as error:
+            raise SetupError(f"the recorded truth deformation: {error}") from None
+        if seed >= 0:
+            notes.append(f"truth: the sim organ deformed (seed {seed})")
     dwell = DwellParams(
         window_s=float(params.get("dwell_s", DwellParams.window_s)),
         radius_mm=float(params.get("dwell_radius_mm", DwellParams.radius_mm)),
@@ -485,9 +485,8 @@ def setup_for(
         case=case,
         dwell=dwell,
         fle_mm=float(params.get("fle_mm", 0.25)),
-        truth=np.reshape(np.asarray(truth, dtype=np.float64), (4, 4))
-        if isinstance(truth, list) and len(truth) == 16
-        else None,
+        truth=truth,
+        truth_targets=truth_targets,
         surface_spacing_mm=float(params.get("surface_spacing_mm", DEFAULT_SURFACE_SPACING_MM)),
         source="; ".join(notes),
     )

@@ -47,9 +47,11 @@ def write_touch_session(
     seed: int = 0,
     with_launch: bool = True,
     trace: bool = False,
+    nav_params: str = "",
 ) -> Path:
     """Write the session (see the module docstring); returns ``path``. ``trace``: then
-    trace the organ's anterior face (a raster) at 20 mm/s, tip on the surface."""
+    trace the organ's anterior face (a raster) at 20 mm/s, tip on the surface.
+    ``nav_params``: more lines for the recorded launch file's ``[nodes.nav.params]``."""
     rng = np.random.default_rng(seed)
     case = load_case(SHIPPED_PHANTOM_DIR)
     fiducials = case.fiducials.points_lps[:n_fiducials]
@@ -71,7 +73,7 @@ def write_touch_session(
             path_points += list(lead_in)
             path_points += list(apply(T_tracker_from_image, trace_image))
     metadata: dict[str, str] = {}
-    launch = LAUNCH.format(truth=[float(v) for v in TRUTH.reshape(-1)])
+    launch = LAUNCH.format(truth=[float(v) for v in TRUTH.reshape(-1)]) + nav_params
     mono0 = 10_000_000_000
     with RecordingWriter(
         path,

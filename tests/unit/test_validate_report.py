@@ -16,9 +16,13 @@ from cli.validate.figures import draw
 from cli.validate.offline import rerun, setup_for
 from cli.validate.sources import SourceError, read_session
 from cli.validate.study import Options, report_folders, validate_one
+from nav.case import load_case
+from nav.phantom import SHIPPED_PHANTOM_DIR
+from nav.sim_deformation import organ_deformation
+from nav.transforms import apply
 from nav.validation.verdict import Limit
 from tests.conftest import shared_data
-from tests.fake.recordings import write_touch_session
+from tests.fake.recordings import TRUTH, write_touch_session
 
 PLUS = "PlusLibData/TestImages"
 PHANTOM_XML = "PlusLibData/ConfigFiles/PlusDeviceSet_fCal_Sim_RecordPhantomLandmarks.xml"
@@ -152,3 +156,30 @@ def test_real_plus_file_timestamp_statistics() -> None:
     assert 0.5 < tf["jitter_removed_ms"]["p50"] < 10
     assert doc["tracking"]["probe"]["rate_hz"] > 10
     assert "plus_timestamps" in draw(doc)
+
+
+def test_a_deformed_sim_organ_is_the_truth_every_method_is_measured_against(
+    tmp_path: Path,
+) -> None:
+    """A recording of ``ornav demo --scenario deformable``: its launch names the sim organ's
+    deformation, so the true TRE is against the deformed targets, not the rigid truth."""
+    path = write_touch_session(
+        tmp_path / "deformed.mcap", trace=True, nav_params="truth_deformation_seed = 10\n"
+    )
+    session = read_session(path)
+    setup = setup_for(session)
+    case = load_case(SHIPPED_PHANTOM_DIR)
+    organ = next(s for s in case.structures if s.role == "organ")
+    moved = organ_deformation(organ.mesh.vertices, seed=10).deformed(case.targets.points_lps)
+    assert setup.truth_targets is not None
+    np.testing.assert_allclose(setup.truth_targets, apply(TRUTH, moved), atol=1e-9)
+    assert "deformed (seed 10)" in setup.source
+    run = rerun(session, setup)
+    points = next(m for m in run.methods if m.method == "points").registration
+    assert points is not None
+    # The touches are on the undeformed organ: against the deformed truth they are off.
+    expected = np.linalg.norm(
+        apply(points.T_reference_from_image, case.targets.points_lps) - apply(TRUTH, moved), axis=1
+    )
+    np.testing.assert_allclose(points.true_tre_mm, expected, atol=1e-9)
+    assert points.true_tre_mm.min() > 1.0
