@@ -75,6 +75,7 @@ from cli.demo.script import (
     ScenarioPlan,
     build_summary,
     count_episodes,
+    min_duration_s,
     nav_plan,
     plan_scenario,
 )
@@ -817,13 +818,14 @@ def _plan(args: argparse.Namespace, stack: DemoStack, *, deformable: bool) -> Sc
         duration = DEFAULT_DURATION_S if args.duration is None else args.duration
         return plan_scenario(duration, fiducials_available=n)
     duration = DEFORMABLE_DURATION_S if args.duration is None else args.duration
-    try:
-        plan = plan_scenario(duration - DEFORMABLE_PHASE_S, fiducials_available=n)
-    except ValueError as error:
+    shortest = min_duration_s() + DEFORMABLE_PHASE_S
+    if not (math.isfinite(duration) and duration >= shortest - 1e-9):
         raise ValueError(
-            f"{error} (--scenario deformable needs {DEFORMABLE_PHASE_S:g} s more for the "
-            "surface trace and the fit)"
-        ) from None
+            f"--duration {duration:g} s is too short for --scenario deformable: it needs "
+            f"{shortest:g} s at least (the fiducials and navigation, and "
+            f"{DEFORMABLE_PHASE_S:g} s more for the surface trace and the fit)"
+        )
+    plan = plan_scenario(duration - DEFORMABLE_PHASE_S, fiducials_available=n)
     return replace(plan, duration_s=duration)
 
 

@@ -19,6 +19,7 @@ from cli.demo.deformable import (
     trace_in_reference,
     with_deformation,
 )
+from cli.main import main
 from nav.case import load_case
 from nav.messages import (
     RegistrationStatus,
@@ -301,3 +302,16 @@ def test_the_touched_fiducials_refuse_most_fits_that_would_hurt_and_pass_the_dem
     print(outcomes)
     assert len(hurts) >= 6 and len(caught) >= len(hurts) - 2
     assert outcomes[DEMO_SEED] == (False, False)
+
+
+def test_a_deformable_scenario_too_short_for_the_trace_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(
+        ["demo", "--scenario", "deformable", "--duration", "20", "--launch", str(REPO_LAUNCH)]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1, err
+    assert err[0].startswith("ornav: --duration 20 s is too short for --scenario deformable")
+    assert "25 s more for the surface trace" in err[0]
