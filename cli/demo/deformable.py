@@ -1,7 +1,7 @@
 """``ornav demo --scenario deformable``: the organ is deformed, the rigid fit is not enough.
 
-The simulated patient's organ differs from its preop model by the seeded sag, bend and
-bulges of ``nav.sim_deformation`` (``DEMO_SEED``, 8 mm peak; the nav node is told the same
+The simulated patient's organ differs from its preop model by the seeded bulges, bend and
+wave of ``nav.sim_deformation`` (``DEMO_SEED``, 8 mm peak; the nav node is told the same
 seed, ``truth_deformation_seed``, so it measures every registration's true TRE against
 the deformed organ). The scripted operator then
 
