@@ -456,6 +456,8 @@ def test_registration_error_keeps_its_kind_through_pickle_and_rejects_unknown_ki
         "bad_mesh",
         "insufficient_overlap",
         "not_converged",
+        "implausible",
+        "contradicts_landmarks",
     }
     with pytest.raises(ValueError, match="unknown"):
         RegistrationError("wobbly", "x")  # type: ignore[arg-type]

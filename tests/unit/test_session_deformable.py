@@ -313,45 +313,51 @@ def test_a_deformable_registration_is_persisted_and_restored_for_verification(
 
 
 @pytest.mark.slow
-def test_the_predicted_error_at_the_targets_over_the_sim_seeds() -> None:
-    """What the operator sees before accepting, against what happened.
+def test_the_predicted_error_and_the_landmark_check_over_the_sim_seeds() -> None:
+    """What the operator sees before accepting, against what happened, seeds 0-11.
 
-    Measured (noise-free fiducials and the 468-point anterior trace): at the tumour centre
-    the fit made it worse in 8 seeds, better in 3, and seed 8 was refused (it turned the
-    organ 13 degrees); the predicted TRE there was 3.99-4.35 mm in every seed, 4.20 mm on
-    average where the fit made it worse and 4.01 mm where better (seed 11: 2.03 -> 9.82 mm
-    true, 4.27 mm predicted). So it hardly tells the bad seeds apart: the posterior is
-    that of the method's prior, and the sliding the surface cannot show is what goes
-    wrong here. Printed; asserted only that it is never below the rigid eq. 46 figure."""
+    Each seed's fit is run twice from the same accepted fiducial registration: without
+    the touched fiducials (``_touched`` cleared, as after a restart) for what the fit
+    does, and with them (the live path) for whether the landmark check lets it through.
+    Measured (the 468-point anterior patch, fiducials touched on each deformed organ): at
+    the tumour centre the fit made it worse in 8 seeds and better in 3 (seed 8 is refused
+    as implausible); the predicted TRE there was about 4 mm in every seed, so it does not
+    tell the two apart. The landmark check refuses every fit that made the tumour worse,
+    and all but one that made it better (seed 10 passes): on this small patch it is
+    conservative. Asserted: no fit that made the tumour worse gets through."""
     case = load_case(SHIPPED_PHANTOM_DIR)
     rows = []
     for seed in range(12):
-        run = _Run(case, Path("/nonexistent"), seed=seed, registration_file="")
-        rigid = run.register_fiducials(case)
-        tumour = rigid.target_names.index("tumor_centre")
-        run.compute_deformable(_deformed(case, anterior_patch_image(case), seed=seed))
-        proposal = run.session.proposal
-        if proposal is None:
-            rows.append((seed, rigid.true_tre_mm[tumour], math.nan, math.nan))
+        outcome = []
+        for keep_landmarks in (False, True):
+            run = _Run(case, Path("/nonexistent"), seed=seed, registration_file="")
+            rigid = run.register_fiducials(case)
+            if not keep_landmarks:
+                run.session._touched.clear()  # noqa: SLF001 (as after a restart)
+            tumour = rigid.target_names.index("tumor_centre")
+            run.compute_deformable(_deformed(case, anterior_patch_image(case), seed=seed))
+            proposal = run.session.proposal
+            outcome.append(proposal)
+        bare, checked = outcome
+        if bare is None:  # refused without the landmarks: implausible
+            rows.append((seed, rigid.true_tre_mm[tumour], math.nan, math.nan, True))
             continue
-        assert proposal.predicted_tre_mm[tumour] > rigid.predicted_tre_mm[tumour]
+        assert bare.predicted_tre_mm[tumour] > rigid.predicted_tre_mm[tumour]
         rows.append(
             (
                 seed,
                 rigid.true_tre_mm[tumour],
-                proposal.true_tre_mm[tumour],
-                proposal.predicted_tre_mm[tumour],
+                bare.true_tre_mm[tumour],
+                bare.predicted_tre_mm[tumour],
+                checked is None,
             )
         )
-    print("\nseed  rigid true  deformable true  deformable predicted (tumour centre, mm)")
+    print("\nseed  rigid true  deformable true  predicted  refused by the check (tumour, mm)")
     for row in rows:
-        print("{:4d}  {:10.2f}  {:15.2f}  {:20.2f}".format(*row))
-    worse = [r[3] for r in rows if r[2] > r[1]]
-    better = [r[3] for r in rows if r[2] <= r[1]]
-    print(
-        f"predicted, mean: {np.mean(worse):.2f} mm where the fit made it worse "
-        f"({len(worse)}), {np.mean(better):.2f} mm where better ({len(better)})"
-    )
+        print("{:4d}  {:10.2f}  {:15.2f}  {:9.2f}  {}".format(*row))
+    worse = [r for r in rows if r[2] > r[1]]
+    assert worse, "the phantom seeds should hold fits that hurt: the test would mean nothing"
+    assert all(r[4] for r in worse), [r for r in worse if not r[4]]
 
 
 def test_the_posterior_at_any_model_point_is_the_vertex_confidence_at_the_vertices() -> None:
