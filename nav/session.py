@@ -141,7 +141,7 @@ def resolve_torch_device(name: str) -> str:
 
     ValueError with one line when it is not a device name or not on this machine.
     """
-    import torch  # seconds to import: loaded by the first deformable compute, not at start
+    import torch  # seconds to import: called on the deformable worker, never the loop
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -153,8 +153,23 @@ def resolve_torch_device(name: str) -> str:
     return name
 
 
+_torch_import: threading.Thread | None = None
+
+
+def _preload_torch() -> None:
+    """Import torch on a thread of its own, once per process, from the first deformable
+    collection: the trace that follows takes longer than the import, so the fit finds it
+    loaded. Never at start: loading its libraries holds the GIL for up to a second at a
+    time (measured here: the loop thread stalled 0.24-0.98 s during a 1.7-3.0 s import), so
+    a nav node that imported it at start sent STALE states in its first seconds."""
+    global _torch_import
+    if _torch_import is None:
+        _torch_import = threading.Thread(target=_import_torch, name="import-torch", daemon=True)
+        _torch_import.start()
+
+
 def _import_torch() -> None:
-    import torch  # noqa: F401  (see NavigatorSession.__init__)
+    import torch  # noqa: F401  (see _preload_torch)
 
 
 def truth_targets_reference(
@@ -308,9 +323,6 @@ class NavigatorSession:
         # this run, by id: a deformable fit from one is checked against them.
         self._touched: dict[int, Landmarks] = {}
         self._set_case(case)
-        # torch takes seconds to import: on a thread now, so that the first deformable
-        # compute's device check (on the loop thread) does not stall nav/state for it.
-        threading.Thread(target=_import_torch, name="import-torch", daemon=True).start()
 
     def _set_case(self, case: Case) -> None:
         self.case = case
@@ -445,6 +457,7 @@ class NavigatorSession:
                     "verification (registration.verify) before a deformable registration "
                     "starts from it"
                 )
+            _preload_torch()
             return self._start_surface("deformable")
         if len(self.case.fiducials) < 3:
             raise ValueError(f"case {self.case.name!r} has {len(self.case.fiducials)} fiducials")
@@ -594,7 +607,7 @@ class NavigatorSession:
         active = self.active
         if active is None or active.needs_verification:  # start() checked; accept/load since
             raise ValueError("a deformable registration starts from an accepted one")
-        device = resolve_torch_device(self.settings.deformable_device)  # ValueError: one line
+        device_name = self.settings.deformable_device
         job = SurfaceJob(self._new_id(now_unix_ns), self._generation, len(points), "deformable")
         geometry, T_init = self.geometry, active.T_reference_from_image
         threads = self.settings.deformable_threads
@@ -612,6 +625,9 @@ class NavigatorSession:
 
             from nav.registration.deformable import DeformableConfig
 
+            # On the worker: resolving the device imports torch, which the loop must never
+            # wait for. A device that is not here refuses the compute (ValueError).
+            device = resolve_torch_device(device_name)
             if threads > 0:
                 # Process-wide, but torch runs nowhere else in the node: this keeps the
                 # fit from taking every core from the loop (see nav_node.Config).
@@ -627,7 +643,7 @@ class NavigatorSession:
                 landmarks=landmarks,
             )
 
-        start = f"registration {active.registration_id} on {device}"
+        start = f"registration {active.registration_id} on {device_name}"
         return self._launch(job, work, collector, organ_name, start)
 
     def _refuse_second_job(self) -> None:

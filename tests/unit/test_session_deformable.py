@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ from nav.runtime import bus
 from nav.session import NavigatorSession
 from nav.sim_deformation import DEMO_SEED, organ_deformation
 from nav.transforms import apply
+from tests.conftest import REPO
 from tests.process.test_nav_surface import TRUTH, anterior_patch_image
 
 FloatArray = npt.NDArray[np.float64]
@@ -241,9 +244,18 @@ def test_a_device_that_is_not_here_refuses_the_compute_and_changes_nothing(
     run.register_fiducials(phantom)
     run.session.start(StartCollection(method="deformable"))
     run.trace(_deformed(phantom, anterior_patch_image(phantom)))
-    with pytest.raises(ValueError, match="torch device 'cuda:7' is not available here") as refused:
-        run.session.compute(ComputeRegistration(), now_unix_ns=1)
-    assert "\n" not in str(refused.value) and run.session.job is None
+    active = run.session.active
+    # The device is resolved on the worker (it imports torch, which the loop never waits
+    # for): the compute starts, then is refused with the one line.
+    run.session.compute(ComputeRegistration(), now_unix_ns=1)
+    job = run.session.job
+    assert job is not None and job.done.wait(60.0)
+    run.session.finish_compute()
+    status = run.session.last_compute
+    assert status is not None and status.state == "refused"
+    assert "torch device 'cuda:7' is not available here" in (status.error or "")
+    assert "\n" not in (status.error or "")
+    assert run.session.proposal is None and run.session.active is active
 
 
 @pytest.mark.parametrize(
@@ -380,3 +392,26 @@ def test_auto_is_cuda_where_torch_sees_one_and_cpu_here() -> None:
 
     assert resolve_torch_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_torch_device("cpu") == "cpu"
+
+
+def test_a_nav_session_does_not_load_torch_until_a_deformable_collection_starts() -> None:
+    """Loading torch stalls the loop thread for up to a second (its libraries hold the
+    GIL): a node that loaded it at start sent STALE states in its first seconds."""
+    script = (
+        "import sys, time\n"
+        "from collections import Counter\n"
+        "from nav.case import load_case\n"
+        "from nav.nav_node import Config\n"
+        "from nav.phantom import SHIPPED_PHANTOM_DIR\n"
+        "from nav.session import NavigatorSession\n"
+        "import numpy as np\n"
+        "s = NavigatorSession(Config().session_settings(np.zeros(3)),"
+        " load_case(SHIPPED_PHANTOM_DIR), emit=print, counters=Counter())\n"
+        "time.sleep(1.0)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "False"
