@@ -141,7 +141,10 @@ class Config:
       mm.
     - ``deformable_device``: the torch device of a deformable fit: "cpu", "cuda",
       "cuda:<n>", or "auto" (cuda where torch sees one, else cpu). A device this machine
-      lacks refuses ``registration.compute`` with one line.
+      lacks refuses the compute with one line (``registration.status``: it is resolved
+      on the fit's worker). torch is loaded when the first deformable collection starts
+      (``registration.start method=deformable``), never at start: the load holds the GIL
+      for up to a second at a time, so ``nav/state`` may pause then, once per process.
     - ``deformable_threads``: torch's threads during a deformable fit (0 = torch's own
       default, one per core; torch runs nowhere else in the node). Measured on a shared
       2-core machine, an 11.5k-point fit (``tests/process/test_nav_deformable.py``): the
