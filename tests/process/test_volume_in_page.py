@@ -165,8 +165,17 @@ def test_the_page_draws_the_ct_once_verified_and_hides_it_with_the_overlay(
         wait_js(page, "ornav.overlay.state === 'HIDDEN'", timeout_s=30.0)
         frames = page.evaluate("ornav.frames")
         wait_js(page, f"ornav.frames > {frames + 2}", timeout_s=30.0)
+        # The canvas as presented lags the frames drawn on SwiftShader (its GPU process
+        # queues them): measured here, still the CT 3 frames after HIDDEN, black 1 s later
+        # (~75 frames). So poll the presented canvas; it must go black, and soon.
+        t_hidden = time.monotonic()
+        deadline = t_hidden + 10.0
         hidden = np.array(page.evaluate(READ_CANVAS, GRID), dtype=np.float64)
-        assert hidden.max() == 0, "something is drawn while the overlay is HIDDEN"
+        while hidden.max() > 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            hidden = np.array(page.evaluate(READ_CANVAS, GRID), dtype=np.float64)
+        print(f"presented canvas black {time.monotonic() - t_hidden:.2f} s after 3 HIDDEN frames")
+        assert hidden.max() == 0, "something is still drawn 10 s after the overlay went HIDDEN"
         ct_web.ct.nav.resume()
         wait_js(page, "ornav.overlay.state === 'CURRENT'", timeout_s=30.0)
         again = _current_pixels(page)
