@@ -40,6 +40,7 @@ from nav.runtime.launchfile import NodeSpec
 from nav.sim_deformation import DEMO_SEED, organ_deformation
 from nav.transforms import apply
 from tests.conftest import NodeProcess, start_node
+from tests.process.test_nav_node import Listener
 from tests.process.test_nav_surface import TRUTH, anterior_patch_image
 
 FloatArray = npt.NDArray[np.float64]
@@ -116,26 +117,13 @@ def test_a_deformable_registration_is_computed_live_accepted_navigated_and_resto
     node_processes.append(nav)
     nav_client = bus.CommandClient(nav_spec.control or "")
     tracker_client = bus.CommandClient(tracker_spec.control or "")
-    sub = bus.QueueSubscriber([nav_spec.pub or ""], ("nav/",))
-    received: list[bus.Received] = []
-
-    def pump(timeout_s: float = 0.05) -> None:
-        received.extend(sub.poll(timeout_s))
-
-    def until(t_monotonic_s: float) -> None:
-        while (left := t_monotonic_s - time.monotonic()) > 0:
-            pump(min(left, 0.05))
+    listener = Listener(nav_spec.pub or "", ("nav/",))
+    pump, until = listener.pump, listener.until
 
     def wait_for(predicate: Callable[[Message], bool], timeout_s: float, what: str) -> Message:
-        deadline = time.monotonic() + timeout_s
-        seen = len(received)
-        while time.monotonic() < deadline:
-            pump()
-            for r in received[seen:]:
-                if predicate(r.message):
-                    return r.message
-            seen = len(received)
-        raise AssertionError(f"no {what} within {timeout_s} s")
+        return listener.wait_for(
+            lambda r: predicate(r.message), timeout_s=timeout_s, what=what
+        ).message
 
     def collected() -> int:
         return int(_ok(nav_client.call("registration.status"))["progress"]["collected"])
@@ -204,7 +192,7 @@ def test_a_deformable_registration_is_computed_live_accepted_navigated_and_resto
         assert compute["iterations"] > 0 and isinstance(compute["converged"], bool)
         states = [
             r.t_recv_ns
-            for r in received
+            for r in listener.received
             if isinstance(r.message, NavState) and t_compute_ns <= r.t_recv_ns <= t_done_ns
         ]
         gaps_ms = np.diff([t_compute_ns, *states, t_done_ns]) / 1e6
@@ -245,14 +233,13 @@ def test_a_deformable_registration_is_computed_live_accepted_navigated_and_resto
         rigid = np.linalg.norm(phantom.targets.points_lps - state.p_tip_image, axis=1)
         assert np.abs(state.target_distances_mm - rigid).max() > 0.5
     finally:
-        sub.close()
+        listener.close()
         nav_client.close()
         tracker_client.close()
     assert nav.terminate() == 0
 
     # 5. A restarted node restores it, needing verification.
-    sub = bus.QueueSubscriber([nav_spec.pub or ""], ("nav/",))
-    received.clear()
+    listener = Listener(nav_spec.pub or "", ("nav/",))
     try:
         again = start_node(nav_spec, ready_timeout_s=60)
         node_processes.append(again)
@@ -274,7 +261,7 @@ def test_a_deformable_registration_is_computed_live_accepted_navigated_and_resto
             "a state needing verification",
         )
     finally:
-        sub.close()
+        listener.close()
         camera.close()
     assert again.terminate() == 0
     assert tracker.terminate() == 0

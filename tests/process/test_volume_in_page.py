@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,20 +24,13 @@ from render.snapshot import load_display_camera
 from tests.browser import ConsoleLog
 from tests.conftest import NodeProcess, start_node
 from tests.process.test_volume_snapshot import CtRender, start_ct_render
-from tests.process.test_web_bridge import bridge_spec, wait_js
+from tests.process.test_web_bridge import _free_port, bridge_spec, wait_js
 
 pytestmark = pytest.mark.slow
 
 WEB = Path(__file__).resolve().parents[2] / "render" / "web"
 SCREENSHOTS = Path("/tmp/ornav-volume-in-page")
 VIEWPORT = {"width": 640, "height": 360}  # SwiftShader ray-marches every pixel on a CPU
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
