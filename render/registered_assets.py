@@ -19,7 +19,7 @@ structure, so every asset changes; but it happens once per accepted registration
 per frame, and rides on the hash-cached asset path every client already has.
 Measured on the shipped phantom (5 structures, 5 514 vertices): the deformed asset set
 is 281 kB of GLB (organ colours included) where float16 per-vertex displacements would
-be 33 kB and the field itself (``DeformationField``, 100 control points) under 5 kB. At
+be 33 kB and the field itself 4.8 kB (computed: 100 control points x 6 float64). At
 a headset's link rates (Wi-Fi, tens of MB/s) 281 kB arrive in tens of milliseconds,
 below the time of the fit itself, so the simpler path is kept
 (``tests/unit/test_registered_assets.py`` prints the sizes and checks their order).
